@@ -1,1 +1,140 @@
-//! placeholder
+//! Request and response bodies of the REST API, shared by the server and the clients.
+//!
+//! Field names and defaults follow BandSox's API (existing BandSox clients must work
+//! unchanged); our extensions are optional fields with defaults.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /api/vms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateVmRequest {
+    pub image: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "default_vcpu")]
+    pub vcpu: u32,
+    #[serde(default = "default_mem_mib")]
+    pub mem_mib: u32,
+    #[serde(default = "default_true")]
+    pub enable_networking: bool,
+    #[serde(default)]
+    pub force_rebuild: bool,
+    #[serde(default = "default_disk_size_mib")]
+    pub disk_size_mib: u64,
+    #[serde(default)]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+fn default_vcpu() -> u32 {
+    1
+}
+fn default_mem_mib() -> u32 {
+    128
+}
+fn default_disk_size_mib() -> u64 {
+    4096
+}
+fn default_true() -> bool {
+    true
+}
+fn default_exec_timeout() -> u64 {
+    30
+}
+
+/// Answer to `POST /api/vms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateVmResponse {
+    pub id: String,
+    pub status: String,
+}
+
+/// A VM as the API shows it (`GET /api/vms`, `GET /api/vms/{id}`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub image_digest: String,
+    pub status: String,
+    pub vcpu: u32,
+    pub mem_mib: u32,
+    pub disk_size_mib: u64,
+    /// Unix seconds.
+    pub created_at: f64,
+    pub updated_at: f64,
+    pub pid: Option<u32>,
+    pub agent_ready: bool,
+    pub error: Option<String>,
+    pub metadata: serde_json::Value,
+    /// Variable values whose names look secret are shown as `<redacted>`.
+    pub env_vars: BTreeMap<String, String>,
+    pub network_config: Option<serde_json::Value>,
+    pub vsock_config: Option<serde_json::Value>,
+}
+
+/// `POST /api/vms/{id}/exec`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecRequest {
+    pub command: String,
+    /// Seconds.
+    #[serde(default = "default_exec_timeout")]
+    pub timeout: u64,
+    /// Extension: extra environment for this command.
+    #[serde(default)]
+    pub env: Option<BTreeMap<String, String>>,
+    /// Extension: working directory.
+    #[serde(default)]
+    pub cwd: Option<String>,
+}
+
+/// Answer to `POST /api/vms/{id}/exec`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExecResponse {
+    /// The exit code; `128 + n` when killed by signal `n`.
+    pub exit_code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// Extension: output bytes dropped beyond the server's cap.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stdout_dropped_bytes: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stderr_dropped_bytes: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// `{"status": ...}` answers (stop, delete, ...).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub status: String,
+}
+
+/// `GET /api/version`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: String,
+    pub backend: String,
+    pub accelerator: String,
+}
+
+/// RFC 9457 problem details. `detail` is what BandSox clients read; `code` is stable.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// Media type of [`Problem`] bodies.
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";

@@ -1,1 +1,18 @@
-//! placeholder
+//! The heart of bandsox: VM lifecycle, persistent state and the host side of the agent
+//! protocol. Handlers (HTTP, CLI) parse and validate input, then call [`Manager`]; they never
+//! touch VMM processes, sockets or the database directly.
+
+pub mod agent;
+pub mod error;
+pub mod images;
+pub mod init;
+pub mod manager;
+pub mod storage;
+pub mod store;
+mod sys;
+
+pub use agent::{AgentClient, ExecOutput};
+pub use error::{CoreError, Result};
+pub use manager::{CreateVm, Manager, ManagerConfig};
+pub use storage::Storage;
+pub use store::{ImageRecord, VmRecord, VmStatus};

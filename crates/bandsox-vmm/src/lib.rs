@@ -1,1 +1,113 @@
-//! placeholder
+//! Virtual machine monitors behind one trait.
+//!
+//! [`VmmDriver`] starts a VM from a [`VmSpec`] and returns a [`VmHandle`] that owns the VMM
+//! process: pause/resume, kill, exit status, and the path of the agent channel (a Unix socket
+//! carrying one byte stream to the guest agent). [`qemu`] is the QEMU `microvm` backend used
+//! wherever Firecracker cannot run; the Firecracker backend joins it behind the same trait.
+
+use std::path::PathBuf;
+
+pub mod qemu;
+mod sys;
+
+pub use sys::{kill_process, process_alive};
+
+/// Errors from starting or controlling a VMM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("VMM binary `{binary}` not found; install it (Debian: apt-get install {package})")]
+    BinaryMissing {
+        binary: String,
+        package: &'static str,
+    },
+    #[error("failed to start the VMM: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("socket path {0} is longer than the 107 bytes a Unix socket allows; use a shorter --storage path")]
+    SocketPathTooLong(PathBuf),
+    #[error("VMM exited during {operation}: {detail}")]
+    Exited {
+        operation: &'static str,
+        detail: String,
+    },
+    #[error("VMM control channel: {0}")]
+    Control(String),
+    #[error("VMM did not answer {operation} within {timeout_ms} ms")]
+    Timeout {
+        operation: &'static str,
+        timeout_ms: u64,
+    },
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A disk attached to the VM, in attachment order (`/dev/vda`, `/dev/vdb`, ...).
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+/// Everything a backend needs to boot a VM.
+#[derive(Debug, Clone)]
+pub struct VmSpec {
+    /// VM id (already validated by the caller: `[a-z0-9-]`).
+    pub id: String,
+    /// Directory owned by this VM; the backend puts its sockets and logs here.
+    pub run_dir: PathBuf,
+    pub vcpu: u32,
+    pub mem_mib: u32,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// Extra kernel arguments (`key=value`) for the guest agent.
+    pub kernel_args: Vec<String>,
+    pub disks: Vec<Disk>,
+}
+
+/// How a VMM process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmmExit {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl std::fmt::Display for VmmExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exit code {c}"),
+            (_, Some(s)) => write!(f, "signal {s}"),
+            _ => f.write_str("unknown status"),
+        }
+    }
+}
+
+/// Starts VMs.
+#[async_trait::async_trait]
+pub trait VmmDriver: Send + Sync {
+    /// Short backend name (`qemu`, `firecracker`).
+    fn name(&self) -> &'static str;
+    /// Accelerator in use (`kvm`, `tcg`).
+    fn accelerator(&self) -> &'static str;
+    /// Spawns the VMM and starts the guest. Returns once the process runs; the guest agent
+    /// may still be booting.
+    async fn spawn(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, VmmError>;
+}
+
+/// A running VMM process. Dropping the handle does not stop the VM; call [`VmHandle::kill`].
+#[async_trait::async_trait]
+pub trait VmHandle: Send + Sync {
+    fn pid(&self) -> u32;
+    /// Unix socket carrying the agent byte stream.
+    fn agent_socket(&self) -> PathBuf;
+    /// Stops the vCPUs.
+    async fn pause(&self) -> Result<(), VmmError>;
+    /// Resumes the vCPUs.
+    async fn resume(&self) -> Result<(), VmmError>;
+    /// Kills the VMM process and waits until it is reaped.
+    async fn kill(&self) -> Result<(), VmmError>;
+    /// Waits until the process has exited.
+    async fn wait(&self) -> VmmExit;
+    /// Waits up to `timeout` for the process to exit on its own (after a guest power-off).
+    async fn wait_exit(&self, timeout: std::time::Duration) -> Option<VmmExit>;
+    /// The exit status once the process has ended, else `None`.
+    fn exit_status(&self) -> Option<VmmExit>;
+}

@@ -1,0 +1,484 @@
+//! The protocol server: reads frames from a host connection, opens a stream per `Request`,
+//! routes `Data`/`Eof`/`Credit`/`Cancel` frames to the stream they belong to, and writes every
+//! outgoing frame through one lock so frames never interleave.
+//!
+//! When the connection ends (the host went away, a snapshot was restored) every running
+//! operation is cancelled and frames still addressed to the old connection are dropped: the
+//! outbox carries a connection generation and refuses writes from older ones.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+
+use bandsox_protocol::frame::{self, DATA_CHUNK_LEN, INITIAL_WINDOW};
+use bandsox_protocol::{
+    Channel, ErrorBody, ErrorCode, Event, Frame, FrameDecoder, FrameKind, Hello, Reply, ReplyBody,
+    Request, PROTOCOL_VERSION,
+};
+
+use crate::log::log;
+use crate::transport::Connector;
+use crate::util::{lock, panic_message};
+use crate::{exec, sys};
+
+/// Operations this agent knows; any other `op` is answered with `Unsupported`.
+const KNOWN_OPS: &[&str] = &["hello", "ping", "exec", "shutdown", "set_time"];
+
+/// Optional features advertised in the hello reply.
+pub const CAPABILITIES: &[&str] = &["exec", "exec.stdin", "exec.timeout", "cancel", "set_time"];
+
+/// What a `Shutdown` request does after it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShutdownAction {
+    /// Sync, kill everything, remount `/` read-only and power the VM off (PID 1).
+    PowerOff,
+    /// Exit the agent process (running outside a VM).
+    Exit,
+    /// Only answer (tests).
+    Ignore,
+}
+
+/// Fixed settings of the agent.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Environment every program starts with; request `env` entries are added over it.
+    pub base_env: Vec<(String, String)>,
+    pub shutdown: ShutdownAction,
+}
+
+/// Shared state of the server.
+pub struct Agent {
+    pub config: AgentConfig,
+    outbox: Outbox,
+    streams: Mutex<HashMap<u32, Arc<StreamCtl>>>,
+}
+
+impl Agent {
+    pub fn new(config: AgentConfig) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            outbox: Outbox::default(),
+            streams: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Serves connections from `connector` until it reports no more.
+    pub fn serve(self: &Arc<Self>, connector: &mut dyn Connector) -> io::Result<()> {
+        while let Some(conn) = connector.connect()? {
+            let gen = self.outbox.attach(conn.writer);
+            self.session(conn.reader, gen);
+            self.outbox.detach(gen);
+            self.cancel_all();
+        }
+        Ok(())
+    }
+
+    /// Reads and dispatches frames until end of stream or a read error.
+    fn session(self: &Arc<Self>, mut reader: Box<dyn Read + Send>, gen: u64) {
+        let mut decoder = FrameDecoder::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log!("channel read failed: {e}");
+                    return;
+                }
+            };
+            decoder.push(&buf[..n]);
+            loop {
+                match decoder.next_frame() {
+                    Ok(Some(frame)) => self.dispatch(gen, frame),
+                    Ok(None) => break,
+                    Err(e) => {
+                        log!("corrupt frame from host ({e}); resetting the decoder");
+                        decoder.reset();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, gen: u64, frame: Frame) {
+        let id = frame.stream;
+        match frame.kind {
+            FrameKind::Request => self.open_stream(gen, id, &frame.payload),
+            FrameKind::Data => match frame.channel_payload() {
+                Ok((Channel::Stdin, bytes)) => {
+                    if let Some(ctl) = self.stream(id) {
+                        ctl.push_stdin(StdinMsg::Data(bytes.to_vec()));
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log!("stream {id}: bad data frame: {e}"),
+            },
+            FrameKind::Eof => match frame.channel_payload() {
+                Ok((Channel::Stdin, _)) => {
+                    if let Some(ctl) = self.stream(id) {
+                        ctl.push_stdin(StdinMsg::Eof);
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log!("stream {id}: bad eof frame: {e}"),
+            },
+            FrameKind::Credit => match frame.credit() {
+                Ok((channel, bytes)) => {
+                    if let Some(ctl) = self.stream(id) {
+                        ctl.grant(channel, bytes);
+                    }
+                }
+                Err(e) => log!("stream {id}: bad credit frame: {e}"),
+            },
+            FrameKind::Cancel => {
+                if let Some(ctl) = self.stream(id) {
+                    ctl.cancel();
+                }
+            }
+            FrameKind::Reply | FrameKind::Event => {
+                log!("stream {id}: ignoring {:?} frame from the host", frame.kind);
+            }
+        }
+    }
+
+    fn stream(&self, id: u32) -> Option<Arc<StreamCtl>> {
+        lock(&self.streams).get(&id).cloned()
+    }
+
+    fn open_stream(self: &Arc<Self>, gen: u64, id: u32, payload: &[u8]) {
+        let tx = StreamTx {
+            agent: Arc::clone(self),
+            id,
+            gen,
+        };
+        let request = match parse_request(payload) {
+            Ok(r) => r,
+            Err(e) => return tx.reply(&Reply::Error(e)),
+        };
+        // Requests that cannot block are answered on the reading thread.
+        let request = match request {
+            Request::Hello(_) => {
+                return tx.reply(&Reply::Ok(ReplyBody::Hello(Hello {
+                    version: PROTOCOL_VERSION,
+                    software: format!("bandsox-agent {}", env!("CARGO_PKG_VERSION")),
+                    capabilities: CAPABILITIES.iter().map(|&c| c.to_owned()).collect(),
+                })))
+            }
+            Request::Ping => return tx.reply(&Reply::Ok(ReplyBody::Pong)),
+            Request::SetTime { unix_ns } => {
+                return tx.reply(&match sys::set_realtime_ns(unix_ns) {
+                    Ok(()) => Reply::Ok(ReplyBody::Done),
+                    Err(e) => Reply::Error(io_error_body("set the clock", &e)),
+                })
+            }
+            other => other,
+        };
+
+        let (events_tx, events_rx) = mpsc::channel();
+        let (stdin_tx, stdin_rx) = mpsc::channel();
+        let ctl = Arc::new(StreamCtl::new(stdin_tx, events_tx.clone()));
+        {
+            let mut streams = lock(&self.streams);
+            if streams.contains_key(&id) {
+                drop(streams);
+                return tx.reply(&Reply::Error(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    format!("stream {id} is already open"),
+                )));
+            }
+            streams.insert(id, Arc::clone(&ctl));
+        }
+        let handler = Handler {
+            tx: tx.clone(),
+            ctl: Arc::clone(&ctl),
+            events_tx,
+            events_rx,
+            stdin_rx,
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("stream-{id}"))
+            .spawn(move || handler.run(request));
+        if let Err(e) = spawned {
+            self.remove_stream(id, &ctl);
+            tx.reply(&Reply::Error(ErrorBody::new(
+                ErrorCode::Internal,
+                format!("cannot start a handler thread: {e}"),
+            )));
+        }
+    }
+
+    fn remove_stream(&self, id: u32, ctl: &Arc<StreamCtl>) {
+        let mut streams = lock(&self.streams);
+        if streams.get(&id).is_some_and(|c| Arc::ptr_eq(c, ctl)) {
+            streams.remove(&id);
+        }
+    }
+
+    /// Cancels every open stream (the host connection is gone).
+    fn cancel_all(&self) {
+        let streams: Vec<_> = lock(&self.streams).drain().map(|(_, c)| c).collect();
+        for ctl in streams {
+            ctl.cancel();
+        }
+    }
+}
+
+/// Parses a request payload; unknown operations and malformed JSON become error bodies.
+pub fn parse_request(payload: &[u8]) -> Result<Request, ErrorBody> {
+    serde_json::from_slice::<Request>(payload).map_err(|e| {
+        let op = serde_json::from_slice::<serde_json::Value>(payload)
+            .ok()
+            .and_then(|v| v.get("op")?.as_str().map(str::to_owned));
+        match op {
+            Some(op) if !KNOWN_OPS.contains(&op.as_str()) => {
+                ErrorBody::new(ErrorCode::Unsupported, format!("unsupported operation `{op}`"))
+            }
+            _ => ErrorBody::new(ErrorCode::BadRequest, format!("malformed request: {e}")),
+        }
+    })
+}
+
+/// Maps an I/O error to a wire error body.
+pub fn io_error_body(what: &str, e: &io::Error) -> ErrorBody {
+    let code = match e.kind() {
+        io::ErrorKind::NotFound => ErrorCode::NotFound,
+        io::ErrorKind::PermissionDenied => ErrorCode::PermissionDenied,
+        io::ErrorKind::InvalidInput => ErrorCode::BadRequest,
+        _ => ErrorCode::Io,
+    };
+    ErrorBody::new(code, format!("{what}: {e}"))
+}
+
+/// Serialised writer shared by all streams of all connections.
+#[derive(Default)]
+struct Outbox {
+    inner: Mutex<OutboxInner>,
+}
+
+#[derive(Default)]
+struct OutboxInner {
+    writer: Option<Box<dyn Write + Send>>,
+    gen: u64,
+}
+
+impl Outbox {
+    fn attach(&self, writer: Box<dyn Write + Send>) -> u64 {
+        let mut inner = lock(&self.inner);
+        inner.gen += 1;
+        inner.writer = Some(writer);
+        inner.gen
+    }
+
+    fn detach(&self, gen: u64) {
+        let mut inner = lock(&self.inner);
+        if inner.gen == gen {
+            inner.writer = None;
+        }
+    }
+
+    /// Writes whole frames for connection `gen`; dropped if that connection is gone.
+    fn send(&self, gen: u64, bytes: &[u8]) {
+        let mut inner = lock(&self.inner);
+        if inner.gen != gen {
+            return;
+        }
+        if let Some(w) = inner.writer.as_mut() {
+            if let Err(e) = w.write_all(bytes).and_then(|()| w.flush()) {
+                log!("channel write failed ({e}); dropping output until the host reconnects");
+                inner.writer = None;
+            }
+        }
+    }
+}
+
+/// Sends frames on one stream.
+#[derive(Clone)]
+pub struct StreamTx {
+    agent: Arc<Agent>,
+    id: u32,
+    gen: u64,
+}
+
+impl StreamTx {
+    fn json<T: serde::Serialize>(&self, kind: FrameKind, msg: &T) {
+        let mut out = Vec::new();
+        match frame::encode_json(&mut out, self.id, kind, msg) {
+            Ok(()) => self.agent.outbox.send(self.gen, &out),
+            Err(e) => log!("stream {}: cannot encode {kind:?}: {e}", self.id),
+        }
+    }
+
+    pub fn reply(&self, reply: &Reply) {
+        self.json(FrameKind::Reply, reply);
+    }
+
+    pub fn event(&self, event: &Event) {
+        self.json(FrameKind::Event, event);
+    }
+
+    /// Sends `bytes` (at most [`DATA_CHUNK_LEN`]) on `channel`; `scratch` is a reusable buffer.
+    pub fn data(&self, channel: Channel, bytes: &[u8], scratch: &mut Vec<u8>) {
+        debug_assert!(bytes.len() <= DATA_CHUNK_LEN);
+        scratch.clear();
+        frame::encode_data(scratch, self.id, channel, bytes);
+        self.agent.outbox.send(self.gen, scratch);
+    }
+
+    pub fn eof(&self, channel: Channel) {
+        let mut out = Vec::with_capacity(16);
+        frame::encode_eof(&mut out, self.id, channel);
+        self.agent.outbox.send(self.gen, &out);
+    }
+
+    pub fn credit(&self, channel: Channel, bytes: u32) {
+        let mut out = Vec::with_capacity(16);
+        frame::encode_credit(&mut out, self.id, channel, bytes);
+        self.agent.outbox.send(self.gen, &out);
+    }
+
+    pub fn base_env(&self) -> &[(String, String)] {
+        &self.agent.config.base_env
+    }
+}
+
+/// Input for an exec's stdin pump.
+pub enum StdinMsg {
+    Data(Vec<u8>),
+    Eof,
+}
+
+/// What an exec's main thread waits for.
+pub enum ExecEvent {
+    /// Raw wait status of the spawned process.
+    Exited(i32),
+    /// The host cancelled, or the connection dropped.
+    Cancel,
+}
+
+/// Control block of one open stream: flow-control windows and cancellation.
+pub struct StreamCtl {
+    state: Mutex<CtlState>,
+    cond: Condvar,
+}
+
+struct CtlState {
+    /// Bytes the agent may still send, per channel (indexed by `Channel as usize`).
+    windows: [u64; 3],
+    cancelled: bool,
+    stdin: Option<Sender<StdinMsg>>,
+    events: Sender<ExecEvent>,
+}
+
+impl StreamCtl {
+    fn new(stdin: Sender<StdinMsg>, events: Sender<ExecEvent>) -> Self {
+        Self {
+            state: Mutex::new(CtlState {
+                windows: [u64::from(INITIAL_WINDOW); 3],
+                cancelled: false,
+                stdin: Some(stdin),
+                events,
+            }),
+            cond: Condvar::new(),
+        }
+    }
+
+    fn grant(&self, channel: Channel, bytes: u32) {
+        let mut st = lock(&self.state);
+        let w = &mut st.windows[channel as usize];
+        *w = w.saturating_add(u64::from(bytes));
+        self.cond.notify_all();
+    }
+
+    fn cancel(&self) {
+        let mut st = lock(&self.state);
+        st.cancelled = true;
+        st.stdin = None;
+        let _ = st.events.send(ExecEvent::Cancel);
+        self.cond.notify_all();
+    }
+
+    fn push_stdin(&self, msg: StdinMsg) {
+        let mut st = lock(&self.state);
+        let eof = matches!(msg, StdinMsg::Eof);
+        if let Some(tx) = &st.stdin {
+            let _ = tx.send(msg);
+        }
+        if eof {
+            st.stdin = None;
+        }
+    }
+
+    /// Stops accepting stdin (the program is gone); the stdin pump then ends.
+    pub fn close_stdin(&self) {
+        lock(&self.state).stdin = None;
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        lock(&self.state).cancelled
+    }
+
+    /// Blocks until `channel` has send window; `None` when the stream is cancelled.
+    pub fn wait_window(&self, channel: Channel) -> Option<u64> {
+        let mut st = lock(&self.state);
+        loop {
+            if st.cancelled {
+                return None;
+            }
+            let w = st.windows[channel as usize];
+            if w > 0 {
+                return Some(w);
+            }
+            st = self.cond.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Records `bytes` sent on `channel`.
+    pub fn consume(&self, channel: Channel, bytes: usize) {
+        let mut st = lock(&self.state);
+        let w = &mut st.windows[channel as usize];
+        *w = w.saturating_sub(bytes as u64);
+    }
+}
+
+/// Everything a handler thread owns.
+pub struct Handler {
+    pub tx: StreamTx,
+    pub ctl: Arc<StreamCtl>,
+    /// For registering the spawned process's exit with the reaper.
+    pub events_tx: Sender<ExecEvent>,
+    pub events_rx: Receiver<ExecEvent>,
+    pub stdin_rx: Receiver<StdinMsg>,
+}
+
+impl Handler {
+    fn run(self, request: Request) {
+        let tx = self.tx.clone();
+        let ctl = Arc::clone(&self.ctl);
+        let shutdown = matches!(request, Request::Shutdown);
+        let result = catch_unwind(AssertUnwindSafe(move || match request {
+            Request::Exec(req) => exec::run(req, self),
+            Request::Shutdown => Reply::Ok(ReplyBody::Done),
+            other => Reply::Error(ErrorBody::new(
+                ErrorCode::Unsupported,
+                format!("{other:?} is not handled on a stream thread"),
+            )),
+        }));
+        let reply = result.unwrap_or_else(|payload| {
+            let msg = panic_message(payload.as_ref());
+            log!("stream {}: handler panicked: {msg}", tx.id);
+            Reply::Error(ErrorBody::new(
+                ErrorCode::Internal,
+                format!("agent handler panicked: {msg}"),
+            ))
+        });
+        tx.reply(&reply);
+        tx.agent.remove_stream(tx.id, &ctl);
+        if shutdown {
+            crate::shutdown(tx.agent.config.shutdown);
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! Byte-stream transports the agent serves on. A [`Connector`] yields one [`Connection`] (a
+//! `Read` half and a `Write` half) per host connection; the server runs a session on it until
+//! the reader reports end of stream, then asks for the next one.
+//!
+//! - [`SerialConnector`]: a virtio-serial port (QEMU). The port stays open across host
+//!   connections: `read()` returning 0 means "no host connected", and writes block while no host
+//!   is connected, so the fd is non-blocking and a write that finds the port hung up fails
+//!   instead of waiting (the frame is dropped rather than delivered, half-written, to the next
+//!   host).
+//! - [`UnixConnector`]: a listening Unix socket, for running the agent outside a VM (tests, host
+//!   development).
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::sys;
+
+/// One host connection.
+pub struct Connection {
+    pub reader: Box<dyn Read + Send>,
+    pub writer: Box<dyn Write + Send>,
+}
+
+/// Produces host connections, one at a time.
+pub trait Connector: Send {
+    /// Blocks until the next host connection; `Ok(None)` ends serving.
+    fn connect(&mut self) -> io::Result<Option<Connection>>;
+}
+
+/// Finds the virtio-serial port named `name`: `/dev/<vportNpM>` whose
+/// `/sys/class/virtio-ports/<vportNpM>/name` equals it.
+pub fn find_virtio_port(name: &str) -> Option<PathBuf> {
+    let entries = fs::read_dir("/sys/class/virtio-ports").ok()?;
+    entries.flatten().find_map(|e| {
+        let port_name = fs::read_to_string(e.path().join("name")).ok()?;
+        (port_name.trim_end() == name).then(|| Path::new("/dev").join(e.file_name()))
+    })
+}
+
+/// Waits up to `timeout` for the port named `name` and its device node.
+pub fn wait_virtio_port(name: &str, timeout: Duration) -> Option<PathBuf> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(p) = find_virtio_port(name).filter(|p| p.exists()) {
+            return Some(p);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A virtio-serial port, open for the agent's whole life.
+pub struct SerialConnector {
+    fd: Arc<OwnedFd>,
+    sessions: u64,
+}
+
+impl SerialConnector {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let fd = OwnedFd::from(file);
+        sys::set_nonblocking(fd.as_fd())?;
+        Ok(Self {
+            fd: Arc::new(fd),
+            sessions: 0,
+        })
+    }
+
+    /// True when a host is connected: the port is writable and not hung up.
+    fn host_connected(&self) -> bool {
+        let mut fds = [sys::pollfd(self.fd.as_raw_fd(), libc::POLLOUT)];
+        matches!(sys::poll(&mut fds, 0), Ok(1))
+            && fds[0].revents & libc::POLLOUT != 0
+            && fds[0].revents & libc::POLLHUP == 0
+    }
+}
+
+impl Connector for SerialConnector {
+    fn connect(&mut self) -> io::Result<Option<Connection>> {
+        // The first session starts at once: bytes a host sent before the port opened are
+        // waiting. Later ones wait for a host to connect (the port reports POLLHUP until then).
+        if self.sessions > 0 {
+            while !self.host_connected() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        self.sessions += 1;
+        Ok(Some(Connection {
+            reader: Box::new(SerialReader(Arc::clone(&self.fd))),
+            writer: Box::new(SerialWriter(Arc::clone(&self.fd))),
+        }))
+    }
+}
+
+struct SerialReader(Arc<OwnedFd>);
+
+impl Read for SerialReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match sys::read(self.0.as_fd(), buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fds = [sys::pollfd(self.0.as_raw_fd(), libc::POLLIN)];
+                    match sys::poll(&mut fds, -1) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
+    }
+}
+
+struct SerialWriter(Arc<OwnedFd>);
+
+impl Write for SerialWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        loop {
+            match sys::write(self.0.as_fd(), buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    let mut fds = [sys::pollfd(self.0.as_raw_fd(), libc::POLLOUT)];
+                    match sys::poll(&mut fds, -1) {
+                        Ok(_) if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 => {
+                            return Err(io::Error::new(
+                                io::ErrorKind::NotConnected,
+                                "host disconnected from the serial port",
+                            ));
+                        }
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                other => return other,
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A listening Unix socket; each accepted connection is one session.
+pub struct UnixConnector {
+    listener: UnixListener,
+}
+
+impl UnixConnector {
+    pub fn bind(path: &Path) -> io::Result<Self> {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        Ok(Self {
+            listener: UnixListener::bind(path)?,
+        })
+    }
+}
+
+impl Connector for UnixConnector {
+    fn connect(&mut self) -> io::Result<Option<Connection>> {
+        let (stream, _) = self.listener.accept()?;
+        let writer = stream.try_clone()?;
+        Ok(Some(Connection {
+            reader: Box::new(stream),
+            writer: Box::new(writer),
+        }))
+    }
+}
+
+/// A single pre-made connection (tests): served once, then serving ends.
+pub struct OnceConnector(pub Option<Connection>);
+
+impl Connector for OnceConnector {
+    fn connect(&mut self) -> io::Result<Option<Connection>> {
+        Ok(self.0.take())
+    }
+}

@@ -1,0 +1,123 @@
+//! A small blocking HTTP client for the bandsox API, turning problem+json answers into
+//! one-line errors with hints.
+
+use std::time::Duration;
+
+use bandsox_api::Problem;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// An error the CLI prints as `error: ...` / `hint: ...` before exiting with `exit_code`.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub hint: Option<String>,
+    pub exit_code: u8,
+}
+
+impl CliError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            hint: None,
+            exit_code: 1,
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(e: anyhow::Error) -> Self {
+        Self::new(format!("{e:#}"))
+    }
+}
+
+/// Client of one server.
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(url: &str) -> Self {
+        Self {
+            base: url.trim_end_matches('/').to_owned(),
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(5))
+                .build(),
+        }
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        let req = self.agent.get(&format!("{}{path}", self.base));
+        self.finish(req.call())
+    }
+
+    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B, timeout: Duration) -> Result<T, CliError> {
+        let req = self.agent.post(&format!("{}{path}", self.base)).timeout(timeout);
+        self.finish(req.send_json(body))
+    }
+
+    pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        let req = self
+            .agent
+            .delete(&format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(120));
+        self.finish(req.call())
+    }
+
+    fn finish<T: DeserializeOwned>(&self, res: Result<ureq::Response, ureq::Error>) -> Result<T, CliError> {
+        match res {
+            Ok(r) => r
+                .into_json()
+                .map_err(|e| CliError::new(format!("unreadable answer from {}: {e}", self.base))),
+            Err(ureq::Error::Status(status, r)) => {
+                let body = r.into_string().unwrap_or_default();
+                Err(problem_error(status, &body))
+            }
+            Err(ureq::Error::Transport(t)) => Err(CliError {
+                message: format!("cannot reach the bandsox server at {}: {t}", self.base),
+                hint: Some("start it with `bandsox serve`, or point --url / BANDSOX_URL at it".into()),
+                exit_code: 5,
+            }),
+        }
+    }
+}
+
+fn problem_error(status: u16, body: &str) -> CliError {
+    let exit_code = match status {
+        404 => 3,
+        409 => 4,
+        _ => 1,
+    };
+    match serde_json::from_str::<Problem>(body) {
+        Ok(p) => CliError {
+            message: p.detail,
+            hint: p.hint,
+            exit_code,
+        },
+        Err(_) => CliError {
+            message: format!("server answered {status}: {}", body.chars().take(200).collect::<String>()),
+            hint: None,
+            exit_code,
+        },
+    }
+}
+
+/// Percent-encodes a path segment (ids are validated by the server; this keeps odd input from
+/// changing the route).
+pub fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,67 @@
+//! `bandsox serve`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bandsox_core::{Manager, ManagerConfig};
+use bandsox_server::ServeOptions;
+use clap::Args;
+
+use super::{core_error, storage};
+use crate::client::CliError;
+use crate::CliResult;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Without authentication only loopback addresses are allowed.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Storage root [env: BANDSOX_STORAGE] [default: /var/lib/bandsox].
+    #[arg(long)]
+    storage: Option<PathBuf>,
+    /// Listen on a non-loopback address without authentication (dangerous).
+    #[arg(long)]
+    insecure_no_auth: bool,
+    /// Seconds a VM may take to boot before create fails.
+    #[arg(long, default_value_t = 90)]
+    boot_timeout: u64,
+}
+
+pub fn run(a: ServeArgs) -> CliResult {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let storage = storage(a.storage)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(async move {
+        let mut config = ManagerConfig::new(storage);
+        config.boot_timeout = std::time::Duration::from_secs(a.boot_timeout.max(1));
+        let manager = Manager::open(config).await.map_err(core_error)?;
+        let opts = ServeOptions {
+            addr: SocketAddr::new(a.host, a.port),
+            insecure_no_auth: a.insecure_no_auth,
+        };
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+            }
+            tracing::info!("shutting down; VMs keep running");
+        };
+        bandsox_server::serve(manager, opts, shutdown)
+            .await
+            .map_err(|e| CliError::new(e.to_string()))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

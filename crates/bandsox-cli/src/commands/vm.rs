@@ -1,0 +1,225 @@
+//! VM commands: `create`, `exec`, `vm list|info|stop|delete`.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bandsox_api::{CreateVmRequest, CreateVmResponse, ExecRequest, ExecResponse, StatusResponse, VmInfo};
+use clap::{Args, Subcommand};
+
+use crate::client::{segment, Client};
+use crate::CliResult;
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Image reference, e.g. `bandsox/busybox`.
+    image: String,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    vcpu: u32,
+    /// Memory in MiB.
+    #[arg(long = "mem", default_value_t = 128)]
+    mem_mib: u32,
+    /// Writable disk size in MiB.
+    #[arg(long = "disk-size", default_value_t = 4096)]
+    disk_size_mib: u64,
+    /// Environment for every command in the VM (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    env: Vec<(String, String)>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// VM id.
+    vm: String,
+    /// Seconds before the command (and everything it started) is killed.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+    /// Extra environment (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_kv)]
+    env: Vec<(String, String)>,
+    /// Working directory in the guest.
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Print the result as JSON instead of replaying output.
+    #[arg(long)]
+    json: bool,
+    /// The command. Several words are joined with shell quoting; one word is run as a shell
+    /// command line.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// List VMs.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one VM.
+    Info {
+        vm: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Power a VM off (its disk is kept).
+    Stop { vm: String },
+    /// Stop a VM and remove it with all its files.
+    Delete { vm: String },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got `{s}`")),
+    }
+}
+
+pub fn create(url: &str, a: CreateArgs) -> CliResult {
+    let client = Client::new(url);
+    let req = CreateVmRequest {
+        image: a.image.clone(),
+        name: a.name,
+        vcpu: a.vcpu,
+        mem_mib: a.mem_mib,
+        enable_networking: true,
+        force_rebuild: false,
+        disk_size_mib: a.disk_size_mib,
+        env_vars: (!a.env.is_empty()).then(|| a.env.into_iter().collect::<BTreeMap<_, _>>()),
+        metadata: None,
+    };
+    let tty = std::io::stderr().is_terminal();
+    if tty && !a.json {
+        eprint!("Creating VM from {} ... ", a.image);
+        let _ = std::io::stderr().flush();
+    }
+    let started = std::time::Instant::now();
+    let res: Result<CreateVmResponse, _> = client.post("/api/vms", &req, Duration::from_secs(600));
+    if tty && !a.json {
+        eprintln!("{}", if res.is_ok() { format!("ready in {:.1} s", started.elapsed().as_secs_f64()) } else { "failed".into() });
+    }
+    let res = res?;
+    if a.json {
+        println!("{}", serde_json::to_string(&res).unwrap_or_default());
+    } else {
+        println!("{}", res.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn exec(url: &str, a: ExecArgs) -> CliResult {
+    let client = Client::new(url);
+    let command = if a.command.len() == 1 {
+        a.command[0].clone()
+    } else {
+        a.command.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
+    };
+    let req = ExecRequest {
+        command,
+        timeout: a.timeout,
+        env: (!a.env.is_empty()).then(|| a.env.into_iter().collect()),
+        cwd: a.cwd,
+    };
+    let res: ExecResponse = client.post(
+        &format!("/api/vms/{}/exec", segment(&a.vm)),
+        &req,
+        Duration::from_secs(a.timeout + 60),
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string(&res).unwrap_or_default());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(res.stdout.as_bytes());
+    let _ = out.flush();
+    let mut err = std::io::stderr().lock();
+    let _ = err.write_all(res.stderr.as_bytes());
+    if res.stdout_dropped_bytes + res.stderr_dropped_bytes > 0 {
+        let _ = writeln!(
+            err,
+            "warning: output truncated ({} stdout and {} stderr bytes dropped)",
+            res.stdout_dropped_bytes, res.stderr_dropped_bytes
+        );
+    }
+    Ok(ExitCode::from(res.exit_code.clamp(0, 255) as u8))
+}
+
+pub fn run(url: &str, c: VmCommand) -> CliResult {
+    let client = Client::new(url);
+    match c {
+        VmCommand::List { json } => {
+            let vms: Vec<VmInfo> = client.get("/api/vms")?;
+            if json {
+                println!("{}", serde_json::to_string(&vms).unwrap_or_default());
+            } else {
+                println!("{:<36}  {:<20}  {:<9}  IMAGE", "ID", "NAME", "STATUS");
+                for vm in vms {
+                    println!("{:<36}  {:<20}  {:<9}  {}", vm.id, truncate(&vm.name, 20), vm.status, vm.image);
+                }
+            }
+        }
+        VmCommand::Info { vm, json } => {
+            let info: VmInfo = client.get(&format!("/api/vms/{}", segment(&vm)))?;
+            if json {
+                println!("{}", serde_json::to_string(&info).unwrap_or_default());
+            } else {
+                println!("id          {}", info.id);
+                println!("name        {}", info.name);
+                println!("status      {}", info.status);
+                println!("image       {} ({})", info.image, info.image_digest);
+                println!("vcpu        {}", info.vcpu);
+                println!("mem_mib     {}", info.mem_mib);
+                println!("disk_mib    {}", info.disk_size_mib);
+                if let Some(e) = info.error {
+                    println!("error       {e}");
+                }
+            }
+        }
+        VmCommand::Stop { vm } => {
+            let r: StatusResponse = client.post(&format!("/api/vms/{}/stop", segment(&vm)), &serde_json::json!({}), Duration::from_secs(120))?;
+            println!("{}", r.status);
+        }
+        VmCommand::Delete { vm } => {
+            let r: StatusResponse = client.delete(&format!("/api/vms/{}", segment(&vm)))?;
+            println!("{}", r.status);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        s.chars().take(n - 1).chain(std::iter::once('…')).collect()
+    }
+}
+
+/// Quotes a word for `/bin/sh` when it needs it.
+fn shell_quote(w: &str) -> String {
+    if !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+        w.to_owned()
+    } else {
+        format!("'{}'", w.replace('\'', r"'\''"))
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_keeps_words_intact() {
+        assert_eq!(shell_quote("uname"), "uname");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

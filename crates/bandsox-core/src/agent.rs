@@ -1,0 +1,380 @@
+//! Host side of the agent protocol: one connection to a guest agent, many concurrent streams.
+//!
+//! A reader task demultiplexes incoming frames by stream id; writers share the socket behind a
+//! lock, one whole frame at a time. Output data is flow-controlled: the host returns credit
+//! as it consumes bytes, so a guest that floods output waits instead of filling host memory.
+//! When the connection drops every open stream ends with [`CoreError::Agent`].
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bandsox_protocol::frame::{self, Channel, FrameKind};
+use bandsox_protocol::{
+    decode_json, Event, ExecRequest, ExitStatus, Frame, FrameDecoder, Hello, Reply, ReplyBody, Request,
+    PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use crate::error::{CoreError, Result};
+
+/// How often the host repeats its hello while the guest is still booting.
+const HELLO_INTERVAL: Duration = Duration::from_millis(200);
+
+type Routes = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>>;
+
+/// A connection to one guest agent. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct AgentClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    routes: Routes,
+    next_stream: AtomicU32,
+    closed: Arc<AtomicBool>,
+    agent: Hello,
+}
+
+/// Output of a finished command.
+#[derive(Debug, Clone, Default)]
+pub struct ExecOutput {
+    pub status: ExitStatus,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Bytes dropped beyond the caller's cap, per stream.
+    pub stdout_dropped: u64,
+    pub stderr_dropped: u64,
+}
+
+impl AgentClient {
+    /// Connects to the agent socket and performs the hello handshake, retrying until
+    /// `timeout` (the guest may still be booting; the socket may not exist yet).
+    pub async fn connect(socket: &Path, timeout: Duration) -> Result<Self> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stream = loop {
+            match UnixStream::connect(socket).await {
+                Ok(s) => break s,
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(CoreError::Agent(format!("cannot connect to {}: {e}", socket.display())))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let (mut reader, writer) = stream.into_split();
+        let routes: Routes = Arc::default();
+        let closed = Arc::new(AtomicBool::new(false));
+
+        // Handshake: repeat the hello on fresh stream ids until one is answered.
+        let mut decoder = FrameDecoder::new();
+        let mut writer = writer;
+        let mut buf = vec![0u8; 64 << 10];
+        let mut stream_id = 1u32;
+        let hello = Request::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            software: format!("bandsox {}", env!("CARGO_PKG_VERSION")),
+            capabilities: vec![],
+        });
+        let agent = 'handshake: loop {
+            let mut out = Vec::new();
+            frame::encode_json(&mut out, stream_id, FrameKind::Request, &hello).map_err(|e| CoreError::Agent(e.to_string()))?;
+            writer.write_all(&out).await?;
+            stream_id += 1;
+            let tick = tokio::time::Instant::now() + HELLO_INTERVAL;
+            loop {
+                let wait_until = tick.min(deadline);
+                let n = match tokio::time::timeout_at(wait_until, reader.read(&mut buf)).await {
+                    Err(_) if tokio::time::Instant::now() >= deadline => {
+                        return Err(CoreError::Agent("no hello from the guest agent".into()))
+                    }
+                    Err(_) => continue 'handshake,
+                    Ok(Ok(0)) => return Err(CoreError::Agent("agent socket closed by the VMM".into())),
+                    Ok(Ok(n)) => n,
+                    Ok(Err(e)) => return Err(e.into()),
+                };
+                decoder.push(&buf[..n]);
+                while let Some(f) = decoder.next_frame().map_err(|e| CoreError::Agent(e.to_string()))? {
+                    if f.kind != FrameKind::Reply {
+                        continue;
+                    }
+                    match decode_json::<Reply>(&f.payload) {
+                        Ok(Reply::Ok(ReplyBody::Hello(h))) => break 'handshake h,
+                        Ok(Reply::Error(e)) => return Err(CoreError::Guest(e)),
+                        _ => {}
+                    }
+                }
+            }
+        };
+        if agent.version != PROTOCOL_VERSION {
+            return Err(CoreError::Agent(format!(
+                "guest agent speaks protocol {} but this host speaks {PROTOCOL_VERSION}; rebuild the initramfs with `bandsox init --force`",
+                agent.version
+            )));
+        }
+
+        // Frames that arrived after the hello reply (answers to repeated hellos) are dropped:
+        // their streams are not routed.
+        tokio::spawn(read_loop(reader, decoder, routes.clone(), closed.clone()));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer: tokio::sync::Mutex::new(writer),
+                routes,
+                next_stream: AtomicU32::new(stream_id + 1),
+                closed,
+                agent,
+            }),
+        })
+    }
+
+    /// What the agent said about itself in the handshake.
+    pub fn agent_info(&self) -> &Hello {
+        &self.inner.agent
+    }
+
+    /// True once the connection has dropped.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Opens a stream by sending `req`.
+    pub async fn open(&self, req: &Request) -> Result<AgentStream> {
+        if self.is_closed() {
+            return Err(CoreError::Agent("connection to the guest agent is closed".into()));
+        }
+        let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inner
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, tx);
+        let stream = AgentStream {
+            id,
+            rx,
+            client: self.clone(),
+            finished: false,
+        };
+        let mut out = Vec::new();
+        frame::encode_json(&mut out, id, FrameKind::Request, req).map_err(|e| CoreError::Agent(e.to_string()))?;
+        self.send_raw(&out).await?;
+        Ok(stream)
+    }
+
+    async fn send_raw(&self, bytes: &[u8]) -> Result<()> {
+        let mut w = self.inner.writer.lock().await;
+        w.write_all(bytes)
+            .await
+            .map_err(|e| CoreError::Agent(format!("write to guest agent: {e}")))
+    }
+
+    /// Sends a request that answers with a single reply.
+    pub async fn call(&self, req: &Request, timeout: Duration) -> Result<ReplyBody> {
+        let mut stream = self.open(req).await?;
+        let fut = async {
+            loop {
+                match stream.next().await? {
+                    StreamItem::Reply(body) => return Ok(body),
+                    StreamItem::Event(_) | StreamItem::Data(..) | StreamItem::Eof(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| CoreError::Agent(format!("no reply within {} ms", timeout.as_millis())))?
+    }
+
+    /// Round trip of a ping.
+    pub async fn ping(&self, timeout: Duration) -> Result<()> {
+        match self.call(&Request::Ping, timeout).await? {
+            ReplyBody::Pong => Ok(()),
+            other => Err(CoreError::Agent(format!("unexpected reply to ping: {other:?}"))),
+        }
+    }
+
+    /// Runs a command to completion, keeping at most `cap_bytes` of each output stream.
+    /// `stdin` is sent (and closed) when given.
+    pub async fn exec(&self, req: ExecRequest, stdin: Option<Vec<u8>>, cap_bytes: usize) -> Result<ExecOutput> {
+        let timeout_ms = req.timeout_ms;
+        let mut req = req;
+        req.stdin = stdin.is_some();
+        let mut stream = self.open(&Request::Exec(req)).await?;
+        if let Some(data) = stdin {
+            for chunk in data.chunks(frame::DATA_CHUNK_LEN) {
+                stream.send_data(Channel::Stdin, chunk).await?;
+            }
+            stream.send_eof(Channel::Stdin).await?;
+        }
+        let mut out = ExecOutput::default();
+        let fut = async {
+            loop {
+                match stream.next().await? {
+                    StreamItem::Data(Channel::Stdout, bytes) => {
+                        keep(&mut out.stdout, &mut out.stdout_dropped, &bytes, cap_bytes);
+                    }
+                    StreamItem::Data(Channel::Stderr, bytes) => {
+                        keep(&mut out.stderr, &mut out.stderr_dropped, &bytes, cap_bytes);
+                    }
+                    StreamItem::Reply(ReplyBody::Exited(status)) => {
+                        out.status = status;
+                        return Ok(());
+                    }
+                    StreamItem::Reply(other) => {
+                        return Err(CoreError::Agent(format!("unexpected reply to exec: {other:?}")))
+                    }
+                    _ => {}
+                }
+            }
+        };
+        // The agent enforces the timeout itself; this bound only catches a wedged agent.
+        match timeout_ms {
+            Some(ms) => {
+                let bound = Duration::from_millis(ms) + Duration::from_secs(10);
+                tokio::time::timeout(bound, fut).await.map_err(|_| CoreError::ExecTimeout {
+                    timeout_s: ms.div_ceil(1000),
+                })??
+            }
+            None => fut.await?,
+        }
+        Ok(out)
+    }
+}
+
+fn keep(buf: &mut Vec<u8>, dropped: &mut u64, bytes: &[u8], cap: usize) {
+    let room = cap.saturating_sub(buf.len());
+    let take = room.min(bytes.len());
+    buf.extend_from_slice(&bytes[..take]);
+    *dropped += (bytes.len() - take) as u64;
+}
+
+/// One item received on a stream.
+#[derive(Debug)]
+pub enum StreamItem {
+    Event(Event),
+    Data(Channel, Vec<u8>),
+    Eof(Channel),
+    Reply(ReplyBody),
+}
+
+/// An open stream. Dropping it before its reply cancels the operation in the guest.
+pub struct AgentStream {
+    id: u32,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    client: AgentClient,
+    finished: bool,
+}
+
+impl AgentStream {
+    /// Next item; data is credited back to the guest as it is handed out.
+    pub async fn next(&mut self) -> Result<StreamItem> {
+        loop {
+            let Some(f) = self.rx.recv().await else {
+                self.finished = true;
+                return Err(CoreError::Agent("connection to the guest agent dropped".into()));
+            };
+            match f.kind {
+                FrameKind::Reply => {
+                    self.finished = true;
+                    return match decode_json::<Reply>(&f.payload) {
+                        Ok(Reply::Ok(body)) => Ok(StreamItem::Reply(body)),
+                        Ok(Reply::Error(e)) => Err(CoreError::Guest(e)),
+                        Err(e) => Err(CoreError::Agent(format!("bad reply: {e}"))),
+                    };
+                }
+                FrameKind::Event => match decode_json::<Event>(&f.payload) {
+                    Ok(ev) => return Ok(StreamItem::Event(ev)),
+                    // Events this host does not know are skipped.
+                    Err(_) => continue,
+                },
+                FrameKind::Data => {
+                    let (ch, bytes) = f.channel_payload().map_err(|e| CoreError::Agent(e.to_string()))?;
+                    let n = bytes.len() as u32;
+                    let item = StreamItem::Data(ch, bytes.to_vec());
+                    let mut credit = Vec::new();
+                    frame::encode_credit(&mut credit, self.id, ch, n);
+                    self.client.send_raw(&credit).await?;
+                    return Ok(item);
+                }
+                FrameKind::Eof => {
+                    let (ch, _) = f.channel_payload().map_err(|e| CoreError::Agent(e.to_string()))?;
+                    return Ok(StreamItem::Eof(ch));
+                }
+                _ => continue,
+            }
+        }
+    }
+
+    /// Sends bytes on a channel (stdin).
+    pub async fn send_data(&self, ch: Channel, bytes: &[u8]) -> Result<()> {
+        let mut out = Vec::new();
+        frame::encode_data(&mut out, self.id, ch, bytes);
+        self.client.send_raw(&out).await
+    }
+
+    /// Closes a channel (stdin EOF).
+    pub async fn send_eof(&self, ch: Channel) -> Result<()> {
+        let mut out = Vec::new();
+        frame::encode_eof(&mut out, self.id, ch);
+        self.client.send_raw(&out).await
+    }
+}
+
+impl Drop for AgentStream {
+    fn drop(&mut self) {
+        self.client
+            .inner
+            .routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+        if !self.finished && !self.client.is_closed() {
+            let client = self.client.clone();
+            let id = self.id;
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let mut out = Vec::new();
+                    frame::encode_frame(&mut out, id, FrameKind::Cancel, &[]);
+                    let _ = client.send_raw(&out).await;
+                });
+            }
+        }
+    }
+}
+
+async fn read_loop(
+    mut reader: tokio::net::unix::OwnedReadHalf,
+    mut decoder: FrameDecoder,
+    routes: Routes,
+    closed: Arc<AtomicBool>,
+) {
+    let mut buf = vec![0u8; 256 << 10];
+    'outer: loop {
+        loop {
+            match decoder.next_frame() {
+                Ok(Some(f)) => {
+                    let routes = routes.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(tx) = routes.get(&f.stream) {
+                        let _ = tx.send(f);
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "corrupt frame from guest agent; closing connection");
+                    break 'outer;
+                }
+            }
+        }
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => decoder.push(&buf[..n]),
+        }
+    }
+    closed.store(true, Ordering::Release);
+    // Dropping the senders ends every open stream with an error.
+    routes.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}

@@ -1,0 +1,110 @@
+//! `bandsox init`: the storage layout, the database, the guest kernel and initramfs, and the
+//! default offline image. Idempotent: a second run changes nothing unless forced.
+
+use std::path::{Path, PathBuf};
+
+use bandsox_image::assets::{install_kernel_assets, InitOptions, InitReport, KernelSource};
+
+use crate::error::{CoreError, Result};
+use crate::images::{self, DEFAULT_IMAGE};
+use crate::storage::Storage;
+use crate::store::Store;
+
+/// Where `scripts/setup` puts the Debian kernel package.
+pub const KERNEL_DEB_CACHE: &str = "/var/cache/bandsox";
+
+/// Inputs of [`initialise`].
+#[derive(Debug, Clone)]
+pub struct InitRequest {
+    pub storage: Storage,
+    /// `None`: the newest `linux-image-*.deb` in `BANDSOX_KERNEL_DEB` or [`KERNEL_DEB_CACHE`].
+    pub kernel: Option<KernelSource>,
+    pub agent_bin: PathBuf,
+    /// Static busybox for the default image; `None` skips the image.
+    pub busybox: Option<PathBuf>,
+    pub force: bool,
+}
+
+/// What [`initialise`] did.
+#[derive(Debug, Clone)]
+pub struct InitOutcome {
+    pub kernel: InitReport,
+    /// The default image, and whether it was (re)built.
+    pub default_image: Option<(crate::store::ImageRecord, bool)>,
+}
+
+/// Prepares a storage root so VMs can be created.
+pub fn initialise(req: &InitRequest) -> Result<InitOutcome> {
+    req.storage.create_layout()?;
+    let store = Store::open(&req.storage.db_path())?;
+    let kernel = match &req.kernel {
+        Some(k) => k.clone(),
+        None => KernelSource::Deb(find_kernel_deb()?),
+    };
+    let report = install_kernel_assets(&InitOptions {
+        storage: req.storage.root().to_path_buf(),
+        kernel,
+        agent_bin: req.agent_bin.clone(),
+        force: req.force,
+    })?;
+    let default_image = match &req.busybox {
+        None => None,
+        Some(busybox) => Some(import_busybox(&store, &req.storage, busybox, req.force)?),
+    };
+    Ok(InitOutcome {
+        kernel: report,
+        default_image,
+    })
+}
+
+fn import_busybox(store: &Store, storage: &Storage, busybox: &Path, force: bool) -> Result<(crate::store::ImageRecord, bool)> {
+    if !force {
+        if let Ok(existing) = images::resolve(store, storage, DEFAULT_IMAGE) {
+            return Ok((existing.record, false));
+        }
+    }
+    let tmp = tempdir_in(&storage.images_dir())?;
+    let result = (|| {
+        bandsox_image::rootfs::build_busybox_rootfs(busybox, &tmp)?;
+        let config = serde_json::json!({
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "WorkingDir": "/",
+            "Cmd": ["/bin/sh"],
+        });
+        images::import_dir(store, storage, DEFAULT_IMAGE, &tmp, config)
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok((result?, true))
+}
+
+fn tempdir_in(parent: &Path) -> Result<PathBuf> {
+    let p = parent.join(format!(".tmp-{}", crate::storage::new_id()));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}
+
+/// The newest Debian kernel package in `BANDSOX_KERNEL_DEB` (a file or directory) or the cache.
+pub fn find_kernel_deb() -> Result<PathBuf> {
+    let place = std::env::var_os("BANDSOX_KERNEL_DEB").map_or_else(|| PathBuf::from(KERNEL_DEB_CACHE), PathBuf::from);
+    if place.is_file() {
+        return Ok(place);
+    }
+    let mut debs: Vec<PathBuf> = std::fs::read_dir(&place)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("linux-image-") && n.ends_with(".deb"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    debs.sort();
+    debs.pop().ok_or_else(|| {
+        CoreError::NotInitialised(format!(
+            "no Debian kernel package (linux-image-*-cloud-amd64 .deb) in {}; run scripts/setup, or pass --kernel-deb or --kernel",
+            place.display()
+        ))
+    })
+}

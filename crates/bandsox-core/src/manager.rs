@@ -1,0 +1,536 @@
+//! The VM manager: creates, drives and removes VMs, and keeps SQLite in step with reality.
+//!
+//! Each VM has one [`VmEntry`]: its lifecycle lock (so create/stop/delete never interleave on
+//! one VM), its VMM handle, its agent connection and a readiness signal that calls on a
+//! booting VM wait for. A watcher task per VM notices a VMM that dies under a running VM and
+//! marks it `failed`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bandsox_protocol::{ExecRequest, ReplyBody, Request};
+use bandsox_vmm::qemu::QemuDriver;
+use bandsox_vmm::{Disk, VmHandle, VmSpec, VmmDriver};
+use tokio::sync::{watch, Mutex};
+
+use crate::agent::{AgentClient, ExecOutput};
+use crate::error::{CoreError, Result};
+use crate::images;
+use crate::storage::{new_id, validate_id, Storage};
+use crate::store::{now, Store, VmRecord, VmStatus};
+
+/// Limits on create parameters.
+pub const MAX_VCPU: u32 = 32;
+pub const MIN_MEM_MIB: u32 = 64;
+pub const MAX_MEM_MIB: u32 = 65_536;
+pub const MIN_DISK_MIB: u64 = 64;
+pub const MAX_DISK_MIB: u64 = 1 << 20;
+/// Longest accepted VM name (names are labels, never paths).
+pub const MAX_NAME_LEN: usize = 256;
+
+/// Settings of a [`Manager`].
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub storage: Storage,
+    /// How long a VM may take from VMM start to agent hello.
+    pub boot_timeout: Duration,
+}
+
+impl ManagerConfig {
+    pub fn new(storage: Storage) -> Self {
+        Self {
+            storage,
+            boot_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// Parameters of a new VM.
+#[derive(Debug, Clone)]
+pub struct CreateVm {
+    pub image: String,
+    pub name: Option<String>,
+    pub vcpu: u32,
+    pub mem_mib: u32,
+    pub disk_size_mib: u64,
+    pub env_vars: BTreeMap<String, String>,
+    pub metadata: serde_json::Value,
+}
+
+impl CreateVm {
+    /// BandSox's defaults for `image`.
+    pub fn new(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            name: None,
+            vcpu: 1,
+            mem_mib: 128,
+            disk_size_mib: 4096,
+            env_vars: BTreeMap::new(),
+            metadata: serde_json::json!({}),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.vcpu == 0 || self.vcpu > MAX_VCPU {
+            return Err(CoreError::InvalidInput(format!("vcpu must be 1 to {MAX_VCPU}, got {}", self.vcpu)));
+        }
+        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
+            return Err(CoreError::InvalidInput(format!(
+                "mem_mib must be {MIN_MEM_MIB} to {MAX_MEM_MIB}, got {}",
+                self.mem_mib
+            )));
+        }
+        if !(MIN_DISK_MIB..=MAX_DISK_MIB).contains(&self.disk_size_mib) {
+            return Err(CoreError::InvalidInput(format!(
+                "disk_size_mib must be {MIN_DISK_MIB} to {MAX_DISK_MIB}, got {}",
+                self.disk_size_mib
+            )));
+        }
+        if let Some(name) = &self.name {
+            if name.len() > MAX_NAME_LEN || name.contains('\0') {
+                return Err(CoreError::InvalidInput(format!(
+                    "name must be at most {MAX_NAME_LEN} bytes without NUL"
+                )));
+            }
+        }
+        for k in self.env_vars.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(CoreError::InvalidInput(format!("invalid environment variable name `{}`", k.escape_debug())));
+            }
+        }
+        if !self.metadata.is_object() {
+            return Err(CoreError::InvalidInput("metadata must be a JSON object".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Readiness {
+    Booting,
+    Ready,
+    Gone(String),
+}
+
+struct VmEntry {
+    id: String,
+    /// Serialises lifecycle operations on this VM.
+    lifecycle: Mutex<()>,
+    handle: RwLock<Option<Arc<dyn VmHandle>>>,
+    agent: Mutex<Option<AgentClient>>,
+    ready: watch::Sender<Readiness>,
+    /// Set before the manager itself stops the VMM, so the watcher does not report a failure.
+    expect_exit: AtomicBool,
+}
+
+impl VmEntry {
+    fn handle(&self) -> Option<Arc<dyn VmHandle>> {
+        self.handle.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_handle(&self, h: Option<Arc<dyn VmHandle>>) {
+        *self.handle.write().unwrap_or_else(|p| p.into_inner()) = h;
+    }
+}
+
+/// Owns every VM of one storage root.
+pub struct Manager {
+    storage: Storage,
+    store: Store,
+    driver: Arc<dyn VmmDriver>,
+    config: ManagerConfig,
+    vms: RwLock<HashMap<String, Arc<VmEntry>>>,
+}
+
+impl Manager {
+    /// Opens the storage root with the QEMU backend and reconciles recorded VMs with the
+    /// processes that actually exist.
+    pub async fn open(config: ManagerConfig) -> Result<Arc<Self>> {
+        let driver = Arc::new(QemuDriver::new()?);
+        Self::with_driver(config, driver).await
+    }
+
+    /// Like [`Manager::open`] with an explicit backend.
+    pub async fn with_driver(config: ManagerConfig, driver: Arc<dyn VmmDriver>) -> Result<Arc<Self>> {
+        let storage = config.storage.clone();
+        if !storage.db_path().exists() {
+            return Err(CoreError::NotInitialised(format!(
+                "storage {} is not initialised",
+                storage.root().display()
+            )));
+        }
+        let store = Store::open(&storage.db_path())?;
+        let mgr = Arc::new(Self {
+            storage,
+            store,
+            driver,
+            config,
+            vms: RwLock::default(),
+        });
+        mgr.recover().await?;
+        Ok(mgr)
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Backend and accelerator names.
+    pub fn backend(&self) -> (&'static str, &'static str) {
+        (self.driver.name(), self.driver.accelerator())
+    }
+
+    /// VMs left `creating`, `running` or `paused` by a previous server process: their VMM
+    /// processes are stopped and their records settled, so nothing half-made survives.
+    /// (Re-attaching to VMs that still run comes with the lifecycle work.)
+    async fn recover(&self) -> Result<()> {
+        for vm in self.store.list_vms()? {
+            match vm.status {
+                VmStatus::Stopped | VmStatus::Failed => continue,
+                VmStatus::Creating => {
+                    self.kill_orphan(&vm);
+                    let _ = std::fs::remove_dir_all(self.storage.vm_dir(&vm.id)?);
+                    self.store.delete_vm(&vm.id)?;
+                }
+                VmStatus::Running | VmStatus::Paused => {
+                    self.kill_orphan(&vm);
+                    self.remove_sockets(&vm.id);
+                    self.store.set_vm_state(
+                        &vm.id,
+                        VmStatus::Stopped,
+                        None,
+                        Some("the server restarted; the VM was stopped"),
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Kills a VMM left by a previous server, but only if its command line names this VM's
+    /// directory (the pid may have been reused by an unrelated process).
+    fn kill_orphan(&self, vm: &VmRecord) {
+        let (Some(pid), Ok(dir)) = (vm.pid, self.storage.vm_dir(&vm.id)) else {
+            return;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return;
+        };
+        let needle = dir.as_os_str().as_encoded_bytes();
+        if cmdline.windows(needle.len()).any(|w| w == needle) {
+            bandsox_vmm::kill_process(pid);
+            for _ in 0..100 {
+                if !bandsox_vmm::process_alive(pid) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    fn entry(&self, id: &str) -> Option<Arc<VmEntry>> {
+        self.vms.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// Creates a VM and returns once its agent answers, or fails within the boot timeout
+    /// leaving nothing behind.
+    pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<VmRecord> {
+        req.validate()?;
+        let (kernel, initramfs) = bandsox_image::assets::kernel_paths(self.storage.root())?;
+        let image = images::resolve(&self.store, &self.storage, &req.image)?;
+        let free_mib = free_space_mib(&self.storage.vms_dir())?;
+        if req.disk_size_mib > free_mib {
+            return Err(CoreError::InvalidInput(format!(
+                "disk_size_mib {} exceeds the {free_mib} MiB free on the storage filesystem",
+                req.disk_size_mib
+            )));
+        }
+
+        let id = new_id();
+        let dir = self.storage.vm_dir(&id)?;
+        let t = now();
+        let record = VmRecord {
+            name: req.name.clone().unwrap_or_else(|| format!("vm-{}", &id[..8])),
+            id: id.clone(),
+            image: req.image.clone(),
+            image_digest: image.record.digest.clone(),
+            status: VmStatus::Creating,
+            vcpu: req.vcpu,
+            mem_mib: req.mem_mib,
+            disk_size_mib: req.disk_size_mib,
+            created_at: t,
+            updated_at: t,
+            pid: None,
+            error: None,
+            metadata: req.metadata.clone(),
+            env_vars: req.env_vars.clone(),
+        };
+        let entry = Arc::new(VmEntry {
+            id: id.clone(),
+            lifecycle: Mutex::new(()),
+            handle: RwLock::new(None),
+            agent: Mutex::new(None),
+            ready: watch::Sender::new(Readiness::Booting),
+            expect_exit: AtomicBool::new(false),
+        });
+        let _guard = entry.lifecycle.lock().await;
+        self.store.insert_vm(&record)?;
+        self.vms
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), entry.clone());
+
+        let spec = VmSpec {
+            id: id.clone(),
+            run_dir: dir.clone(),
+            vcpu: req.vcpu,
+            mem_mib: req.mem_mib,
+            kernel,
+            initramfs,
+            kernel_args: vec![
+                "bandsox.root=/dev/vda".into(),
+                "bandsox.data=/dev/vdb".into(),
+                format!("bandsox.hostname={}", hostname_for(&id)),
+            ],
+            disks: vec![
+                Disk {
+                    path: image.disk.clone(),
+                    read_only: true,
+                },
+                Disk {
+                    path: dir.join("disk.ext4"),
+                    read_only: false,
+                },
+            ],
+        };
+        match self.boot(&entry, &spec, req.disk_size_mib).await {
+            Ok(pid) => {
+                self.store.set_vm_state(&id, VmStatus::Running, Some(pid), None)?;
+                entry.ready.send_replace(Readiness::Ready);
+                self.spawn_watcher(entry.clone());
+                self.get_vm(&id)
+            }
+            Err(e) => {
+                entry.expect_exit.store(true, Ordering::Release);
+                if let Some(h) = entry.handle() {
+                    let _ = h.kill().await;
+                }
+                let console = read_tail(&dir.join("console.log"), 2048);
+                let _ = std::fs::remove_dir_all(&dir);
+                self.store.delete_vm(&id)?;
+                self.vms.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                entry.ready.send_replace(Readiness::Gone(e.to_string()));
+                Err(match e {
+                    CoreError::BootTimeout { timeout_s, detail } if !console.is_empty() => CoreError::BootTimeout {
+                        timeout_s,
+                        detail: format!("{detail}; last console output: {console}"),
+                    },
+                    e => e,
+                })
+            }
+        }
+    }
+
+    async fn boot(&self, entry: &VmEntry, spec: &VmSpec, disk_size_mib: u64) -> Result<u32> {
+        std::fs::create_dir_all(&spec.run_dir)?;
+        make_data_disk(&spec.run_dir.join("disk.ext4"), disk_size_mib)?;
+        let handle: Arc<dyn VmHandle> = Arc::from(self.driver.spawn(spec).await?);
+        entry.set_handle(Some(handle.clone()));
+        self.store.set_vm_state(&spec.id, VmStatus::Creating, Some(handle.pid()), None)?;
+        let timeout = self.config.boot_timeout;
+        let socket = handle.agent_socket();
+        let connect = AgentClient::connect(&socket, timeout);
+        // Stop waiting as soon as the VMM dies: a guest that panics does not need the whole
+        // timeout to be reported.
+        let agent = tokio::select! {
+            r = connect => r.map_err(|e| CoreError::BootTimeout { timeout_s: timeout.as_secs(), detail: e.to_string() })?,
+            exit = handle.wait() => return Err(CoreError::BootTimeout {
+                timeout_s: timeout.as_secs(),
+                detail: format!("the VMM exited during boot ({exit})"),
+            }),
+        };
+        *entry.agent.lock().await = Some(agent);
+        Ok(handle.pid())
+    }
+
+    fn spawn_watcher(self: &Arc<Self>, entry: Arc<VmEntry>) {
+        let Some(handle) = entry.handle() else { return };
+        let mgr = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let exit = handle.wait().await;
+            if entry.expect_exit.load(Ordering::Acquire) {
+                return;
+            }
+            let Some(mgr) = mgr.upgrade() else { return };
+            tracing::warn!(vm = %entry.id, %exit, "VMM exited unexpectedly");
+            let msg = format!("the VMM exited unexpectedly ({exit})");
+            let _ = mgr.store.set_vm_state(&entry.id, VmStatus::Failed, None, Some(&msg));
+            entry.ready.send_replace(Readiness::Gone(msg));
+            *entry.agent.lock().await = None;
+            entry.set_handle(None);
+            mgr.remove_sockets(&entry.id);
+        });
+    }
+
+    pub fn get_vm(&self, id: &str) -> Result<VmRecord> {
+        validate_id(id).map_err(|_| CoreError::vm_not_found(id))?;
+        self.store.get_vm(id)?.ok_or_else(|| CoreError::vm_not_found(id))
+    }
+
+    pub fn list_vms(&self) -> Result<Vec<VmRecord>> {
+        self.store.list_vms()
+    }
+
+    /// The agent of a running VM, waiting while it boots and reconnecting a dropped channel.
+    async fn agent_for(&self, id: &str) -> Result<AgentClient> {
+        let vm = self.get_vm(id)?;
+        let entry = self.entry(id).ok_or_else(|| not_running(&vm))?;
+        let mut ready = entry.ready.subscribe();
+        let state = tokio::time::timeout(self.config.boot_timeout, ready.wait_for(|r| *r != Readiness::Booting))
+            .await
+            .map_err(|_| CoreError::Conflict(format!("VM {id} is still booting")))?
+            .map(|r| r.clone())
+            .unwrap_or(Readiness::Gone("VM is gone".into()));
+        if let Readiness::Gone(why) = state {
+            return Err(CoreError::Conflict(format!("VM {id} is not running: {why}")));
+        }
+        let vm = self.get_vm(id)?;
+        if vm.status != VmStatus::Running {
+            return Err(not_running(&vm));
+        }
+        let mut slot = entry.agent.lock().await;
+        match slot.as_ref() {
+            Some(a) if !a.is_closed() => Ok(a.clone()),
+            _ => {
+                let handle = entry.handle().ok_or_else(|| not_running(&vm))?;
+                let a = AgentClient::connect(&handle.agent_socket(), Duration::from_secs(10)).await?;
+                *slot = Some(a.clone());
+                Ok(a)
+            }
+        }
+    }
+
+    /// Runs a command to completion.
+    pub async fn exec(&self, id: &str, mut req: ExecRequest, stdin: Option<Vec<u8>>, cap_bytes: usize) -> Result<ExecOutput> {
+        let vm = self.get_vm(id)?;
+        if req.argv.is_some() == req.command.is_some() {
+            return Err(CoreError::InvalidInput("give exactly one of `command` and `argv`".into()));
+        }
+        // VM-level environment first; the request's own variables win.
+        let mut env = vm.env_vars.clone();
+        env.append(&mut req.env);
+        req.env = env;
+        let agent = self.agent_for(id).await?;
+        agent.exec(req, stdin, cap_bytes).await
+    }
+
+    /// Powers a VM off (the agent syncs and powers off; the VMM is killed after a grace
+    /// period). Stopping a stopped VM is a no-op.
+    pub async fn stop_vm(&self, id: &str) -> Result<VmRecord> {
+        let vm = self.get_vm(id)?;
+        let Some(entry) = self.entry(id) else {
+            return Ok(vm);
+        };
+        let _guard = entry.lifecycle.lock().await;
+        self.stop_locked(&entry).await?;
+        self.store.set_vm_state(id, VmStatus::Stopped, None, None)?;
+        self.vms.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.get_vm(id)
+    }
+
+    async fn stop_locked(&self, entry: &VmEntry) -> Result<()> {
+        entry.expect_exit.store(true, Ordering::Release);
+        entry.ready.send_replace(Readiness::Gone("the VM was stopped".into()));
+        let agent = entry.agent.lock().await.take();
+        if let Some(h) = entry.handle() {
+            let mut clean = false;
+            if let Some(agent) = agent {
+                if let Ok(ReplyBody::Done) = agent.call(&Request::Shutdown, Duration::from_secs(5)).await {
+                    clean = h.wait_exit(Duration::from_secs(10)).await.is_some();
+                }
+            }
+            if !clean {
+                h.kill().await?;
+            }
+        }
+        entry.set_handle(None);
+        self.remove_sockets(&entry.id);
+        Ok(())
+    }
+
+    /// Stops a VM if needed and removes every file, socket and record of it.
+    pub async fn delete_vm(&self, id: &str) -> Result<()> {
+        let vm = self.get_vm(id)?;
+        if let Some(entry) = self.entry(id) {
+            let _guard = entry.lifecycle.lock().await;
+            self.stop_locked(&entry).await?;
+        } else if vm.pid.is_some() {
+            self.kill_orphan(&vm);
+        }
+        let dir = self.storage.vm_dir(id)?;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.store.delete_vm(id)?;
+        self.vms.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        Ok(())
+    }
+
+    fn remove_sockets(&self, id: &str) {
+        if let Ok(dir) = self.storage.vm_dir(id) {
+            for s in ["agent.sock", "qmp.sock"] {
+                let _ = std::fs::remove_file(dir.join(s));
+            }
+        }
+    }
+}
+
+fn not_running(vm: &VmRecord) -> CoreError {
+    CoreError::Conflict(format!("VM {} is {}, not running", vm.id, vm.status))
+}
+
+fn hostname_for(id: &str) -> String {
+    format!("bandsox-{}", &id[..id.len().min(8)])
+}
+
+/// Creates the VM's sparse writable disk (the overlay's upper layer). Inode tables are
+/// initialised lazily so the file stays sparse.
+fn make_data_disk(path: &std::path::Path, size_mib: u64) -> Result<()> {
+    let f = std::fs::File::create(path)?;
+    f.set_len(size_mib << 20)?;
+    drop(f);
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-L", "bandsox-data", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .arg(path)
+        .output()
+        .map_err(|e| CoreError::NotInitialised(format!("cannot run mkfs.ext4 ({e}); install e2fsprogs")))?;
+    if !out.status.success() {
+        return Err(CoreError::Io(std::io::Error::other(format!(
+            "mkfs.ext4 failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))));
+    }
+    Ok(())
+}
+
+fn free_space_mib(dir: &std::path::Path) -> Result<u64> {
+    crate::sys::free_space_bytes(dir).map(|b| b >> 20).map_err(CoreError::Io)
+}
+
+fn read_tail(path: &PathBuf, max: usize) -> String {
+    let Ok(bytes) = std::fs::read(path) else {
+        return String::new();
+    };
+    let start = bytes.len().saturating_sub(max);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_owned()
+}

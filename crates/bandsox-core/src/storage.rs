@@ -1,0 +1,127 @@
+//! The storage root and every path below it. Ids are validated before they become paths;
+//! user-chosen names are labels and never reach a path.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{CoreError, Result};
+
+/// Default storage root.
+pub const DEFAULT_STORAGE: &str = "/var/lib/bandsox";
+
+/// Layout of a storage root:
+/// `bandsox.db`, `images/<digest>/`, `kernels/`, `vms/<id>/`, `snapshots/<id>/`.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: PathBuf,
+}
+
+impl Storage {
+    /// Uses `root` (made absolute) without touching the filesystem.
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let root = if root.is_absolute() {
+            root
+        } else {
+            std::env::current_dir()?.join(root)
+        };
+        Ok(Self { root })
+    }
+
+    /// The root from `BANDSOX_STORAGE`, else the default.
+    pub fn from_env() -> Result<Self> {
+        Self::new(std::env::var_os("BANDSOX_STORAGE").map_or_else(|| PathBuf::from(DEFAULT_STORAGE), PathBuf::from))
+    }
+
+    /// Creates the directory layout (idempotent).
+    pub fn create_layout(&self) -> Result<()> {
+        for d in ["images", "kernels", "vms", "snapshots"] {
+            std::fs::create_dir_all(self.root.join(d))?;
+        }
+        Ok(())
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join("bandsox.db")
+    }
+
+    pub fn vms_dir(&self) -> PathBuf {
+        self.root.join("vms")
+    }
+
+    pub fn images_dir(&self) -> PathBuf {
+        self.root.join("images")
+    }
+
+    /// Directory of one VM. `id` must be valid (see [`validate_id`]).
+    pub fn vm_dir(&self, id: &str) -> Result<PathBuf> {
+        validate_id(id)?;
+        Ok(self.vms_dir().join(id))
+    }
+
+    /// Directory of one image, by its `sha256:<hex>` digest.
+    pub fn image_dir(&self, digest: &str) -> Result<PathBuf> {
+        let hex = digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+            .ok_or_else(|| CoreError::InvalidInput(format!("invalid image digest `{digest}`")))?;
+        Ok(self.images_dir().join(hex))
+    }
+}
+
+/// An id is 1 to 64 characters of `[a-z0-9-]`, not starting with `-`. Everything else is
+/// refused before it can reach a filesystem path.
+pub fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 64
+        && !id.starts_with('-')
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::InvalidInput(format!(
+            "invalid id `{}`: ids are 1-64 characters of a-z, 0-9 and '-'",
+            id.escape_debug().to_string().chars().take(80).collect::<String>()
+        )))
+    }
+}
+
+/// A fresh random id (UUID v4 text form, like BandSox's).
+pub fn new_id() -> String {
+    let b: [u8; 16] = rand::random();
+    let h = hex_lower(&b);
+    let variant = ["8", "9", "a", "b"][(b[8] >> 6) as usize];
+    format!("{}-{}-4{}-{}{}-{}", &h[0..8], &h[8..12], &h[13..16], variant, &h[17..20], &h[20..32])
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_that_could_escape_are_refused() {
+        for bad in ["", "..", "a/b", "../x", "A", "-rf", "a\0b", &"a".repeat(65), "a b", "é"] {
+            assert!(validate_id(bad).is_err(), "{bad:?} accepted");
+        }
+        validate_id(&new_id()).unwrap();
+        assert_eq!(new_id().len(), 36);
+    }
+
+    #[test]
+    fn digest_paths_are_checked() {
+        let s = Storage::new("/s").unwrap();
+        assert!(s.image_dir("sha256:../../etc").is_err());
+        assert!(s.image_dir(&format!("sha256:{}", "A".repeat(64))).is_err());
+        assert_eq!(
+            s.image_dir(&format!("sha256:{}", "a".repeat(64))).unwrap(),
+            PathBuf::from(format!("/s/images/{}", "a".repeat(64)))
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! Persistent state in SQLite (`<storage>/bandsox.db`): VMs and images.
+//!
+//! The schema is versioned with `PRAGMA user_version`; [`Store::open`] migrates forward.
+//! Calls are short and synchronous behind a mutex; the database runs in WAL mode so readers
+//! never wait for a writer.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CoreError, Result};
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE vms (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    image         TEXT NOT NULL,
+    image_digest  TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    vcpu          INTEGER NOT NULL,
+    mem_mib       INTEGER NOT NULL,
+    disk_size_mib INTEGER NOT NULL,
+    created_at    REAL NOT NULL,
+    updated_at    REAL NOT NULL,
+    pid           INTEGER,
+    error         TEXT,
+    metadata      TEXT NOT NULL DEFAULT '{}',
+    env_vars      TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX vms_created ON vms(created_at DESC);
+CREATE TABLE images (
+    reference   TEXT PRIMARY KEY,
+    digest      TEXT NOT NULL,
+    size_bytes  INTEGER NOT NULL,
+    config      TEXT NOT NULL DEFAULT '{}',
+    created_at  REAL NOT NULL
+);
+"#];
+
+/// Lifecycle state of a VM. Transitions: `creating -> running <-> paused -> stopped`,
+/// any -> `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmStatus {
+    Creating,
+    Running,
+    Paused,
+    Stopped,
+    Failed,
+}
+
+impl VmStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Stopped => "stopped",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "creating" => Self::Creating,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "stopped" => Self::Stopped,
+            _ => Self::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for VmStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One VM as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmRecord {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub image_digest: String,
+    pub status: VmStatus,
+    pub vcpu: u32,
+    pub mem_mib: u32,
+    pub disk_size_mib: u64,
+    /// Unix seconds.
+    pub created_at: f64,
+    pub updated_at: f64,
+    /// VMM process id while the VM runs.
+    pub pid: Option<u32>,
+    /// Why the VM failed, when it did.
+    pub error: Option<String>,
+    pub metadata: serde_json::Value,
+    pub env_vars: BTreeMap<String, String>,
+}
+
+/// One image as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    pub reference: String,
+    pub digest: String,
+    pub size_bytes: u64,
+    pub config: serde_json::Value,
+    pub created_at: f64,
+}
+
+/// The database.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > MIGRATIONS.len() {
+            return Err(CoreError::Conflict(format!(
+                "database schema version {version} is newer than this bandsox supports ({}); upgrade bandsox",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i + 1)?;
+            tx.commit()?;
+        }
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
+        // back), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert_vm(&self, vm: &VmRecord) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO vms (id, name, image, image_digest, status, vcpu, mem_mib, disk_size_mib,
+                              created_at, updated_at, pid, error, metadata, env_vars)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            params![
+                vm.id,
+                vm.name,
+                vm.image,
+                vm.image_digest,
+                vm.status.as_str(),
+                vm.vcpu,
+                vm.mem_mib,
+                vm.disk_size_mib,
+                vm.created_at,
+                vm.updated_at,
+                vm.pid,
+                vm.error,
+                vm.metadata.to_string(),
+                serde_json::to_string(&vm.env_vars).unwrap_or_else(|_| "{}".into()),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Sets status, pid and error of a VM.
+    pub fn set_vm_state(&self, id: &str, status: VmStatus, pid: Option<u32>, error: Option<&str>) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE vms SET status = ?2, pid = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
+            params![id, status.as_str(), pid, error, now()],
+        )?;
+        if n == 0 {
+            return Err(CoreError::vm_not_found(id));
+        }
+        Ok(())
+    }
+
+    pub fn get_vm(&self, id: &str) -> Result<Option<VmRecord>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT * FROM vms WHERE id = ?1", [id], vm_from_row)
+            .optional()?)
+    }
+
+    /// All VMs, newest first.
+    pub fn list_vms(&self) -> Result<Vec<VmRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached("SELECT * FROM vms ORDER BY created_at DESC, id")?;
+        let rows = stmt.query_map([], vm_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn delete_vm(&self, id: &str) -> Result<()> {
+        self.conn().execute("DELETE FROM vms WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    pub fn upsert_image(&self, img: &ImageRecord) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO images (reference, digest, size_bytes, config, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(reference) DO UPDATE SET digest = ?2, size_bytes = ?3, config = ?4, created_at = ?5",
+            params![img.reference, img.digest, img.size_bytes, img.config.to_string(), img.created_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn get_image(&self, reference: &str) -> Result<Option<ImageRecord>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT reference, digest, size_bytes, config, created_at FROM images WHERE reference = ?1", [reference], image_from_row)
+            .optional()?)
+    }
+
+    pub fn list_images(&self) -> Result<Vec<ImageRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT reference, digest, size_bytes, config, created_at FROM images ORDER BY reference",
+        )?;
+        let rows = stmt.query_map([], image_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}
+
+fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<VmRecord> {
+    let metadata: String = r.get("metadata")?;
+    let env: String = r.get("env_vars")?;
+    let status: String = r.get("status")?;
+    Ok(VmRecord {
+        id: r.get("id")?,
+        name: r.get("name")?,
+        image: r.get("image")?,
+        image_digest: r.get("image_digest")?,
+        status: VmStatus::parse(&status),
+        vcpu: r.get("vcpu")?,
+        mem_mib: r.get("mem_mib")?,
+        disk_size_mib: r.get("disk_size_mib")?,
+        created_at: r.get("created_at")?,
+        updated_at: r.get("updated_at")?,
+        pid: r.get("pid")?,
+        error: r.get("error")?,
+        metadata: serde_json::from_str(&metadata).unwrap_or(serde_json::Value::Null),
+        env_vars: serde_json::from_str(&env).unwrap_or_default(),
+    })
+}
+
+fn image_from_row(r: &Row<'_>) -> rusqlite::Result<ImageRecord> {
+    let config: String = r.get(3)?;
+    Ok(ImageRecord {
+        reference: r.get(0)?,
+        digest: r.get(1)?,
+        size_bytes: r.get(2)?,
+        config: serde_json::from_str(&config).unwrap_or(serde_json::Value::Null),
+        created_at: r.get(4)?,
+    })
+}
+
+/// Current time as Unix seconds.
+pub fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(id: &str, created_at: f64) -> VmRecord {
+        VmRecord {
+            id: id.into(),
+            name: format!("n-{id}"),
+            image: "bandsox/busybox".into(),
+            image_digest: "sha256:x".into(),
+            status: VmStatus::Creating,
+            vcpu: 1,
+            mem_mib: 128,
+            disk_size_mib: 4096,
+            created_at,
+            updated_at: created_at,
+            pid: None,
+            error: None,
+            metadata: serde_json::json!({"team": "a"}),
+            env_vars: BTreeMap::from([("K".into(), "V".into())]),
+        }
+    }
+
+    #[test]
+    fn vms_roundtrip_and_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store.insert_vm(&vm("a", 1.0)).unwrap();
+        store.insert_vm(&vm("b", 2.0)).unwrap();
+        store.set_vm_state("a", VmStatus::Running, Some(42), None).unwrap();
+        let a = store.get_vm("a").unwrap().unwrap();
+        assert_eq!((a.status, a.pid), (VmStatus::Running, Some(42)));
+        assert_eq!(a.env_vars["K"], "V");
+        let ids: Vec<_> = store.list_vms().unwrap().into_iter().map(|v| v.id).collect();
+        assert_eq!(ids, ["b", "a"]);
+        assert!(matches!(
+            store.set_vm_state("zz", VmStatus::Failed, None, None),
+            Err(CoreError::NotFound { .. })
+        ));
+        // Reopening keeps the data and does not re-run migrations.
+        drop(store);
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        assert_eq!(store.list_vms().unwrap().len(), 2);
+    }
+}

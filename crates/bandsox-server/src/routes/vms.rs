@@ -1,0 +1,185 @@
+//! `/api/vms`: create, list, inspect, run commands in, stop and delete VMs.
+
+use std::collections::BTreeMap;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use bandsox_api::{CreateVmRequest, CreateVmResponse, ExecResponse, StatusResponse, VersionInfo, VmInfo};
+use bandsox_core::{CreateVm, VmRecord, VmStatus};
+use serde::Deserialize;
+
+use super::AppState;
+use crate::error::{ApiError, ApiResult};
+
+/// Longest command timeout accepted, in seconds.
+const MAX_EXEC_TIMEOUT_S: u64 = 24 * 3600;
+/// Output kept per stream of a blocking exec.
+const EXEC_OUTPUT_CAP: usize = 64 << 20;
+
+pub async fn version(State(s): State<AppState>) -> Json<VersionInfo> {
+    let (backend, accel) = s.manager.backend();
+    Json(VersionInfo {
+        version: env!("CARGO_PKG_VERSION").into(),
+        backend: backend.into(),
+        accelerator: accel.into(),
+    })
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<usize>,
+    metadata_equals: Option<String>,
+}
+
+pub async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<VmInfo>>> {
+    let filter: Option<serde_json::Map<String, serde_json::Value>> = match q.metadata_equals.as_deref() {
+        None => None,
+        Some(raw) => Some(serde_json::from_str(raw).map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_input",
+                format!("metadata_equals must be a JSON object: {e}"),
+            )
+        })?),
+    };
+    let vms = s.manager.list_vms()?;
+    let matches = |vm: &VmRecord| {
+        filter
+            .as_ref()
+            .is_none_or(|f| f.iter().all(|(k, v)| vm.metadata.get(k) == Some(v)))
+    };
+    let out = vms
+        .into_iter()
+        .filter(matches)
+        .take(q.limit.unwrap_or(usize::MAX))
+        .map(vm_info)
+        .collect();
+    Ok(Json(out))
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    body: Result<Json<CreateVmRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<CreateVmResponse>)> {
+    let Json(req) = body?;
+    let mut create = CreateVm::new(req.image);
+    create.name = req.name;
+    create.vcpu = req.vcpu;
+    create.mem_mib = req.mem_mib;
+    create.disk_size_mib = req.disk_size_mib;
+    create.env_vars = req.env_vars.unwrap_or_default();
+    create.metadata = req.metadata.unwrap_or_else(|| serde_json::json!({}));
+    let vm = s.manager.create_vm(create).await?;
+    // BandSox answers "created"; the VM is running and its agent ready at this point.
+    Ok((
+        StatusCode::OK,
+        Json(CreateVmResponse {
+            id: vm.id,
+            status: "created".into(),
+        }),
+    ))
+}
+
+pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<VmInfo>> {
+    Ok(Json(vm_info(s.manager.get_vm(&id)?)))
+}
+
+pub async fn exec(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<bandsox_api::ExecRequest>, JsonRejection>,
+) -> ApiResult<Json<ExecResponse>> {
+    let Json(req) = body?;
+    if req.timeout == 0 || req.timeout > MAX_EXEC_TIMEOUT_S {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input",
+            format!("timeout must be 1 to {MAX_EXEC_TIMEOUT_S} seconds"),
+        ));
+    }
+    let exec = bandsox_protocol::ExecRequest {
+        command: Some(req.command),
+        env: req.env.unwrap_or_default(),
+        cwd: req.cwd,
+        timeout_ms: Some(req.timeout * 1000),
+        ..Default::default()
+    };
+    let out = s.manager.exec(&id, exec, None, EXEC_OUTPUT_CAP).await?;
+    if out.status.timed_out {
+        return Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "exec_timeout",
+            format!("Command timed out after {} s", req.timeout),
+        ));
+    }
+    let exit_code = match (out.status.exit_code, out.status.signal) {
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => -1,
+    };
+    Ok(Json(ExecResponse {
+        exit_code,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        stdout_dropped_bytes: out.stdout_dropped,
+        stderr_dropped_bytes: out.stderr_dropped,
+    }))
+}
+
+pub async fn stop(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<StatusResponse>> {
+    s.manager.stop_vm(&id).await?;
+    Ok(Json(StatusResponse {
+        status: "stopped".into(),
+    }))
+}
+
+pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<StatusResponse>> {
+    s.manager.delete_vm(&id).await?;
+    Ok(Json(StatusResponse {
+        status: "deleted".into(),
+    }))
+}
+
+/// Names of environment variables whose values are never shown.
+fn looks_secret(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    ["KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH"]
+        .iter()
+        .any(|s| n.contains(s))
+}
+
+fn vm_info(vm: VmRecord) -> VmInfo {
+    let env_vars: BTreeMap<String, String> = vm
+        .env_vars
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if looks_secret(&k) { "<redacted>".to_owned() } else { v };
+            (k, v)
+        })
+        .collect();
+    VmInfo {
+        agent_ready: vm.status == VmStatus::Running,
+        id: vm.id,
+        name: vm.name,
+        image: vm.image,
+        image_digest: vm.image_digest,
+        status: vm.status.to_string(),
+        vcpu: vm.vcpu,
+        mem_mib: vm.mem_mib,
+        disk_size_mib: vm.disk_size_mib,
+        created_at: vm.created_at,
+        updated_at: vm.updated_at,
+        pid: vm.pid,
+        error: vm.error,
+        metadata: vm.metadata,
+        env_vars,
+        network_config: None,
+        vsock_config: None,
+    }
+}
