@@ -258,10 +258,8 @@ fn pump_output(fd: OwnedFd, channel: Channel, tx: &StreamTx, ctl: &StreamCtl, ex
     let mut buf = vec![0u8; DATA_CHUNK_LEN];
     let mut scratch = Vec::with_capacity(DATA_CHUNK_LEN + 16);
     let mut last_data = Instant::now();
-    loop {
-        let Some(window) = ctl.wait_window(channel) else {
-            break; // cancelled
-        };
+    // `wait_window` returns None once the stream is cancelled.
+    while let Some(window) = ctl.wait_window(channel) {
         let readable = match exit.get() {
             None => {
                 let mut fds = vec![sys::pollfd(fd.as_raw_fd(), libc::POLLIN)];
@@ -279,7 +277,8 @@ fn pump_output(fd: OwnedFd, channel: Channel, tx: &StreamTx, ctl: &StreamCtl, ex
             }
             Some(exited_at) => {
                 let now = Instant::now();
-                let until = (exited_at.max(last_data) + EXIT_IDLE_GRACE).min(exited_at + EXIT_HARD_CAP);
+                let until =
+                    (exited_at.max(last_data) + EXIT_IDLE_GRACE).min(exited_at + EXIT_HARD_CAP);
                 if now >= until {
                     break;
                 }
@@ -306,7 +305,11 @@ fn pump_output(fd: OwnedFd, channel: Channel, tx: &StreamTx, ctl: &StreamCtl, ex
                 tx.data(channel, &buf[..n], &mut scratch);
                 last_data = Instant::now();
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock
+                ) => {}
             Err(e) => {
                 log!("read {channel:?}: {e}");
                 break;

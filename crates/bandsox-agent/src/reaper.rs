@@ -82,16 +82,13 @@ fn run() {
         match sys::wait_any_exited() {
             Ok(pid) => {
                 let _exclusive = r.spawn_lock.write().unwrap_or_else(|e| e.into_inner());
-                match sys::reap(pid) {
-                    Ok(Some(status)) => {
-                        let waiter = lock(&r.waiters).remove(&pid);
-                        if let Some(waiter) = waiter {
-                            waiter(status);
-                        }
+                // Nothing to do when it was reaped by someone else (std reaps a child whose
+                // exec failed) or has not terminated after all.
+                if let Ok(Some(status)) = sys::reap(pid) {
+                    let waiter = lock(&r.waiters).remove(&pid);
+                    if let Some(waiter) = waiter {
+                        waiter(status);
                     }
-                    // Reaped by someone else (std reaps a child whose exec failed) or not
-                    // terminated after all: nothing to do.
-                    Ok(None) | Err(_) => {}
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {

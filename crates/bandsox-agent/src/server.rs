@@ -37,6 +37,7 @@ pub enum ShutdownAction {
     /// Exit the agent process (running outside a VM).
     Exit,
     /// Only answer (tests).
+    #[cfg_attr(not(test), allow(dead_code))]
     Ignore,
 }
 
@@ -234,9 +235,10 @@ pub fn parse_request(payload: &[u8]) -> Result<Request, ErrorBody> {
             .ok()
             .and_then(|v| v.get("op")?.as_str().map(str::to_owned));
         match op {
-            Some(op) if !KNOWN_OPS.contains(&op.as_str()) => {
-                ErrorBody::new(ErrorCode::Unsupported, format!("unsupported operation `{op}`"))
-            }
+            Some(op) if !KNOWN_OPS.contains(&op.as_str()) => ErrorBody::new(
+                ErrorCode::Unsupported,
+                format!("unsupported operation `{op}`"),
+            ),
             _ => ErrorBody::new(ErrorCode::BadRequest, format!("malformed request: {e}")),
         }
     })
@@ -304,20 +306,28 @@ pub struct StreamTx {
 }
 
 impl StreamTx {
-    fn json<T: serde::Serialize>(&self, kind: FrameKind, msg: &T) {
-        let mut out = Vec::new();
-        match frame::encode_json(&mut out, self.id, kind, msg) {
-            Ok(()) => self.agent.outbox.send(self.gen, &out),
+    fn send_encoded(
+        &self,
+        kind: FrameKind,
+        encoded: Result<(), bandsox_protocol::ProtocolError>,
+        out: &[u8],
+    ) {
+        match encoded {
+            Ok(()) => self.agent.outbox.send(self.gen, out),
             Err(e) => log!("stream {}: cannot encode {kind:?}: {e}", self.id),
         }
     }
 
     pub fn reply(&self, reply: &Reply) {
-        self.json(FrameKind::Reply, reply);
+        let mut out = Vec::new();
+        let r = frame::encode_json(&mut out, self.id, FrameKind::Reply, reply);
+        self.send_encoded(FrameKind::Reply, r, &out);
     }
 
     pub fn event(&self, event: &Event) {
-        self.json(FrameKind::Event, event);
+        let mut out = Vec::new();
+        let r = frame::encode_json(&mut out, self.id, FrameKind::Event, event);
+        self.send_encoded(FrameKind::Event, r, &out);
     }
 
     /// Sends `bytes` (at most [`DATA_CHUNK_LEN`]) on `channel`; `scratch` is a reusable buffer.

@@ -207,10 +207,14 @@ struct IfreqFlags {
 /// Sets `IFF_UP` on network interface `name` (e.g. `lo`).
 pub fn interface_up(name: &str) -> io::Result<()> {
     if name.is_empty() || name.len() >= libc::IFNAMSIZ {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad interface name"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
     }
     // SAFETY: socket takes integer arguments only.
-    let raw = check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    let raw =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: socket succeeded, so `raw` is an open fd that we now own.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
     let mut req = IfreqFlags {

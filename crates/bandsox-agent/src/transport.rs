@@ -181,8 +181,10 @@ impl Connector for UnixConnector {
 }
 
 /// A single pre-made connection (tests): served once, then serving ends.
+#[cfg(test)]
 pub struct OnceConnector(pub Option<Connection>);
 
+#[cfg(test)]
 impl Connector for OnceConnector {
     fn connect(&mut self) -> io::Result<Option<Connection>> {
         Ok(self.0.take())

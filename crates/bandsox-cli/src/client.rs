@@ -57,8 +57,16 @@ impl Client {
         self.finish(req.call())
     }
 
-    pub fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B, timeout: Duration) -> Result<T, CliError> {
-        let req = self.agent.post(&format!("{}{path}", self.base)).timeout(timeout);
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, CliError> {
+        let req = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .timeout(timeout);
         self.finish(req.send_json(body))
     }
 
@@ -70,7 +78,10 @@ impl Client {
         self.finish(req.call())
     }
 
-    fn finish<T: DeserializeOwned>(&self, res: Result<ureq::Response, ureq::Error>) -> Result<T, CliError> {
+    fn finish<T: DeserializeOwned>(
+        &self,
+        res: Result<ureq::Response, ureq::Error>,
+    ) -> Result<T, CliError> {
         match res {
             Ok(r) => r
                 .into_json()
@@ -81,7 +92,9 @@ impl Client {
             }
             Err(ureq::Error::Transport(t)) => Err(CliError {
                 message: format!("cannot reach the bandsox server at {}: {t}", self.base),
-                hint: Some("start it with `bandsox serve`, or point --url / BANDSOX_URL at it".into()),
+                hint: Some(
+                    "start it with `bandsox serve`, or point --url / BANDSOX_URL at it".into(),
+                ),
                 exit_code: 5,
             }),
         }
@@ -101,7 +114,10 @@ fn problem_error(status: u16, body: &str) -> CliError {
             exit_code,
         },
         Err(_) => CliError {
-            message: format!("server answered {status}: {}", body.chars().take(200).collect::<String>()),
+            message: format!(
+                "server answered {status}: {}",
+                body.chars().take(200).collect::<String>()
+            ),
             hint: None,
             exit_code,
         },

@@ -15,10 +15,20 @@ use clap::{Parser, Subcommand};
 use crate::client::CliError;
 
 #[derive(Debug, Parser)]
-#[command(name = "bandsox", version, about = "MicroVM sandboxes from OCI images", propagate_version = true)]
+#[command(
+    name = "bandsox",
+    version,
+    about = "MicroVM sandboxes from OCI images",
+    propagate_version = true
+)]
 struct Cli {
     /// Server URL for client commands.
-    #[arg(long, global = true, env = "BANDSOX_URL", default_value = "http://127.0.0.1:8000")]
+    #[arg(
+        long,
+        global = true,
+        env = "BANDSOX_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
     url: String,
     #[command(subcommand)]
     command: Command,

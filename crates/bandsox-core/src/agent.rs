@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use bandsox_protocol::frame::{self, Channel, FrameKind};
 use bandsox_protocol::{
-    decode_json, Event, ExecRequest, ExitStatus, Frame, FrameDecoder, Hello, Reply, ReplyBody, Request,
-    PROTOCOL_VERSION,
+    decode_json, Event, ExecRequest, ExitStatus, Frame, FrameDecoder, Hello, Reply, ReplyBody,
+    Request, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
@@ -62,7 +62,10 @@ impl AgentClient {
             match UnixStream::connect(socket).await {
                 Ok(s) => break s,
                 Err(e) if tokio::time::Instant::now() >= deadline => {
-                    return Err(CoreError::Agent(format!("cannot connect to {}: {e}", socket.display())))
+                    return Err(CoreError::Agent(format!(
+                        "cannot connect to {}: {e}",
+                        socket.display()
+                    )))
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
@@ -83,7 +86,8 @@ impl AgentClient {
         });
         let agent = 'handshake: loop {
             let mut out = Vec::new();
-            frame::encode_json(&mut out, stream_id, FrameKind::Request, &hello).map_err(|e| CoreError::Agent(e.to_string()))?;
+            frame::encode_json(&mut out, stream_id, FrameKind::Request, &hello)
+                .map_err(|e| CoreError::Agent(e.to_string()))?;
             writer.write_all(&out).await?;
             stream_id += 1;
             let tick = tokio::time::Instant::now() + HELLO_INTERVAL;
@@ -94,12 +98,17 @@ impl AgentClient {
                         return Err(CoreError::Agent("no hello from the guest agent".into()))
                     }
                     Err(_) => continue 'handshake,
-                    Ok(Ok(0)) => return Err(CoreError::Agent("agent socket closed by the VMM".into())),
+                    Ok(Ok(0)) => {
+                        return Err(CoreError::Agent("agent socket closed by the VMM".into()))
+                    }
                     Ok(Ok(n)) => n,
                     Ok(Err(e)) => return Err(e.into()),
                 };
                 decoder.push(&buf[..n]);
-                while let Some(f) = decoder.next_frame().map_err(|e| CoreError::Agent(e.to_string()))? {
+                while let Some(f) = decoder
+                    .next_frame()
+                    .map_err(|e| CoreError::Agent(e.to_string()))?
+                {
                     if f.kind != FrameKind::Reply {
                         continue;
                     }
@@ -145,7 +154,9 @@ impl AgentClient {
     /// Opens a stream by sending `req`.
     pub async fn open(&self, req: &Request) -> Result<AgentStream> {
         if self.is_closed() {
-            return Err(CoreError::Agent("connection to the guest agent is closed".into()));
+            return Err(CoreError::Agent(
+                "connection to the guest agent is closed".into(),
+            ));
         }
         let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -161,7 +172,8 @@ impl AgentClient {
             finished: false,
         };
         let mut out = Vec::new();
-        frame::encode_json(&mut out, id, FrameKind::Request, req).map_err(|e| CoreError::Agent(e.to_string()))?;
+        frame::encode_json(&mut out, id, FrameKind::Request, req)
+            .map_err(|e| CoreError::Agent(e.to_string()))?;
         self.send_raw(&out).await?;
         Ok(stream)
     }
@@ -193,13 +205,20 @@ impl AgentClient {
     pub async fn ping(&self, timeout: Duration) -> Result<()> {
         match self.call(&Request::Ping, timeout).await? {
             ReplyBody::Pong => Ok(()),
-            other => Err(CoreError::Agent(format!("unexpected reply to ping: {other:?}"))),
+            other => Err(CoreError::Agent(format!(
+                "unexpected reply to ping: {other:?}"
+            ))),
         }
     }
 
     /// Runs a command to completion, keeping at most `cap_bytes` of each output stream.
     /// `stdin` is sent (and closed) when given.
-    pub async fn exec(&self, req: ExecRequest, stdin: Option<Vec<u8>>, cap_bytes: usize) -> Result<ExecOutput> {
+    pub async fn exec(
+        &self,
+        req: ExecRequest,
+        stdin: Option<Vec<u8>>,
+        cap_bytes: usize,
+    ) -> Result<ExecOutput> {
         let timeout_ms = req.timeout_ms;
         let mut req = req;
         req.stdin = stdin.is_some();
@@ -225,7 +244,9 @@ impl AgentClient {
                         return Ok(());
                     }
                     StreamItem::Reply(other) => {
-                        return Err(CoreError::Agent(format!("unexpected reply to exec: {other:?}")))
+                        return Err(CoreError::Agent(format!(
+                            "unexpected reply to exec: {other:?}"
+                        )))
                     }
                     _ => {}
                 }
@@ -235,9 +256,11 @@ impl AgentClient {
         match timeout_ms {
             Some(ms) => {
                 let bound = Duration::from_millis(ms) + Duration::from_secs(10);
-                tokio::time::timeout(bound, fut).await.map_err(|_| CoreError::ExecTimeout {
-                    timeout_s: ms.div_ceil(1000),
-                })??
+                tokio::time::timeout(bound, fut)
+                    .await
+                    .map_err(|_| CoreError::ExecTimeout {
+                        timeout_s: ms.div_ceil(1000),
+                    })??
             }
             None => fut.await?,
         }
@@ -275,7 +298,9 @@ impl AgentStream {
         loop {
             let Some(f) = self.rx.recv().await else {
                 self.finished = true;
-                return Err(CoreError::Agent("connection to the guest agent dropped".into()));
+                return Err(CoreError::Agent(
+                    "connection to the guest agent dropped".into(),
+                ));
             };
             match f.kind {
                 FrameKind::Reply => {
@@ -292,7 +317,9 @@ impl AgentStream {
                     Err(_) => continue,
                 },
                 FrameKind::Data => {
-                    let (ch, bytes) = f.channel_payload().map_err(|e| CoreError::Agent(e.to_string()))?;
+                    let (ch, bytes) = f
+                        .channel_payload()
+                        .map_err(|e| CoreError::Agent(e.to_string()))?;
                     let n = bytes.len() as u32;
                     let item = StreamItem::Data(ch, bytes.to_vec());
                     let mut credit = Vec::new();
@@ -301,7 +328,9 @@ impl AgentStream {
                     return Ok(item);
                 }
                 FrameKind::Eof => {
-                    let (ch, _) = f.channel_payload().map_err(|e| CoreError::Agent(e.to_string()))?;
+                    let (ch, _) = f
+                        .channel_payload()
+                        .map_err(|e| CoreError::Agent(e.to_string()))?;
                     return Ok(StreamItem::Eof(ch));
                 }
                 _ => continue,

@@ -67,12 +67,15 @@ impl CoreError {
     /// A short suggestion for the user, where one helps.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            Self::NotInitialised(_) | Self::Image(bandsox_image::ImageError::NotInitialised { .. }) => {
+            Self::NotInitialised(_)
+            | Self::Image(bandsox_image::ImageError::NotInitialised { .. }) => {
                 Some("run `bandsox init` (or scripts/setup) first")
             }
             Self::NotFound { kind: "VM", .. } => Some("list VMs with `bandsox vm list`"),
             Self::NotFound { kind: "image", .. } => Some("list images with `bandsox image ls`"),
-            Self::BootTimeout { .. } => Some("the guest console log is in <storage>/vms/<id>/console.log while the VM exists"),
+            Self::BootTimeout { .. } => Some(
+                "the guest console log is in <storage>/vms/<id>/console.log while the VM exists",
+            ),
             _ => None,
         }
     }

@@ -36,7 +36,11 @@ pub fn validate_reference(reference: &str) -> Result<()> {
     } else {
         Err(CoreError::InvalidInput(format!(
             "invalid image reference `{}`",
-            reference.chars().take(80).collect::<String>().escape_debug()
+            reference
+                .chars()
+                .take(80)
+                .collect::<String>()
+                .escape_debug()
         )))
     }
 }
@@ -44,15 +48,20 @@ pub fn validate_reference(reference: &str) -> Result<()> {
 /// Finds a cached image by reference.
 pub fn resolve(store: &Store, storage: &Storage, reference: &str) -> Result<ResolvedImage> {
     validate_reference(reference)?;
-    let record = store.get_image(reference)?.ok_or_else(|| CoreError::NotFound {
-        kind: "image",
-        id: reference.to_owned(),
-    })?;
+    let record = store
+        .get_image(reference)?
+        .ok_or_else(|| CoreError::NotFound {
+            kind: "image",
+            id: reference.to_owned(),
+        })?;
     let disk = storage.image_dir(&record.digest)?.join("rootfs.ext4");
     if !disk.is_file() {
         return Err(CoreError::NotFound {
             kind: "image",
-            id: format!("{reference} (base disk {} is missing; re-import it)", disk.display()),
+            id: format!(
+                "{reference} (base disk {} is missing; re-import it)",
+                disk.display()
+            ),
         });
     }
     Ok(ResolvedImage { record, disk })
@@ -60,7 +69,13 @@ pub fn resolve(store: &Store, storage: &Storage, reference: &str) -> Result<Reso
 
 /// Imports a root filesystem directory as image `reference`. The digest is computed over the
 /// tree's content, so importing the same tree twice reuses the cached disk.
-pub fn import_dir(store: &Store, storage: &Storage, reference: &str, dir: &Path, config: serde_json::Value) -> Result<ImageRecord> {
+pub fn import_dir(
+    store: &Store,
+    storage: &Storage,
+    reference: &str,
+    dir: &Path,
+    config: serde_json::Value,
+) -> Result<ImageRecord> {
     validate_reference(reference)?;
     let digest = tree_digest(dir)?;
     let image_dir = storage.image_dir(&digest)?;
@@ -145,7 +160,11 @@ mod tests {
 
     #[test]
     fn references_are_validated() {
-        for ok in ["bandsox/busybox", "python:3.12-slim", "localhost:5000/a/b@sha256:00"] {
+        for ok in [
+            "bandsox/busybox",
+            "python:3.12-slim",
+            "localhost:5000/a/b@sha256:00",
+        ] {
             validate_reference(ok).unwrap();
         }
         for bad in ["", "a/../b", "a b", "a\0", "x;rm"] {

@@ -57,7 +57,12 @@ pub fn initialise(req: &InitRequest) -> Result<InitOutcome> {
     })
 }
 
-fn import_busybox(store: &Store, storage: &Storage, busybox: &Path, force: bool) -> Result<(crate::store::ImageRecord, bool)> {
+fn import_busybox(
+    store: &Store,
+    storage: &Storage,
+    busybox: &Path,
+    force: bool,
+) -> Result<(crate::store::ImageRecord, bool)> {
     if !force {
         if let Ok(existing) = images::resolve(store, storage, DEFAULT_IMAGE) {
             return Ok((existing.record, false));
@@ -85,7 +90,8 @@ fn tempdir_in(parent: &Path) -> Result<PathBuf> {
 
 /// The newest Debian kernel package in `BANDSOX_KERNEL_DEB` (a file or directory) or the cache.
 pub fn find_kernel_deb() -> Result<PathBuf> {
-    let place = std::env::var_os("BANDSOX_KERNEL_DEB").map_or_else(|| PathBuf::from(KERNEL_DEB_CACHE), PathBuf::from);
+    let place = std::env::var_os("BANDSOX_KERNEL_DEB")
+        .map_or_else(|| PathBuf::from(KERNEL_DEB_CACHE), PathBuf::from);
     if place.is_file() {
         return Ok(place);
     }

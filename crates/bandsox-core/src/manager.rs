@@ -76,7 +76,10 @@ impl CreateVm {
 
     fn validate(&self) -> Result<()> {
         if self.vcpu == 0 || self.vcpu > MAX_VCPU {
-            return Err(CoreError::InvalidInput(format!("vcpu must be 1 to {MAX_VCPU}, got {}", self.vcpu)));
+            return Err(CoreError::InvalidInput(format!(
+                "vcpu must be 1 to {MAX_VCPU}, got {}",
+                self.vcpu
+            )));
         }
         if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
             return Err(CoreError::InvalidInput(format!(
@@ -99,11 +102,16 @@ impl CreateVm {
         }
         for k in self.env_vars.keys() {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(CoreError::InvalidInput(format!("invalid environment variable name `{}`", k.escape_debug())));
+                return Err(CoreError::InvalidInput(format!(
+                    "invalid environment variable name `{}`",
+                    k.escape_debug()
+                )));
             }
         }
         if !self.metadata.is_object() {
-            return Err(CoreError::InvalidInput("metadata must be a JSON object".into()));
+            return Err(CoreError::InvalidInput(
+                "metadata must be a JSON object".into(),
+            ));
         }
         Ok(())
     }
@@ -129,7 +137,10 @@ struct VmEntry {
 
 impl VmEntry {
     fn handle(&self) -> Option<Arc<dyn VmHandle>> {
-        self.handle.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.handle
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn set_handle(&self, h: Option<Arc<dyn VmHandle>>) {
@@ -155,7 +166,10 @@ impl Manager {
     }
 
     /// Like [`Manager::open`] with an explicit backend.
-    pub async fn with_driver(config: ManagerConfig, driver: Arc<dyn VmmDriver>) -> Result<Arc<Self>> {
+    pub async fn with_driver(
+        config: ManagerConfig,
+        driver: Arc<dyn VmmDriver>,
+    ) -> Result<Arc<Self>> {
         let storage = config.storage.clone();
         if !storage.db_path().exists() {
             return Err(CoreError::NotInitialised(format!(
@@ -237,7 +251,11 @@ impl Manager {
     }
 
     fn entry(&self, id: &str) -> Option<Arc<VmEntry>> {
-        self.vms.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+        self.vms
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
     }
 
     /// Creates a VM and returns once its agent answers, or fails within the boot timeout
@@ -258,7 +276,10 @@ impl Manager {
         let dir = self.storage.vm_dir(&id)?;
         let t = now();
         let record = VmRecord {
-            name: req.name.clone().unwrap_or_else(|| format!("vm-{}", &id[..8])),
+            name: req
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("vm-{}", &id[..8])),
             id: id.clone(),
             image: req.image.clone(),
             image_digest: image.record.digest.clone(),
@@ -313,7 +334,8 @@ impl Manager {
         };
         match self.boot(&entry, &spec, req.disk_size_mib).await {
             Ok(pid) => {
-                self.store.set_vm_state(&id, VmStatus::Running, Some(pid), None)?;
+                self.store
+                    .set_vm_state(&id, VmStatus::Running, Some(pid), None)?;
                 entry.ready.send_replace(Readiness::Ready);
                 self.spawn_watcher(entry.clone());
                 self.get_vm(&id)
@@ -326,13 +348,18 @@ impl Manager {
                 let console = read_tail(&dir.join("console.log"), 2048);
                 let _ = std::fs::remove_dir_all(&dir);
                 self.store.delete_vm(&id)?;
-                self.vms.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                self.vms
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
                 entry.ready.send_replace(Readiness::Gone(e.to_string()));
                 Err(match e {
-                    CoreError::BootTimeout { timeout_s, detail } if !console.is_empty() => CoreError::BootTimeout {
-                        timeout_s,
-                        detail: format!("{detail}; last console output: {console}"),
-                    },
+                    CoreError::BootTimeout { timeout_s, detail } if !console.is_empty() => {
+                        CoreError::BootTimeout {
+                            timeout_s,
+                            detail: format!("{detail}; last console output: {console}"),
+                        }
+                    }
                     e => e,
                 })
             }
@@ -344,7 +371,8 @@ impl Manager {
         make_data_disk(&spec.run_dir.join("disk.ext4"), disk_size_mib)?;
         let handle: Arc<dyn VmHandle> = Arc::from(self.driver.spawn(spec).await?);
         entry.set_handle(Some(handle.clone()));
-        self.store.set_vm_state(&spec.id, VmStatus::Creating, Some(handle.pid()), None)?;
+        self.store
+            .set_vm_state(&spec.id, VmStatus::Creating, Some(handle.pid()), None)?;
         let timeout = self.config.boot_timeout;
         let socket = handle.agent_socket();
         let connect = AgentClient::connect(&socket, timeout);
@@ -372,7 +400,9 @@ impl Manager {
             let Some(mgr) = mgr.upgrade() else { return };
             tracing::warn!(vm = %entry.id, %exit, "VMM exited unexpectedly");
             let msg = format!("the VMM exited unexpectedly ({exit})");
-            let _ = mgr.store.set_vm_state(&entry.id, VmStatus::Failed, None, Some(&msg));
+            let _ = mgr
+                .store
+                .set_vm_state(&entry.id, VmStatus::Failed, None, Some(&msg));
             entry.ready.send_replace(Readiness::Gone(msg));
             *entry.agent.lock().await = None;
             entry.set_handle(None);
@@ -382,7 +412,9 @@ impl Manager {
 
     pub fn get_vm(&self, id: &str) -> Result<VmRecord> {
         validate_id(id).map_err(|_| CoreError::vm_not_found(id))?;
-        self.store.get_vm(id)?.ok_or_else(|| CoreError::vm_not_found(id))
+        self.store
+            .get_vm(id)?
+            .ok_or_else(|| CoreError::vm_not_found(id))
     }
 
     pub fn list_vms(&self) -> Result<Vec<VmRecord>> {
@@ -394,13 +426,18 @@ impl Manager {
         let vm = self.get_vm(id)?;
         let entry = self.entry(id).ok_or_else(|| not_running(&vm))?;
         let mut ready = entry.ready.subscribe();
-        let state = tokio::time::timeout(self.config.boot_timeout, ready.wait_for(|r| *r != Readiness::Booting))
-            .await
-            .map_err(|_| CoreError::Conflict(format!("VM {id} is still booting")))?
-            .map(|r| r.clone())
-            .unwrap_or(Readiness::Gone("VM is gone".into()));
+        let state = tokio::time::timeout(
+            self.config.boot_timeout,
+            ready.wait_for(|r| *r != Readiness::Booting),
+        )
+        .await
+        .map_err(|_| CoreError::Conflict(format!("VM {id} is still booting")))?
+        .map(|r| r.clone())
+        .unwrap_or(Readiness::Gone("VM is gone".into()));
         if let Readiness::Gone(why) = state {
-            return Err(CoreError::Conflict(format!("VM {id} is not running: {why}")));
+            return Err(CoreError::Conflict(format!(
+                "VM {id} is not running: {why}"
+            )));
         }
         let vm = self.get_vm(id)?;
         if vm.status != VmStatus::Running {
@@ -411,7 +448,8 @@ impl Manager {
             Some(a) if !a.is_closed() => Ok(a.clone()),
             _ => {
                 let handle = entry.handle().ok_or_else(|| not_running(&vm))?;
-                let a = AgentClient::connect(&handle.agent_socket(), Duration::from_secs(10)).await?;
+                let a =
+                    AgentClient::connect(&handle.agent_socket(), Duration::from_secs(10)).await?;
                 *slot = Some(a.clone());
                 Ok(a)
             }
@@ -419,10 +457,18 @@ impl Manager {
     }
 
     /// Runs a command to completion.
-    pub async fn exec(&self, id: &str, mut req: ExecRequest, stdin: Option<Vec<u8>>, cap_bytes: usize) -> Result<ExecOutput> {
+    pub async fn exec(
+        &self,
+        id: &str,
+        mut req: ExecRequest,
+        stdin: Option<Vec<u8>>,
+        cap_bytes: usize,
+    ) -> Result<ExecOutput> {
         let vm = self.get_vm(id)?;
         if req.argv.is_some() == req.command.is_some() {
-            return Err(CoreError::InvalidInput("give exactly one of `command` and `argv`".into()));
+            return Err(CoreError::InvalidInput(
+                "give exactly one of `command` and `argv`".into(),
+            ));
         }
         // VM-level environment first; the request's own variables win.
         let mut env = vm.env_vars.clone();
@@ -442,18 +488,25 @@ impl Manager {
         let _guard = entry.lifecycle.lock().await;
         self.stop_locked(&entry).await?;
         self.store.set_vm_state(id, VmStatus::Stopped, None, None)?;
-        self.vms.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.vms
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         self.get_vm(id)
     }
 
     async fn stop_locked(&self, entry: &VmEntry) -> Result<()> {
         entry.expect_exit.store(true, Ordering::Release);
-        entry.ready.send_replace(Readiness::Gone("the VM was stopped".into()));
+        entry
+            .ready
+            .send_replace(Readiness::Gone("the VM was stopped".into()));
         let agent = entry.agent.lock().await.take();
         if let Some(h) = entry.handle() {
             let mut clean = false;
             if let Some(agent) = agent {
-                if let Ok(ReplyBody::Done) = agent.call(&Request::Shutdown, Duration::from_secs(5)).await {
+                if let Ok(ReplyBody::Done) =
+                    agent.call(&Request::Shutdown, Duration::from_secs(5)).await
+                {
                     clean = h.wait_exit(Duration::from_secs(10)).await.is_some();
                 }
             }
@@ -482,7 +535,10 @@ impl Manager {
             Err(e) => return Err(e.into()),
         }
         self.store.delete_vm(id)?;
-        self.vms.write().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.vms
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
         Ok(())
     }
 
@@ -510,10 +566,21 @@ fn make_data_disk(path: &std::path::Path, size_mib: u64) -> Result<()> {
     f.set_len(size_mib << 20)?;
     drop(f);
     let out = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-m", "0", "-L", "bandsox-data", "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard"])
+        .args([
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-L",
+            "bandsox-data",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+        ])
         .arg(path)
         .output()
-        .map_err(|e| CoreError::NotInitialised(format!("cannot run mkfs.ext4 ({e}); install e2fsprogs")))?;
+        .map_err(|e| {
+            CoreError::NotInitialised(format!("cannot run mkfs.ext4 ({e}); install e2fsprogs"))
+        })?;
     if !out.status.success() {
         return Err(CoreError::Io(std::io::Error::other(format!(
             "mkfs.ext4 failed: {}",
@@ -524,7 +591,9 @@ fn make_data_disk(path: &std::path::Path, size_mib: u64) -> Result<()> {
 }
 
 fn free_space_mib(dir: &std::path::Path) -> Result<u64> {
-    crate::sys::free_space_bytes(dir).map(|b| b >> 20).map_err(CoreError::Io)
+    crate::sys::free_space_bytes(dir)
+        .map(|b| b >> 20)
+        .map_err(CoreError::Io)
 }
 
 fn read_tail(path: &PathBuf, max: usize) -> String {

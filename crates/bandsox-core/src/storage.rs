@@ -29,7 +29,10 @@ impl Storage {
 
     /// The root from `BANDSOX_STORAGE`, else the default.
     pub fn from_env() -> Result<Self> {
-        Self::new(std::env::var_os("BANDSOX_STORAGE").map_or_else(|| PathBuf::from(DEFAULT_STORAGE), PathBuf::from))
+        Self::new(
+            std::env::var_os("BANDSOX_STORAGE")
+                .map_or_else(|| PathBuf::from(DEFAULT_STORAGE), PathBuf::from),
+        )
     }
 
     /// Creates the directory layout (idempotent).
@@ -66,7 +69,11 @@ impl Storage {
     pub fn image_dir(&self, digest: &str) -> Result<PathBuf> {
         let hex = digest
             .strip_prefix("sha256:")
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()))
+            .filter(|h| {
+                h.len() == 64
+                    && h.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            })
             .ok_or_else(|| CoreError::InvalidInput(format!("invalid image digest `{digest}`")))?;
         Ok(self.images_dir().join(hex))
     }
@@ -78,13 +85,19 @@ pub fn validate_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && !id.starts_with('-')
-        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if ok {
         Ok(())
     } else {
         Err(CoreError::InvalidInput(format!(
             "invalid id `{}`: ids are 1-64 characters of a-z, 0-9 and '-'",
-            id.escape_debug().to_string().chars().take(80).collect::<String>()
+            id.escape_debug()
+                .to_string()
+                .chars()
+                .take(80)
+                .collect::<String>()
         )))
     }
 }
@@ -94,7 +107,15 @@ pub fn new_id() -> String {
     let b: [u8; 16] = rand::random();
     let h = hex_lower(&b);
     let variant = ["8", "9", "a", "b"][(b[8] >> 6) as usize];
-    format!("{}-{}-4{}-{}{}-{}", &h[0..8], &h[8..12], &h[13..16], variant, &h[17..20], &h[20..32])
+    format!(
+        "{}-{}-4{}-{}{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        variant,
+        &h[17..20],
+        &h[20..32]
+    )
 }
 
 fn hex_lower(bytes: &[u8]) -> String {
@@ -107,7 +128,18 @@ mod tests {
 
     #[test]
     fn ids_that_could_escape_are_refused() {
-        for bad in ["", "..", "a/b", "../x", "A", "-rf", "a\0b", &"a".repeat(65), "a b", "é"] {
+        for bad in [
+            "",
+            "..",
+            "a/b",
+            "../x",
+            "A",
+            "-rf",
+            "a\0b",
+            &"a".repeat(65),
+            "a b",
+            "é",
+        ] {
             assert!(validate_id(bad).is_err(), "{bad:?} accepted");
         }
         validate_id(&new_id()).unwrap();

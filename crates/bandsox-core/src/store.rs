@@ -175,7 +175,13 @@ impl Store {
     }
 
     /// Sets status, pid and error of a VM.
-    pub fn set_vm_state(&self, id: &str, status: VmStatus, pid: Option<u32>, error: Option<&str>) -> Result<()> {
+    pub fn set_vm_state(
+        &self,
+        id: &str,
+        status: VmStatus,
+        pid: Option<u32>,
+        error: Option<&str>,
+    ) -> Result<()> {
         let n = self.conn().execute(
             "UPDATE vms SET status = ?2, pid = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
             params![id, status.as_str(), pid, error, now()],
@@ -303,11 +309,18 @@ mod tests {
         let store = Store::open(&dir.path().join("db")).unwrap();
         store.insert_vm(&vm("a", 1.0)).unwrap();
         store.insert_vm(&vm("b", 2.0)).unwrap();
-        store.set_vm_state("a", VmStatus::Running, Some(42), None).unwrap();
+        store
+            .set_vm_state("a", VmStatus::Running, Some(42), None)
+            .unwrap();
         let a = store.get_vm("a").unwrap().unwrap();
         assert_eq!((a.status, a.pid), (VmStatus::Running, Some(42)));
         assert_eq!(a.env_vars["K"], "V");
-        let ids: Vec<_> = store.list_vms().unwrap().into_iter().map(|v| v.id).collect();
+        let ids: Vec<_> = store
+            .list_vms()
+            .unwrap()
+            .into_iter()
+            .map(|v| v.id)
+            .collect();
         assert_eq!(ids, ["b", "a"]);
         assert!(matches!(
             store.set_vm_state("zz", VmStatus::Failed, None, None),

@@ -17,5 +17,5 @@ pub fn free_space_bytes(path: &Path) -> std::io::Result<u64> {
     }
     // SAFETY: statvfs returned 0, so `st` is initialised.
     let st = unsafe { st.assume_init() };
-    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }

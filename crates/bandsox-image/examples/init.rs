@@ -15,7 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut force = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
-        let mut value = || args.next().map(PathBuf::from).ok_or(format!("{arg} needs a value"));
+        let mut value = || {
+            args.next()
+                .map(PathBuf::from)
+                .ok_or(format!("{arg} needs a value"))
+        };
         match arg.as_str() {
             "--storage" => storage = Some(value()?),
             "--deb" => kernel = Some(KernelSource::Deb(value()?)),

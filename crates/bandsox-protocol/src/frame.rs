@@ -275,6 +275,9 @@ mod tests {
         assert!(matches!(d.next_frame(), Err(ProtocolError::TooLarge(_))));
         d.reset();
         d.push(&[0, 0, 0, 0, 1, 0, 0, 0, 99]);
-        assert!(matches!(d.next_frame(), Err(ProtocolError::UnknownKind(99))));
+        assert!(matches!(
+            d.next_frame(),
+            Err(ProtocolError::UnknownKind(99))
+        ));
     }
 }

@@ -169,7 +169,10 @@ mod tests {
             serde_json::to_string(&req).unwrap(),
             r#"{"op":"exec","argv":null,"command":"echo hi","env":{},"cwd":null,"stdin":false,"timeout_ms":1000}"#
         );
-        assert_eq!(serde_json::to_string(&Request::Ping).unwrap(), r#"{"op":"ping"}"#);
+        assert_eq!(
+            serde_json::to_string(&Request::Ping).unwrap(),
+            r#"{"op":"ping"}"#
+        );
     }
 
     #[test]
@@ -193,7 +196,13 @@ mod tests {
     fn unknown_fields_and_codes_are_tolerated() {
         let r: Request =
             serde_json::from_str(r#"{"op":"exec","command":"true","future_field":[1,2]}"#).unwrap();
-        assert!(matches!(r, Request::Exec(ExecRequest { command: Some(_), .. })));
+        assert!(matches!(
+            r,
+            Request::Exec(ExecRequest {
+                command: Some(_),
+                ..
+            })
+        ));
         let e: ErrorBody =
             serde_json::from_str(r#"{"code":"quota_exceeded","message":"m","extra":1}"#).unwrap();
         assert_eq!(e.code, ErrorCode::Unknown);

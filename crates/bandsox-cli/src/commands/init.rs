@@ -76,8 +76,16 @@ pub fn run(a: InitArgs) -> CliResult {
     }
     println!("storage     {}", storage.root().display());
     if k.changed {
-        println!("kernel      {} -> {}", k.kernel_version, k.vmlinux.display());
-        println!("initramfs   {} ({} modules)", k.initramfs.display(), k.modules.len());
+        println!(
+            "kernel      {} -> {}",
+            k.kernel_version,
+            k.vmlinux.display()
+        );
+        println!(
+            "initramfs   {} ({} modules)",
+            k.initramfs.display(),
+            k.modules.len()
+        );
     } else {
         println!("kernel      {} (already current)", k.kernel_version);
     }
@@ -91,7 +99,8 @@ pub fn run(a: InitArgs) -> CliResult {
 
 /// `bandsox-agent` next to this executable, or in cargo's static-target output directory.
 fn find_agent() -> Result<PathBuf, CliError> {
-    let exe = std::env::current_exe().map_err(|e| CliError::new(format!("cannot locate this binary: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::new(format!("cannot locate this binary: {e}")))?;
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
     let candidates = [
         dir.join("bandsox-agent"),
@@ -100,6 +109,8 @@ fn find_agent() -> Result<PathBuf, CliError> {
     ];
     candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
         CliError::new("the static guest agent `bandsox-agent` was not found next to this binary")
-            .with_hint("pass --agent PATH or set BANDSOX_AGENT_BIN (scripts/setup builds and installs it)")
+            .with_hint(
+                "pass --agent PATH or set BANDSOX_AGENT_BIN (scripts/setup builds and installs it)",
+            )
     })
 }

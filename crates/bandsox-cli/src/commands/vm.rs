@@ -5,7 +5,9 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bandsox_api::{CreateVmRequest, CreateVmResponse, ExecRequest, ExecResponse, StatusResponse, VmInfo};
+use bandsox_api::{
+    CreateVmRequest, CreateVmResponse, ExecRequest, ExecResponse, StatusResponse, VmInfo,
+};
 use clap::{Args, Subcommand};
 
 use crate::client::{segment, Client};
@@ -102,7 +104,14 @@ pub fn create(url: &str, a: CreateArgs) -> CliResult {
     let started = std::time::Instant::now();
     let res: Result<CreateVmResponse, _> = client.post("/api/vms", &req, Duration::from_secs(600));
     if tty && !a.json {
-        eprintln!("{}", if res.is_ok() { format!("ready in {:.1} s", started.elapsed().as_secs_f64()) } else { "failed".into() });
+        eprintln!(
+            "{}",
+            if res.is_ok() {
+                format!("ready in {:.1} s", started.elapsed().as_secs_f64())
+            } else {
+                "failed".into()
+            }
+        );
     }
     let res = res?;
     if a.json {
@@ -118,7 +127,11 @@ pub fn exec(url: &str, a: ExecArgs) -> CliResult {
     let command = if a.command.len() == 1 {
         a.command[0].clone()
     } else {
-        a.command.iter().map(|w| shell_quote(w)).collect::<Vec<_>>().join(" ")
+        a.command
+            .iter()
+            .map(|w| shell_quote(w))
+            .collect::<Vec<_>>()
+            .join(" ")
     };
     let req = ExecRequest {
         command,
@@ -160,7 +173,13 @@ pub fn run(url: &str, c: VmCommand) -> CliResult {
             } else {
                 println!("{:<36}  {:<20}  {:<9}  IMAGE", "ID", "NAME", "STATUS");
                 for vm in vms {
-                    println!("{:<36}  {:<20}  {:<9}  {}", vm.id, truncate(&vm.name, 20), vm.status, vm.image);
+                    println!(
+                        "{:<36}  {:<20}  {:<9}  {}",
+                        vm.id,
+                        truncate(&vm.name, 20),
+                        vm.status,
+                        vm.image
+                    );
                 }
             }
         }
@@ -182,7 +201,11 @@ pub fn run(url: &str, c: VmCommand) -> CliResult {
             }
         }
         VmCommand::Stop { vm } => {
-            let r: StatusResponse = client.post(&format!("/api/vms/{}/stop", segment(&vm)), &serde_json::json!({}), Duration::from_secs(120))?;
+            let r: StatusResponse = client.post(
+                &format!("/api/vms/{}/stop", segment(&vm)),
+                &serde_json::json!({}),
+                Duration::from_secs(120),
+            )?;
             println!("{}", r.status);
         }
         VmCommand::Delete { vm } => {
@@ -203,13 +226,15 @@ fn truncate(s: &str, n: usize) -> String {
 
 /// Quotes a word for `/bin/sh` when it needs it.
 fn shell_quote(w: &str) -> String {
-    if !w.is_empty() && w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b)) {
+    if !w.is_empty()
+        && w.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
+    {
         w.to_owned()
     } else {
         format!("'{}'", w.replace('\'', r"'\''"))
     }
 }
-
 
 #[cfg(test)]
 mod tests {

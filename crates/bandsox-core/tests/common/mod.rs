@@ -4,7 +4,7 @@
 //! `bandsox init` code) into a template; each test gets its own storage root with hard links
 //! to those files and its own database.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -17,7 +17,8 @@ pub fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("BANDSOX_AGENT_BIN") {
         return PathBuf::from(p);
     }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/x86_64-unknown-linux-gnu/release/bandsox-agent");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/x86_64-unknown-linux-gnu/release/bandsox-agent");
     assert!(
         p.is_file(),
         "static agent missing at {}: run scripts/test (it builds it) or set BANDSOX_AGENT_BIN",
@@ -73,7 +74,11 @@ fn link_tree(from: &Path, to: &Path) {
         if ft.is_dir() {
             std::fs::create_dir_all(&dst).unwrap();
             link_tree(&src, &dst);
-        } else if entry.file_name().to_string_lossy().starts_with("bandsox.db") {
+        } else if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with("bandsox.db")
+        {
             std::fs::copy(&src, &dst).unwrap();
         } else {
             std::fs::hard_link(&src, &dst).unwrap();
@@ -84,7 +89,11 @@ fn link_tree(from: &Path, to: &Path) {
 /// Asserts that nothing of the VM `id` is left: no process naming its directory, no files.
 pub fn assert_vm_gone(root: &Path, id: &str) {
     let vm_dir = root.join("vms").join(id);
-    assert!(!vm_dir.exists(), "VM directory {} left behind", vm_dir.display());
+    assert!(
+        !vm_dir.exists(),
+        "VM directory {} left behind",
+        vm_dir.display()
+    );
     let procs = processes_mentioning(&vm_dir);
     assert!(procs.is_empty(), "processes left for VM {id}: {procs:?}");
 }
@@ -92,7 +101,11 @@ pub fn assert_vm_gone(root: &Path, id: &str) {
 /// Asserts that no process mentions the storage root and no VM directory is left.
 pub fn assert_storage_clean(root: &Path) {
     let procs = processes_mentioning(root);
-    assert!(procs.is_empty(), "processes left under {}: {procs:?}", root.display());
+    assert!(
+        procs.is_empty(),
+        "processes left under {}: {procs:?}",
+        root.display()
+    );
     let left: Vec<_> = std::fs::read_dir(root.join("vms")).unwrap().collect();
     assert!(left.is_empty(), "VM directories left: {left:?}");
 }
@@ -102,7 +115,9 @@ pub fn processes_mentioning(needle: &Path) -> Vec<u32> {
     let needle = needle.as_os_str().as_encoded_bytes();
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         if pid == std::process::id() {
             continue;
         }

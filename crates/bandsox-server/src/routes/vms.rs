@@ -6,7 +6,9 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
-use bandsox_api::{CreateVmRequest, CreateVmResponse, ExecResponse, StatusResponse, VersionInfo, VmInfo};
+use bandsox_api::{
+    CreateVmRequest, CreateVmResponse, ExecResponse, StatusResponse, VersionInfo, VmInfo,
+};
 use bandsox_core::{CreateVm, VmRecord, VmStatus};
 use serde::Deserialize;
 
@@ -37,17 +39,21 @@ pub struct ListQuery {
     metadata_equals: Option<String>,
 }
 
-pub async fn list(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Json<Vec<VmInfo>>> {
-    let filter: Option<serde_json::Map<String, serde_json::Value>> = match q.metadata_equals.as_deref() {
-        None => None,
-        Some(raw) => Some(serde_json::from_str(raw).map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_input",
-                format!("metadata_equals must be a JSON object: {e}"),
-            )
-        })?),
-    };
+pub async fn list(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<VmInfo>>> {
+    let filter: Option<serde_json::Map<String, serde_json::Value>> =
+        match q.metadata_equals.as_deref() {
+            None => None,
+            Some(raw) => Some(serde_json::from_str(raw).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_input",
+                    format!("metadata_equals must be a JSON object: {e}"),
+                )
+            })?),
+        };
     let vms = s.manager.list_vms()?;
     let matches = |vm: &VmRecord| {
         filter
@@ -132,14 +138,20 @@ pub async fn exec(
     }))
 }
 
-pub async fn stop(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<StatusResponse>> {
+pub async fn stop(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StatusResponse>> {
     s.manager.stop_vm(&id).await?;
     Ok(Json(StatusResponse {
         status: "stopped".into(),
     }))
 }
 
-pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<StatusResponse>> {
+pub async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StatusResponse>> {
     s.manager.delete_vm(&id).await?;
     Ok(Json(StatusResponse {
         status: "deleted".into(),
@@ -149,9 +161,17 @@ pub async fn delete(State(s): State<AppState>, Path(id): Path<String>) -> ApiRes
 /// Names of environment variables whose values are never shown.
 fn looks_secret(name: &str) -> bool {
     let n = name.to_ascii_uppercase();
-    ["KEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "AUTH"]
-        .iter()
-        .any(|s| n.contains(s))
+    [
+        "KEY",
+        "SECRET",
+        "TOKEN",
+        "PASSWORD",
+        "PASSWD",
+        "CREDENTIAL",
+        "AUTH",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
 }
 
 fn vm_info(vm: VmRecord) -> VmInfo {
@@ -159,7 +179,11 @@ fn vm_info(vm: VmRecord) -> VmInfo {
         .env_vars
         .into_iter()
         .map(|(k, v)| {
-            let v = if looks_secret(&k) { "<redacted>".to_owned() } else { v };
+            let v = if looks_secret(&k) {
+                "<redacted>".to_owned()
+            } else {
+                v
+            };
             (k, v)
         })
         .collect();

@@ -100,7 +100,9 @@ impl QemuDriver {
             "none".into(),
         ];
         match self.accel {
-            Accel::Tcg => args.extend(["-accel", "tcg,tb-size=32", "-cpu", "max"].map(String::from)),
+            Accel::Tcg => {
+                args.extend(["-accel", "tcg,tb-size=32", "-cpu", "max"].map(String::from))
+            }
             Accel::Kvm => args.extend(["-accel", "kvm", "-cpu", "host"].map(String::from)),
         }
         args.extend([
@@ -135,9 +137,15 @@ impl QemuDriver {
             "-device".into(),
             "virtio-serial-device,max_ports=2".into(),
             "-chardev".into(),
-            format!("socket,id=agent,path={},server=on,wait=off", escape_opt(&agent.display().to_string())),
+            format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                escape_opt(&agent.display().to_string())
+            ),
             "-device".into(),
-            format!("virtserialport,chardev=agent,name={}", bandsox_protocol::SERIAL_PORT_NAME),
+            format!(
+                "virtserialport,chardev=agent,name={}",
+                bandsox_protocol::SERIAL_PORT_NAME
+            ),
         ]);
         Ok(args)
     }
@@ -290,16 +298,27 @@ impl VmHandle for QemuHandle {
             code: None,
             signal: None,
         };
-        let seen = rx.wait_for(|s| s.is_some()).await.map(|v| v.clone()).ok().flatten();
+        let seen = rx
+            .wait_for(|s| s.is_some())
+            .await
+            .map(|v| v.clone())
+            .ok()
+            .flatten();
         seen.or_else(|| self.exit_status()).unwrap_or(unknown)
     }
 
     async fn wait_exit(&self, timeout: Duration) -> Option<VmmExit> {
         let mut rx = self.exit.clone();
-        let seen = tokio::time::timeout(timeout, async { rx.wait_for(|s| s.is_some()).await.map(|v| v.clone()).ok().flatten() })
-            .await
-            .ok()
-            .flatten();
+        let seen = tokio::time::timeout(timeout, async {
+            rx.wait_for(|s| s.is_some())
+                .await
+                .map(|v| v.clone())
+                .ok()
+                .flatten()
+        })
+        .await
+        .ok()
+        .flatten();
         seen.or_else(|| self.exit_status())
     }
 
@@ -368,7 +387,8 @@ mod tests {
         let append = &args[args.iter().position(|a| a == "-append").unwrap() + 1];
         assert!(append.contains("tsc_early_khz=2596098 tsc=reliable"));
         assert!(append.ends_with("bandsox.root=/dev/vda"));
-        assert!(args.contains(&"id=disk0,file=/img/a,,b.ext4,format=raw,if=none,readonly=on".to_string()));
+        assert!(args
+            .contains(&"id=disk0,file=/img/a,,b.ext4,format=raw,if=none,readonly=on".to_string()));
         assert!(args.contains(&"tcg,tb-size=32".to_string()));
     }
 
@@ -380,6 +400,9 @@ mod tests {
             tsc_khz: None,
         };
         let long = format!("/{}", "x".repeat(120));
-        assert!(matches!(d.command_line(&spec(&long)), Err(VmmError::SocketPathTooLong(_))));
+        assert!(matches!(
+            d.command_line(&spec(&long)),
+            Err(VmmError::SocketPathTooLong(_))
+        ));
     }
 }

@@ -30,7 +30,12 @@ impl Qmp {
                     tracing::trace!(error = %e, "qmp socket not ready");
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err(e) => return Err(VmmError::Control(format!("connect {}: {e}", path.display()))),
+                Err(e) => {
+                    return Err(VmmError::Control(format!(
+                        "connect {}: {e}",
+                        path.display()
+                    )))
+                }
             }
         };
         let (r, w) = stream.into_split();
@@ -40,14 +45,20 @@ impl Qmp {
         };
         let greeting = qmp.read_message().await?;
         if greeting.get("QMP").is_none() {
-            return Err(VmmError::Control(format!("unexpected QMP greeting: {greeting}")));
+            return Err(VmmError::Control(format!(
+                "unexpected QMP greeting: {greeting}"
+            )));
         }
         qmp.execute("qmp_capabilities", None).await?;
         Ok(qmp)
     }
 
     /// Runs one command and returns its `return` value.
-    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, VmmError> {
+    pub async fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, VmmError> {
         let mut msg = json!({ "execute": command });
         if let Some(args) = arguments {
             msg["arguments"] = args;

@@ -1,0 +1,330 @@
+//! PID 1 boot: from the initramfs to the image's root filesystem.
+//!
+//! Mount `/proc`, `/sys`, `/dev`; load the kernel modules listed in `/lib/modules/load-order`;
+//! read the `bandsox.*` keys of the kernel command line; mount the image's read-only root and the
+//! writable layer (a block device or a tmpfs) as an overlay at `/newroot`; move `/dev`, `/proc`,
+//! `/sys` into it; free the initramfs and switch root the way busybox `switch_root` does (the
+//! agent keeps running); then mount `/dev/pts`, `/dev/shm`, `/tmp`, `/run`, bring up `lo` and
+//! set the hostname.
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::log::log;
+use crate::sys;
+
+/// Directory of the initramfs modules and their load order.
+const MODULES_DIR: &str = "/lib/modules";
+/// How long to wait for a block device to appear.
+const DEVICE_WAIT: Duration = Duration::from_secs(10);
+
+const RAMFS_MAGIC: i64 = 0x8584_58f6;
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// `PATH` every program starts with.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Environment every program starts with.
+pub fn base_env() -> Vec<(String, String)> {
+    vec![
+        ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
+        ("HOME".to_owned(), "/root".to_owned()),
+    ]
+}
+
+/// Settings from the kernel command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootParams {
+    /// `bandsox.root=`: the image's read-only root block device (ext4).
+    pub root: String,
+    /// `bandsox.rootfstype=`: its filesystem type.
+    pub root_fstype: String,
+    /// `bandsox.data=`: optional writable block device (ext4) for the overlay's upper layer;
+    /// a tmpfs when absent.
+    pub data: Option<String>,
+    /// `bandsox.hostname=`.
+    pub hostname: Option<String>,
+    /// `bandsox.port=`: name of the virtio-serial port to serve on.
+    pub port: String,
+}
+
+impl Default for BootParams {
+    fn default() -> Self {
+        Self {
+            root: "/dev/vda".to_owned(),
+            root_fstype: "ext4".to_owned(),
+            data: None,
+            hostname: None,
+            port: bandsox_protocol::SERIAL_PORT_NAME.to_owned(),
+        }
+    }
+}
+
+/// Parses the `bandsox.*` keys of a kernel command line; other words are ignored.
+pub fn parse_cmdline(cmdline: &str) -> BootParams {
+    let mut p = BootParams::default();
+    for word in cmdline.split_whitespace() {
+        let Some((key, value)) = word.split_once('=') else {
+            continue;
+        };
+        let value = value.to_owned();
+        match key {
+            "bandsox.root" if !value.is_empty() => p.root = value,
+            "bandsox.rootfstype" if !value.is_empty() => p.root_fstype = value,
+            "bandsox.data" => p.data = Some(value).filter(|v| !v.is_empty()),
+            "bandsox.hostname" => p.hostname = Some(value).filter(|v| !v.is_empty()),
+            "bandsox.port" if !value.is_empty() => p.port = value,
+            _ => {}
+        }
+    }
+    p
+}
+
+/// Boots as PID 1. Returns the parsed parameters once `/` is the image's root.
+pub fn boot() -> Result<BootParams, String> {
+    for dir in ["/proc", "/sys", "/dev"] {
+        let _ = fs::create_dir_all(dir);
+    }
+    mount("proc", "/proc", "proc", NOSUID | NODEV | NOEXEC, None)?;
+    mount("sysfs", "/sys", "sysfs", NOSUID | NODEV | NOEXEC, None)?;
+    mount("devtmpfs", "/dev", "devtmpfs", NOSUID, Some("mode=0755"))?;
+
+    load_modules(Path::new(MODULES_DIR));
+
+    let cmdline =
+        fs::read_to_string("/proc/cmdline").map_err(|e| format!("read /proc/cmdline: {e}"))?;
+    let params = parse_cmdline(&cmdline);
+
+    wait_block_device(&params.root)?;
+    mkdir("/lower")?;
+    mount(
+        &params.root,
+        "/lower",
+        &params.root_fstype,
+        libc::MS_RDONLY,
+        None,
+    )?;
+
+    mkdir("/rw")?;
+    match &params.data {
+        Some(dev) => {
+            wait_block_device(dev)?;
+            mount(dev, "/rw", "ext4", libc::MS_NOATIME, None)?;
+        }
+        None => mount("tmpfs", "/rw", "tmpfs", libc::MS_NOATIME, Some("mode=0755"))?,
+    }
+    mkdir("/rw/upper")?;
+    mkdir("/rw/work")?;
+    mkdir("/newroot")?;
+    let overlay = "lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work";
+    if let Err(e) = mount("overlay", "/newroot", "overlay", 0, Some(overlay)) {
+        // A kernel without overlayfs: run on the read-only root alone.
+        log!("{e}; continuing with a read-only root");
+        mount("/lower", "/newroot", "", libc::MS_BIND, None)?;
+    }
+
+    for dir in ["dev", "proc", "sys"] {
+        let target = format!("/newroot/{dir}");
+        let _ = fs::create_dir_all(&target);
+        mount(&format!("/{dir}"), &target, "", libc::MS_MOVE, None)?;
+    }
+    switch_root("/newroot")?;
+    after_switch(&params);
+    Ok(params)
+}
+
+/// busybox `switch_root`: free the initramfs, move the new root over `/`, chroot into it.
+fn switch_root(new_root: &str) -> Result<(), String> {
+    std::env::set_current_dir(new_root).map_err(|e| format!("chdir {new_root}: {e}"))?;
+    match sys::fs_magic("/") {
+        Ok(RAMFS_MAGIC | TMPFS_MAGIC) => {
+            if let Ok(meta) = fs::symlink_metadata("/") {
+                delete_same_device(Path::new("/"), meta.dev());
+            }
+        }
+        Ok(magic) => log!("/ is not an initramfs (magic {magic:#x}); not freeing it"),
+        Err(e) => log!("statfs /: {e}"),
+    }
+    sys::mount(".", "/", None, libc::MS_MOVE, None)
+        .map_err(|e| format!("move {new_root} to /: {e}"))?;
+    sys::chroot(".").map_err(|e| format!("chroot: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// Removes everything under `dir` that lives on device `dev`, never crossing into mounts.
+fn delete_same_device(dir: &Path, dev: u64) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.dev() != dev {
+            continue;
+        }
+        if meta.is_dir() {
+            delete_same_device(&path, dev);
+            let _ = fs::remove_dir(&path);
+        } else {
+            let _ = fs::remove_file(&path);
+        }
+    }
+}
+
+/// Mounts and settings that need the final root.
+fn after_switch(params: &BootParams) {
+    let mounts: &[(&str, &str, &str, libc::c_ulong, &str)] = &[
+        (
+            "devpts",
+            "/dev/pts",
+            "devpts",
+            NOSUID | NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620",
+        ),
+        ("shm", "/dev/shm", "tmpfs", NOSUID | NODEV, "mode=1777"),
+        ("tmpfs", "/tmp", "tmpfs", NOSUID | NODEV, "mode=1777"),
+        ("tmpfs", "/run", "tmpfs", NOSUID | NODEV, "mode=0755"),
+    ];
+    for &(source, target, fstype, flags, data) in mounts {
+        let _ = fs::create_dir_all(target);
+        if let Err(e) = mount(source, target, fstype, flags, Some(data)) {
+            log!("{e}");
+        }
+    }
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = symlink(target, link);
+    }
+    if let Err(e) = sys::interface_up("lo") {
+        log!("bring up lo: {e}");
+    }
+    let hostname = params.hostname.clone().or_else(|| {
+        fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+    });
+    if let Err(e) = sys::sethostname(hostname.as_deref().unwrap_or("localhost")) {
+        log!("set hostname: {e}");
+    }
+}
+
+/// Loads every module named in `<dir>/load-order`, in order. Already-loaded modules are fine;
+/// other failures are logged and skipped.
+fn load_modules(dir: &Path) {
+    let Ok(order) = fs::read_to_string(dir.join("load-order")) else {
+        return; // an initramfs without modules (a kernel with the drivers built in)
+    };
+    for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let path = dir.join(name);
+        let result = fs::File::open(&path).and_then(|f| sys::finit_module(f.as_fd()));
+        match result {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => log!("load module {name}: {e}"),
+        }
+        // Free the initramfs copy as we go.
+        let _ = fs::remove_file(&path);
+    }
+}
+
+/// Waits up to [`DEVICE_WAIT`] for `path` to be a block device.
+fn wait_block_device(path: &str) -> Result<(), String> {
+    let deadline = Instant::now() + DEVICE_WAIT;
+    loop {
+        if fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device()) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "block device {path} did not appear within {} s",
+                DEVICE_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+const NOSUID: libc::c_ulong = libc::MS_NOSUID;
+const NODEV: libc::c_ulong = libc::MS_NODEV;
+const NOEXEC: libc::c_ulong = libc::MS_NOEXEC;
+
+fn mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), String> {
+    let fstype = (!fstype.is_empty()).then_some(fstype);
+    sys::mount(source, target, fstype, flags, data).map_err(|e| {
+        format!(
+            "mount {source} on {target} ({}): {e}",
+            fstype.unwrap_or("move/bind")
+        )
+    })
+}
+
+fn mkdir(path: &str) -> Result<(), String> {
+    fs::create_dir_all(path).map_err(|e| format!("mkdir {path}: {e}"))
+}
+
+/// Milliseconds since the kernel started (`/proc/uptime`).
+pub fn uptime_ms() -> Option<u64> {
+    let s = fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = s.split_whitespace().next()?.parse().ok()?;
+    Some((secs * 1000.0) as u64)
+}
+
+/// Syncs, kills every other process, remounts `/` read-only and powers off. Never returns.
+pub fn power_off() -> ! {
+    log!("powering off");
+    sys::sync();
+    let _ = sys::kill(-1, libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(20));
+    sys::sync();
+    if let Err(e) = sys::mount("none", "/", None, libc::MS_REMOUNT | libc::MS_RDONLY, None) {
+        log!("remount / read-only: {e}");
+    }
+    sys::sync();
+    let e = sys::power_off();
+    log!("power off failed: {e}");
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_keys() {
+        let p = parse_cmdline(
+            "console=ttyS0 quiet panic=-1 bandsox.root=/dev/vdb bandsox.data=/dev/vdc \
+             bandsox.hostname=box-1 bandsox.port=org.test.port bandsox.unknown=1\n",
+        );
+        assert_eq!(
+            p,
+            BootParams {
+                root: "/dev/vdb".into(),
+                root_fstype: "ext4".into(),
+                data: Some("/dev/vdc".into()),
+                hostname: Some("box-1".into()),
+                port: "org.test.port".into(),
+            }
+        );
+        let d = parse_cmdline("console=ttyS0 bandsox.root= bandsox.data=");
+        assert_eq!(d, BootParams::default());
+        assert_eq!(d.port, bandsox_protocol::SERIAL_PORT_NAME);
+    }
+}

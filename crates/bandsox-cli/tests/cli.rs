@@ -1,0 +1,227 @@
+//! End to end: `bandsox init`, `bandsox serve` and the client commands against a real server
+//! running real VMs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_bandsox");
+
+fn agent_bin() -> PathBuf {
+    std::env::var_os("BANDSOX_AGENT_BIN").map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/x86_64-unknown-linux-gnu/release/bandsox-agent")
+        },
+        PathBuf::from,
+    )
+}
+
+fn bandsox(url: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("BANDSOX_URL", url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The server process, killed on drop.
+struct Server {
+    child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(storage: &Path, port: u16) -> Server {
+    let child = Command::new(BIN)
+        .args(["serve", "--port", &port.to_string(), "--storage"])
+        .arg(storage)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let server = Server { child };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let url = format!("http://127.0.0.1:{port}/api/version");
+    while ureq::get(&url).call().is_err() {
+        assert!(Instant::now() < deadline, "server did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+fn init(storage: &Path) -> Output {
+    Command::new(BIN)
+        .arg("init")
+        .arg("--storage")
+        .arg(storage)
+        .arg("--agent")
+        .arg(agent_bin())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn init_serve_create_exec_stop_delete() {
+    let dir = tempfile::Builder::new().prefix("bsxcli").tempdir().unwrap();
+    let storage = dir.path();
+
+    let out = init(storage);
+    assert!(out.status.success(), "init failed: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("bandsox/busybox built"),
+        "{}",
+        text(&out.stdout)
+    );
+    // A second init is a no-op.
+    let out = init(storage);
+    assert!(out.status.success());
+    let again = text(&out.stdout);
+    assert!(
+        again.contains("already current") && again.contains("already present"),
+        "{again}"
+    );
+
+    let port = free_port();
+    let _server = start_server(storage, port);
+    let url = format!("http://127.0.0.1:{port}");
+
+    let out = bandsox(&url, &["create", "bandsox/busybox"]);
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_owned();
+    assert_eq!(id.len(), 36, "id: {id}");
+
+    let out = bandsox(&url, &["exec", &id, "--", "uname", "-a"]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains(" 6.1."), "{}", text(&out.stdout));
+
+    let out = bandsox(&url, &["exec", &id, "--", "echo hi; exit 3"]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout)),
+        (Some(3), "hi\n".into())
+    );
+
+    let out = bandsox(
+        &url,
+        &[
+            "exec",
+            &id,
+            "--env",
+            "A=1",
+            "--cwd",
+            "/tmp",
+            "--",
+            "echo $A; pwd; echo e >&2",
+        ],
+    );
+    assert_eq!(text(&out.stdout), "1\n/tmp\n");
+    assert_eq!(text(&out.stderr), "e\n");
+
+    let out = bandsox(&url, &["vm", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list[0]["id"], id.as_str());
+    assert_eq!(list[0]["status"], "running");
+
+    // The API answers unknown VMs with problem+json, and BandSox's `detail`.
+    let err = ureq::get(&format!("{url}/api/vms/no-such-vm"))
+        .call()
+        .unwrap_err();
+    let ureq::Error::Status(404, resp) = err else {
+        panic!("expected 404, got {err:?}")
+    };
+    assert_eq!(resp.content_type(), "application/problem+json");
+    let p: serde_json::Value = resp.into_json().unwrap();
+    assert_eq!(p["code"], "vm_not_found");
+    assert!(p["detail"].as_str().unwrap().contains("no-such-vm"));
+    let out = bandsox(&url, &["exec", "no-such-vm", "--", "true"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).starts_with("error: "),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A malformed body is a 4xx problem, not a crash.
+    let err = ureq::post(&format!("{url}/api/vms"))
+        .send_string("{not json")
+        .unwrap_err();
+    assert!(
+        matches!(err, ureq::Error::Status(400 | 415 | 422, _)),
+        "{err:?}"
+    );
+
+    let out = bandsox(&url, &["vm", "stop", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let err = ureq::post(&format!("{url}/api/vms/{id}/exec"))
+        .send_json(serde_json::json!({"command": "true"}))
+        .unwrap_err();
+    assert!(matches!(err, ureq::Error::Status(409, _)), "{err:?}");
+    let out = bandsox(&url, &["exec", &id, "--", "true"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+
+    let out = bandsox(&url, &["vm", "delete", &id]);
+    assert!(out.status.success());
+    assert!(!storage.join("vms").join(&id).exists());
+    assert_eq!(std::fs::read_dir(storage.join("vms")).unwrap().count(), 0);
+}
+
+#[test]
+fn serve_refuses_a_public_address_without_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = init(dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            &free_port().to_string(),
+            "--storage",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("refusing to listen"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn client_errors_are_one_line_with_a_hint() {
+    let out = bandsox(
+        &format!("http://127.0.0.1:{}", free_port()),
+        &["vm", "list"],
+    );
+    assert_eq!(out.status.code(), Some(5));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("error: cannot reach") && err.contains("\nhint: "),
+        "{err}"
+    );
+}
