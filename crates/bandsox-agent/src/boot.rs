@@ -83,8 +83,37 @@ pub fn parse_cmdline(cmdline: &str) -> BootParams {
     p
 }
 
+/// Milliseconds spent in each boot phase, for the console's "ready" line.
+#[derive(Debug, Default)]
+pub struct BootTimings {
+    phases: Vec<(&'static str, u128)>,
+    last: Option<Instant>,
+}
+
+impl BootTimings {
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        if let Some(last) = self.last {
+            self.phases.push((phase, (now - last).as_millis()));
+        }
+        self.last = Some(now);
+    }
+
+    /// `modules=12 root=40 ...`
+    pub fn summary(&self) -> String {
+        let parts: Vec<String> = self
+            .phases
+            .iter()
+            .map(|(p, ms)| format!("{p}={ms}"))
+            .collect();
+        parts.join(" ")
+    }
+}
+
 /// Boots as PID 1. Returns the parsed parameters once `/` is the image's root.
-pub fn boot() -> Result<BootParams, String> {
+pub fn boot() -> Result<(BootParams, BootTimings), String> {
+    let mut t = BootTimings::default();
+    t.mark("start");
     for dir in ["/proc", "/sys", "/dev"] {
         let _ = fs::create_dir_all(dir);
     }
@@ -92,13 +121,16 @@ pub fn boot() -> Result<BootParams, String> {
     mount("sysfs", "/sys", "sysfs", NOSUID | NODEV | NOEXEC, None)?;
     mount("devtmpfs", "/dev", "devtmpfs", NOSUID, Some("mode=0755"))?;
 
+    t.mark("pseudofs");
     load_modules(Path::new(MODULES_DIR));
+    t.mark("modules");
 
     let cmdline =
         fs::read_to_string("/proc/cmdline").map_err(|e| format!("read /proc/cmdline: {e}"))?;
     let params = parse_cmdline(&cmdline);
 
     wait_block_device(&params.root)?;
+    t.mark("rootdev");
     mkdir("/lower")?;
     mount(
         &params.root,
@@ -131,9 +163,12 @@ pub fn boot() -> Result<BootParams, String> {
         let _ = fs::create_dir_all(&target);
         mount(&format!("/{dir}"), &target, "", libc::MS_MOVE, None)?;
     }
+    t.mark("mounts");
     switch_root("/newroot")?;
+    t.mark("switch");
     after_switch(&params);
-    Ok(params)
+    t.mark("setup");
+    Ok((params, t))
 }
 
 /// busybox `switch_root`: free the initramfs, move the new root over `/`, chroot into it.
@@ -218,23 +253,69 @@ fn after_switch(params: &BootParams) {
     }
 }
 
-/// Loads every module named in `<dir>/load-order`, in order. Already-loaded modules are fine;
-/// other failures are logged and skipped.
+/// Loads the modules named in `<dir>/load-order`, in order. Once the virtio-mmio bus driver is
+/// in, drivers for virtio device types the VM does not have are skipped (a VM without a NIC
+/// does not pay for `virtio_net`). Already-loaded modules are fine; other failures are logged
+/// and skipped.
 fn load_modules(dir: &Path) {
     let Ok(order) = fs::read_to_string(dir.join("load-order")) else {
         return; // an initramfs without modules (a kernel with the drivers built in)
     };
-    for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        let path = dir.join(name);
-        let result = fs::File::open(&path).and_then(|f| sys::finit_module(f.as_fd()));
-        match result {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
-            Err(e) => log!("load module {name}: {e}"),
+    let mut present: Option<Vec<u32>> = None;
+    for file in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let name = module_name(file);
+        let skip = match (&present, virtio_device_for(&name)) {
+            (Some(ids), Some(id)) => !ids.contains(&id),
+            _ => false,
+        };
+        let path = dir.join(file);
+        if !skip {
+            let result = fs::File::open(&path).and_then(|f| sys::finit_module(f.as_fd()));
+            match result {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => log!("load module {file}: {e}"),
+            }
+            if name == "virtio_mmio" {
+                // Devices are probed while the bus driver loads; an empty list means we cannot
+                // tell, so everything is loaded.
+                present = Some(virtio_device_ids()).filter(|ids| !ids.is_empty());
+            }
         }
         // Free the initramfs copy as we go.
         let _ = fs::remove_file(&path);
     }
+}
+
+/// `virtio_rng.ko` -> `virtio_rng`.
+fn module_name(file: &str) -> String {
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
+}
+
+/// The virtio device type a module is only useful for (virtio spec device IDs).
+fn virtio_device_for(module: &str) -> Option<u32> {
+    match module {
+        "virtio_net" | "net_failover" | "failover" => Some(1),
+        "virtio_blk" => Some(2),
+        "virtio_console" => Some(3),
+        "virtio_rng" => Some(4),
+        "vsock" | "vmw_vsock_virtio_transport_common" | "vmw_vsock_virtio_transport" => Some(19),
+        _ => None,
+    }
+}
+
+/// Device type IDs of the virtio devices on the bus (`/sys/bus/virtio/devices/*/device`).
+fn virtio_device_ids() -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/sys/bus/virtio/devices") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let id = fs::read_to_string(e.path().join("device")).ok()?;
+            u32::from_str_radix(id.trim().trim_start_matches("0x"), 16).ok()
+        })
+        .collect()
 }
 
 /// Waits up to [`DEVICE_WAIT`] for `path` to be a block device.
@@ -324,6 +405,9 @@ mod tests {
             }
         );
         let d = parse_cmdline("console=ttyS0 bandsox.root= bandsox.data=");
+        assert_eq!(module_name("virtio-rng.ko"), "virtio_rng");
+        assert_eq!(virtio_device_for("virtio_rng"), Some(4));
+        assert_eq!(virtio_device_for("overlay"), None);
         assert_eq!(d, BootParams::default());
         assert_eq!(d.port, bandsox_protocol::SERIAL_PORT_NAME);
     }

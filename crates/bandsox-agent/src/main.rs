@@ -51,8 +51,8 @@ pub(crate) fn shutdown(action: ShutdownAction) {
 }
 
 fn run_pid1(started: Instant) -> ! {
-    let params = match catch_unwind(boot::boot) {
-        Ok(Ok(params)) => params,
+    let (params, timings) = match catch_unwind(boot::boot) {
+        Ok(Ok(booted)) => booted,
         Ok(Err(e)) => fatal(&e),
         Err(payload) => fatal(&format!("panic: {}", panic_message(payload.as_ref()))),
     };
@@ -62,6 +62,7 @@ fn run_pid1(started: Instant) -> ! {
         shutdown: ShutdownAction::PowerOff,
     });
     let mut announced = false;
+    let port_wait = Instant::now();
     loop {
         let Some(path) = transport::wait_virtio_port(&params.port, Duration::from_secs(10)) else {
             log!(
@@ -81,9 +82,11 @@ fn run_pid1(started: Instant) -> ! {
         if !announced {
             announced = true;
             log!(
-                "ready in {} ms (kernel uptime {} ms), serving on {}",
+                "ready in {} ms (kernel uptime {} ms; {} port={}), serving on {}",
                 started.elapsed().as_millis(),
                 boot::uptime_ms().unwrap_or(0),
+                timings.summary(),
+                port_wait.elapsed().as_millis(),
                 path.display()
             );
         }

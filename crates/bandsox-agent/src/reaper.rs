@@ -42,7 +42,7 @@ fn reaper() -> &'static Reaper {
         if let Err(e) = std::thread::Builder::new()
             .name("reaper".into())
             .stack_size(128 << 10)
-            .spawn(run)
+            .spawn(run_forever)
         {
             log!("cannot start the reaper thread: {e}");
         }
@@ -67,6 +67,18 @@ pub fn spawn_registered(cmd: &mut Command, waiter: Waiter) -> std::io::Result<Ch
     *lock(&r.spawns) += 1;
     r.spawned.notify_all();
     Ok(child)
+}
+
+/// The reaper must outlive any bug: a panic restarts the loop.
+fn run_forever() {
+    loop {
+        if let Err(payload) = std::panic::catch_unwind(run) {
+            log!(
+                "reaper panicked: {}",
+                crate::util::panic_message(payload.as_ref())
+            );
+        }
+    }
 }
 
 fn run() {

@@ -5,6 +5,12 @@
 //! When the connection ends (the host went away, a snapshot was restored) every running
 //! operation is cancelled and frames still addressed to the old connection are dropped: the
 //! outbox carries a connection generation and refuses writes from older ones.
+//!
+//! A `Hello` request also starts a new generation. The protocol sends it first on every fresh
+//! connection, and a virtio-serial port cannot always show the agent a disconnect: after a
+//! snapshot restore the "host closed" and "host connected" notices can arrive together, so
+//! `read()` never returns 0. Streams opened before a `Hello` are therefore cancelled and their
+//! frames dropped.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -77,7 +83,7 @@ impl Agent {
     }
 
     /// Reads and dispatches frames until end of stream or a read error.
-    fn session(self: &Arc<Self>, mut reader: Box<dyn Read + Send>, gen: u64) {
+    fn session(self: &Arc<Self>, mut reader: Box<dyn Read + Send>, mut gen: u64) {
         let mut decoder = FrameDecoder::new();
         let mut buf = vec![0u8; 64 << 10];
         loop {
@@ -93,7 +99,7 @@ impl Agent {
             decoder.push(&buf[..n]);
             loop {
                 match decoder.next_frame() {
-                    Ok(Some(frame)) => self.dispatch(gen, frame),
+                    Ok(Some(frame)) => self.dispatch(&mut gen, frame),
                     Ok(None) => break,
                     Err(e) => {
                         log!("corrupt frame from host ({e}); resetting the decoder");
@@ -105,7 +111,7 @@ impl Agent {
         }
     }
 
-    fn dispatch(self: &Arc<Self>, gen: u64, frame: Frame) {
+    fn dispatch(self: &Arc<Self>, gen: &mut u64, frame: Frame) {
         let id = frame.stream;
         match frame.kind {
             FrameKind::Request => self.open_stream(gen, id, &frame.payload),
@@ -150,13 +156,19 @@ impl Agent {
         lock(&self.streams).get(&id).cloned()
     }
 
-    fn open_stream(self: &Arc<Self>, gen: u64, id: u32, payload: &[u8]) {
+    fn open_stream(self: &Arc<Self>, gen: &mut u64, id: u32, payload: &[u8]) {
+        let request = parse_request(payload);
+        if matches!(request, Ok(Request::Hello(_))) {
+            // A new host connection: forget everything opened before it.
+            *gen = self.outbox.renew(*gen);
+            self.cancel_all();
+        }
         let tx = StreamTx {
             agent: Arc::clone(self),
             id,
-            gen,
+            gen: *gen,
         };
-        let request = match parse_request(payload) {
+        let request = match request {
             Ok(r) => r,
             Err(e) => return tx.reply(&Reply::Error(e)),
         };
@@ -265,6 +277,9 @@ struct Outbox {
 struct OutboxInner {
     writer: Option<Box<dyn Write + Send>>,
     gen: u64,
+    /// Generation whose writes failed: its frames are dropped, a newer one tries again (the
+    /// same virtio-serial fd works again once a host reconnects).
+    failed_gen: Option<u64>,
 }
 
 impl Outbox {
@@ -275,6 +290,15 @@ impl Outbox {
         inner.gen
     }
 
+    /// Starts a new generation on the same writer; frames of older ones are dropped.
+    fn renew(&self, gen: u64) -> u64 {
+        let mut inner = lock(&self.inner);
+        if inner.gen == gen {
+            inner.gen += 1;
+        }
+        inner.gen
+    }
+
     fn detach(&self, gen: u64) {
         let mut inner = lock(&self.inner);
         if inner.gen == gen {
@@ -282,17 +306,18 @@ impl Outbox {
         }
     }
 
-    /// Writes whole frames for connection `gen`; dropped if that connection is gone.
+    /// Writes whole frames for generation `gen`; dropped if that generation is gone or broken.
     fn send(&self, gen: u64, bytes: &[u8]) {
         let mut inner = lock(&self.inner);
-        if inner.gen != gen {
+        if inner.gen != gen || inner.failed_gen == Some(gen) {
             return;
         }
-        if let Some(w) = inner.writer.as_mut() {
-            if let Err(e) = w.write_all(bytes).and_then(|()| w.flush()) {
-                log!("channel write failed ({e}); dropping output until the host reconnects");
-                inner.writer = None;
-            }
+        let Some(w) = inner.writer.as_mut() else {
+            return;
+        };
+        if let Err(e) = w.write_all(bytes).and_then(|()| w.flush()) {
+            log!("channel write failed ({e}); dropping output until the host reconnects");
+            inner.failed_gen = Some(gen);
         }
     }
 }

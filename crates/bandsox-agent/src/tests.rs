@@ -347,3 +347,27 @@ fn disconnect_cancels_running_programs() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn hello_starts_a_new_session() {
+    let mut c = start();
+    let id = c.request(r#"{"op":"exec","command":"sleep 100"}"#);
+    let f = c.frame_for(id);
+    let Event::Started { pid } = decode_json(&f.payload).unwrap();
+    // Same byte stream, but the host says hello again (as after a snapshot restore).
+    let hello = c.call(r#"{"op":"hello","version":1}"#);
+    assert!(matches!(hello.reply, Some(Reply::Ok(ReplyBody::Hello(_)))));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} survived the new hello"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The old stream's frames are dropped: the next thing on the wire is the ping's pong.
+    let ping = c.request(r#"{"op":"ping"}"#);
+    let f = c.next_frame();
+    assert_eq!((f.stream, f.kind), (ping, FrameKind::Reply));
+    assert!(c.backlog.iter().all(|f| f.stream != id));
+}

@@ -422,7 +422,7 @@ impl Manager {
     }
 
     /// The agent of a running VM, waiting while it boots and reconnecting a dropped channel.
-    async fn agent_for(&self, id: &str) -> Result<AgentClient> {
+    pub async fn agent(&self, id: &str) -> Result<AgentClient> {
         let vm = self.get_vm(id)?;
         let entry = self.entry(id).ok_or_else(|| not_running(&vm))?;
         let mut ready = entry.ready.subscribe();
@@ -456,6 +456,42 @@ impl Manager {
         }
     }
 
+    /// Stops the vCPUs of a running VM. Pausing a paused VM is a no-op.
+    pub async fn pause_vm(&self, id: &str) -> Result<VmRecord> {
+        self.set_paused(id, true).await
+    }
+
+    /// Resumes a paused VM. Resuming a running VM is a no-op.
+    pub async fn resume_vm(&self, id: &str) -> Result<VmRecord> {
+        self.set_paused(id, false).await
+    }
+
+    async fn set_paused(&self, id: &str, pause: bool) -> Result<VmRecord> {
+        let vm = self.get_vm(id)?;
+        let entry = self.entry(id).ok_or_else(|| not_running(&vm))?;
+        let _guard = entry.lifecycle.lock().await;
+        let vm = self.get_vm(id)?;
+        let (from, to) = if pause {
+            (VmStatus::Running, VmStatus::Paused)
+        } else {
+            (VmStatus::Paused, VmStatus::Running)
+        };
+        if vm.status == to {
+            return Ok(vm);
+        }
+        if vm.status != from {
+            return Err(not_running(&vm));
+        }
+        let handle = entry.handle().ok_or_else(|| not_running(&vm))?;
+        if pause {
+            handle.pause().await?;
+        } else {
+            handle.resume().await?;
+        }
+        self.store.set_vm_state(id, to, vm.pid, None)?;
+        self.get_vm(id)
+    }
+
     /// Runs a command to completion.
     pub async fn exec(
         &self,
@@ -474,7 +510,7 @@ impl Manager {
         let mut env = vm.env_vars.clone();
         env.append(&mut req.env);
         req.env = env;
-        let agent = self.agent_for(id).await?;
+        let agent = self.agent(id).await?;
         agent.exec(req, stdin, cap_bytes).await
     }
 

@@ -142,6 +142,16 @@ async fn busybox_vm_boots_runs_commands_stops_and_is_deleted_without_leaks() {
         assert_eq!(t.await.unwrap().1, format!("{i}\n"));
     }
 
+    // Pause freezes the guest (exec is refused, pausing twice is a no-op); resume continues.
+    assert_eq!(mgr.pause_vm(&id).await.unwrap().status, VmStatus::Paused);
+    assert_eq!(mgr.pause_vm(&id).await.unwrap().status, VmStatus::Paused);
+    assert!(matches!(
+        mgr.exec(&id, sh("true"), None, CAP).await,
+        Err(CoreError::Conflict(_))
+    ));
+    assert_eq!(mgr.resume_vm(&id).await.unwrap().status, VmStatus::Running);
+    assert_eq!(run(&mgr, &id, "echo back").await.1, "back\n");
+
     // Stop: the VM is stopped, its disk kept, exec refused with a conflict.
     let stopped = mgr.stop_vm(&id).await.unwrap();
     assert_eq!(stopped.status, VmStatus::Stopped);

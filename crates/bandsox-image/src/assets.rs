@@ -81,6 +81,9 @@ pub struct KernelManifest {
     pub modules: Vec<String>,
     /// `none` (uncompressed newc).
     pub initramfs_compression: String,
+    /// True when debug info was stripped from the agent copy inside the initramfs.
+    #[serde(default)]
+    pub agent_stripped: bool,
 }
 
 /// Creates `<storage>/kernels/` and writes `vmlinux`, `initramfs.cpio` (uncompressed newc) and
@@ -177,7 +180,8 @@ pub fn install_kernel_assets(opts: &InitOptions) -> Result<InitReport, ImageErro
             fs::read(path).map_err(|e| ImageError::io(format!("read {}", path.display()), e))?;
         module_files.push((file_name, data));
     }
-    let initramfs = build_initramfs(&agent, &module_files)?;
+    let (init_bin, agent_stripped) = strip_debug_info(&agent, &opts.agent_bin, tmp.path())?;
+    let initramfs = build_initramfs(&init_bin, &module_files)?;
     let module_names: Vec<String> = module_files.iter().map(|(f, _)| module_name(f)).collect();
 
     write_atomic(&vmlinux_path, 0o644, |f| f.write_all(&vmlinux))?;
@@ -190,6 +194,7 @@ pub fn install_kernel_assets(opts: &InitOptions) -> Result<InitReport, ImageErro
         agent_sha256,
         modules: module_names.clone(),
         initramfs_compression: "none".to_owned(),
+        agent_stripped,
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|source| ImageError::Manifest {
         path: manifest_path.clone(),
@@ -276,6 +281,38 @@ pub fn build_initramfs(agent: &[u8], modules: &[(String, Vec<u8>)]) -> Result<Ve
     w.file(LOAD_ORDER_PATH, 0o644, order.as_bytes())
         .map_err(ctx)?;
     w.finish().map_err(ctx)
+}
+
+/// The agent as it goes into the initramfs: without debug info when the binary has some and
+/// binutils' `strip` is installed. A deleted `/init` stays resident in guest RAM for the VM's
+/// whole life (and in every snapshot), so the ~6 MB of line tables a release build carries are
+/// worth dropping. Returns the bytes and whether they were stripped.
+fn strip_debug_info(agent: &[u8], path: &Path, tmp: &Path) -> Result<(Vec<u8>, bool), ImageError> {
+    let has_debug = agent.windows(7).any(|w| w == b".debug_");
+    if !has_debug {
+        return Ok((agent.to_vec(), false));
+    }
+    let out = tmp.join("init");
+    match run_tool(
+        "strip",
+        "install binutils",
+        Command::new("strip")
+            .arg("--strip-debug")
+            .arg("-o")
+            .arg(&out)
+            .arg(path),
+    ) {
+        Ok(_) => {}
+        Err(ImageError::ToolMissing { .. }) => {
+            tracing::warn!("`strip` not found: the agent keeps its debug info in the initramfs");
+            return Ok((agent.to_vec(), false));
+        }
+        Err(e) => return Err(e),
+    }
+    let stripped =
+        fs::read(&out).map_err(|e| ImageError::io(format!("read {}", out.display()), e))?;
+    check_static_elf(&stripped, &out)?;
+    Ok((stripped, true))
 }
 
 /// Unpacks a kernel `.deb`, runs depmod, extracts vmlinux and resolves the guest modules.
@@ -458,6 +495,30 @@ mod tests {
         }
         if let Ok(bb) = fs::read("/bin/busybox") {
             check_static_elf(&bb, Path::new("/bin/busybox")).unwrap();
+        }
+    }
+
+    #[test]
+    fn debug_info_is_stripped_when_present() {
+        let dir = tempfile::tempdir().unwrap();
+        // No debug sections: passed through untouched, `strip` never runs.
+        let (same, stripped) =
+            strip_debug_info(&fake_agent(), Path::new("/nonexistent"), dir.path()).unwrap();
+        assert_eq!((same, stripped), (fake_agent(), false));
+        // A real static binary with line tables, when a release agent has been built here.
+        let agent = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/x86_64-unknown-linux-gnu/release/bandsox-agent");
+        let Ok(bytes) = fs::read(&agent) else { return };
+        if !bytes.windows(7).any(|w| w == b".debug_") {
+            return;
+        }
+        match strip_debug_info(&bytes, &agent, dir.path()) {
+            Ok((out, true)) => {
+                assert!(out.len() < bytes.len());
+                check_static_elf(&out, &agent).unwrap();
+            }
+            Ok((_, false)) => eprintln!("skipping: strip not installed"),
+            Err(e) => panic!("{e}"),
         }
     }
 

@@ -72,6 +72,10 @@ pub enum VmCommand {
     },
     /// Power a VM off (its disk is kept).
     Stop { vm: String },
+    /// Freeze a VM's vCPUs.
+    Pause { vm: String },
+    /// Continue a paused VM.
+    Resume { vm: String },
     /// Stop a VM and remove it with all its files.
     Delete { vm: String },
 }
@@ -200,20 +204,26 @@ pub fn run(url: &str, c: VmCommand) -> CliResult {
                 }
             }
         }
-        VmCommand::Stop { vm } => {
-            let r: StatusResponse = client.post(
-                &format!("/api/vms/{}/stop", segment(&vm)),
-                &serde_json::json!({}),
-                Duration::from_secs(120),
-            )?;
-            println!("{}", r.status);
-        }
+        VmCommand::Stop { vm } => post_action(&client, &vm, "stop")?,
+        VmCommand::Pause { vm } => post_action(&client, &vm, "pause")?,
+        VmCommand::Resume { vm } => post_action(&client, &vm, "resume")?,
         VmCommand::Delete { vm } => {
             let r: StatusResponse = client.delete(&format!("/api/vms/{}", segment(&vm)))?;
             println!("{}", r.status);
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `POST /api/vms/{vm}/{action}` with an empty body; prints the status.
+fn post_action(client: &Client, vm: &str, action: &str) -> Result<(), crate::client::CliError> {
+    let r: StatusResponse = client.post(
+        &format!("/api/vms/{}/{action}", segment(vm)),
+        &serde_json::json!({}),
+        Duration::from_secs(120),
+    )?;
+    println!("{}", r.status);
+    Ok(())
 }
 
 fn truncate(s: &str, n: usize) -> String {

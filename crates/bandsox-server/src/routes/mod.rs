@@ -22,6 +22,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/vms/{id}", get(vms::get).delete(vms::delete))
         .route("/api/vms/{id}/exec", post(vms::exec))
         .route("/api/vms/{id}/stop", post(vms::stop))
+        .route("/api/vms/{id}/pause", post(vms::pause))
+        .route("/api/vms/{id}/resume", post(vms::resume))
         .fallback(vms::not_found)
         .with_state(state)
 }

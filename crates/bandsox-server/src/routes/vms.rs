@@ -148,6 +148,26 @@ pub async fn stop(
     }))
 }
 
+pub async fn pause(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StatusResponse>> {
+    s.manager.pause_vm(&id).await?;
+    Ok(Json(StatusResponse {
+        status: "paused".into(),
+    }))
+}
+
+pub async fn resume(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StatusResponse>> {
+    s.manager.resume_vm(&id).await?;
+    Ok(Json(StatusResponse {
+        status: "resumed".into(),
+    }))
+}
+
 pub async fn delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
