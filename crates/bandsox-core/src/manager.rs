@@ -118,32 +118,32 @@ impl CreateVm {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-enum Readiness {
+pub(crate) enum Readiness {
     Booting,
     Ready,
     Gone(String),
 }
 
-struct VmEntry {
-    id: String,
+pub(crate) struct VmEntry {
+    pub(crate) id: String,
     /// Serialises lifecycle operations on this VM.
-    lifecycle: Mutex<()>,
-    handle: RwLock<Option<Arc<dyn VmHandle>>>,
-    agent: Mutex<Option<AgentClient>>,
-    ready: watch::Sender<Readiness>,
+    pub(crate) lifecycle: Mutex<()>,
+    pub(crate) handle: RwLock<Option<Arc<dyn VmHandle>>>,
+    pub(crate) agent: Mutex<Option<AgentClient>>,
+    pub(crate) ready: watch::Sender<Readiness>,
     /// Set before the manager itself stops the VMM, so the watcher does not report a failure.
-    expect_exit: AtomicBool,
+    pub(crate) expect_exit: AtomicBool,
 }
 
 impl VmEntry {
-    fn handle(&self) -> Option<Arc<dyn VmHandle>> {
+    pub(crate) fn handle(&self) -> Option<Arc<dyn VmHandle>> {
         self.handle
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
     }
 
-    fn set_handle(&self, h: Option<Arc<dyn VmHandle>>) {
+    pub(crate) fn set_handle(&self, h: Option<Arc<dyn VmHandle>>) {
         *self.handle.write().unwrap_or_else(|p| p.into_inner()) = h;
     }
 }
@@ -250,7 +250,7 @@ impl Manager {
         }
     }
 
-    fn entry(&self, id: &str) -> Option<Arc<VmEntry>> {
+    pub(crate) fn entry(&self, id: &str) -> Option<Arc<VmEntry>> {
         self.vms
             .read()
             .unwrap_or_else(|p| p.into_inner())
