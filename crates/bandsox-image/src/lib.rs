@@ -11,7 +11,11 @@ pub mod assets;
 pub mod cpio;
 pub mod kernel;
 pub mod modules;
+pub mod oci;
+pub mod pull;
 pub mod rootfs;
+mod sys;
+pub mod unpack;
 mod util;
 
 use std::path::PathBuf;
@@ -76,6 +80,37 @@ pub enum ImageError {
     /// An argument is unusable (a path that cannot be stored, an empty name, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// Content does not hash to the digest that names it.
+    #[error("digest mismatch for {what}: expected {expected}, got {actual}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        actual: String,
+    },
+    /// A layer is not a readable tar stream.
+    #[error("corrupt layer: {0}")]
+    CorruptLayer(String),
+    /// A manifest, config or layer has a media type we cannot use.
+    #[error("unsupported media type: {0}")]
+    UnsupportedMediaType(String),
+    /// The image is built for another OS or CPU architecture.
+    #[error("the image is for {0}; only linux/amd64 images run here")]
+    UnsupportedPlatform(String),
+    /// An image archive or layout is malformed (missing index, bad JSON, missing blob, ...).
+    #[error("invalid image archive: {0}")]
+    InvalidArchive(String),
+    /// The registry has no such image (or repository).
+    #[error("image `{reference}` not found in its registry: {detail}")]
+    NotInRegistry { reference: String, detail: String },
+    /// The registry could not be reached.
+    #[error("registry {registry} is unreachable: {detail}")]
+    RegistryUnreachable { registry: String, detail: String },
+    /// The registry refused our credentials (or demands some).
+    #[error("registry {registry} refused authentication: {detail}")]
+    RegistryAuth { registry: String, detail: String },
+    /// Any other registry failure.
+    #[error("registry error: {0}")]
+    Registry(String),
 }
 
 impl ImageError {
