@@ -13,6 +13,16 @@ pub enum CoreError {
     Conflict(String),
     #[error("{0}")]
     NotInitialised(String),
+    /// An image is still used by a VM or snapshot.
+    #[error("{0}")]
+    ImageInUse(String),
+    /// `disk_size_mib` cannot hold the image.
+    #[error("disk_size_mib {disk_size_mib} is too small for image `{image}`, which needs at least {needed_mib} MiB")]
+    DiskTooSmall {
+        image: String,
+        disk_size_mib: u64,
+        needed_mib: u64,
+    },
     #[error("VM did not become ready within {timeout_s} s: {detail}")]
     BootTimeout { timeout_s: u64, detail: String },
     #[error("command timed out after {timeout_s} s")]
@@ -48,6 +58,8 @@ impl CoreError {
             Self::InvalidInput(_) => "invalid_input",
             Self::Conflict(_) => "conflict",
             Self::NotInitialised(_) => "not_initialised",
+            Self::ImageInUse(_) => "image_in_use",
+            Self::DiskTooSmall { .. } => "disk_too_small",
             Self::BootTimeout { .. } => "boot_timeout",
             Self::ExecTimeout { .. } => "exec_timeout",
             Self::Agent(_) => "agent_unavailable",
@@ -57,8 +69,7 @@ impl CoreError {
                 _ => "guest_error",
             },
             Self::Vmm(_) => "vmm_error",
-            Self::Image(bandsox_image::ImageError::NotInitialised { .. }) => "not_initialised",
-            Self::Image(_) => "image_error",
+            Self::Image(e) => image_code(e),
             Self::Db(_) => "database_error",
             Self::Io(_) => "io_error",
         }
@@ -73,11 +84,48 @@ impl CoreError {
             }
             Self::NotFound { kind: "VM", .. } => Some("list VMs with `bandsox vm list`"),
             Self::NotFound { kind: "image", .. } => Some("list images with `bandsox image ls`"),
+            Self::ImageInUse(_) => Some("delete the VMs and snapshots that use it first"),
+            Self::DiskTooSmall { .. } => Some("pass a larger disk_size_mib (--disk-size)"),
+            Self::Image(e) => image_hint(e),
             Self::BootTimeout { .. } => Some(
                 "the guest console log is in <storage>/vms/<id>/console.log while the VM exists",
             ),
             _ => None,
         }
+    }
+}
+
+/// Stable codes of image errors.
+fn image_code(e: &bandsox_image::ImageError) -> &'static str {
+    use bandsox_image::ImageError as E;
+    match e {
+        E::NotInitialised { .. } => "not_initialised",
+        E::DigestMismatch { .. } => "digest_mismatch",
+        E::UnsupportedMediaType(_) => "unsupported_media_type",
+        E::UnsupportedPlatform(_) => "unsupported_platform",
+        E::InvalidArchive(_) | E::CorruptLayer(_) => "invalid_image",
+        E::NotInRegistry { .. } => "image_not_found",
+        E::RegistryUnreachable { .. } => "registry_unreachable",
+        E::RegistryAuth { .. } => "registry_auth_failed",
+        E::Registry(_) => "registry_error",
+        E::InvalidInput(_) => "invalid_input",
+        _ => "image_error",
+    }
+}
+
+fn image_hint(e: &bandsox_image::ImageError) -> Option<&'static str> {
+    use bandsox_image::ImageError as E;
+    match e {
+        E::NotInitialised { .. } => Some("run `bandsox init` (or scripts/setup) first"),
+        E::NotInRegistry { .. } => Some("check the name and tag; local images are listed by `bandsox image ls`"),
+        E::RegistryUnreachable { .. } => Some(
+            "check the registry address and network; plain-HTTP registries other than localhost need BANDSOX_INSECURE_REGISTRIES (or --insecure)",
+        ),
+        E::RegistryAuth { .. } => Some("log in (~/.docker/config.json) or pass --username/--password"),
+        E::DigestMismatch { .. } => Some("the content is corrupt; pull or export the image again"),
+        E::UnsupportedMediaType(_) => Some("only container images (OCI or Docker v2, tar/gzip/zstd layers) can be used"),
+        E::InvalidArchive(_) => Some("pass a `docker save` tarball or an OCI image layout (directory or tar)"),
+        _ => None,
     }
 }
 

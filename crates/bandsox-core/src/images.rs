@@ -4,14 +4,29 @@
 //! (env, working dir, user, ...). Every VM of an image shares that file; VM creation never
 //! copies it.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex, OnceLock};
 
+use bandsox_image::oci::{ImagePlan, NoProgress, Progress};
+use bandsox_image::pull::PullOptions;
+use bandsox_protocol::ExecRequest;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{CoreError, Result};
 use crate::storage::Storage;
 use crate::store::{now, ImageRecord, Store};
+
+/// Runtime config of an image, next to its base disk.
+const CONFIG_FILE: &str = "config.json";
+/// What we know about an image's origin and content, next to its base disk.
+const META_FILE: &str = "image.json";
+/// Base disk file name.
+const DISK_FILE: &str = "rootfs.ext4";
+/// Environment variable listing extra plain-HTTP registries (comma-separated `host[:port]`).
+pub const INSECURE_REGISTRIES_ENV: &str = "BANDSOX_INSECURE_REGISTRIES";
 
 /// Name of the default offline image built by `bandsox init`.
 pub const DEFAULT_IMAGE: &str = "bandsox/busybox";
@@ -79,7 +94,8 @@ pub fn import_dir(
     validate_reference(reference)?;
     let digest = tree_digest(dir)?;
     let image_dir = storage.image_dir(&digest)?;
-    let disk = image_dir.join("rootfs.ext4");
+    let disk = image_dir.join(DISK_FILE);
+    let content_bytes = bandsox_image::rootfs::dir_content_bytes(dir)?;
     let size_bytes = if disk.is_file() {
         disk.metadata()?.len()
     } else {
@@ -96,6 +112,15 @@ pub fn import_dir(
         std::fs::rename(&tmp, &disk)?;
         size
     };
+    write_json_atomic(&image_dir.join(CONFIG_FILE), &config)?;
+    write_json_atomic(
+        &image_dir.join(META_FILE),
+        &ImageMeta {
+            source: "dir".into(),
+            content_bytes,
+            ..Default::default()
+        },
+    )?;
     let record = ImageRecord {
         reference: reference.to_owned(),
         digest,
@@ -105,6 +130,488 @@ pub fn import_dir(
     };
     store.upsert_image(&record)?;
     Ok(record)
+}
+
+/// Origin and content facts of a cached image (`images/<hex>/image.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageMeta {
+    /// `registry`, `archive`, `layout` or `dir`.
+    pub source: String,
+    /// The normalised reference it was pulled as, for registry images.
+    #[serde(default)]
+    pub pulled_as: Option<String>,
+    #[serde(default)]
+    pub manifest_digest: Option<String>,
+    /// Layer blob digests, in order (blobs under `images/blobs/`).
+    #[serde(default)]
+    pub layers: Vec<String>,
+    /// Bytes the unpacked tree occupies (generous estimate): the least a VM disk must hold.
+    pub content_bytes: u64,
+}
+
+/// An image as `image ls` / `image inspect` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageInfo {
+    #[serde(flatten)]
+    pub record: ImageRecord,
+    pub meta: Option<ImageMeta>,
+    /// VMs whose disks use this image.
+    pub used_by_vms: Vec<String>,
+}
+
+/// Directory of layer blobs shared by every image: `images/blobs/sha256/<hex>`.
+pub fn blobs_dir(storage: &Storage) -> PathBuf {
+    storage.images_dir().join("blobs")
+}
+
+/// Pull options from the environment: `BANDSOX_INSECURE_REGISTRIES`, Docker config.
+pub fn pull_options_from_env() -> PullOptions {
+    PullOptions {
+        insecure_registries: std::env::var(INSECURE_REGISTRIES_ENV)
+            .map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        ..Default::default()
+    }
+}
+
+/// One lock per key (reference or digest) and storage root, so concurrent pulls of the same
+/// image wait for one another instead of downloading and converting twice.
+fn key_lock(storage: &Storage, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: OnceLock<StdMutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> =
+        OnceLock::new();
+    let full = format!("{}\0{key}", storage.root().display());
+    LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(full)
+        .or_default()
+        .clone()
+}
+
+/// Finds a cached image by the reference as written, then by its normalised form
+/// (`alpine` → `docker.io/library/alpine:latest`).
+pub fn find(store: &Store, storage: &Storage, reference: &str) -> Result<Option<ResolvedImage>> {
+    validate_reference(reference)?;
+    let mut names = vec![reference.to_owned()];
+    if let Ok(n) = bandsox_image::pull::normalize_reference(reference) {
+        if n != reference {
+            names.push(n);
+        }
+    }
+    for name in names {
+        match resolve(store, storage, &name) {
+            Ok(r) => return Ok(Some(r)),
+            Err(CoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Pulls `reference` from its registry (unless cached and not `force`), converts it to a
+/// base disk and records it under its normalised name. Concurrent pulls of one reference
+/// share the work.
+pub async fn pull(
+    store: &Store,
+    storage: &Storage,
+    reference: &str,
+    opts: &PullOptions,
+    force: bool,
+    progress: Arc<dyn Progress>,
+) -> Result<ImageRecord> {
+    validate_reference(reference)?;
+    let name = bandsox_image::pull::normalize_reference(reference)?;
+    validate_reference(&name)?;
+    let lock = key_lock(storage, &format!("ref:{name}"));
+    let _guard = lock.lock().await;
+    if !force {
+        if let Ok(found) = resolve(store, storage, &name) {
+            return Ok(found.record);
+        }
+    }
+    let plan =
+        bandsox_image::pull::pull(&name, &blobs_dir(storage), opts, progress.clone()).await?;
+    let meta = ImageMeta {
+        source: "registry".into(),
+        pulled_as: Some(name.clone()),
+        manifest_digest: plan.manifest_digest.clone(),
+        layers: plan
+            .layers
+            .iter()
+            .filter_map(|l| l.digest.clone())
+            .collect(),
+        content_bytes: 0,
+    };
+    build_and_record(store, storage, &name, plan, meta, force, progress).await
+}
+
+/// Imports a `docker save` archive or an OCI layout (directory or tar, optionally
+/// compressed) as `reference`. Without a reference, the archive's own tag (docker
+/// `RepoTags`) is used.
+pub async fn import(
+    store: &Store,
+    storage: &Storage,
+    path: &Path,
+    reference: Option<&str>,
+    progress: Arc<dyn Progress>,
+) -> Result<ImageRecord> {
+    if let Some(r) = reference {
+        validate_reference(r)?;
+    }
+    let meta = std::fs::metadata(path)
+        .map_err(|e| CoreError::InvalidInput(format!("cannot read {}: {e}", path.display())))?;
+    let scratch = scratch_dir(storage)?;
+    let result = async {
+        let dir = if meta.is_dir() {
+            path.to_path_buf()
+        } else {
+            progress.phase("reading archive");
+            let (archive, out) = (path.to_path_buf(), scratch.join("archive"));
+            tokio::task::spawn_blocking(move || {
+                bandsox_image::oci::extract_archive(&archive, &out).map(|()| out)
+            })
+            .await
+            .map_err(|e| CoreError::Io(std::io::Error::other(e)))??
+        };
+        let (plan, kind, name) = load_plan(&dir, reference)?;
+        let reference = match (reference, name) {
+            (Some(r), _) => r.to_owned(),
+            (None, Some(n)) => n,
+            (None, None) => {
+                return Err(CoreError::InvalidInput(
+                    "the archive does not name its image; pass a reference (--reference NAME)"
+                        .into(),
+                ))
+            }
+        };
+        validate_reference(&reference)?;
+        let meta = ImageMeta {
+            source: match kind {
+                bandsox_image::oci::DirKind::OciLayout => "oci-layout",
+                bandsox_image::oci::DirKind::DockerSave => "docker-archive",
+            }
+            .into(),
+            pulled_as: None,
+            manifest_digest: plan.manifest_digest.clone(),
+            layers: plan.layers.iter().map(|l| l.diff_id.clone()).collect(),
+            content_bytes: 0,
+        };
+        build_and_record(store, storage, &reference, plan, meta, true, progress).await
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// Loads the plan of an image directory: the image named `reference` when the archive holds
+/// several, else the first. Also returns the archive's own name for it.
+fn load_plan(
+    dir: &Path,
+    reference: Option<&str>,
+) -> Result<(ImagePlan, bandsox_image::oci::DirKind, Option<String>)> {
+    let (plan, kind) = match reference {
+        Some(r) => bandsox_image::oci::load_dir(dir, Some(r))
+            .or_else(|_| bandsox_image::oci::load_dir(dir, None))?,
+        None => bandsox_image::oci::load_dir(dir, None)?,
+    };
+    let name = plan.names.first().cloned();
+    Ok((plan, kind, name))
+}
+
+/// Applies a plan into a scratch directory, builds the base disk (unless one exists for the
+/// digest and `rebuild` is false), writes config and meta, and records `reference`. On any
+/// failure nothing new is left: no disk, no record.
+async fn build_and_record(
+    store: &Store,
+    storage: &Storage,
+    reference: &str,
+    plan: ImagePlan,
+    mut meta: ImageMeta,
+    rebuild: bool,
+    progress: Arc<dyn Progress>,
+) -> Result<ImageRecord> {
+    let digest = plan.config_digest.clone();
+    let image_dir = storage.image_dir(&digest)?;
+    let lock = key_lock(storage, &format!("digest:{digest}"));
+    let _guard = lock.lock().await;
+    let disk = image_dir.join(DISK_FILE);
+    let config = plan.runtime_config();
+    let existing: Option<ImageMeta> = read_json(&image_dir.join(META_FILE));
+    let size_bytes = match existing {
+        Some(m) if disk.is_file() && !rebuild => {
+            meta.content_bytes = m.content_bytes;
+            disk.metadata()?.len()
+        }
+        _ => {
+            let scratch = scratch_dir(storage)?;
+            let (dir2, disk2, progress2) = (image_dir.clone(), disk.clone(), progress.clone());
+            let built = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
+                let root = scratch.join("root");
+                std::fs::create_dir_all(&root)?;
+                let r = (|| {
+                    plan.apply(&root, progress2.as_ref())?;
+                    let content = bandsox_image::rootfs::dir_content_bytes(&root)?;
+                    progress2.phase("building base disk");
+                    let created = !dir2.exists();
+                    std::fs::create_dir_all(&dir2)?;
+                    match bandsox_image::rootfs::make_ext4_from_dir(&root, &disk2, "bandsox-root") {
+                        Ok(size) => Ok((size, content)),
+                        Err(e) => {
+                            if created {
+                                let _ = std::fs::remove_dir_all(&dir2);
+                            }
+                            Err(e.into())
+                        }
+                    }
+                })();
+                let _ = std::fs::remove_dir_all(&scratch);
+                r
+            })
+            .await
+            .map_err(|e| CoreError::Io(std::io::Error::other(e)))??;
+            meta.content_bytes = built.1;
+            built.0
+        }
+    };
+    write_json_atomic(&image_dir.join(CONFIG_FILE), &config)?;
+    write_json_atomic(&image_dir.join(META_FILE), &meta)?;
+    let record = ImageRecord {
+        reference: reference.to_owned(),
+        digest,
+        size_bytes,
+        config,
+        created_at: now(),
+    };
+    store.upsert_image(&record)?;
+    progress.phase("done");
+    Ok(record)
+}
+
+/// The image a new VM boots from: cached (by reference or normalised reference) or pulled
+/// now; re-pulled and rebuilt with `force_rebuild`. Refuses a `disk_size_mib` that cannot
+/// hold the image's content.
+pub async fn resolve_for_create(
+    store: &Store,
+    storage: &Storage,
+    reference: &str,
+    disk_size_mib: u64,
+    force_rebuild: bool,
+) -> Result<ResolvedImage> {
+    let cached = find(store, storage, reference)?;
+    let from_registry = cached
+        .as_ref()
+        .and_then(|c| image_meta(storage, &c.record.digest))
+        .is_none_or(|m| m.source == "registry");
+    let image = match cached {
+        Some(c) if !(force_rebuild && from_registry) => c,
+        _ => {
+            let rec = pull(
+                store,
+                storage,
+                reference,
+                &pull_options_from_env(),
+                force_rebuild,
+                Arc::new(NoProgress),
+            )
+            .await?;
+            resolve(store, storage, &rec.reference)?
+        }
+    };
+    let needed_bytes = image_meta(storage, &image.record.digest)
+        .map(|m| m.content_bytes)
+        .unwrap_or(0);
+    let needed_mib = needed_bytes.div_ceil(1 << 20);
+    if disk_size_mib < needed_mib {
+        return Err(CoreError::DiskTooSmall {
+            image: reference.to_owned(),
+            disk_size_mib,
+            needed_mib,
+        });
+    }
+    Ok(image)
+}
+
+/// The stored meta of an image digest, if any.
+pub fn image_meta(storage: &Storage, digest: &str) -> Option<ImageMeta> {
+    read_json(&storage.image_dir(digest).ok()?.join(META_FILE))
+}
+
+/// Lists cached images with their meta and users.
+pub fn list(store: &Store, storage: &Storage) -> Result<Vec<ImageInfo>> {
+    let vms = store.list_vms()?;
+    Ok(store
+        .list_images()?
+        .into_iter()
+        .map(|record| {
+            let used_by_vms = vms
+                .iter()
+                .filter(|v| v.image_digest == record.digest)
+                .map(|v| v.id.clone())
+                .collect();
+            ImageInfo {
+                meta: image_meta(storage, &record.digest),
+                record,
+                used_by_vms,
+            }
+        })
+        .collect())
+}
+
+/// One cached image by reference (as written or normalised).
+pub fn inspect(store: &Store, storage: &Storage, reference: &str) -> Result<ImageInfo> {
+    let found = find(store, storage, reference)?.ok_or_else(|| CoreError::NotFound {
+        kind: "image",
+        id: reference.to_owned(),
+    })?;
+    let used_by_vms = store
+        .list_vms()?
+        .into_iter()
+        .filter(|v| v.image_digest == found.record.digest)
+        .map(|v| v.id)
+        .collect();
+    Ok(ImageInfo {
+        meta: image_meta(storage, &found.record.digest),
+        record: found.record,
+        used_by_vms,
+    })
+}
+
+/// Removes an image reference. When it is the last reference to its digest, the base disk
+/// and the layer blobs no other image uses are removed too — refused while a VM uses it.
+pub async fn remove(store: &Store, storage: &Storage, reference: &str) -> Result<ImageRecord> {
+    let found = find(store, storage, reference)?.ok_or_else(|| CoreError::NotFound {
+        kind: "image",
+        id: reference.to_owned(),
+    })?;
+    let record = found.record;
+    let lock = key_lock(storage, &format!("digest:{}", record.digest));
+    let _guard = lock.lock().await;
+    let images = store.list_images()?;
+    let last = !images
+        .iter()
+        .any(|i| i.digest == record.digest && i.reference != record.reference);
+    if last {
+        let users: Vec<String> = store
+            .list_vms()?
+            .into_iter()
+            .filter(|v| v.image_digest == record.digest)
+            .map(|v| v.id)
+            .collect();
+        if !users.is_empty() {
+            return Err(CoreError::ImageInUse(format!(
+                "image `{}` is used by VM(s) {}",
+                record.reference,
+                users.join(", ")
+            )));
+        }
+    }
+    delete_image_row(storage, &record.reference)?;
+    if last {
+        let meta = image_meta(storage, &record.digest);
+        let dir = storage.image_dir(&record.digest)?;
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(meta) = meta {
+            let still_used: std::collections::HashSet<String> = store
+                .list_images()?
+                .iter()
+                .filter_map(|i| image_meta(storage, &i.digest))
+                .flat_map(|m| m.layers)
+                .collect();
+            for blob in meta.layers.iter().filter(|b| !still_used.contains(*b)) {
+                if let Ok(p) = bandsox_image::pull::blob_path(&blobs_dir(storage), blob) {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+    }
+    Ok(record)
+}
+
+/// Deletes one row of the images table. (Through a connection of our own, so the image
+/// cache needs no change to the shared store.)
+fn delete_image_row(storage: &Storage, reference: &str) -> Result<()> {
+    let conn = rusqlite::Connection::open(storage.db_path())?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute("DELETE FROM images WHERE reference = ?1", [reference])?;
+    Ok(())
+}
+
+/// Applies an image's runtime config to a command: its `Env` under the VM's and the
+/// request's variables (`req.env` already holds those, the request's winning), and its
+/// `WorkingDir` when the request names no `cwd`.
+// TODO(issue 4): pass the image's `User` once ExecRequest carries a user field.
+pub fn apply_exec_defaults(store: &Store, storage: &Storage, digest: &str, req: &mut ExecRequest) {
+    let config: Option<serde_json::Value> = storage
+        .image_dir(digest)
+        .ok()
+        .and_then(|d| read_json(&d.join(CONFIG_FILE)))
+        .or_else(|| {
+            store
+                .list_images()
+                .ok()?
+                .into_iter()
+                .find(|i| i.digest == digest)
+                .map(|i| i.config)
+        });
+    let Some(config) = config else { return };
+    let mut env: BTreeMap<String, String> = image_env(&config);
+    env.append(&mut req.env);
+    req.env = env;
+    if req.cwd.is_none() {
+        if let Some(wd) = config.get("WorkingDir").and_then(|w| w.as_str()) {
+            if !wd.is_empty() {
+                req.cwd = Some(wd.to_owned());
+            }
+        }
+    }
+}
+
+/// The `Env` list of a runtime config as a map (`K=V` entries; later ones win).
+pub fn image_env(config: &serde_json::Value) -> BTreeMap<String, String> {
+    config
+        .get("Env")
+        .and_then(|e| e.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str())
+                .filter_map(|kv| kv.split_once('='))
+                .filter(|(k, _)| !k.is_empty())
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn scratch_dir(storage: &Storage) -> Result<PathBuf> {
+    let p = storage
+        .images_dir()
+        .join(format!(".tmp-{}", crate::storage::new_id()));
+    std::fs::create_dir_all(&p)?;
+    Ok(p)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let bytes =
+        serde_json::to_vec_pretty(value).map_err(|e| CoreError::Io(std::io::Error::other(e)))?;
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 /// `sha256:` digest of a directory tree: every entry's relative path, type, mode, link target

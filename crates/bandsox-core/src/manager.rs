@@ -58,6 +58,8 @@ pub struct CreateVm {
     pub disk_size_mib: u64,
     pub env_vars: BTreeMap<String, String>,
     pub metadata: serde_json::Value,
+    /// Re-pull (registry images) and rebuild the base disk even when cached.
+    pub force_rebuild: bool,
 }
 
 impl CreateVm {
@@ -71,6 +73,7 @@ impl CreateVm {
             disk_size_mib: 4096,
             env_vars: BTreeMap::new(),
             metadata: serde_json::json!({}),
+            force_rebuild: false,
         }
     }
 
@@ -263,7 +266,14 @@ impl Manager {
     pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<VmRecord> {
         req.validate()?;
         let (kernel, initramfs) = bandsox_image::assets::kernel_paths(self.storage.root())?;
-        let image = images::resolve(&self.store, &self.storage, &req.image)?;
+        let image = images::resolve_for_create(
+            &self.store,
+            &self.storage,
+            &req.image,
+            req.disk_size_mib,
+            req.force_rebuild,
+        )
+        .await?;
         let free_mib = free_space_mib(&self.storage.vms_dir())?;
         if req.disk_size_mib > free_mib {
             return Err(CoreError::InvalidInput(format!(
@@ -510,6 +520,7 @@ impl Manager {
         let mut env = vm.env_vars.clone();
         env.append(&mut req.env);
         req.env = env;
+        images::apply_exec_defaults(&self.store, &self.storage, &vm.image_digest, &mut req);
         let agent = self.agent(id).await?;
         agent.exec(req, stdin, cap_bytes).await
     }

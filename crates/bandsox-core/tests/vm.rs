@@ -207,7 +207,8 @@ async fn bad_input_changes_nothing() {
         .await
         .unwrap();
     for (req, code) in [
-        (CreateVm::new("no/such-image"), "image_not_found"),
+        // Not cached: pulled on demand, and nothing answers on port 1.
+        (CreateVm::new("localhost:1/no/such-image"), "registry_unreachable"),
         (CreateVm::new("../../etc"), "invalid_input"),
         (
             CreateVm {

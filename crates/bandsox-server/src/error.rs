@@ -31,7 +31,14 @@ impl From<CoreError> for ApiError {
         let status = match e.code() {
             "vm_not_found" | "image_not_found" | "not_found" => StatusCode::NOT_FOUND,
             "invalid_input" | "guest_not_found" | "guest_error" => StatusCode::UNPROCESSABLE_ENTITY,
-            "conflict" => StatusCode::CONFLICT,
+            "conflict" | "image_in_use" => StatusCode::CONFLICT,
+            "disk_too_small"
+            | "digest_mismatch"
+            | "unsupported_media_type"
+            | "unsupported_platform"
+            | "invalid_image" => StatusCode::UNPROCESSABLE_ENTITY,
+            "registry_unreachable" | "registry_error" => StatusCode::BAD_GATEWAY,
+            "registry_auth_failed" => StatusCode::FORBIDDEN,
             "not_initialised" => StatusCode::SERVICE_UNAVAILABLE,
             "boot_timeout" | "exec_timeout" => StatusCode::GATEWAY_TIMEOUT,
             "agent_unavailable" => StatusCode::BAD_GATEWAY,

@@ -79,6 +79,7 @@ pub async fn create(
     create.vcpu = req.vcpu;
     create.mem_mib = req.mem_mib;
     create.disk_size_mib = req.disk_size_mib;
+    create.force_rebuild = req.force_rebuild;
     create.env_vars = req.env_vars.unwrap_or_default();
     create.metadata = req.metadata.unwrap_or_else(|| serde_json::json!({}));
     let vm = s.manager.create_vm(create).await?;
