@@ -47,6 +47,9 @@ enum Command {
     /// Manage VMs.
     #[command(subcommand)]
     Vm(commands::vm::VmCommand),
+    /// Manage images: pull, import, list, inspect, remove.
+    #[command(subcommand)]
+    Image(commands::image::ImageCommand),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Create(a) => commands::vm::create(&cli.url, a),
         Command::Exec(a) => commands::vm::exec(&cli.url, a),
         Command::Vm(c) => commands::vm::run(&cli.url, c),
+        Command::Image(c) => commands::image::run(&cli.url, c),
     };
     match result {
         Ok(code) => code,

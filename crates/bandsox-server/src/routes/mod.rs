@@ -1,5 +1,6 @@
 //! Route table. Handlers parse and validate, call the core, and shape the answer.
 
+pub mod images;
 pub mod vms;
 
 use std::sync::Arc;
@@ -24,6 +25,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/vms/{id}/stop", post(vms::stop))
         .route("/api/vms/{id}/pause", post(vms::pause))
         .route("/api/vms/{id}/resume", post(vms::resume))
+        .route("/api/images", get(images::list))
+        .route("/api/images/pull", post(images::pull))
+        .route(
+            "/api/images/import",
+            post(images::import).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/images/{*reference}",
+            get(images::inspect).delete(images::delete),
+        )
         .fallback(vms::not_found)
         .with_state(state)
 }

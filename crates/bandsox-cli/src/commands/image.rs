@@ -1,0 +1,477 @@
+//! `bandsox image pull|import|import-dir|ls|inspect|rm`.
+//!
+//! Through the server by default. With `--storage DIR` the command works on that storage root
+//! directly, in this process (what `scripts/setup` uses before any server runs), and shows
+//! per-layer progress bars (bytes and rate) when stdout is a terminal and `--quiet` is not
+//! given.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bandsox_core::images::{self, ImageInfo};
+use bandsox_core::store::Store;
+use bandsox_core::Storage;
+use bandsox_image::oci::{NoProgress, Progress};
+use clap::{Args, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use super::{core_error, storage};
+use crate::client::{CliError, Client};
+use crate::CliResult;
+
+#[derive(Debug, Args)]
+pub struct Common {
+    /// Work on this storage root directly instead of through the server.
+    #[arg(long)]
+    storage: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image from a registry (`alpine`, `python:3.12-slim`, `localhost:5000/x:tag`).
+    Pull {
+        reference: String,
+        /// Speak plain HTTP to the registry (loopback registries always are).
+        #[arg(long)]
+        insecure: bool,
+        #[arg(long)]
+        username: Option<String>,
+        /// Read the password from stdin.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+        /// Pull and convert again even when cached.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Import a `docker save` tarball or an OCI image layout (directory or tar).
+    Import {
+        path: PathBuf,
+        /// Name to register (default: the archive's own tag).
+        #[arg(long)]
+        reference: Option<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Import a root filesystem directory as an image (needs --storage).
+    ImportDir {
+        dir: PathBuf,
+        #[arg(long)]
+        reference: String,
+        /// Working directory for commands.
+        #[arg(long, default_value = "/")]
+        workdir: String,
+        /// Image environment (repeatable); PATH defaults to the usual one.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Replace an existing image of that name.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// List cached images.
+    #[command(alias = "list")]
+    Ls {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Show one image: digest, size, config, layers, users.
+    Inspect {
+        reference: String,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Remove an image (refused while a VM uses it).
+    #[command(alias = "remove")]
+    Rm {
+        reference: String,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+pub fn run(url: &str, cmd: ImageCommand) -> CliResult {
+    match cmd {
+        ImageCommand::Pull {
+            reference,
+            insecure,
+            username,
+            password_stdin,
+            force,
+            common,
+        } => {
+            let password = if password_stdin {
+                let mut p = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut p)
+                    .map_err(|e| CliError::new(format!("cannot read the password: {e}")))?;
+                Some(p.trim_end_matches(['\n', '\r']).to_owned())
+            } else {
+                None
+            };
+            let info = match &common.storage {
+                Some(dir) => local(
+                    dir.clone(),
+                    |store, storage, progress| async move {
+                        let mut opts = images::pull_options_from_env();
+                        if insecure {
+                            if let Ok(n) = bandsox_image::pull::normalize_reference(&reference) {
+                                if let Some((reg, _)) = n.split_once('/') {
+                                    opts.insecure_registries.push(reg.to_owned());
+                                }
+                            }
+                        }
+                        if let (Some(u), Some(p)) = (username, password) {
+                            opts.credentials = Some((u, p));
+                        }
+                        let rec =
+                            images::pull(&store, &storage, &reference, &opts, force, progress)
+                                .await?;
+                        images::inspect(&store, &storage, &rec.reference)
+                    },
+                    common.quiet,
+                )?,
+                None => {
+                    let body = serde_json::json!({
+                        "reference": reference, "insecure": insecure, "force": force,
+                        "username": username, "password": password,
+                    });
+                    let spinner = spinner(common.quiet, &format!("pulling {reference}"));
+                    let r =
+                        Client::new(url).post("/api/images/pull", &body, Duration::from_secs(3600));
+                    spinner.finish_and_clear();
+                    r?
+                }
+            };
+            print_one(&info, common.json)
+        }
+        ImageCommand::Import {
+            path,
+            reference,
+            common,
+        } => {
+            let info = match &common.storage {
+                Some(dir) => local(
+                    dir.clone(),
+                    |store, storage, progress| async move {
+                        let rec =
+                            images::import(&store, &storage, &path, reference.as_deref(), progress)
+                                .await?;
+                        images::inspect(&store, &storage, &rec.reference)
+                    },
+                    common.quiet,
+                )?,
+                None => upload(url, &path, reference.as_deref(), common.quiet)?,
+            };
+            print_one(&info, common.json)
+        }
+        ImageCommand::ImportDir {
+            dir,
+            reference,
+            workdir,
+            env,
+            force,
+            common,
+        } => {
+            let root = common.storage.clone().ok_or_else(|| {
+                CliError::new("import-dir works on a storage root directly: pass --storage DIR")
+            })?;
+            let mut env_list = env;
+            if !env_list.iter().any(|e| e.starts_with("PATH=")) {
+                env_list.insert(
+                    0,
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                );
+            }
+            let config = serde_json::json!({"Env": env_list, "WorkingDir": workdir});
+            let info = local(
+                root,
+                |store, storage, _| async move {
+                    if !force {
+                        if let Ok(info) = images::inspect(&store, &storage, &reference) {
+                            return Ok(info);
+                        }
+                    }
+                    let rec = images::import_dir(&store, &storage, &reference, &dir, config)?;
+                    images::inspect(&store, &storage, &rec.reference)
+                },
+                common.quiet,
+            )?;
+            print_one(&info, common.json)
+        }
+        ImageCommand::Ls { common } => {
+            let list: Vec<ImageInfo> = match &common.storage {
+                Some(dir) => local(
+                    dir.clone(),
+                    |store, storage, _| async move { images::list(&store, &storage) },
+                    true,
+                )?,
+                None => Client::new(url).get("/api/images")?,
+            };
+            if common.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:<50} {:<14} {:>9} {:<15} VMS",
+                    "REFERENCE", "DIGEST", "SIZE_MIB", "SOURCE"
+                );
+                for i in &list {
+                    println!(
+                        "{:<50} {:<14} {:>9} {:<15} {}",
+                        i.record.reference,
+                        bandsox_image::oci::short(&i.record.digest),
+                        i.record.size_bytes >> 20,
+                        i.meta.as_ref().map_or("-", |m| m.source.as_str()),
+                        i.used_by_vms.len()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Inspect { reference, common } => {
+            let info: ImageInfo = match &common.storage {
+                Some(dir) => local(
+                    dir.clone(),
+                    |store, storage, _| async move { images::inspect(&store, &storage, &reference) },
+                    true,
+                )?,
+                None => Client::new(url).get(&format!("/api/images/{reference}"))?,
+            };
+            // Inspect is for reading: always the full JSON.
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&info).unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Rm { reference, common } => {
+            match &common.storage {
+                Some(dir) => {
+                    local(
+                        dir.clone(),
+                        |store, storage, _| async move {
+                            images::remove(&store, &storage, &reference).await
+                        },
+                        true,
+                    )?;
+                }
+                None => {
+                    let _: serde_json::Value =
+                        Client::new(url).delete(&format!("/api/images/{reference}"))?;
+                }
+            }
+            if common.json {
+                println!("{}", serde_json::json!({"status": "deleted"}));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_one(info: &ImageInfo, json: bool) -> CliResult {
+    if json {
+        println!("{}", serde_json::to_string_pretty(info).unwrap_or_default());
+    } else {
+        println!(
+            "{} {} ({} MiB)",
+            info.record.reference,
+            info.record.digest,
+            info.record.size_bytes >> 20
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `f` against a storage root in this process.
+fn local<T, F, Fut>(root: PathBuf, f: F, quiet: bool) -> Result<T, CliError>
+where
+    F: FnOnce(Store, Storage, Arc<dyn Progress>) -> Fut,
+    Fut: std::future::Future<Output = bandsox_core::Result<T>>,
+{
+    let storage = storage(Some(root))?;
+    if !storage.db_path().exists() {
+        return Err(CliError::new(format!(
+            "storage {} is not initialised",
+            storage.root().display()
+        ))
+        .with_hint("run `bandsox init` (or scripts/setup) first"));
+    }
+    let store = Store::open(&storage.db_path()).map_err(core_error)?;
+    let progress: Arc<dyn Progress> = if quiet || !std::io::stdout().is_terminal() {
+        Arc::new(NoProgress)
+    } else {
+        Arc::new(Bars::new())
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::new(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(f(store, storage, progress)).map_err(core_error)
+}
+
+/// Uploads an archive (or an OCI layout directory, tarred on the fly) to the server.
+fn upload(
+    url: &str,
+    path: &std::path::Path,
+    reference: Option<&str>,
+    quiet: bool,
+) -> Result<ImageInfo, CliError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))?;
+    let reader: Box<dyn Read + Send> = if meta.is_dir() {
+        let (r, w) =
+            std::io::pipe().map_err(|e| CliError::new(format!("cannot create a pipe: {e}")))?;
+        let dir = path.to_path_buf();
+        std::thread::spawn(move || {
+            let mut b = tar::Builder::new(w);
+            b.follow_symlinks(false);
+            let _ = b.append_dir_all(".", &dir).and_then(|()| b.finish());
+        });
+        Box::new(r)
+    } else {
+        Box::new(
+            std::fs::File::open(path)
+                .map_err(|e| CliError::new(format!("cannot open {}: {e}", path.display())))?,
+        )
+    };
+    let mut target = format!("{}/api/images/import", url.trim_end_matches('/'));
+    if let Some(r) = reference {
+        target.push_str("?reference=");
+        target.push_str(&crate::client::segment(r));
+    }
+    let spinner = spinner(quiet, &format!("importing {}", path.display()));
+    let res = ureq::post(&target)
+        .timeout(Duration::from_secs(3600))
+        .set("Content-Type", "application/x-tar")
+        .send(reader);
+    spinner.finish_and_clear();
+    match res {
+        Ok(r) => r
+            .into_json()
+            .map_err(|e| CliError::new(format!("unreadable answer from {url}: {e}"))),
+        Err(ureq::Error::Status(status, r)) => {
+            let body = r.into_string().unwrap_or_default();
+            Err(match serde_json::from_str::<bandsox_api::Problem>(&body) {
+                Ok(p) => CliError {
+                    message: p.detail,
+                    hint: p.hint,
+                    exit_code: if status == 404 {
+                        3
+                    } else if status == 409 {
+                        4
+                    } else {
+                        1
+                    },
+                },
+                Err(_) => CliError::new(format!("server answered {status}: {body}")),
+            })
+        }
+        Err(ureq::Error::Transport(t)) => Err(CliError {
+            message: format!("cannot reach the bandsox server at {url}: {t}"),
+            hint: Some(
+                "start it with `bandsox serve`, or pass --storage DIR to work locally".into(),
+            ),
+            exit_code: 5,
+        }),
+    }
+}
+
+fn spinner(quiet: bool, msg: &str) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_message(msg.to_owned());
+    pb.enable_steady_tick(Duration::from_millis(120));
+    pb
+}
+
+/// One bar per blob (bytes, total, rate) plus a status line.
+struct Bars {
+    multi: MultiProgress,
+    status: ProgressBar,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl Bars {
+    fn new() -> Self {
+        let multi = MultiProgress::new();
+        let status = multi.add(ProgressBar::new_spinner());
+        status.enable_steady_tick(Duration::from_millis(120));
+        Self {
+            multi,
+            status,
+            bars: Mutex::default(),
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn blob_start(&self, digest: &str, total_bytes: u64, cached: bool) {
+        let pb = self
+            .multi
+            .insert_before(&self.status, ProgressBar::new(total_bytes));
+        let style = ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        pb.set_style(style);
+        pb.set_prefix(bandsox_image::oci::short(digest).to_owned());
+        if cached {
+            pb.set_position(total_bytes);
+            pb.finish_with_message("cached");
+        }
+        self.bars
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(digest.to_owned(), pb);
+    }
+
+    fn blob_bytes(&self, digest: &str, n: u64) {
+        if let Some(pb) = self
+            .bars
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+        {
+            pb.inc(n);
+        }
+    }
+
+    fn blob_done(&self, digest: &str) {
+        if let Some(pb) = self
+            .bars
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+        {
+            if !pb.is_finished() {
+                pb.finish_with_message("done");
+            }
+        }
+    }
+
+    fn phase(&self, message: &str) {
+        if message == "done" {
+            self.status.finish_and_clear();
+        } else {
+            self.status.set_message(message.to_owned());
+        }
+    }
+}
