@@ -27,6 +27,12 @@ pub struct CreateVmRequest {
     pub env_vars: Option<BTreeMap<String, String>>,
     #[serde(default)]
     pub metadata: Option<serde_json::Value>,
+    /// Extension: seconds until `timeout_action` runs (0 = never).
+    #[serde(default)]
+    pub timeout_s: u64,
+    /// Extension: `stop` (default), `pause` or `delete`.
+    #[serde(default)]
+    pub timeout_action: Option<String>,
 }
 
 fn default_vcpu() -> u32 {
@@ -74,6 +80,89 @@ pub struct VmInfo {
     pub env_vars: BTreeMap<String, String>,
     pub network_config: Option<serde_json::Value>,
     pub vsock_config: Option<serde_json::Value>,
+    /// Snapshot this VM was restored from.
+    pub restored_from: Option<String>,
+    /// Unix seconds at which `timeout_action` runs.
+    pub expires_at: Option<f64>,
+    pub timeout_action: String,
+}
+
+/// `POST /api/vms/{id}/snapshot`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotRequest {
+    pub name: String,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Answer to `POST /api/vms/{id}/snapshot`. `snapshot_id` is what restore takes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotCreated {
+    pub snapshot_id: String,
+    pub name: String,
+}
+
+/// A snapshot as the API shows it. `snapshot_name` repeats `name` for BandSox clients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub name: String,
+    pub snapshot_name: String,
+    pub source_vm_id: String,
+    pub image: String,
+    pub image_digest: String,
+    pub vcpu: u32,
+    pub mem_mib: u32,
+    pub disk_size_mib: u64,
+    pub size_bytes: u64,
+    pub created_at: f64,
+    pub metadata: serde_json::Value,
+}
+
+/// `POST /api/snapshots/{id}/restore`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "default_true")]
+    pub enable_networking: bool,
+    #[serde(default)]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// `PUT .../name`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenameRequest {
+    pub name: String,
+}
+
+/// Answer to `PUT .../name`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Renamed {
+    pub status: String,
+    pub name: String,
+}
+
+/// `PUT .../metadata`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MetadataRequest {
+    pub metadata: serde_json::Value,
+}
+
+/// `POST /api/vms/{id}/timeout`: set (0 clears) the timeout and optionally its action.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TimeoutRequest {
+    pub timeout_s: u64,
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
+/// `POST /api/vms/{id}/extend`: add seconds to the timeout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExtendRequest {
+    pub seconds: u64,
 }
 
 /// `POST /api/vms/{id}/exec`.

@@ -70,6 +70,18 @@ impl Client {
         self.finish(req.send_json(body))
     }
 
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CliError> {
+        let req = self
+            .agent
+            .put(&format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(60));
+        self.finish(req.send_json(body))
+    }
+
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         let req = self
             .agent

@@ -30,8 +30,33 @@ struct Cli {
         default_value = "http://127.0.0.1:8000"
     )]
     url: String,
+    /// Server host: for client commands it replaces the host of --url; for `serve` it is the
+    /// address to listen on [default: 127.0.0.1].
+    #[arg(long, global = true)]
+    host: Option<String>,
+    /// Server port (like --host) [default: 8000].
+    #[arg(long, global = true)]
+    port: Option<u16>,
     #[command(subcommand)]
     command: Command,
+}
+
+impl Cli {
+    /// The server URL from --url, with --host/--port applied.
+    fn server_url(&self) -> String {
+        if self.host.is_none() && self.port.is_none() {
+            return self.url.clone();
+        }
+        let rest = self
+            .url
+            .split_once("://")
+            .map_or(self.url.as_str(), |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or("127.0.0.1:8000");
+        let (h, p) = authority.rsplit_once(':').unwrap_or((authority, "8000"));
+        let host = self.host.as_deref().unwrap_or(h);
+        let port = self.port.map_or_else(|| p.to_owned(), |p| p.to_string());
+        format!("http://{host}:{port}")
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -50,17 +75,35 @@ enum Command {
     /// Manage images: pull, import, list, inspect, remove.
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
+    /// Manage snapshots.
+    #[command(subcommand)]
+    Snapshot(commands::snapshot::SnapshotCommand),
+    /// Boot a stopped VM again.
+    Start { vm: String },
+    /// Stop and start a VM.
+    Restart { vm: String },
+    /// Add seconds to a VM's timeout.
+    Extend {
+        vm: String,
+        /// Seconds to add (1 to 86400).
+        seconds: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let url = cli.server_url();
     let result = match cli.command {
         Command::Init(a) => commands::init::run(a),
-        Command::Serve(a) => commands::serve::run(a),
-        Command::Create(a) => commands::vm::create(&cli.url, a),
-        Command::Exec(a) => commands::vm::exec(&cli.url, a),
-        Command::Vm(c) => commands::vm::run(&cli.url, c),
-        Command::Image(c) => commands::image::run(&cli.url, c),
+        Command::Serve(a) => commands::serve::run(a, cli.host.as_deref(), cli.port),
+        Command::Create(a) => commands::vm::create(&url, a),
+        Command::Exec(a) => commands::vm::exec(&url, a),
+        Command::Vm(c) => commands::vm::run(&url, c),
+        Command::Image(c) => commands::image::run(&url, c),
+        Command::Snapshot(c) => commands::snapshot::run(&url, c),
+        Command::Start { vm } => commands::vm::action(&url, &vm, "start"),
+        Command::Restart { vm } => commands::vm::action(&url, &vm, "restart"),
+        Command::Extend { vm, seconds } => commands::vm::extend(&url, &vm, seconds),
     };
     match result {
         Ok(code) => code,

@@ -3,89 +3,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_bandsox");
+use std::process::Command;
 
-fn agent_bin() -> PathBuf {
-    std::env::var_os("BANDSOX_AGENT_BIN").map_or_else(
-        || {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../target/x86_64-unknown-linux-gnu/release/bandsox-agent")
-        },
-        PathBuf::from,
-    )
-}
-
-fn bandsox(url: &str, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("BANDSOX_URL", url)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The server process, killed on drop.
-struct Server {
-    child: Child,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(storage: &Path, port: u16) -> Server {
-    let child = Command::new(BIN)
-        .args(["serve", "--port", &port.to_string(), "--storage"])
-        .arg(storage)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let server = Server { child };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let url = format!("http://127.0.0.1:{port}/api/version");
-    while ureq::get(&url).call().is_err() {
-        assert!(Instant::now() < deadline, "server did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server
-}
-
-fn init(storage: &Path) -> Output {
-    Command::new(BIN)
-        .arg("init")
-        .arg("--storage")
-        .arg(storage)
-        .arg("--agent")
-        .arg(agent_bin())
-        .output()
-        .unwrap()
-}
+use common::{bandsox, free_port, init, start_server, text, BIN};
 
 #[test]
 fn init_serve_create_exec_stop_delete() {
-    let dir = tempfile::Builder::new().prefix("bsxcli").tempdir().unwrap();
+    let dir = common::TestRoot::new("bsxcli");
     let storage = dir.path();
 
     let out = init(storage);
@@ -189,7 +115,7 @@ fn init_serve_create_exec_stop_delete() {
 
 #[test]
 fn serve_refuses_a_public_address_without_auth() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::TestRoot::new("bsxcli");
     let out = init(dir.path());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = Command::new(BIN)

@@ -178,6 +178,12 @@ impl AgentClient {
         Ok(stream)
     }
 
+    /// Holds the connection's writer: while the guard lives no frame is being written, so
+    /// pausing or saving the VM cannot cut a frame in half.
+    pub async fn write_lock(&self) -> impl Drop + '_ {
+        self.inner.writer.lock().await
+    }
+
     async fn send_raw(&self, bytes: &[u8]) -> Result<()> {
         let mut w = self.inner.writer.lock().await;
         w.write_all(bytes)

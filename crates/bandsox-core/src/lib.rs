@@ -7,9 +7,11 @@ pub mod error;
 pub mod images;
 pub mod init;
 pub mod manager;
+pub mod snapshots;
 pub mod storage;
 pub mod store;
-mod sys;
+pub(crate) mod sys;
+pub mod ttl;
 
 pub use agent::{AgentClient, ExecOutput};
 pub use error::{CoreError, Result};

@@ -22,6 +22,23 @@ use crate::images;
 use crate::storage::{new_id, validate_id, Storage};
 use crate::store::{now, Store, VmRecord, VmStatus};
 
+/// File name of a VM's writable disk inside its directory.
+pub(crate) const DATA_DISK: &str = "disk.ext4";
+
+/// How a VM comes up.
+pub(crate) enum Boot<'a> {
+    /// A fresh kernel boot of its disks.
+    Cold,
+    /// From a snapshot: saved state, the kernel and initramfs it was saved with, and the disk
+    /// to copy as the VM's writable disk.
+    Restore {
+        state: &'a std::path::Path,
+        kernel: &'a std::path::Path,
+        initramfs: &'a std::path::Path,
+        disk: &'a std::path::Path,
+    },
+}
+
 /// Limits on create parameters.
 pub const MAX_VCPU: u32 = 32;
 pub const MIN_MEM_MIB: u32 = 64;
@@ -58,6 +75,9 @@ pub struct CreateVm {
     pub disk_size_mib: u64,
     pub env_vars: BTreeMap<String, String>,
     pub metadata: serde_json::Value,
+    /// Seconds until `timeout_action` runs; 0 = never.
+    pub timeout_s: u64,
+    pub timeout_action: crate::store::TimeoutAction,
     /// Re-pull (registry images) and rebuild the base disk even when cached.
     pub force_rebuild: bool,
 }
@@ -73,6 +93,8 @@ impl CreateVm {
             disk_size_mib: 4096,
             env_vars: BTreeMap::new(),
             metadata: serde_json::json!({}),
+            timeout_s: 0,
+            timeout_action: crate::store::TimeoutAction::Stop,
             force_rebuild: false,
         }
     }
@@ -110,6 +132,12 @@ impl CreateVm {
                     k.escape_debug()
                 )));
             }
+        }
+        if self.timeout_s > crate::ttl::MAX_TIMEOUT_S {
+            return Err(CoreError::InvalidInput(format!(
+                "timeout must be at most {} seconds",
+                crate::ttl::MAX_TIMEOUT_S
+            )));
         }
         if !self.metadata.is_object() {
             return Err(CoreError::InvalidInput(
@@ -189,6 +217,7 @@ impl Manager {
             vms: RwLock::default(),
         });
         mgr.recover().await?;
+        mgr.spawn_timeout_task();
         Ok(mgr)
     }
 
@@ -208,7 +237,8 @@ impl Manager {
     /// VMs left `creating`, `running` or `paused` by a previous server process: their VMM
     /// processes are stopped and their records settled, so nothing half-made survives.
     /// (Re-attaching to VMs that still run comes with the lifecycle work.)
-    async fn recover(&self) -> Result<()> {
+    async fn recover(self: &Arc<Self>) -> Result<()> {
+        self.sweep_snapshot_dirs()?;
         for vm in self.store.list_vms()? {
             match vm.status {
                 VmStatus::Stopped | VmStatus::Failed => continue,
@@ -218,17 +248,40 @@ impl Manager {
                     self.store.delete_vm(&vm.id)?;
                 }
                 VmStatus::Running | VmStatus::Paused => {
-                    self.kill_orphan(&vm);
-                    self.remove_sockets(&vm.id);
-                    self.store.set_vm_state(
-                        &vm.id,
-                        VmStatus::Stopped,
-                        None,
-                        Some("the server restarted; the VM was stopped"),
-                    )?;
+                    if let Err(e) = self.reattach(&vm).await {
+                        tracing::warn!(vm = %vm.id, error = %e, "could not re-attach; marking the VM stopped");
+                        self.unregister(&vm.id);
+                        self.kill_orphan(&vm);
+                        self.remove_sockets(&vm.id);
+                        let msg = format!("lost while the server was down: {e}");
+                        self.store
+                            .set_vm_state(&vm.id, VmStatus::Stopped, None, Some(&msg))?;
+                    }
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Takes over the VMM of a VM that kept running while the server was down.
+    async fn reattach(self: &Arc<Self>, vm: &VmRecord) -> Result<()> {
+        let pid = vm
+            .pid
+            .ok_or_else(|| CoreError::Conflict("no VMM process recorded".into()))?;
+        let spec = self.vm_spec(vm, PathBuf::new(), PathBuf::new())?;
+        let handle: Arc<dyn VmHandle> = Arc::from(self.driver.attach(&spec, pid).await?);
+        let entry = self.register(&vm.id);
+        entry.set_handle(Some(handle.clone()));
+        if vm.status == VmStatus::Running {
+            // A server killed in the middle of a snapshot leaves the VM paused: continue it.
+            handle.resume().await?;
+            let agent =
+                AgentClient::connect(&handle.agent_socket(), Duration::from_secs(10)).await?;
+            *entry.agent.lock().await = Some(agent);
+        }
+        entry.ready.send_replace(Readiness::Ready);
+        self.spawn_watcher(entry);
+        tracing::info!(vm = %vm.id, pid, "re-attached");
         Ok(())
     }
 
@@ -265,7 +318,7 @@ impl Manager {
     /// leaving nothing behind.
     pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<VmRecord> {
         req.validate()?;
-        let (kernel, initramfs) = bandsox_image::assets::kernel_paths(self.storage.root())?;
+        bandsox_image::assets::kernel_paths(self.storage.root())?;
         let image = images::resolve_for_create(
             &self.store,
             &self.storage,
@@ -274,16 +327,9 @@ impl Manager {
             req.force_rebuild,
         )
         .await?;
-        let free_mib = free_space_mib(&self.storage.vms_dir())?;
-        if req.disk_size_mib > free_mib {
-            return Err(CoreError::InvalidInput(format!(
-                "disk_size_mib {} exceeds the {free_mib} MiB free on the storage filesystem",
-                req.disk_size_mib
-            )));
-        }
+        self.check_free_space(req.disk_size_mib)?;
 
         let id = new_id();
-        let dir = self.storage.vm_dir(&id)?;
         let t = now();
         let record = VmRecord {
             name: req
@@ -303,66 +349,49 @@ impl Manager {
             error: None,
             metadata: req.metadata.clone(),
             env_vars: req.env_vars.clone(),
+            restored_from: None,
+            // Counted from the moment the VM is ready; set below.
+            expires_at: None,
+            timeout_action: req.timeout_action,
         };
-        let entry = Arc::new(VmEntry {
-            id: id.clone(),
-            lifecycle: Mutex::new(()),
-            handle: RwLock::new(None),
-            agent: Mutex::new(None),
-            ready: watch::Sender::new(Readiness::Booting),
-            expect_exit: AtomicBool::new(false),
-        });
+        let vm = self.create_from(record, Boot::Cold).await?;
+        if req.timeout_s > 0 {
+            return self.set_timeout(&vm.id, req.timeout_s, Some(req.timeout_action));
+        }
+        Ok(vm)
+    }
+
+    /// Registers a new VM record and boots it; on failure removes every trace of it.
+    pub(crate) async fn create_from(
+        self: &Arc<Self>,
+        record: VmRecord,
+        boot: Boot<'_>,
+    ) -> Result<VmRecord> {
+        let id = record.id.clone();
+        let dir = self.storage.vm_dir(&id)?;
+        let entry = self.register(&id);
         let _guard = entry.lifecycle.lock().await;
         self.store.insert_vm(&record)?;
-        self.vms
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), entry.clone());
-
-        let spec = VmSpec {
-            id: id.clone(),
-            run_dir: dir.clone(),
-            vcpu: req.vcpu,
-            mem_mib: req.mem_mib,
-            kernel,
-            initramfs,
-            kernel_args: vec![
-                "bandsox.root=/dev/vda".into(),
-                "bandsox.data=/dev/vdb".into(),
-                format!("bandsox.hostname={}", hostname_for(&id)),
-            ],
-            disks: vec![
-                Disk {
-                    path: image.disk.clone(),
-                    read_only: true,
-                },
-                Disk {
-                    path: dir.join("disk.ext4"),
-                    read_only: false,
-                },
-            ],
-        };
-        match self.boot(&entry, &spec, req.disk_size_mib).await {
-            Ok(pid) => {
-                self.store
-                    .set_vm_state(&id, VmStatus::Running, Some(pid), None)?;
-                entry.ready.send_replace(Readiness::Ready);
-                self.spawn_watcher(entry.clone());
-                self.get_vm(&id)
-            }
-            Err(e) => {
-                entry.expect_exit.store(true, Ordering::Release);
-                if let Some(h) = entry.handle() {
-                    let _ = h.kill().await;
+        let prepared = (|| {
+            std::fs::create_dir_all(&dir)?;
+            match &boot {
+                Boot::Cold => make_data_disk(&dir.join(DATA_DISK), record.disk_size_mib),
+                Boot::Restore { disk, .. } => {
+                    crate::sys::copy_file_sparse(disk, &dir.join(DATA_DISK)).map_err(CoreError::Io)
                 }
+            }
+        })();
+        let launched = match prepared {
+            Ok(()) => self.launch(&entry, &record, &boot).await,
+            Err(e) => Err(e),
+        };
+        match launched {
+            Ok(()) => self.get_vm(&id),
+            Err(e) => {
                 let console = read_tail(&dir.join("console.log"), 2048);
                 let _ = std::fs::remove_dir_all(&dir);
                 self.store.delete_vm(&id)?;
-                self.vms
-                    .write()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id);
-                entry.ready.send_replace(Readiness::Gone(e.to_string()));
+                self.unregister(&id);
                 Err(match e {
                     CoreError::BootTimeout { timeout_s, detail } if !console.is_empty() => {
                         CoreError::BootTimeout {
@@ -376,13 +405,132 @@ impl Manager {
         }
     }
 
-    async fn boot(&self, entry: &VmEntry, spec: &VmSpec, disk_size_mib: u64) -> Result<u32> {
-        std::fs::create_dir_all(&spec.run_dir)?;
-        make_data_disk(&spec.run_dir.join("disk.ext4"), disk_size_mib)?;
-        let handle: Arc<dyn VmHandle> = Arc::from(self.driver.spawn(spec).await?);
+    /// A fresh in-memory entry for VM `id`, in the booting state.
+    pub(crate) fn register(&self, id: &str) -> Arc<VmEntry> {
+        let entry = Arc::new(VmEntry {
+            id: id.to_owned(),
+            lifecycle: Mutex::new(()),
+            handle: RwLock::new(None),
+            agent: Mutex::new(None),
+            ready: watch::Sender::new(Readiness::Booting),
+            expect_exit: AtomicBool::new(false),
+        });
+        self.vms
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.to_owned(), entry.clone());
+        entry
+    }
+
+    fn unregister(&self, id: &str) {
+        let removed = self
+            .vms
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        if let Some(e) = removed {
+            e.ready
+                .send_replace(Readiness::Gone("the VM is gone".into()));
+        }
+    }
+
+    pub(crate) fn check_free_space(&self, disk_size_mib: u64) -> Result<()> {
+        let free_mib = free_space_mib(&self.storage.vms_dir())?;
+        if disk_size_mib > free_mib {
+            return Err(CoreError::InvalidInput(format!(
+                "disk_size_mib {disk_size_mib} exceeds the {free_mib} MiB free on the storage filesystem"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The machine description of a stored VM.
+    fn vm_spec(&self, vm: &VmRecord, kernel: PathBuf, initramfs: PathBuf) -> Result<VmSpec> {
+        let dir = self.storage.vm_dir(&vm.id)?;
+        let base = self
+            .storage
+            .image_dir(&vm.image_digest)?
+            .join("rootfs.ext4");
+        if !base.is_file() {
+            return Err(CoreError::NotFound {
+                kind: "image",
+                id: format!("{} (base disk {} is missing)", vm.image, base.display()),
+            });
+        }
+        Ok(VmSpec {
+            id: vm.id.clone(),
+            run_dir: dir.clone(),
+            vcpu: vm.vcpu,
+            mem_mib: vm.mem_mib,
+            kernel,
+            initramfs,
+            kernel_args: vec![
+                "bandsox.root=/dev/vda".into(),
+                "bandsox.data=/dev/vdb".into(),
+                format!("bandsox.hostname={}", hostname_for(&vm.id)),
+            ],
+            disks: vec![
+                Disk {
+                    path: base,
+                    read_only: true,
+                },
+                Disk {
+                    path: dir.join(DATA_DISK),
+                    read_only: false,
+                },
+            ],
+        })
+    }
+
+    /// Starts the VMM of `vm` (cold or from a saved state) and waits for its agent. On
+    /// success the VM is `running`; on failure its VMM is killed (files are the caller's).
+    /// The caller holds the entry's lifecycle lock.
+    pub(crate) async fn launch(
+        self: &Arc<Self>,
+        entry: &Arc<VmEntry>,
+        vm: &VmRecord,
+        boot: &Boot<'_>,
+    ) -> Result<()> {
+        entry.expect_exit.store(false, Ordering::Release);
+        entry.ready.send_replace(Readiness::Booting);
+        let result = self.launch_inner(entry, vm, boot).await;
+        match result {
+            Ok(pid) => {
+                self.store
+                    .set_vm_state(&vm.id, VmStatus::Running, Some(pid), None)?;
+                entry.ready.send_replace(Readiness::Ready);
+                self.spawn_watcher(entry.clone());
+                Ok(())
+            }
+            Err(e) => {
+                entry.expect_exit.store(true, Ordering::Release);
+                if let Some(h) = entry.handle() {
+                    let _ = h.kill().await;
+                }
+                entry.set_handle(None);
+                *entry.agent.lock().await = None;
+                entry.ready.send_replace(Readiness::Gone(e.to_string()));
+                self.remove_sockets(&vm.id);
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch_inner(&self, entry: &VmEntry, vm: &VmRecord, boot: &Boot<'_>) -> Result<u32> {
+        let (kernel, initramfs) = match boot {
+            Boot::Cold => bandsox_image::assets::kernel_paths(self.storage.root())?,
+            Boot::Restore {
+                kernel, initramfs, ..
+            } => (kernel.to_path_buf(), initramfs.to_path_buf()),
+        };
+        let spec = self.vm_spec(vm, kernel, initramfs)?;
+        let handle: Arc<dyn VmHandle> = Arc::from(match boot {
+            Boot::Cold => self.driver.spawn(&spec).await?,
+            Boot::Restore { state, .. } => self.driver.restore(&spec, state).await?,
+        });
         entry.set_handle(Some(handle.clone()));
         self.store
-            .set_vm_state(&spec.id, VmStatus::Creating, Some(handle.pid()), None)?;
+            .set_vm_state(&vm.id, VmStatus::Creating, Some(handle.pid()), None)?;
         let timeout = self.config.boot_timeout;
         let socket = handle.agent_socket();
         let connect = AgentClient::connect(&socket, timeout);
@@ -395,6 +543,16 @@ impl Manager {
                 detail: format!("the VMM exited during boot ({exit})"),
             }),
         };
+        if matches!(boot, Boot::Restore { .. }) {
+            // The guest clock stood still while the snapshot waited.
+            let unix_ns = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            agent
+                .call(&Request::SetTime { unix_ns }, Duration::from_secs(10))
+                .await?;
+        }
         *entry.agent.lock().await = Some(agent);
         Ok(handle.pid())
     }
@@ -417,6 +575,10 @@ impl Manager {
             *entry.agent.lock().await = None;
             entry.set_handle(None);
             mgr.remove_sockets(&entry.id);
+            let mut vms = mgr.vms.write().unwrap_or_else(|p| p.into_inner());
+            if vms.get(&entry.id).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                vms.remove(&entry.id);
+            }
         });
     }
 
@@ -539,6 +701,65 @@ impl Manager {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
+        self.get_vm(id)
+    }
+
+    /// Cold-boots a stopped (or failed) VM from its disks. Starting a running or paused VM
+    /// is a no-op.
+    pub async fn start_vm(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        let vm = self.get_vm(id)?;
+        if self.entry(id).is_some() {
+            return Ok(vm);
+        }
+        if !matches!(vm.status, VmStatus::Stopped | VmStatus::Failed) {
+            return Err(CoreError::Conflict(format!("VM {id} is {}", vm.status)));
+        }
+        let dir = self.storage.vm_dir(id)?;
+        if !dir.join(DATA_DISK).is_file() {
+            return Err(CoreError::Conflict(format!(
+                "VM {id} has no disk left to boot from; delete it"
+            )));
+        }
+        let entry = self.register(id);
+        let _guard = entry.lifecycle.lock().await;
+        match self.launch(&entry, &vm, &Boot::Cold).await {
+            Ok(()) => self.get_vm(id),
+            Err(e) => {
+                self.unregister(id);
+                self.store
+                    .set_vm_state(id, VmStatus::Stopped, None, Some(&e.to_string()))?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops (if needed) and starts a VM again.
+    pub async fn restart_vm(self: &Arc<Self>, id: &str) -> Result<VmRecord> {
+        self.stop_vm(id).await?;
+        self.start_vm(id).await
+    }
+
+    /// Renames a VM and/or replaces its metadata. Names are labels: nothing else changes.
+    pub fn update_vm(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        metadata: Option<&serde_json::Value>,
+    ) -> Result<VmRecord> {
+        if let Some(n) = name {
+            if n.is_empty() || n.len() > MAX_NAME_LEN || n.contains('\0') {
+                return Err(CoreError::InvalidInput(format!(
+                    "names are 1 to {MAX_NAME_LEN} bytes without NUL"
+                )));
+            }
+        }
+        if metadata.is_some_and(|m| !m.is_object()) {
+            return Err(CoreError::InvalidInput(
+                "metadata must be a JSON object".into(),
+            ));
+        }
+        self.get_vm(id)?;
+        self.store.update_vm_labels(id, name, metadata)?;
         self.get_vm(id)
     }
 

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE vms (
     id            TEXT PRIMARY KEY,
     name          TEXT NOT NULL,
@@ -38,7 +39,28 @@ CREATE TABLE images (
     config      TEXT NOT NULL DEFAULT '{}',
     created_at  REAL NOT NULL
 );
-"#];
+"#,
+    r#"
+ALTER TABLE vms ADD COLUMN restored_from TEXT;
+ALTER TABLE vms ADD COLUMN expires_at REAL;
+ALTER TABLE vms ADD COLUMN timeout_action TEXT NOT NULL DEFAULT 'stop';
+CREATE TABLE snapshots (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    source_vm_id  TEXT NOT NULL,
+    image         TEXT NOT NULL,
+    image_digest  TEXT NOT NULL,
+    vcpu          INTEGER NOT NULL,
+    mem_mib       INTEGER NOT NULL,
+    disk_size_mib INTEGER NOT NULL,
+    size_bytes    INTEGER NOT NULL,
+    created_at    REAL NOT NULL,
+    metadata      TEXT NOT NULL DEFAULT '{}',
+    env_vars      TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX snapshots_created ON snapshots(created_at DESC);
+"#,
+];
 
 /// Lifecycle state of a VM. Transitions: `creating -> running <-> paused -> stopped`,
 /// any -> `failed`.
@@ -100,6 +122,57 @@ pub struct VmRecord {
     pub error: Option<String>,
     pub metadata: serde_json::Value,
     pub env_vars: BTreeMap<String, String>,
+    /// Snapshot this VM was restored from.
+    pub restored_from: Option<String>,
+    /// Unix seconds at which `timeout_action` runs; `None` = no timeout.
+    pub expires_at: Option<f64>,
+    pub timeout_action: TimeoutAction,
+}
+
+/// What happens to a VM when its timeout expires.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutAction {
+    #[default]
+    Stop,
+    Pause,
+    Delete,
+}
+
+impl TimeoutAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Pause => "pause",
+            Self::Delete => "delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "stop" => Self::Stop,
+            "pause" => Self::Pause,
+            "delete" => Self::Delete,
+            _ => return None,
+        })
+    }
+}
+
+/// One snapshot as stored. Its files live in `snapshots/<id>/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub id: String,
+    pub name: String,
+    pub source_vm_id: String,
+    pub image: String,
+    pub image_digest: String,
+    pub vcpu: u32,
+    pub mem_mib: u32,
+    pub disk_size_mib: u64,
+    pub size_bytes: u64,
+    pub created_at: f64,
+    pub metadata: serde_json::Value,
+    pub env_vars: BTreeMap<String, String>,
 }
 
 /// One image as stored.
@@ -152,8 +225,9 @@ impl Store {
     pub fn insert_vm(&self, vm: &VmRecord) -> Result<()> {
         self.conn().execute(
             "INSERT INTO vms (id, name, image, image_digest, status, vcpu, mem_mib, disk_size_mib,
-                              created_at, updated_at, pid, error, metadata, env_vars)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                              created_at, updated_at, pid, error, metadata, env_vars,
+                              restored_from, expires_at, timeout_action)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
             params![
                 vm.id,
                 vm.name,
@@ -169,8 +243,114 @@ impl Store {
                 vm.error,
                 vm.metadata.to_string(),
                 serde_json::to_string(&vm.env_vars).unwrap_or_else(|_| "{}".into()),
+                vm.restored_from,
+                vm.expires_at,
+                vm.timeout_action.as_str(),
             ],
         )?;
+        Ok(())
+    }
+
+    /// Renames a VM and/or replaces its metadata.
+    pub fn update_vm_labels(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        metadata: Option<&serde_json::Value>,
+    ) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE vms SET name = COALESCE(?2, name), metadata = COALESCE(?3, metadata), updated_at = ?4 WHERE id = ?1",
+            params![id, name, metadata.map(|m| m.to_string()), now()],
+        )?;
+        if n == 0 {
+            return Err(CoreError::vm_not_found(id));
+        }
+        Ok(())
+    }
+
+    /// Sets (or clears) when a VM's timeout fires and what it does.
+    pub fn set_vm_timeout(
+        &self,
+        id: &str,
+        expires_at: Option<f64>,
+        action: TimeoutAction,
+    ) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE vms SET expires_at = ?2, timeout_action = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, expires_at, action.as_str(), now()],
+        )?;
+        if n == 0 {
+            return Err(CoreError::vm_not_found(id));
+        }
+        Ok(())
+    }
+
+    pub fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO snapshots (id, name, source_vm_id, image, image_digest, vcpu, mem_mib,
+                                    disk_size_mib, size_bytes, created_at, metadata, env_vars)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+            params![
+                s.id,
+                s.name,
+                s.source_vm_id,
+                s.image,
+                s.image_digest,
+                s.vcpu,
+                s.mem_mib,
+                s.disk_size_mib,
+                s.size_bytes,
+                s.created_at,
+                s.metadata.to_string(),
+                serde_json::to_string(&s.env_vars).unwrap_or_else(|_| "{}".into()),
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn get_snapshot(&self, id: &str) -> Result<Option<SnapshotRecord>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT * FROM snapshots WHERE id = ?1",
+                [id],
+                snapshot_from_row,
+            )
+            .optional()?)
+    }
+
+    /// All snapshots, newest first.
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare_cached("SELECT * FROM snapshots ORDER BY created_at DESC, id")?;
+        let rows = stmt.query_map([], snapshot_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Renames a snapshot and/or replaces its metadata.
+    pub fn update_snapshot_labels(
+        &self,
+        id: &str,
+        name: Option<&str>,
+        metadata: Option<&serde_json::Value>,
+    ) -> Result<()> {
+        let n = self.conn().execute(
+            "UPDATE snapshots SET name = COALESCE(?2, name), metadata = COALESCE(?3, metadata) WHERE id = ?1",
+            params![id, name, metadata.map(|m| m.to_string())],
+        )?;
+        if n == 0 {
+            return Err(CoreError::NotFound {
+                kind: "snapshot",
+                id: id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn delete_snapshot(&self, id: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
         Ok(())
     }
 
@@ -258,6 +438,29 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<VmRecord> {
         error: r.get("error")?,
         metadata: serde_json::from_str(&metadata).unwrap_or(serde_json::Value::Null),
         env_vars: serde_json::from_str(&env).unwrap_or_default(),
+        restored_from: r.get("restored_from")?,
+        expires_at: r.get("expires_at")?,
+        timeout_action: TimeoutAction::parse(&r.get::<_, String>("timeout_action")?)
+            .unwrap_or_default(),
+    })
+}
+
+fn snapshot_from_row(r: &Row<'_>) -> rusqlite::Result<SnapshotRecord> {
+    let metadata: String = r.get("metadata")?;
+    let env: String = r.get("env_vars")?;
+    Ok(SnapshotRecord {
+        id: r.get("id")?,
+        name: r.get("name")?,
+        source_vm_id: r.get("source_vm_id")?,
+        image: r.get("image")?,
+        image_digest: r.get("image_digest")?,
+        vcpu: r.get("vcpu")?,
+        mem_mib: r.get("mem_mib")?,
+        disk_size_mib: r.get("disk_size_mib")?,
+        size_bytes: r.get("size_bytes")?,
+        created_at: r.get("created_at")?,
+        metadata: serde_json::from_str(&metadata).unwrap_or(serde_json::Value::Null),
+        env_vars: serde_json::from_str(&env).unwrap_or_default(),
     })
 }
 
@@ -300,6 +503,9 @@ mod tests {
             error: None,
             metadata: serde_json::json!({"team": "a"}),
             env_vars: BTreeMap::from([("K".into(), "V".into())]),
+            restored_from: None,
+            expires_at: None,
+            timeout_action: TimeoutAction::Stop,
         }
     }
 

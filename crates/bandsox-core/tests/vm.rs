@@ -208,7 +208,10 @@ async fn bad_input_changes_nothing() {
         .unwrap();
     for (req, code) in [
         // Not cached: pulled on demand, and nothing answers on port 1.
-        (CreateVm::new("localhost:1/no/such-image"), "registry_unreachable"),
+        (
+            CreateVm::new("localhost:1/no/such-image"),
+            "registry_unreachable",
+        ),
         (CreateVm::new("../../etc"), "invalid_input"),
         (
             CreateVm {

@@ -140,8 +140,13 @@ pub async fn pull(
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(|e| ImageError::io(format!("create {}", dir.display()), e))?;
-    let paths: Vec<PathBuf> = futures_util::stream::iter(manifest.layers.iter())
-        .map(|layer| fetch_blob(&client, &r, layer, blobs_dir, progress.clone()))
+    // Futures built in a loop rather than a closure: a closure over a borrowed descriptor
+    // makes the whole pull future not `Send` for every lifetime (an async handler needs that).
+    let mut fetches = Vec::with_capacity(manifest.layers.len());
+    for layer in &manifest.layers {
+        fetches.push(fetch_blob(&client, &r, layer, blobs_dir, progress.clone()));
+    }
+    let paths: Vec<PathBuf> = futures_util::stream::iter(fetches)
         .buffered(PARALLEL_BLOBS)
         .try_collect()
         .await

@@ -5,7 +5,7 @@
 //! carrying one byte stream to the guest agent). [`qemu`] is the QEMU `microvm` backend used
 //! wherever Firecracker cannot run; the Firecracker backend joins it behind the same trait.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub mod qemu;
 mod sys;
@@ -36,6 +36,10 @@ pub enum VmmError {
         operation: &'static str,
         timeout_ms: u64,
     },
+    #[error("{0} is not a VMM process of this VM")]
+    NotOurProcess(u32),
+    #[error("saving or restoring VM state failed: {0}")]
+    Migration(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -90,6 +94,13 @@ pub trait VmmDriver: Send + Sync {
     /// Spawns the VMM and starts the guest. Returns once the process runs; the guest agent
     /// may still be booting.
     async fn spawn(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, VmmError>;
+    /// Starts a VM from a memory and device state file written by [`VmHandle::save_state`].
+    /// `spec` must describe the same devices and memory size as the saved VM (disk paths may
+    /// differ). Returns once the guest runs again.
+    async fn restore(&self, spec: &VmSpec, state: &Path) -> Result<Box<dyn VmHandle>, VmmError>;
+    /// Takes over a VMM process started by an earlier server process (after a restart).
+    /// Fails if `pid` is not this VM's VMM.
+    async fn attach(&self, spec: &VmSpec, pid: u32) -> Result<Box<dyn VmHandle>, VmmError>;
 }
 
 /// A running VMM process. Dropping the handle does not stop the VM; call [`VmHandle::kill`].
@@ -102,6 +113,9 @@ pub trait VmHandle: Send + Sync {
     async fn pause(&self) -> Result<(), VmmError>;
     /// Resumes the vCPUs.
     async fn resume(&self) -> Result<(), VmmError>;
+    /// Writes the VM's memory and device state to `path`. The VM must be paused and stays
+    /// paused.
+    async fn save_state(&self, path: &Path) -> Result<(), VmmError>;
     /// Kills the VMM process and waits until it is reaped.
     async fn kill(&self) -> Result<(), VmmError>;
     /// Waits until the process has exited.

@@ -20,3 +20,11 @@ pub fn kill_process(pid: u32) {
         }
     }
 }
+
+/// True when the process is a zombie (exited, not yet reaped by its parent).
+pub fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+        .unwrap_or(false)
+}

@@ -3,6 +3,7 @@
 pub mod image;
 pub mod init;
 pub mod serve;
+pub mod snapshot;
 pub mod vm;
 
 use std::path::PathBuf;

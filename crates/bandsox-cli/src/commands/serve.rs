@@ -14,11 +14,6 @@ use crate::CliResult;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Without authentication only loopback addresses are allowed.
-    #[arg(long, default_value = "127.0.0.1")]
-    host: IpAddr,
-    #[arg(long, default_value_t = 8000)]
-    port: u16,
     /// Storage root [env: BANDSOX_STORAGE] [default: /var/lib/bandsox].
     #[arg(long)]
     storage: Option<PathBuf>,
@@ -30,7 +25,14 @@ pub struct ServeArgs {
     boot_timeout: u64,
 }
 
-pub fn run(a: ServeArgs) -> CliResult {
+/// Serves on `host` (default 127.0.0.1; without authentication only loopback addresses are
+/// allowed) and `port` (default 8000).
+pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
+    let host: IpAddr = host
+        .unwrap_or("127.0.0.1")
+        .parse()
+        .map_err(|_| CliError::new("--host must be an IP address such as 127.0.0.1"))?;
+    let port = port.unwrap_or(8000);
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -48,7 +50,7 @@ pub fn run(a: ServeArgs) -> CliResult {
         config.boot_timeout = std::time::Duration::from_secs(a.boot_timeout.max(1));
         let manager = Manager::open(config).await.map_err(core_error)?;
         let opts = ServeOptions {
-            addr: SocketAddr::new(a.host, a.port),
+            addr: SocketAddr::new(host, port),
             insecure_no_auth: a.insecure_no_auth,
         };
         let shutdown = async {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use bandsox_api::{
     CreateVmRequest, CreateVmResponse, ExecRequest, ExecResponse, StatusResponse, VmInfo,
 };
+use bandsox_api::{Renamed, SnapshotCreated};
 use clap::{Args, Subcommand};
 
 use crate::client::{segment, Client};
@@ -30,6 +31,12 @@ pub struct CreateArgs {
     /// Environment for every command in the VM (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_kv)]
     env: Vec<(String, String)>,
+    /// Seconds until the timeout action runs (0 = never).
+    #[arg(long = "timeout", default_value_t = 0)]
+    timeout_s: u64,
+    /// What happens at the timeout: stop, pause or delete.
+    #[arg(long, default_value = "stop", value_parser = ["stop", "pause", "delete"])]
+    timeout_action: String,
     /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
@@ -74,6 +81,15 @@ pub enum VmCommand {
     Stop { vm: String },
     /// Freeze a VM's vCPUs.
     Pause { vm: String },
+    /// Rename a VM (names are labels).
+    Rename { vm: String, name: String },
+    /// Snapshot a VM (BandSox's `vm save`); prints the snapshot id.
+    Save {
+        vm: String,
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Continue a paused VM.
     Resume { vm: String },
     /// Stop a VM and remove it with all its files.
@@ -99,6 +115,8 @@ pub fn create(url: &str, a: CreateArgs) -> CliResult {
         disk_size_mib: a.disk_size_mib,
         env_vars: (!a.env.is_empty()).then(|| a.env.into_iter().collect::<BTreeMap<_, _>>()),
         metadata: None,
+        timeout_s: a.timeout_s,
+        timeout_action: Some(a.timeout_action),
     };
     let tty = std::io::stderr().is_terminal();
     if tty && !a.json {
@@ -207,10 +225,49 @@ pub fn run(url: &str, c: VmCommand) -> CliResult {
         VmCommand::Stop { vm } => post_action(&client, &vm, "stop")?,
         VmCommand::Pause { vm } => post_action(&client, &vm, "pause")?,
         VmCommand::Resume { vm } => post_action(&client, &vm, "resume")?,
+        VmCommand::Rename { vm, name } => {
+            let r: Renamed = client.put(
+                &format!("/api/vms/{}/name", segment(&vm)),
+                &serde_json::json!({ "name": name }),
+            )?;
+            println!("{}", r.name);
+        }
+        VmCommand::Save { vm, name, json } => {
+            let r: SnapshotCreated = client.post(
+                &format!("/api/vms/{}/snapshot", segment(&vm)),
+                &serde_json::json!({ "name": name }),
+                Duration::from_secs(600),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            } else {
+                println!("{}", r.snapshot_id);
+            }
+        }
         VmCommand::Delete { vm } => {
             let r: StatusResponse = client.delete(&format!("/api/vms/{}", segment(&vm)))?;
             println!("{}", r.status);
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bandsox start|restart VM`.
+pub fn action(url: &str, vm: &str, action: &str) -> CliResult {
+    post_action(&Client::new(url), vm, action)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bandsox extend VM SECONDS`: prints the new expiry time.
+pub fn extend(url: &str, vm: &str, seconds: u64) -> CliResult {
+    let info: VmInfo = Client::new(url).post(
+        &format!("/api/vms/{}/extend", segment(vm)),
+        &serde_json::json!({ "seconds": seconds }),
+        Duration::from_secs(60),
+    )?;
+    match info.expires_at {
+        Some(t) => println!("expires at {t:.0} (unix seconds)"),
+        None => println!("no timeout"),
     }
     Ok(ExitCode::SUCCESS)
 }

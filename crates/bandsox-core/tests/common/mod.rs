@@ -56,6 +56,23 @@ impl TestStorage {
     }
 }
 
+impl Drop for TestStorage {
+    /// VMMs outlive the manager by design (they survive server restarts), so a test that
+    /// fails half-way would leave them running: kill whatever still names this root.
+    fn drop(&mut self) {
+        kill_processes_mentioning(self.dir.path());
+    }
+}
+
+/// SIGKILLs every process whose command line contains `needle`.
+pub fn kill_processes_mentioning(needle: &Path) {
+    for pid in processes_mentioning(needle) {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+}
+
 /// A fresh, initialised storage root.
 pub fn fresh_storage() -> TestStorage {
     let t = template();

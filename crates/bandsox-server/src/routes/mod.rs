@@ -1,11 +1,12 @@
 //! Route table. Handlers parse and validate, call the core, and shape the answer.
 
 pub mod images;
+pub mod snapshots;
 pub mod vms;
 
 use std::sync::Arc;
 
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use bandsox_core::Manager;
 
@@ -25,6 +26,21 @@ pub fn router(state: AppState) -> Router {
         .route("/api/vms/{id}/stop", post(vms::stop))
         .route("/api/vms/{id}/pause", post(vms::pause))
         .route("/api/vms/{id}/resume", post(vms::resume))
+        .route("/api/vms/{id}/start", post(vms::start))
+        .route("/api/vms/{id}/restart", post(vms::restart))
+        .route("/api/vms/{id}/name", put(vms::rename))
+        .route("/api/vms/{id}/metadata", put(vms::set_metadata))
+        .route("/api/vms/{id}/timeout", post(vms::set_timeout))
+        .route("/api/vms/{id}/extend", post(vms::extend))
+        .route("/api/vms/{id}/snapshot", post(snapshots::create))
+        .route("/api/snapshots", get(snapshots::list))
+        .route(
+            "/api/snapshots/{id}",
+            get(snapshots::get).delete(snapshots::delete),
+        )
+        .route("/api/snapshots/{id}/restore", post(snapshots::restore))
+        .route("/api/snapshots/{id}/name", put(snapshots::rename))
+        .route("/api/snapshots/{id}/metadata", put(snapshots::set_metadata))
         .route("/api/images", get(images::list))
         .route("/api/images/pull", post(images::pull))
         .route(

@@ -7,8 +7,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use bandsox_api::{
-    CreateVmRequest, CreateVmResponse, ExecResponse, StatusResponse, VersionInfo, VmInfo,
+    CreateVmRequest, CreateVmResponse, ExecResponse, ExtendRequest, MetadataRequest, RenameRequest,
+    Renamed, StatusResponse, TimeoutRequest, VersionInfo, VmInfo,
 };
+use bandsox_core::store::TimeoutAction;
 use bandsox_core::{CreateVm, VmRecord, VmStatus};
 use serde::Deserialize;
 
@@ -36,13 +38,21 @@ pub async fn not_found() -> ApiError {
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     limit: Option<usize>,
+    /// Extension: skip this many matches (newest first, ties by id).
+    offset: Option<usize>,
     metadata_equals: Option<String>,
+    /// Extension: only VMs in this state.
+    status: Option<String>,
+    /// Extension: only VMs whose name contains this text.
+    name: Option<String>,
 }
 
+/// Lists VMs newest first. The body is a plain list (as BandSox clients expect); the number of
+/// matches before `offset`/`limit` is in the `X-Total-Count` header.
 pub async fn list(
     State(s): State<AppState>,
     Query(q): Query<ListQuery>,
-) -> ApiResult<Json<Vec<VmInfo>>> {
+) -> ApiResult<([(&'static str, String); 1], Json<Vec<VmInfo>>)> {
     let filter: Option<serde_json::Map<String, serde_json::Value>> =
         match q.metadata_equals.as_deref() {
             None => None,
@@ -59,14 +69,20 @@ pub async fn list(
         filter
             .as_ref()
             .is_none_or(|f| f.iter().all(|(k, v)| vm.metadata.get(k) == Some(v)))
+            && q.status
+                .as_deref()
+                .is_none_or(|st| vm.status.as_str() == st)
+            && q.name.as_deref().is_none_or(|n| vm.name.contains(n))
     };
-    let out = vms
+    let matching: Vec<VmRecord> = vms.into_iter().filter(matches).collect();
+    let total = matching.len();
+    let out = matching
         .into_iter()
-        .filter(matches)
+        .skip(q.offset.unwrap_or(0))
         .take(q.limit.unwrap_or(usize::MAX))
         .map(vm_info)
         .collect();
-    Ok(Json(out))
+    Ok(([("x-total-count", total.to_string())], Json(out)))
 }
 
 pub async fn create(
@@ -82,6 +98,8 @@ pub async fn create(
     create.force_rebuild = req.force_rebuild;
     create.env_vars = req.env_vars.unwrap_or_default();
     create.metadata = req.metadata.unwrap_or_else(|| serde_json::json!({}));
+    create.timeout_s = req.timeout_s;
+    create.timeout_action = parse_action(req.timeout_action.as_deref())?.unwrap_or_default();
     let vm = s.manager.create_vm(create).await?;
     // BandSox answers "created"; the VM is running and its agent ready at this point.
     Ok((
@@ -169,6 +187,88 @@ pub async fn resume(
     }))
 }
 
+pub async fn start(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StatusResponse>> {
+    s.manager.start_vm(&id).await?;
+    Ok(Json(StatusResponse {
+        status: "started".into(),
+    }))
+}
+
+pub async fn restart(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StatusResponse>> {
+    s.manager.restart_vm(&id).await?;
+    Ok(Json(StatusResponse {
+        status: "restarted".into(),
+    }))
+}
+
+pub async fn rename(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<RenameRequest>, JsonRejection>,
+) -> ApiResult<Json<Renamed>> {
+    let Json(req) = body?;
+    let vm = s.manager.update_vm(&id, Some(&req.name), None)?;
+    Ok(Json(Renamed {
+        status: "renamed".into(),
+        name: vm.name,
+    }))
+}
+
+pub async fn set_metadata(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<MetadataRequest>, JsonRejection>,
+) -> ApiResult<Json<VmInfo>> {
+    let Json(req) = body?;
+    Ok(Json(vm_info(s.manager.update_vm(
+        &id,
+        None,
+        Some(&req.metadata),
+    )?)))
+}
+
+pub async fn set_timeout(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<TimeoutRequest>, JsonRejection>,
+) -> ApiResult<Json<VmInfo>> {
+    let Json(req) = body?;
+    let action = parse_action(req.action.as_deref())?;
+    Ok(Json(vm_info(s.manager.set_timeout(
+        &id,
+        req.timeout_s,
+        action,
+    )?)))
+}
+
+pub async fn extend(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ExtendRequest>, JsonRejection>,
+) -> ApiResult<Json<VmInfo>> {
+    let Json(req) = body?;
+    Ok(Json(vm_info(s.manager.extend_timeout(&id, req.seconds)?)))
+}
+
+fn parse_action(a: Option<&str>) -> ApiResult<Option<TimeoutAction>> {
+    match a {
+        None => Ok(None),
+        Some(a) => TimeoutAction::parse(a).map(Some).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_input",
+                format!("timeout action must be stop, pause or delete, got `{a}`"),
+            )
+        }),
+    }
+}
+
 pub async fn delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -226,5 +326,8 @@ fn vm_info(vm: VmRecord) -> VmInfo {
         env_vars,
         network_config: None,
         vsock_config: None,
+        restored_from: vm.restored_from,
+        expires_at: vm.expires_at,
+        timeout_action: vm.timeout_action.as_str().into(),
     }
 }

@@ -178,7 +178,99 @@ impl VmmDriver for QemuDriver {
     }
 
     async fn spawn(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, VmmError> {
-        let args = self.command_line(spec)?;
+        Ok(Box::new(self.start_process(spec, None)?))
+    }
+
+    async fn restore(&self, spec: &VmSpec, state: &Path) -> Result<Box<dyn VmHandle>, VmmError> {
+        let handle = self.start_process(spec, Some(state))?;
+        let restored = async {
+            wait_migration(&handle, "restore").await?;
+            handle.qmp_execute("cont", None).await?;
+            Ok::<_, VmmError>(())
+        };
+        if let Err(e) = restored.await {
+            let _ = handle.kill().await;
+            return Err(e);
+        }
+        Ok(Box::new(handle))
+    }
+
+    async fn attach(&self, spec: &VmSpec, pid: u32) -> Result<Box<dyn VmHandle>, VmmError> {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map_err(|_| VmmError::NotOurProcess(pid))?;
+        let needle = spec.run_dir.join("qmp.sock");
+        let needle = needle.as_os_str().as_encoded_bytes();
+        if !cmdline.windows(needle.len()).any(|w| w == needle) {
+            return Err(VmmError::NotOurProcess(pid));
+        }
+        // Not our child: poll for its end (the process is reaped by whoever adopted it).
+        let (exit_tx, exit_rx) = watch::channel(None);
+        tokio::spawn(async move {
+            while crate::sys::process_alive(pid) && !crate::sys::is_zombie(pid) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            let _ = exit_tx.send(Some(VmmExit {
+                code: None,
+                signal: None,
+            }));
+        });
+        let handle = QemuHandle {
+            pid,
+            run_dir: spec.run_dir.clone(),
+            exit: exit_rx,
+            qmp: Arc::new(Mutex::new(None)),
+        };
+        settle_migration(&handle).await?;
+        Ok(Box::new(handle))
+    }
+}
+
+/// Cancels a state save that an earlier server left running (it was abandoned with that
+/// server) and waits until QEMU has left the migration states, so the VM can be continued.
+async fn settle_migration(handle: &QemuHandle) -> Result<(), VmmError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut cancelled = false;
+    loop {
+        let info = handle.qmp_execute("query-migrate", None).await?;
+        let status = info
+            .get("status")
+            .and_then(|s| s.as_str())
+            .unwrap_or("none");
+        if !matches!(
+            status,
+            "setup" | "active" | "device" | "pre-switchover" | "cancelling"
+        ) {
+            return Ok(());
+        }
+        if !cancelled {
+            handle.qmp_execute("migrate_cancel", None).await?;
+            cancelled = true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(VmmError::Timeout {
+                operation: "cancel an interrupted snapshot",
+                timeout_ms: 30_000,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl QemuDriver {
+    /// Spawns QEMU (optionally waiting for incoming state) and a task that reaps it.
+    fn start_process(
+        &self,
+        spec: &VmSpec,
+        incoming: Option<&Path>,
+    ) -> Result<QemuHandle, VmmError> {
+        let mut args = self.command_line(spec)?;
+        if let Some(state) = incoming {
+            args.push("-incoming".into());
+            args.push(format!(
+                "exec:cat {}",
+                shell_quote(&state.display().to_string())
+            ));
+        }
         let log = std::fs::File::create(spec.run_dir.join("qemu.log"))?;
         let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.args(&args)
@@ -217,14 +309,44 @@ impl VmmDriver for QemuDriver {
             };
             let _ = exit_tx.send(Some(exit));
         });
-        let handle = QemuHandle {
+        Ok(QemuHandle {
             pid,
             run_dir: spec.run_dir.clone(),
             exit: exit_rx,
             qmp: Arc::new(Mutex::new(None)),
-        };
-        Ok(Box::new(handle))
+        })
     }
+}
+
+/// Polls `query-migrate` until the migration completed; errors when it failed.
+async fn wait_migration(handle: &QemuHandle, operation: &'static str) -> Result<(), VmmError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    loop {
+        let info = handle.qmp_execute("query-migrate", None).await?;
+        match info.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                let why = info
+                    .get("error-desc")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("no detail");
+                return Err(VmmError::Migration(format!("{operation}: {why}")));
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(VmmError::Timeout {
+                operation,
+                timeout_ms: 600_000,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Quotes a word for `/bin/sh` (QEMU runs `exec:` migration URIs through the shell).
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
 }
 
 /// A running QEMU process.
@@ -236,7 +358,11 @@ pub struct QemuHandle {
 }
 
 impl QemuHandle {
-    async fn qmp_execute(&self, command: &'static str) -> Result<(), VmmError> {
+    async fn qmp_execute(
+        &self,
+        command: &'static str,
+        args: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, VmmError> {
         if let Some(exit) = self.exit_status() {
             return Err(VmmError::Exited {
                 operation: command,
@@ -250,8 +376,8 @@ impl QemuHandle {
         let Some(qmp) = guard.as_mut() else {
             return Err(VmmError::Control("QMP session missing".into()));
         };
-        match qmp.execute(command, None).await {
-            Ok(_) => Ok(()),
+        match qmp.execute(command, args).await {
+            Ok(v) => Ok(v),
             Err(e) => {
                 // Drop a broken session so the next call reconnects.
                 *guard = None;
@@ -272,11 +398,24 @@ impl VmHandle for QemuHandle {
     }
 
     async fn pause(&self) -> Result<(), VmmError> {
-        self.qmp_execute("stop").await
+        self.qmp_execute("stop", None).await.map(drop)
     }
 
     async fn resume(&self) -> Result<(), VmmError> {
-        self.qmp_execute("cont").await
+        self.qmp_execute("cont", None).await.map(drop)
+    }
+
+    async fn save_state(&self, path: &Path) -> Result<(), VmmError> {
+        // The default bandwidth cap (32 MiB/s) would make saving slow for no reason.
+        self.qmp_execute(
+            "migrate-set-parameters",
+            Some(serde_json::json!({ "max-bandwidth": 100u64 << 30 })),
+        )
+        .await?;
+        let uri = format!("exec:cat > {}", shell_quote(&path.display().to_string()));
+        self.qmp_execute("migrate", Some(serde_json::json!({ "uri": uri })))
+            .await?;
+        wait_migration(self, "save").await
     }
 
     async fn kill(&self) -> Result<(), VmmError> {

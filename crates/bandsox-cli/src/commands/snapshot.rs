@@ -1,0 +1,103 @@
+//! `bandsox snapshot list|info|delete|restore|rename`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bandsox_api::{CreateVmResponse, Renamed, SnapshotInfo, StatusResponse};
+use clap::Subcommand;
+
+use crate::client::{segment, Client};
+use crate::CliResult;
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// List snapshots.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one snapshot.
+    Info {
+        snapshot: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot (VMs restored from it are not affected).
+    Delete { snapshot: String },
+    /// Start a new VM from a snapshot; prints its id.
+    Restore {
+        snapshot: String,
+        #[arg(long)]
+        name: Option<String>,
+        /// Accepted for BandSox compatibility.
+        #[arg(long)]
+        enable_networking: bool,
+    },
+    /// Rename a snapshot (names are labels).
+    Rename { snapshot: String, name: String },
+}
+
+pub fn run(url: &str, c: SnapshotCommand) -> CliResult {
+    let client = Client::new(url);
+    match c {
+        SnapshotCommand::List { json } => {
+            let snaps: Vec<SnapshotInfo> = client.get("/api/snapshots")?;
+            if json {
+                println!("{}", serde_json::to_string(&snaps).unwrap_or_default());
+            } else {
+                println!(
+                    "{:<36}  {:<24}  {:<36}  {:>9}",
+                    "ID", "NAME", "SOURCE VM", "SIZE MIB"
+                );
+                for s in snaps {
+                    println!(
+                        "{:<36}  {:<24}  {:<36}  {:>9}",
+                        s.id,
+                        s.name.chars().take(24).collect::<String>(),
+                        s.source_vm_id,
+                        s.size_bytes >> 20
+                    );
+                }
+            }
+        }
+        SnapshotCommand::Info { snapshot, json } => {
+            let s: SnapshotInfo = client.get(&format!("/api/snapshots/{}", segment(&snapshot)))?;
+            if json {
+                println!("{}", serde_json::to_string(&s).unwrap_or_default());
+            } else {
+                println!("id          {}", s.id);
+                println!("name        {}", s.name);
+                println!("source vm   {}", s.source_vm_id);
+                println!("image       {}", s.image);
+                println!("vcpu        {}", s.vcpu);
+                println!("mem_mib     {}", s.mem_mib);
+                println!("size        {} MiB", s.size_bytes >> 20);
+            }
+        }
+        SnapshotCommand::Delete { snapshot } => {
+            let r: StatusResponse =
+                client.delete(&format!("/api/snapshots/{}", segment(&snapshot)))?;
+            println!("{}", r.status);
+        }
+        SnapshotCommand::Restore {
+            snapshot,
+            name,
+            enable_networking: _,
+        } => {
+            let r: CreateVmResponse = client.post(
+                &format!("/api/snapshots/{}/restore", segment(&snapshot)),
+                &serde_json::json!({ "name": name }),
+                Duration::from_secs(600),
+            )?;
+            println!("{}", r.id);
+        }
+        SnapshotCommand::Rename { snapshot, name } => {
+            let r: Renamed = client.put(
+                &format!("/api/snapshots/{}/name", segment(&snapshot)),
+                &serde_json::json!({ "name": name }),
+            )?;
+            println!("{}", r.name);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

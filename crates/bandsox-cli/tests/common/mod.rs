@@ -1,0 +1,120 @@
+//! Helpers shared by the CLI tests: the `bandsox` binary, a storage root, a server process.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_bandsox");
+
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("BANDSOX_AGENT_BIN").map_or_else(
+        || {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../target/x86_64-unknown-linux-gnu/release/bandsox-agent")
+        },
+        PathBuf::from,
+    )
+}
+
+pub fn bandsox(url: &str, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("BANDSOX_URL", url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The server process, killed on drop.
+pub struct Server {
+    pub child: Child,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_server(storage: &Path, port: u16) -> Server {
+    let child = Command::new(BIN)
+        .args(["serve", "--port", &port.to_string(), "--storage"])
+        .arg(storage)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let server = Server { child };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let url = format!("http://127.0.0.1:{port}/api/version");
+    while ureq::get(&url).call().is_err() {
+        assert!(Instant::now() < deadline, "server did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+pub fn init(storage: &Path) -> Output {
+    Command::new(BIN)
+        .arg("init")
+        .arg("--storage")
+        .arg(storage)
+        .arg("--agent")
+        .arg(agent_bin())
+        .output()
+        .unwrap()
+}
+
+/// A temporary storage root; on drop every process still naming it (VMMs left by a failed
+/// test) is killed.
+pub struct TestRoot {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestRoot {
+    pub fn new(prefix: &str) -> Self {
+        Self {
+            dir: tempfile::Builder::new().prefix(prefix).tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TestRoot {
+    fn drop(&mut self) {
+        let needle = self.dir.path().as_os_str().as_encoded_bytes().to_vec();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            if pid as u32 == std::process::id() {
+                continue;
+            }
+            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+                if cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                }
+            }
+        }
+    }
+}
