@@ -10,6 +10,8 @@ use bandsox_core::init::{initialise, InitRequest};
 use bandsox_core::{CreateVm, Manager, ManagerConfig, Storage};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+mod create;
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,6 +25,7 @@ async fn main() -> Result<()> {
         .unwrap_or(7);
     match args.first().map(String::as_str) {
         Some("boot") => boot(runs.max(5)).await,
+        Some("create") => create::run(runs.max(3)).await,
         _ => bail!("usage: bandsox-bench boot [--runs N]"),
     }
 }

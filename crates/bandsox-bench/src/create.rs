@@ -1,0 +1,352 @@
+//! `bench/create`: VM creation must not depend on image size, and pull+convert must not be
+//! slower than the obvious tools.
+//!
+//! 1. Create-to-first-exec (create a VM, run `true`) from a cached 50 MiB image and a cached
+//!    1 GiB image, alternating A B A B; the ratio of medians (goal ≤ 1.2).
+//! 2. Pull + convert of a multi-layer image from a local `docker-registry`, ours
+//!    (`images::pull` into an empty cache) next to `skopeo copy` + `tar -x` per layer +
+//!    `mkfs.ext4 -d` of the same image (goal ≤ 1.0×).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bandsox_core::images;
+use bandsox_core::init::{initialise, InitRequest};
+use bandsox_core::{CreateVm, Manager, ManagerConfig, Storage};
+use bandsox_image::oci::{write_layout, LayoutLayer, NoProgress};
+use bandsox_image::pull::PullOptions;
+use bandsox_image::unpack::Compression;
+use bandsox_protocol::ExecRequest;
+
+const MIB: usize = 1 << 20;
+
+pub async fn run(runs: usize) -> Result<()> {
+    let work = std::env::temp_dir().join(format!("bandsox-bench-create-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let result = run_in(&work, runs).await;
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+async fn run_in(work: &Path, runs: usize) -> Result<()> {
+    let storage = Storage::new(work.join("storage"))?;
+    let agent = std::env::var_os("BANDSOX_AGENT_BIN")
+        .map(PathBuf::from)
+        .context("set BANDSOX_AGENT_BIN to the static bandsox-agent (bench/create does)")?;
+    initialise(&InitRequest {
+        storage: storage.clone(),
+        kernel: None,
+        agent_bin: agent,
+        busybox: Some("/bin/busybox".into()),
+        force: false,
+    })?;
+    let mgr = Manager::open(ManagerConfig::new(storage.clone())).await?;
+    let (backend, accel) = mgr.backend();
+
+    // 1. Cached images of 50 MiB and 1 GiB: busybox root plus incompressible filler.
+    for (name, mib) in [("bench/small", 50usize), ("bench/large", 1024)] {
+        let dir = work.join(name.replace('/', "-"));
+        bandsox_image::rootfs::build_busybox_rootfs(Path::new("/bin/busybox"), &dir)?;
+        write_filler(&dir.join("filler"), mib * MIB)?;
+        let t = Instant::now();
+        images::import_dir(
+            mgr.store(),
+            &storage,
+            name,
+            &dir,
+            serde_json::json!({"Env": ["PATH=/bin:/usr/bin"]}),
+        )?;
+        eprintln!(
+            "imported {name} ({mib} MiB) in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        std::fs::remove_dir_all(&dir)?;
+    }
+    let mut small = Vec::new();
+    let mut large = Vec::new();
+    for i in 0..runs + 1 {
+        let a = create_first_exec(&mgr, "bench/small").await?;
+        let b = create_first_exec(&mgr, "bench/large").await?;
+        eprintln!(
+            "run {i}: 50 MiB {:.3} s, 1 GiB {:.3} s",
+            a.as_secs_f64(),
+            b.as_secs_f64()
+        );
+        if i > 0 {
+            small.push(a);
+            large.push(b);
+        }
+    }
+    let (ms, ml) = (median(&mut small), median(&mut large));
+
+    // 2. Pull + convert from a local registry next to skopeo + tar + mkfs.
+    let registry = Registry::start(work)?;
+    let layout = work.join("layout");
+    let layers: Vec<LayoutLayer> = (0..4)
+        .map(|i| {
+            Ok(LayoutLayer {
+                tar: layer_tar(i, 24 * MIB)?,
+                compression: Compression::Gzip,
+            })
+        })
+        .collect::<Result<_>>()?;
+    write_layout(&layout, &layers, serde_json::json!({}), "v1")?;
+    drop(layers);
+    let reference = format!("127.0.0.1:{}/bench/multi:v1", registry.port);
+    run_tool(
+        Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:v1", layout.display()))
+            .arg(format!("docker://{reference}")),
+    )?;
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    for i in 0..runs.min(5) + 1 {
+        let a = pull_convert(&mgr, &storage, &reference).await?;
+        let b = baseline(work, &reference)?;
+        eprintln!(
+            "pull run {i}: ours {:.3} s, skopeo+tar+mkfs {:.3} s",
+            a.as_secs_f64(),
+            b.as_secs_f64()
+        );
+        if i > 0 {
+            ours.push(a);
+            base.push(b);
+        }
+    }
+    let (mo, mb) = (median(&mut ours), median(&mut base));
+
+    println!("bench/create  backend={backend} accel={accel} runs={runs} (median; min..max)");
+    println!("| measurement | median s | min s | max s |");
+    println!("| --- | --- | --- | --- |");
+    row("create -> first exec, 50 MiB image (cached)", ms, &small);
+    row("create -> first exec, 1 GiB image (cached)", ml, &large);
+    println!(
+        "| ratio 1 GiB / 50 MiB (goal <= 1.2) | {:.2} | | |",
+        ml.as_secs_f64() / ms.as_secs_f64()
+    );
+    row(
+        "pull + convert, 4 x 24 MiB gzip layers (bandsox)",
+        mo,
+        &ours,
+    );
+    row("skopeo copy + tar -x + mkfs.ext4 -d (baseline)", mb, &base);
+    println!(
+        "| ratio bandsox / baseline (goal <= 1.0) | {:.2} | | |",
+        mo.as_secs_f64() / mb.as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn create_first_exec(mgr: &Arc<Manager>, image: &str) -> Result<Duration> {
+    let t = Instant::now();
+    let vm = mgr.create_vm(CreateVm::new(image)).await?;
+    let out = mgr
+        .exec(
+            &vm.id,
+            ExecRequest {
+                argv: Some(vec!["/bin/true".into()]),
+                timeout_ms: Some(30_000),
+                ..Default::default()
+            },
+            None,
+            1 << 16,
+        )
+        .await?;
+    let d = t.elapsed();
+    mgr.delete_vm(&vm.id).await?;
+    if out.status.exit_code != Some(0) {
+        bail!("first exec failed: {:?}", out.status);
+    }
+    Ok(d)
+}
+
+/// Pull into an empty cache (no blobs, no disk) and convert.
+async fn pull_convert(mgr: &Arc<Manager>, storage: &Storage, reference: &str) -> Result<Duration> {
+    if let Ok(info) = images::inspect(mgr.store(), storage, reference) {
+        let _ = info;
+        images::remove(mgr.store(), storage, reference).await?;
+    }
+    let _ = std::fs::remove_dir_all(images::blobs_dir(storage));
+    sync_drop_caches();
+    let t = Instant::now();
+    images::pull(
+        mgr.store(),
+        storage,
+        reference,
+        &PullOptions::default(),
+        true,
+        Arc::new(NoProgress),
+    )
+    .await?;
+    Ok(t.elapsed())
+}
+
+fn baseline(work: &Path, reference: &str) -> Result<Duration> {
+    let dir = work.join("baseline");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("root"))?;
+    sync_drop_caches();
+    let t = Instant::now();
+    run_tool(
+        Command::new("skopeo")
+            .args(["--insecure-policy", "copy", "-q", "--src-tls-verify=false"])
+            .arg(format!("docker://{reference}"))
+            .arg(format!("oci:{}:v1", dir.join("oci").display())),
+    )?;
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("oci/index.json"))?)?;
+    let mdigest = index["manifests"][0]["digest"].as_str().context("index")?;
+    let blob = |d: &str| {
+        dir.join("oci/blobs/sha256")
+            .join(d.trim_start_matches("sha256:"))
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blob(mdigest))?)?;
+    for l in manifest["layers"].as_array().context("layers")? {
+        let d = l["digest"].as_str().context("digest")?;
+        run_tool(
+            Command::new("tar")
+                .arg("-xzf")
+                .arg(blob(d))
+                .arg("-C")
+                .arg(dir.join("root")),
+        )?;
+    }
+    bandsox_image::rootfs::make_ext4_from_dir(
+        &dir.join("root"),
+        &dir.join("disk.ext4"),
+        "baseline",
+    )?;
+    let d = t.elapsed();
+    std::fs::remove_dir_all(&dir)?;
+    Ok(d)
+}
+
+fn sync_drop_caches() {
+    let _ = Command::new("sync").status();
+}
+
+fn run_tool(cmd: &mut Command) -> Result<()> {
+    let out = cmd
+        .stdout(Stdio::null())
+        .output()
+        .with_context(|| format!("{cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// Deterministic incompressible bytes (xorshift).
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn write_filler(path: &Path, len: usize) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for i in 0..len.div_ceil(16 * MIB) {
+        let n = (len - i * 16 * MIB).min(16 * MIB);
+        f.write_all(&pseudo_random(n, 7 + i as u64))?;
+    }
+    f.flush()?;
+    Ok(())
+}
+
+/// A layer of many files (mixed sizes, half compressible) totalling about `bytes`.
+fn layer_tar(index: usize, bytes: usize) -> Result<Vec<u8>> {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut total = 0;
+    let mut n = 0;
+    while total < bytes {
+        let size = [512, 4096, 65536, 1 << 20][n % 4];
+        let data = if n % 2 == 0 {
+            pseudo_random(size, (index * 100_000 + n) as u64)
+        } else {
+            vec![b'a' + (n % 26) as u8; size]
+        };
+        let mut h = tar::Header::new_gnu();
+        h.set_size(size as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        b.append_data(
+            &mut h,
+            format!("l{index}/d{}/f{n}", n % 32),
+            data.as_slice(),
+        )?;
+        total += size;
+        n += 1;
+    }
+    Ok(b.into_inner()?)
+}
+
+struct Registry {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Registry {
+    fn start(work: &Path) -> Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let config = work.join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                work.join("registry").display()
+            ),
+        )?;
+        let child = Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("docker-registry (apt install docker-registry)")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("registry did not start");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self { port, child })
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn row(name: &str, med: Duration, all: &[Duration]) {
+    let min = all.iter().min().copied().unwrap_or_default();
+    let max = all.iter().max().copied().unwrap_or_default();
+    println!(
+        "| {name} | {:.3} | {:.3} | {:.3} |",
+        med.as_secs_f64(),
+        min.as_secs_f64(),
+        max.as_secs_f64()
+    );
+}
