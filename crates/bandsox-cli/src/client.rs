@@ -48,6 +48,7 @@ impl Client {
             base: url.trim_end_matches('/').to_owned(),
             agent: ureq::AgentBuilder::new()
                 .timeout_connect(Duration::from_secs(5))
+                .middleware(BearerAuth(api_key()))
                 .build(),
         }
     }
@@ -117,6 +118,7 @@ fn problem_error(status: u16, body: &str) -> CliError {
     let exit_code = match status {
         404 => 3,
         409 => 4,
+        401 | 403 => 6,
         _ => 1,
     };
     match serde_json::from_str::<Problem>(body) {
@@ -133,6 +135,43 @@ fn problem_error(status: u16, body: &str) -> CliError {
             hint: None,
             exit_code,
         },
+    }
+}
+
+/// `~/.bandsox/credentials` (of `$SUDO_USER` when run under sudo).
+pub fn credentials_path() -> Option<std::path::PathBuf> {
+    let home = match std::env::var("SUDO_USER") {
+        Ok(u) if !u.is_empty() && u != "root" => {
+            Some(std::path::PathBuf::from(format!("/home/{u}")))
+        }
+        _ => std::env::var_os("HOME").map(std::path::PathBuf::from),
+    }?;
+    Some(home.join(".bandsox/credentials"))
+}
+
+/// The API key from `BANDSOX_API_KEY`, else from the credentials file.
+fn api_key() -> Option<String> {
+    if let Ok(k) = std::env::var("BANDSOX_API_KEY") {
+        return Some(k);
+    }
+    let raw = std::fs::read(credentials_path()?).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+    v.get("api_key")?.as_str().map(str::to_owned)
+}
+
+/// Adds `Authorization: Bearer <key>` to every request when a key is configured.
+struct BearerAuth(Option<String>);
+
+impl ureq::Middleware for BearerAuth {
+    fn handle(
+        &self,
+        request: ureq::Request,
+        next: ureq::MiddlewareNext,
+    ) -> Result<ureq::Response, ureq::Error> {
+        match &self.0 {
+            Some(k) => next.handle(request.set("Authorization", &format!("Bearer {k}"))),
+            None => next.handle(request),
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! `http://127.0.0.1:8000`).
 //!
 //! Exit codes: 0 success; 1 error; 2 usage error; 3 not found; 4 conflict (wrong VM state);
-//! 5 server unreachable; `bandsox exec` exits with the command's own exit code.
+//! 5 server unreachable; 6 not authenticated or forbidden; `bandsox exec` exits with the command's own exit code.
 
 mod client;
 mod commands;
@@ -75,6 +75,9 @@ enum Command {
     /// Manage images: pull, import, list, inspect, remove.
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
+    /// Authentication: password, API keys.
+    #[command(subcommand)]
+    Auth(commands::auth::AuthCommand),
     /// Manage snapshots.
     #[command(subcommand)]
     Snapshot(commands::snapshot::SnapshotCommand),
@@ -101,6 +104,7 @@ fn main() -> ExitCode {
         Command::Vm(c) => commands::vm::run(&url, c),
         Command::Image(c) => commands::image::run(&url, c),
         Command::Snapshot(c) => commands::snapshot::run(&url, c),
+        Command::Auth(c) => commands::auth::run(&url, c),
         Command::Start { vm } => commands::vm::action(&url, &vm, "start"),
         Command::Restart { vm } => commands::vm::action(&url, &vm, "restart"),
         Command::Extend { vm, seconds } => commands::vm::extend(&url, &vm, seconds),

@@ -3,6 +3,7 @@
 //! touch VMM processes, sockets or the database directly.
 
 pub mod agent;
+pub mod auth;
 pub mod error;
 pub mod images;
 pub mod init;

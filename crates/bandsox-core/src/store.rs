@@ -60,6 +60,25 @@ CREATE TABLE snapshots (
 );
 CREATE INDEX snapshots_created ON snapshots(created_at DESC);
 "#,
+    r#"
+CREATE TABLE auth_settings (
+    id            INTEGER PRIMARY KEY CHECK (id = 1),
+    password_hash TEXT NOT NULL,
+    updated_at    REAL NOT NULL
+);
+CREATE TABLE api_keys (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL,
+    secret_hash  BLOB NOT NULL,
+    created_at   REAL NOT NULL,
+    last_used_at REAL
+);
+CREATE TABLE sessions (
+    token_hash  BLOB PRIMARY KEY,
+    created_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL
+);
+"#,
 ];
 
 /// Lifecycle state of a VM. Transitions: `creating -> running <-> paused -> stopped`,
@@ -216,7 +235,7 @@ impl Store {
         })
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(crate) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite inconsistent (transactions roll
         // back), so a poisoned lock is safe to reuse.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())

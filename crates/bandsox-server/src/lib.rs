@@ -2,6 +2,7 @@
 //! RFC 9457 problem+json errors. Secure by default: without authentication it only listens
 //! on loopback addresses.
 
+pub mod auth;
 pub mod error;
 pub mod routes;
 
@@ -41,7 +42,11 @@ pub async fn serve(
     opts: ServeOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    if !opts.addr.ip().is_loopback() && !opts.insecure_no_auth {
+    let auth_enabled = manager
+        .store()
+        .auth_enabled()
+        .map_err(|e| ServerError::Io(std::io::Error::other(e.to_string())))?;
+    if !opts.addr.ip().is_loopback() && !opts.insecure_no_auth && !auth_enabled {
         return Err(ServerError::InsecureBind(opts.addr));
     }
     let listener = tokio::net::TcpListener::bind(opts.addr)
@@ -51,9 +56,14 @@ pub async fn serve(
             source,
         })?;
     tracing::info!(addr = %listener.local_addr()?, "bandsox API listening");
-    let app = router(AppState { manager });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let mut state = AppState::new(manager);
+    state.insecure_no_auth = opts.insecure_no_auth;
+    let app = router(state);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! One module per command group.
 
+pub mod auth;
 pub mod image;
 pub mod init;
 pub mod serve;

@@ -64,7 +64,8 @@ pub fn start_server(storage: &Path, port: u16) -> Server {
     let server = Server { child };
     let deadline = Instant::now() + Duration::from_secs(20);
     let url = format!("http://127.0.0.1:{port}/api/version");
-    while ureq::get(&url).call().is_err() {
+    // Any HTTP answer (a 401 with auth on, too) means the server is up.
+    while matches!(ureq::get(&url).call(), Err(ureq::Error::Transport(_))) {
         assert!(Instant::now() < deadline, "server did not come up");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -10,14 +10,40 @@ use axum::routing::{get, post, put};
 use axum::Router;
 use bandsox_core::Manager;
 
+use crate::auth;
+
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
     pub manager: Arc<Manager>,
+    pub login_limiter: Arc<crate::auth::LoginLimiter>,
+    /// `--insecure-no-auth`: answer any `Host` without authentication.
+    pub insecure_no_auth: bool,
+}
+
+impl AppState {
+    pub fn new(manager: Arc<Manager>) -> Self {
+        Self {
+            manager,
+            login_limiter: Arc::default(),
+            insecure_no_auth: false,
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/api/auth/login", post(auth::login))
+        .route("/api/auth/logout", post(auth::logout))
+        .route("/api/auth/check", get(auth::check_route))
+        .route(
+            "/api/auth/keys",
+            get(auth::list_keys).post(auth::create_key),
+        )
+        .route(
+            "/api/auth/keys/{id}",
+            axum::routing::delete(auth::revoke_key),
+        )
         .route("/api/version", get(vms::version))
         .route("/api/vms", get(vms::list).post(vms::create))
         .route("/api/projects", get(vms::list))
@@ -52,5 +78,9 @@ pub fn router(state: AppState) -> Router {
             get(images::inspect).delete(images::delete),
         )
         .fallback(vms::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .with_state(state)
 }
