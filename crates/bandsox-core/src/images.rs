@@ -484,7 +484,8 @@ pub fn inspect(store: &Store, storage: &Storage, reference: &str) -> Result<Imag
 }
 
 /// Removes an image reference. When it is the last reference to its digest, the base disk
-/// and the layer blobs no other image uses are removed too — refused while a VM uses it.
+/// and the layer blobs no other image uses are removed too — refused while a VM or a
+/// snapshot uses it.
 pub async fn remove(store: &Store, storage: &Storage, reference: &str) -> Result<ImageRecord> {
     let found = find(store, storage, reference)?.ok_or_else(|| CoreError::NotFound {
         kind: "image",
@@ -502,11 +503,18 @@ pub async fn remove(store: &Store, storage: &Storage, reference: &str) -> Result
             .list_vms()?
             .into_iter()
             .filter(|v| v.image_digest == record.digest)
-            .map(|v| v.id)
+            .map(|v| format!("VM {}", v.id))
+            .chain(
+                store
+                    .list_snapshots()?
+                    .into_iter()
+                    .filter(|s| s.image_digest == record.digest)
+                    .map(|s| format!("snapshot {}", s.id)),
+            )
             .collect();
         if !users.is_empty() {
             return Err(CoreError::ImageInUse(format!(
-                "image `{}` is used by VM(s) {}",
+                "image `{}` is used by {}",
                 record.reference,
                 users.join(", ")
             )));
