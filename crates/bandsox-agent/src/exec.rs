@@ -159,8 +159,30 @@ fn kill_group(pid: i32) {
 
 /// Builds the command, or the error reply for a request that cannot run.
 fn build_command(req: &ExecRequest, base_env: &[(String, String)]) -> Result<Command, ErrorBody> {
-    let mut cmd = match (&req.argv, &req.command) {
-        (Some(argv), None) => {
+    let mut cmd = base_command(req, base_env, None, false)?;
+    cmd.stdin(if req.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    Ok(cmd)
+}
+
+/// Program, arguments, working directory, environment and user of `req`; stdio and process
+/// group are the caller's. `default_program` runs when neither `argv` nor `command` is given
+/// (PTY sessions); `pty_session` makes the child a session leader with its stdin as
+/// controlling terminal.
+pub fn base_command(
+    req: &ExecRequest,
+    base_env: &[(String, String)],
+    default_program: Option<&str>,
+    pty_session: bool,
+) -> Result<Command, ErrorBody> {
+    let mut cmd = match (&req.argv, &req.command, default_program) {
+        (Some(argv), None, _) => {
             let Some((program, args)) = argv.split_first() else {
                 return Err(ErrorBody::new(ErrorCode::BadRequest, "argv is empty"));
             };
@@ -168,11 +190,12 @@ fn build_command(req: &ExecRequest, base_env: &[(String, String)]) -> Result<Com
             c.args(args);
             c
         }
-        (None, Some(command)) => {
+        (None, Some(command), _) => {
             let mut c = Command::new("/bin/sh");
             c.arg("-c").arg(command);
             c
         }
+        (None, None, Some(program)) => Command::new(program),
         _ => {
             return Err(ErrorBody::new(
                 ErrorCode::BadRequest,
@@ -185,7 +208,7 @@ fn build_command(req: &ExecRequest, base_env: &[(String, String)]) -> Result<Com
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
                 return Err(ErrorBody::new(
-                    ErrorCode::BadRequest,
+                    ErrorCode::NotADirectory,
                     format!("cwd {cwd} is not a directory"),
                 ))
             }
@@ -193,21 +216,31 @@ fn build_command(req: &ExecRequest, base_env: &[(String, String)]) -> Result<Com
         }
         cmd.current_dir(cwd);
     }
-    cmd.env_clear()
-        .envs(base_env.iter().map(|(k, v)| (k, v)))
-        .envs(&req.env)
-        .stdin(if req.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd.env_clear().envs(base_env.iter().map(|(k, v)| (k, v)));
+    let identity = match &req.user {
+        Some(spec) => {
+            let user = crate::users::resolve(spec)?;
+            cmd.env("HOME", &user.home)
+                .env("USER", &user.name)
+                .env("LOGNAME", &user.name);
+            if req.cwd.is_none() && Path::new(&user.home).is_dir() {
+                cmd.current_dir(&user.home);
+            }
+            Some(sys::ChildIdentity {
+                uid: user.uid,
+                gid: user.gid,
+                groups: user.groups,
+            })
+        }
+        None => None,
+    };
+    cmd.envs(&req.env);
+    sys::child_setup(&mut cmd, identity, pty_session);
     Ok(cmd)
 }
 
-fn spawn_error(req: &ExecRequest, e: &io::Error) -> ErrorBody {
+/// The error reply for a program that could not be spawned.
+pub fn spawn_error(req: &ExecRequest, e: &io::Error) -> ErrorBody {
     let program = match (&req.argv, &req.command) {
         (Some(argv), _) => argv.first().cloned().unwrap_or_default(),
         _ => "/bin/sh".to_owned(),

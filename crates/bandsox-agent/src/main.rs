@@ -7,7 +7,9 @@
 //! Unix socket for tests and host development. All `unsafe` code is in [`sys`].
 
 mod boot;
+mod cmds;
 mod exec;
+mod files;
 mod log;
 mod reaper;
 mod server;
@@ -15,6 +17,7 @@ mod sys;
 #[cfg(test)]
 mod tests;
 mod transport;
+mod users;
 mod util;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

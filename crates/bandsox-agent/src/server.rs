@@ -20,20 +20,55 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use bandsox_protocol::frame::{self, DATA_CHUNK_LEN, INITIAL_WINDOW};
 use bandsox_protocol::{
-    Channel, ErrorBody, ErrorCode, Event, Frame, FrameDecoder, FrameKind, Hello, Reply, ReplyBody,
-    Request, PROTOCOL_VERSION,
+    Channel, ErrorBody, ErrorCode, Event, Frame, FrameDecoder, FrameKind, Hello, RawMode, Reply,
+    ReplyBody, Request, PROTOCOL_VERSION,
 };
 
 use crate::log::log;
 use crate::transport::Connector;
 use crate::util::{lock, panic_message};
-use crate::{exec, sys};
+use crate::{cmds, exec, files, sys};
 
 /// Operations this agent knows; any other `op` is answered with `Unsupported`.
-const KNOWN_OPS: &[&str] = &["hello", "ping", "exec", "shutdown", "set_time"];
+const KNOWN_OPS: &[&str] = &[
+    "hello",
+    "ping",
+    "exec",
+    "shutdown",
+    "set_time",
+    "cmd_start",
+    "cmd_logs",
+    "cmd_wait",
+    "cmd_kill",
+    "cmd_stdin",
+    "cmd_resize",
+    "cmd_list",
+    "file_read",
+    "file_read_text",
+    "file_write",
+    "file_write_batch",
+    "file_list",
+    "file_stat",
+    "file_mkdir",
+    "file_remove",
+    "file_rename",
+    "file_edit",
+    "raw",
+];
 
 /// Optional features advertised in the hello reply.
-pub const CAPABILITIES: &[&str] = &["exec", "exec.stdin", "exec.timeout", "cancel", "set_time"];
+pub const CAPABILITIES: &[&str] = &[
+    "exec",
+    "exec.stdin",
+    "exec.timeout",
+    "exec.user",
+    "cancel",
+    "set_time",
+    "cmd",
+    "pty",
+    "files",
+    "raw",
+];
 
 /// What a `Shutdown` request does after it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +134,19 @@ impl Agent {
             decoder.push(&buf[..n]);
             loop {
                 match decoder.next_frame() {
+                    Ok(Some(frame)) if frame.kind == FrameKind::Request => {
+                        if let Ok(Request::Raw { mode }) = parse_request(&frame.payload) {
+                            let tx = StreamTx {
+                                agent: Arc::clone(self),
+                                id: frame.stream,
+                                gen,
+                            };
+                            tx.reply(&Reply::Ok(ReplyBody::Done));
+                            self.raw(&mut reader, mode, gen);
+                            return;
+                        }
+                        self.dispatch(&mut gen, frame);
+                    }
                     Ok(Some(frame)) => self.dispatch(&mut gen, frame),
                     Ok(None) => break,
                     Err(e) => {
@@ -107,6 +155,51 @@ impl Agent {
                         break;
                     }
                 }
+            }
+        }
+    }
+
+    /// Benchmark floor: use the channel raw until the host disconnects.
+    fn raw(&self, reader: &mut Box<dyn Read + Send>, mode: RawMode, gen: u64) {
+        let mut buf = vec![0u8; 256 << 10];
+        let mut read = |buf: &mut [u8]| loop {
+            match reader.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other.unwrap_or(0),
+            }
+        };
+        match mode {
+            RawMode::Echo => loop {
+                let n = read(&mut buf);
+                if n == 0 {
+                    return;
+                }
+                self.outbox.send(gen, &buf[..n]);
+            },
+            RawMode::Sink { bytes } => {
+                let mut left = bytes;
+                while left > 0 {
+                    let n = read(&mut buf[..(left.min(256 << 10)) as usize]);
+                    if n == 0 {
+                        return;
+                    }
+                    left -= n as u64;
+                }
+                self.outbox.send(gen, b"k");
+                while read(&mut buf) > 0 {}
+            }
+            RawMode::Source { bytes } => {
+                if read(&mut buf[..1]) == 0 {
+                    return;
+                }
+                let chunk = vec![0x5au8; 64 << 10];
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(chunk.len() as u64) as usize;
+                    self.outbox.send(gen, &chunk[..n]);
+                    left -= n as u64;
+                }
+                while read(&mut buf) > 0 {}
             }
         }
     }
@@ -471,6 +564,24 @@ impl StreamCtl {
         }
     }
 
+    /// Current send window of `channel` (0 when cancelled).
+    pub fn window_now(&self, channel: Channel) -> u64 {
+        let st = lock(&self.state);
+        if st.cancelled {
+            0
+        } else {
+            st.windows[channel as usize]
+        }
+    }
+
+    /// Waits up to `timeout` for a credit grant or cancellation.
+    pub fn wait_credit(&self, timeout: std::time::Duration) {
+        let st = lock(&self.state);
+        if !st.cancelled {
+            let _ = self.cond.wait_timeout(st, timeout);
+        }
+    }
+
     /// Records `bytes` sent on `channel`.
     pub fn consume(&self, channel: Channel, bytes: usize) {
         let mut st = lock(&self.state);
@@ -497,6 +608,27 @@ impl Handler {
         let result = catch_unwind(AssertUnwindSafe(move || match request {
             Request::Exec(req) => exec::run(req, self),
             Request::Shutdown => Reply::Ok(ReplyBody::Done),
+            Request::CmdStart(req) => cmds::start(req, &self),
+            Request::CmdLogs(req) => cmds::logs(req, &self),
+            Request::CmdWait { cmd_id, timeout_ms } => cmds::wait(&cmd_id, timeout_ms, &self),
+            Request::CmdKill { cmd_id, signal } => cmds::kill(&cmd_id, &signal),
+            Request::CmdStdin { cmd_id, close } => cmds::stdin(&cmd_id, close, self),
+            Request::CmdResize { cmd_id, cols, rows } => cmds::resize(&cmd_id, cols, rows),
+            Request::CmdList => cmds::list(),
+            Request::FileRead(req) => files::read(req, &self),
+            Request::FileReadText(req) => files::read_text(req),
+            Request::FileWrite(req) => files::write(req, &self),
+            Request::FileWriteBatch(req) => files::write_batch(req, &self),
+            Request::FileList { path } => files::list(&path),
+            Request::FileStat { path } => files::stat(&path),
+            Request::FileMkdir {
+                path,
+                parents,
+                mode,
+            } => files::mkdir(&path, parents, mode),
+            Request::FileRemove { path, recursive } => files::remove(&path, recursive),
+            Request::FileRename { from, to } => files::rename(&from, &to),
+            Request::FileEdit { path, old, new } => files::edit(&path, &old, &new),
             other => Reply::Error(ErrorBody::new(
                 ErrorCode::Unsupported,
                 format!("{other:?} is not handled on a stream thread"),

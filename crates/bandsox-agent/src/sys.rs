@@ -230,6 +230,103 @@ pub fn interface_up(name: &str) -> io::Result<()> {
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
 }
 
+/// Identity a child switches to before `exec`.
+#[derive(Debug, Clone)]
+pub struct ChildIdentity {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+/// Arranges for the child of `cmd` to (optionally) start a new session with its stdin (a PTY
+/// slave) as controlling terminal, and to (optionally) drop to `identity`, right before `exec`.
+pub fn child_setup(
+    cmd: &mut std::process::Command,
+    identity: Option<ChildIdentity>,
+    pty_session: bool,
+) {
+    use std::os::unix::process::CommandExt;
+    if identity.is_none() && !pty_session {
+        return;
+    }
+    let groups: Vec<libc::gid_t> = identity
+        .as_ref()
+        .map(|i| i.groups.clone())
+        .unwrap_or_default();
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe functions (setsid, ioctl, setgroups, setgid, setuid) on data allocated
+    // before the fork (`groups`, `identity`); it allocates nothing and takes no locks.
+    unsafe {
+        cmd.pre_exec(move || {
+            if pty_session {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if let Some(id) = &identity {
+                if libc::setgroups(groups.len(), groups.as_ptr()) < 0
+                    || libc::setgid(id.gid) < 0
+                    || libc::setuid(id.uid) < 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Opens a pseudo-terminal pair `(master, slave)` of `cols` x `rows`, both close-on-exec.
+pub fn openpty(cols: u16, rows: u16) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut master: libc::c_int = -1;
+    let mut slave: libc::c_int = -1;
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: the out pointers are valid writable ints; name is null (not wanted); termios is
+    // null (defaults); `ws` is a valid winsize that outlives the call.
+    check(unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    })?;
+    // SAFETY: openpty succeeded, so both fds are open and owned by nobody else.
+    let (m, s) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for fd in [&m, &s] {
+        // SAFETY: fcntl on an open fd with integer arguments.
+        check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) })?;
+    }
+    Ok((m, s))
+}
+
+/// Sets the window size of the terminal behind `fd`.
+pub fn set_winsize(fd: BorrowedFd<'_>, cols: u16, rows: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a valid winsize from a pointer that outlives the call.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) }).map(drop)
+}
+
+/// `fchmod(2)`.
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+    // SAFETY: fchmod on a borrowed, open fd with an integer mode.
+    check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -131,7 +131,9 @@ impl Client {
                 FrameKind::Eof => out.eofs.push(f.channel_payload().unwrap().0),
                 FrameKind::Credit => out.stdin_credit += u64::from(f.credit().unwrap().1),
                 FrameKind::Event => {
-                    let Event::Started { pid } = decode_json(&f.payload).unwrap();
+                    let Event::Started { pid } = decode_json(&f.payload).unwrap() else {
+                        panic!("expected started")
+                    };
                     out.started_pid = Some(pid);
                 }
                 FrameKind::Reply => {
@@ -336,7 +338,9 @@ fn disconnect_cancels_running_programs() {
     let mut c = start();
     let id = c.request(r#"{"op":"exec","command":"sleep 100"}"#);
     let o = c.frame_for(id);
-    let Event::Started { pid } = decode_json(&o.payload).unwrap();
+    let Event::Started { pid } = decode_json(&o.payload).unwrap() else {
+        panic!("expected started")
+    };
     drop(c);
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -353,7 +357,9 @@ fn hello_starts_a_new_session() {
     let mut c = start();
     let id = c.request(r#"{"op":"exec","command":"sleep 100"}"#);
     let f = c.frame_for(id);
-    let Event::Started { pid } = decode_json(&f.payload).unwrap();
+    let Event::Started { pid } = decode_json(&f.payload).unwrap() else {
+        panic!("expected started")
+    };
     // Same byte stream, but the host says hello again (as after a snapshot restore).
     let hello = c.call(r#"{"op":"hello","version":1}"#);
     assert!(matches!(hello.reply, Some(Reply::Ok(ReplyBody::Hello(_)))));

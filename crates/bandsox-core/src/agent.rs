@@ -1,8 +1,15 @@
 //! Host side of the agent protocol: one connection to a guest agent, many concurrent streams.
 //!
 //! A reader task demultiplexes incoming frames by stream id; writers share the socket behind a
-//! lock, one whole frame at a time. Output data is flow-controlled: the host returns credit
-//! as it consumes bytes, so a guest that floods output waits instead of filling host memory.
+//! lock, one whole frame at a time. Flow control in both directions:
+//! - guest -> host: the host returns credit as the caller consumes bytes, in batches of
+//!   [`CREDIT_BATCH_BYTES`] (one credit frame per data frame cost a third of the throughput
+//!   under TCG), so a guest that floods output waits instead of filling host memory;
+//! - host -> guest: `Credit(Stdin)` frames from the guest fill a per-stream byte semaphore and
+//!   [`AgentStream::send_data`] waits on it, so the host never has more than the window in
+//!   flight. The semaphore closes when the stream's reply arrives or the connection drops, so a
+//!   sender never waits for credit that cannot come.
+//!
 //! When the connection drops every open stream ends with [`CoreError::Agent`].
 
 use std::collections::HashMap;
@@ -19,14 +26,24 @@ use bandsox_protocol::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 
 use crate::error::{CoreError, Result};
 
 /// How often the host repeats its hello while the guest is still booting.
 const HELLO_INTERVAL: Duration = Duration::from_millis(200);
 
-type Routes = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>>;
+/// Consumed output bytes per channel after which the host grants credit back.
+pub const CREDIT_BATCH_BYTES: u32 = 256 << 10;
+
+/// Where the reader task delivers one stream's frames.
+struct Route {
+    tx: mpsc::UnboundedSender<Frame>,
+    /// Bytes the host may still send on `Stdin`.
+    stdin_window: Arc<Semaphore>,
+}
+
+type Routes = Arc<Mutex<HashMap<u32, Route>>>;
 
 /// A connection to one guest agent. Cheap to clone; clones share the connection.
 #[derive(Clone)]
@@ -35,7 +52,10 @@ pub struct AgentClient {
 }
 
 struct Inner {
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// `None` once [`AgentClient::close`] ran.
+    writer: tokio::sync::Mutex<Option<OwnedWriteHalf>>,
+    /// Tells the reader task to stop (close).
+    stop: Arc<tokio::sync::Notify>,
     routes: Routes,
     next_stream: AtomicU32,
     closed: Arc<AtomicBool>,
@@ -129,10 +149,18 @@ impl AgentClient {
 
         // Frames that arrived after the hello reply (answers to repeated hellos) are dropped:
         // their streams are not routed.
-        tokio::spawn(read_loop(reader, decoder, routes.clone(), closed.clone()));
+        let stop = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(read_loop(
+            reader,
+            decoder,
+            routes.clone(),
+            closed.clone(),
+            stop.clone(),
+        ));
         Ok(Self {
             inner: Arc::new(Inner {
-                writer: tokio::sync::Mutex::new(writer),
+                writer: tokio::sync::Mutex::new(Some(writer)),
+                stop,
                 routes,
                 next_stream: AtomicU32::new(stream_id + 1),
                 closed,
@@ -160,16 +188,25 @@ impl AgentClient {
         }
         let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
+        let stdin_window = Arc::new(Semaphore::new(frame::INITIAL_WINDOW as usize));
         self.inner
             .routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, tx);
+            .insert(
+                id,
+                Route {
+                    tx,
+                    stdin_window: Arc::clone(&stdin_window),
+                },
+            );
         let stream = AgentStream {
             id,
             rx,
             client: self.clone(),
             finished: false,
+            stdin_window,
+            pending_credit: [0; 3],
         };
         let mut out = Vec::new();
         frame::encode_json(&mut out, id, FrameKind::Request, req)
@@ -186,9 +223,36 @@ impl AgentClient {
 
     async fn send_raw(&self, bytes: &[u8]) -> Result<()> {
         let mut w = self.inner.writer.lock().await;
+        let Some(w) = w.as_mut() else {
+            return Err(CoreError::Agent(
+                "connection to the guest agent is closed".into(),
+            ));
+        };
         w.write_all(bytes)
             .await
             .map_err(|e| CoreError::Agent(format!("write to guest agent: {e}")))
+    }
+
+    /// Closes the connection (every clone sees it closed). Blocking operations in flight fail
+    /// and are cancelled in the guest; durable commands keep running.
+    pub async fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.writer.lock().await.take();
+        self.inner.stop.notify_one();
+        // Wait until the reader task let go of the socket, so a new connection can follow.
+        for _ in 0..100 {
+            if self
+                .inner
+                .routes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_empty()
+                && Arc::strong_count(&self.inner.stop) == 1
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Sends a request that answers with a single reply.
@@ -229,12 +293,17 @@ impl AgentClient {
         let mut req = req;
         req.stdin = stdin.is_some();
         let mut stream = self.open(&Request::Exec(req)).await?;
-        if let Some(data) = stdin {
-            for chunk in data.chunks(frame::DATA_CHUNK_LEN) {
-                stream.send_data(Channel::Stdin, chunk).await?;
+        let sender = stream.sender();
+        // Input is sent while output is read: a program may write before it reads. One that
+        // exits without reading all of its input ends the stream first; its reply is what
+        // matters then.
+        let send = async move {
+            if let Some(data) = stdin {
+                if sender.send_data(Channel::Stdin, &data).await.is_ok() {
+                    let _ = sender.send_eof(Channel::Stdin).await;
+                }
             }
-            stream.send_eof(Channel::Stdin).await?;
-        }
+        };
         let mut out = ExecOutput::default();
         let fut = async {
             loop {
@@ -257,6 +326,10 @@ impl AgentClient {
                     _ => {}
                 }
             }
+        };
+        let fut = async {
+            let (r, ()) = tokio::join!(fut, send);
+            r
         };
         // The agent enforces the timeout itself; this bound only catches a wedged agent.
         match timeout_ms {
@@ -296,6 +369,9 @@ pub struct AgentStream {
     rx: mpsc::UnboundedReceiver<Frame>,
     client: AgentClient,
     finished: bool,
+    stdin_window: Arc<Semaphore>,
+    /// Consumed but not yet credited bytes per channel.
+    pending_credit: [u32; 3],
 }
 
 impl AgentStream {
@@ -328,9 +404,14 @@ impl AgentStream {
                         .map_err(|e| CoreError::Agent(e.to_string()))?;
                     let n = bytes.len() as u32;
                     let item = StreamItem::Data(ch, bytes.to_vec());
-                    let mut credit = Vec::new();
-                    frame::encode_credit(&mut credit, self.id, ch, n);
-                    self.client.send_raw(&credit).await?;
+                    let pending = &mut self.pending_credit[ch as usize];
+                    *pending += n;
+                    if *pending >= CREDIT_BATCH_BYTES {
+                        let mut credit = Vec::new();
+                        frame::encode_credit(&mut credit, self.id, ch, *pending);
+                        *pending = 0;
+                        self.client.send_raw(&credit).await?;
+                    }
                     return Ok(item);
                 }
                 FrameKind::Eof => {
@@ -344,11 +425,60 @@ impl AgentStream {
         }
     }
 
-    /// Sends bytes on a channel (stdin).
+    /// The stream id (diagnostics).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Sends bytes on a channel (stdin); see [`StreamSender::send_data`].
     pub async fn send_data(&self, ch: Channel, bytes: &[u8]) -> Result<()> {
-        let mut out = Vec::new();
-        frame::encode_data(&mut out, self.id, ch, bytes);
-        self.client.send_raw(&out).await
+        self.sender().send_data(ch, bytes).await
+    }
+
+    /// Closes a channel (stdin EOF).
+    pub async fn send_eof(&self, ch: Channel) -> Result<()> {
+        self.sender().send_eof(ch).await
+    }
+
+    /// A handle that sends on this stream while another task reads it.
+    pub fn sender(&self) -> StreamSender {
+        StreamSender {
+            id: self.id,
+            client: self.client.clone(),
+            stdin_window: Arc::clone(&self.stdin_window),
+        }
+    }
+}
+
+/// The sending half of an [`AgentStream`].
+#[derive(Clone)]
+pub struct StreamSender {
+    id: u32,
+    client: AgentClient,
+    stdin_window: Arc<Semaphore>,
+}
+
+impl StreamSender {
+    /// Sends bytes on a channel (stdin), in frames of at most [`frame::DATA_CHUNK_LEN`], each
+    /// only once the guest's window allows it. Fails when the stream has ended (its reply
+    /// arrived: read it with [`AgentStream::next`]) or the connection dropped.
+    pub async fn send_data(&self, ch: Channel, bytes: &[u8]) -> Result<()> {
+        let mut out = Vec::with_capacity(frame::DATA_CHUNK_LEN.min(bytes.len()) + 16);
+        for chunk in bytes.chunks(frame::DATA_CHUNK_LEN) {
+            if ch == Channel::Stdin {
+                self.stdin_window
+                    .acquire_many(chunk.len() as u32)
+                    .await
+                    .map_err(|_| {
+                        CoreError::Agent("the stream ended before all input was sent".into())
+                    })?
+                    .forget();
+            }
+            out.clear();
+            frame::encode_data(&mut out, self.id, ch, chunk);
+            self.client.send_raw(&out).await?;
+        }
+        Ok(())
     }
 
     /// Closes a channel (stdin EOF).
@@ -386,6 +516,7 @@ async fn read_loop(
     mut decoder: FrameDecoder,
     routes: Routes,
     closed: Arc<AtomicBool>,
+    stop: Arc<tokio::sync::Notify>,
 ) {
     let mut buf = vec![0u8; 256 << 10];
     'outer: loop {
@@ -393,8 +524,22 @@ async fn read_loop(
             match decoder.next_frame() {
                 Ok(Some(f)) => {
                     let routes = routes.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(tx) = routes.get(&f.stream) {
-                        let _ = tx.send(f);
+                    let Some(route) = routes.get(&f.stream) else {
+                        continue;
+                    };
+                    match f.kind {
+                        FrameKind::Credit => {
+                            if let Ok((Channel::Stdin, n)) = f.credit() {
+                                route.stdin_window.add_permits(n as usize);
+                            }
+                        }
+                        FrameKind::Reply => {
+                            route.stdin_window.close();
+                            let _ = route.tx.send(f);
+                        }
+                        _ => {
+                            let _ = route.tx.send(f);
+                        }
                     }
                 }
                 Ok(None) => break,
@@ -404,12 +549,22 @@ async fn read_loop(
                 }
             }
         }
-        match reader.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => decoder.push(&buf[..n]),
+        tokio::select! {
+            r = reader.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => decoder.push(&buf[..n]),
+            },
+            () = stop.notified() => break,
         }
     }
+    drop(reader);
     closed.store(true, Ordering::Release);
     // Dropping the senders ends every open stream with an error.
-    routes.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    let mut routes = routes.lock().unwrap_or_else(|p| p.into_inner());
+    for route in routes.values() {
+        route.stdin_window.close();
+    }
+    routes.clear();
+    drop(routes);
+    drop(stop);
 }

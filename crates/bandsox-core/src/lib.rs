@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod auth;
 pub mod error;
+pub mod guest;
 pub mod images;
 pub mod init;
 pub mod manager;

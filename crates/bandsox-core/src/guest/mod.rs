@@ -1,0 +1,37 @@
+//! What a user does inside a running VM, on top of the agent protocol: streaming exec, durable
+//! background commands, PTY sessions, files and `exec_python`. Every operation is an
+//! `impl Manager` method taking the VM id; the REST/WS layer maps them one to one.
+//!
+//! Guest-side failures come back as [`CoreError::Guest`] carrying the agent's closed error code
+//! (`bandsox_protocol::ErrorCode`: `not_found`, `is_a_directory`, `no_match`, `exited`, ...).
+
+pub mod commands;
+pub mod files;
+pub mod pty;
+pub mod python;
+
+use bandsox_protocol::{ExecRequest, ReplyBody};
+
+use crate::error::{CoreError, Result};
+use crate::manager::Manager;
+
+pub use commands::{CmdStarted, ExecEvent, ExecStream, LogEvent, LogStream, Logs};
+pub use files::{FileContent, TextWindow, WriteOptions};
+pub use pty::PtyStart;
+pub use python::{PythonRequest, PythonResult};
+
+/// An unexpected reply body: a protocol mismatch between host and agent.
+pub(crate) fn unexpected(op: &str, body: &ReplyBody) -> CoreError {
+    CoreError::Agent(format!("unexpected reply to {op}: {body:?}"))
+}
+
+impl Manager {
+    /// `req` with the VM's environment under the request's own (request wins), validated.
+    pub(crate) fn with_vm_env(&self, id: &str, mut req: ExecRequest) -> Result<ExecRequest> {
+        let vm = self.get_vm(id)?;
+        let mut env = vm.env_vars.clone();
+        env.append(&mut req.env);
+        req.env = env;
+        Ok(req)
+    }
+}
