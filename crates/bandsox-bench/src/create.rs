@@ -7,14 +7,14 @@
 //!    (`images::pull` into an empty cache) next to `skopeo copy` + `tar -x` per layer +
 //!    `mkfs.ext4 -d` of the same image (goal ≤ 1.0×).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::util::{median, row};
 use anyhow::{bail, Context, Result};
 use bandsox_core::images;
-use bandsox_core::init::{initialise, InitRequest};
 use bandsox_core::{CreateVm, Manager, ManagerConfig, Storage};
 use bandsox_image::oci::{write_layout, LayoutLayer, NoProgress};
 use bandsox_image::pull::PullOptions;
@@ -24,25 +24,11 @@ use bandsox_protocol::ExecRequest;
 const MIB: usize = 1 << 20;
 
 pub async fn run(runs: usize) -> Result<()> {
-    let work = std::env::temp_dir().join(format!("bandsox-bench-create-{}", std::process::id()));
-    std::fs::create_dir_all(&work)?;
-    let result = run_in(&work, runs).await;
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    crate::util::in_scratch("create", |work| async move { run_in(&work, runs).await }).await
 }
 
 async fn run_in(work: &Path, runs: usize) -> Result<()> {
-    let storage = Storage::new(work.join("storage"))?;
-    let agent = std::env::var_os("BANDSOX_AGENT_BIN")
-        .map(PathBuf::from)
-        .context("set BANDSOX_AGENT_BIN to the static bandsox-agent (bench/create does)")?;
-    initialise(&InitRequest {
-        storage: storage.clone(),
-        kernel: None,
-        agent_bin: agent,
-        busybox: Some("/bin/busybox".into()),
-        force: false,
-    })?;
+    let storage = crate::util::prepare_storage(work)?;
     let mgr = Manager::open(ManagerConfig::new(storage.clone())).await?;
     let (backend, accel) = mgr.backend();
 
@@ -333,20 +319,4 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn row(name: &str, med: Duration, all: &[Duration]) {
-    let min = all.iter().min().copied().unwrap_or_default();
-    let max = all.iter().max().copied().unwrap_or_default();
-    println!(
-        "| {name} | {:.3} | {:.3} | {:.3} |",
-        med.as_secs_f64(),
-        min.as_secs_f64(),
-        max.as_secs_f64()
-    );
 }

@@ -1,16 +1,20 @@
 //! `bandsox-bench`: the programs behind `bench/*`. Each prints a table of medians measured
 //! side by side in one run: ours next to the raw floor, with the ratio.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bandsox_core::init::{initialise, InitRequest};
-use bandsox_core::{CreateVm, Manager, ManagerConfig, Storage};
+use bandsox_core::{CreateVm, Manager, ManagerConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+mod agent;
 mod create;
+mod lifecycle;
+mod util;
+
+use util::{median, row};
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -26,31 +30,20 @@ async fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("boot") => boot(runs.max(5)).await,
         Some("create") => create::run(runs.max(3)).await,
-        _ => bail!("usage: bandsox-bench boot [--runs N]"),
+        Some("lifecycle") => lifecycle::run(runs.max(5)).await,
+        Some("agent") => agent::run().await,
+        _ => bail!("usage: bandsox-bench boot|create|lifecycle|agent [--runs N]"),
     }
 }
 
 /// Cold boot to agent-ready (through the real create path) next to a bare QEMU boot of the
 /// same kernel to a trivial init, alternating A B A B.
 async fn boot(runs: usize) -> Result<()> {
-    let work = std::env::temp_dir().join(format!("bandsox-bench-{}", std::process::id()));
-    let result = boot_in(&work, runs).await;
-    let _ = std::fs::remove_dir_all(&work);
-    result
+    util::in_scratch("boot", |work| async move { boot_in(&work, runs).await }).await
 }
 
 async fn boot_in(work: &Path, runs: usize) -> Result<()> {
-    let storage = Storage::new(work.join("storage"))?;
-    let agent = std::env::var_os("BANDSOX_AGENT_BIN")
-        .map(PathBuf::from)
-        .context("set BANDSOX_AGENT_BIN to the static bandsox-agent (bench/boot does)")?;
-    initialise(&InitRequest {
-        storage: storage.clone(),
-        kernel: None,
-        agent_bin: agent,
-        busybox: Some("/bin/busybox".into()),
-        force: false,
-    })?;
+    let storage = util::prepare_storage(work)?;
     let floor_initrd = work.join("floor-initrd.cpio");
     write_floor_initramfs(&floor_initrd)?;
     let (vmlinux, _) = bandsox_image::assets::kernel_paths(storage.root())?;
@@ -87,22 +80,6 @@ async fn boot_in(work: &Path, runs: usize) -> Result<()> {
         mo.as_secs_f64() / mf.as_secs_f64()
     );
     Ok(())
-}
-
-fn row(name: &str, med: Duration, all: &[Duration]) {
-    let min = all.iter().min().copied().unwrap_or_default();
-    let max = all.iter().max().copied().unwrap_or_default();
-    println!(
-        "| {name} | {:.3} | {:.3} | {:.3} |",
-        med.as_secs_f64(),
-        min.as_secs_f64(),
-        max.as_secs_f64()
-    );
-}
-
-fn median(v: &mut [Duration]) -> Duration {
-    v.sort();
-    v[v.len() / 2]
 }
 
 /// An initramfs whose `/init` prints a marker on the console and powers off.

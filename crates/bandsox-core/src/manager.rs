@@ -465,6 +465,9 @@ impl Manager {
             kernel,
             initramfs,
             kernel_args: vec![
+                // Freed guest pages are zeroed, so snapshots carry them as zero pages: smaller
+                // state files and faster restores.
+                "init_on_free=1".into(),
                 "bandsox.root=/dev/vda".into(),
                 "bandsox.data=/dev/vdb".into(),
                 format!("bandsox.hostname={}", hostname_for(&vm.id)),

@@ -123,6 +123,10 @@ impl Manager {
 
         let finished = (|| {
             let (kernel, initramfs) = bandsox_image::assets::kernel_paths(self.storage().root())?;
+            // Durable before it becomes visible: the rename below publishes the snapshot.
+            for f in [STATE_FILE, DISK_FILE] {
+                std::fs::File::open(tmp.join(f))?.sync_all()?;
+            }
             link_or_copy(&kernel, &tmp.join(KERNEL_FILE))?;
             link_or_copy(&initramfs, &tmp.join(INITRAMFS_FILE))?;
             let record = SnapshotRecord {

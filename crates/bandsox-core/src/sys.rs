@@ -21,7 +21,8 @@ pub fn free_space_bytes(path: &Path) -> std::io::Result<u64> {
 }
 
 /// Copies `src` to a new file `dst`: a reflink (shared extents) when the filesystem supports
-/// it, else a sparse copy that skips holes. `dst` must not exist.
+/// it, else a sparse copy that skips holes. `dst` must not exist. Not synced: callers that
+/// need durability call `sync_all` themselves.
 pub fn copy_file_sparse(src: &Path, dst: &Path) -> std::io::Result<()> {
     use std::io::{Read, Seek, SeekFrom, Write};
     use std::os::fd::AsRawFd;
@@ -69,7 +70,6 @@ pub fn copy_file_sparse(src: &Path, dst: &Path) -> std::io::Result<()> {
         }
         pos = hole;
     }
-    to.sync_all()?;
     Ok(())
 }
 

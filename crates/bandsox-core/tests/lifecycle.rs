@@ -255,6 +255,32 @@ async fn lifecycle_bad_input() {
     let t2 = mgr.extend_timeout(&vm.id, 60).unwrap().expires_at.unwrap();
     assert!((t2 - t - 60.0).abs() < 1.0);
     assert!(mgr.list_snapshots().unwrap().is_empty());
+
+    // A corrupt snapshot: restore fails cleanly and leaves no VM behind.
+    let snap = mgr.snapshot_vm(&vm.id, "to-corrupt", None).await.unwrap();
+    let state = ts.root().join("snapshots").join(&snap.id).join("state");
+    let len = std::fs::metadata(&state).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&state)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    let before = mgr.list_vms().unwrap().len();
+    assert!(mgr
+        .restore_snapshot(&snap.id, RestoreOptions::default())
+        .await
+        .is_err());
+    assert_eq!(mgr.list_vms().unwrap().len(), before);
+    std::fs::remove_file(&state).unwrap();
+    let err = mgr
+        .restore_snapshot(&snap.id, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "conflict", "{err}");
+    assert!(err.to_string().contains("damaged"), "{err}");
+    mgr.delete_snapshot(&snap.id).unwrap();
+
     mgr.delete_vm(&vm.id).await.unwrap();
     assert_storage_clean(ts.root());
 }

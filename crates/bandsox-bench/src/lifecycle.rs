@@ -1,0 +1,165 @@
+//! `bench/lifecycle`: cold boot -> first exec next to restore -> first exec (goal: restore
+//! <= 0.15x cold boot), pause and resume latency, snapshot time for a 256 MiB and a 1 GiB
+//! guest, and the wall time of 5 concurrent clones of one snapshot.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use bandsox_core::snapshots::RestoreOptions;
+use bandsox_core::{CreateVm, Manager, ManagerConfig};
+use bandsox_protocol::ExecRequest;
+
+use crate::util::{median, row_ms as row};
+
+pub async fn run(runs: usize) -> Result<()> {
+    crate::util::in_scratch("lifecycle", |work| async move {
+        let storage = crate::util::prepare_storage(&work)?;
+        let mgr = Manager::open(ManagerConfig::new(storage)).await?;
+        measure(&mgr, runs).await
+    })
+    .await
+}
+
+async fn first_exec(mgr: &Manager, id: &str) -> Result<()> {
+    let req = ExecRequest {
+        argv: Some(vec!["true".into()]),
+        timeout_ms: Some(30_000),
+        ..Default::default()
+    };
+    let out = mgr.exec(id, req, None, 1024).await?;
+    anyhow::ensure!(
+        out.status.exit_code == Some(0),
+        "`true` failed: {:?}",
+        out.status
+    );
+    Ok(())
+}
+
+async fn vm_with_mem(mgr: &Arc<Manager>, mem_mib: u32) -> Result<String> {
+    let mut req = CreateVm::new("bandsox/busybox");
+    req.mem_mib = mem_mib;
+    Ok(mgr.create_vm(req).await?.id)
+}
+
+async fn measure(mgr: &Arc<Manager>, runs: usize) -> Result<()> {
+    let (backend, accel) = mgr.backend();
+    // The VM that is snapshotted and restored; it dirties 64 MiB of page cache first so the
+    // state file is not trivially small.
+    let base = vm_with_mem(mgr, 256).await?;
+    first_exec(mgr, &base).await?;
+    let dirty = ExecRequest {
+        command: Some("head -c 67108864 /dev/urandom > /tmp/dirty".into()),
+        timeout_ms: Some(120_000),
+        ..Default::default()
+    };
+    mgr.exec(&base, dirty, None, 1024).await?;
+    let snap = mgr.snapshot_vm(&base, "bench", None).await?;
+
+    let (mut cold, mut restore) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t = Instant::now();
+        let vm = vm_with_mem(mgr, 256).await?;
+        first_exec(mgr, &vm).await?;
+        cold.push(t.elapsed());
+        mgr.delete_vm(&vm).await?;
+
+        let t = Instant::now();
+        let vm = mgr
+            .restore_snapshot(&snap.id, RestoreOptions::default())
+            .await?;
+        first_exec(mgr, &vm.id).await?;
+        restore.push(t.elapsed());
+        mgr.delete_vm(&vm.id).await?;
+    }
+
+    let (mut pause, mut resume) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let t = Instant::now();
+        mgr.pause_vm(&base).await?;
+        pause.push(t.elapsed());
+        let t = Instant::now();
+        mgr.resume_vm(&base).await?;
+        resume.push(t.elapsed());
+    }
+
+    let mut snap_small = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s = mgr.snapshot_vm(&base, "bench-256", None).await?;
+        snap_small.push(t.elapsed());
+        mgr.delete_snapshot(&s.id)?;
+    }
+    let big = vm_with_mem(mgr, 1024).await?;
+    let fill = ExecRequest {
+        command: Some("head -c 268435456 /dev/urandom > /tmp/dirty".into()),
+        timeout_ms: Some(300_000),
+        ..Default::default()
+    };
+    mgr.exec(&big, fill, None, 1024).await?;
+    let mut snap_big = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let s = mgr.snapshot_vm(&big, "bench-1g", None).await?;
+        snap_big.push(t.elapsed());
+        mgr.delete_snapshot(&s.id)?;
+    }
+    mgr.delete_vm(&big).await?;
+
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let mgr = Arc::clone(mgr);
+        let sid = snap.id.clone();
+        tasks.push(tokio::spawn(async move {
+            let vm = mgr
+                .restore_snapshot(&sid, RestoreOptions::default())
+                .await?;
+            first_exec(&mgr, &vm.id).await?;
+            Ok::<_, anyhow::Error>(vm.id)
+        }));
+    }
+    let mut clones = Vec::new();
+    for task in tasks {
+        clones.push(task.await??);
+    }
+    let five = t.elapsed();
+    for c in clones {
+        mgr.delete_vm(&c).await?;
+    }
+    mgr.delete_snapshot(&snap.id)?;
+    mgr.delete_vm(&base).await?;
+
+    let (mc, mr) = (median(&mut cold), median(&mut restore));
+    println!("bench/lifecycle  backend={backend} accel={accel} runs={runs} (busybox image)");
+    println!("| measurement | median ms | min ms | max ms |");
+    println!("| --- | --- | --- | --- |");
+    row("cold boot -> first exec (256 MiB)", mc, &cold);
+    row(
+        "restore -> first exec (256 MiB, 64 MiB dirtied)",
+        mr,
+        &restore,
+    );
+    row("pause", median(&mut pause), &pause);
+    row("resume", median(&mut resume), &resume);
+    row(
+        "snapshot, 256 MiB guest (64 MiB dirtied)",
+        median(&mut snap_small),
+        &snap_small,
+    );
+    row(
+        "snapshot, 1 GiB guest (256 MiB dirtied)",
+        median(&mut snap_big),
+        &snap_big,
+    );
+    row(
+        "5 concurrent clones -> first exec each (wall)",
+        five,
+        &[five],
+    );
+    println!(
+        "ratio restore/cold: {:.2}x (goal <= 0.15x)",
+        mr.as_secs_f64() / mc.as_secs_f64()
+    );
+    Ok(())
+}
