@@ -72,6 +72,7 @@ async fn measure(mgr: &Manager, id: &str) -> Result<()> {
         }
     }
     drop(raw);
+    resync(mgr, id).await?;
 
     // Protocol ping.
     let client = mgr.agent(id).await?;
@@ -145,6 +146,7 @@ async fn measure(mgr: &Manager, id: &str) -> Result<()> {
         raw.read_exact(&mut ack).await?;
         raw_up.push(t.elapsed());
         drop(raw);
+        resync(mgr, id).await?;
 
         let mut raw = raw_connect(&socket, RawMode::Source { bytes: BULK_BYTES }).await?;
         let t = Instant::now();
@@ -160,6 +162,7 @@ async fn measure(mgr: &Manager, id: &str) -> Result<()> {
         }
         raw_down.push(t.elapsed());
         drop(raw);
+        resync(mgr, id).await?;
     }
     let _ = mgr.remove(id, "/root/bulk.bin", false).await;
 
@@ -265,6 +268,16 @@ impl tokio::io::AsyncRead for RepeatReader<'_> {
         *self.left -= n as u64;
         std::task::Poll::Ready(Ok(()))
     }
+}
+
+/// After a raw connection: the agent cannot tell where raw bytes end and a new host begins
+/// if the host reconnects at once, so reconnect through the client (which repeats its hello
+/// until answered), ping, and close it again.
+async fn resync(mgr: &Manager, id: &str) -> Result<()> {
+    let c = mgr.agent(id).await?;
+    c.ping(Duration::from_secs(10)).await?;
+    c.close().await;
+    Ok(())
 }
 
 /// Connects to the agent socket, says hello, switches the connection to raw `mode`.

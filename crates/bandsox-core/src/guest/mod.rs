@@ -26,6 +26,18 @@ pub(crate) fn unexpected(op: &str, body: &ReplyBody) -> CoreError {
 }
 
 impl Manager {
+    /// Path of the VM's agent channel socket (for tools that speak to it directly, such as
+    /// `bench/agent`'s raw floor). Close the manager's connection first: the channel takes
+    /// one host at a time.
+    pub fn agent_socket(&self, id: &str) -> Result<std::path::PathBuf> {
+        let vm = self.get_vm(id)?;
+        let handle = self
+            .entry(id)
+            .and_then(|e| e.handle())
+            .ok_or_else(|| CoreError::Conflict(format!("VM {} is not running", vm.id)))?;
+        Ok(handle.agent_socket())
+    }
+
     /// `req` with the VM's environment under the request's own (request wins), validated.
     pub(crate) fn with_vm_env(&self, id: &str, mut req: ExecRequest) -> Result<ExecRequest> {
         let vm = self.get_vm(id)?;
