@@ -1,0 +1,9 @@
+"""BandSox-compatible entry point: ``from bandsox.core import BandSox``."""
+
+from ._async.client import AsyncBandSox, AsyncMicroVM
+from ._sync.client import BandSox, MicroVM
+
+RemoteBandSox = BandSox
+RemoteMicroVM = MicroVM
+
+__all__ = ["BandSox", "MicroVM", "AsyncBandSox", "AsyncMicroVM", "RemoteBandSox", "RemoteMicroVM"]

@@ -1,0 +1,196 @@
+"""Client-side behaviour that needs no VM: configuration, error mapping, timeouts, the
+generated sync client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+import bandsox
+from bandsox import AsyncBandSox, BandSox, ExecResult, errors
+from bandsox.core import BandSox as CoreBandSox
+
+SDK = Path(__file__).resolve().parents[1]
+
+
+def test_sync_client_is_generated_from_async():
+    r = subprocess.run([sys.executable, str(SDK / "tools" / "unasync.py"), "--check"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_version_matches_rust_crates():
+    cargo = (SDK.parents[1] / "Cargo.toml").read_text()
+    import re
+
+    m = re.search(r'^version\s*=\s*"([^"]+)"', cargo, re.M)
+    assert m and bandsox.__version__ == m.group(1)
+    from importlib.metadata import version
+
+    assert version("bandsox") == m.group(1)
+
+
+def test_core_module_exports():
+    assert CoreBandSox is BandSox
+    from bandsox.vm import MicroVM
+
+    assert MicroVM is bandsox.MicroVM
+
+
+@pytest.mark.parametrize(
+    "status,code,cls",
+    [
+        (404, "vm_not_found", errors.VmNotFoundError),
+        (404, "image_not_found", errors.ImageNotFoundError),
+        (404, "not_found", errors.NotFoundError),
+        (409, "conflict", errors.ConflictError),
+        (401, "unauthorized", errors.AuthenticationError),
+        (403, "forbidden_host", errors.AuthenticationError),
+        (422, "invalid_input", errors.InvalidInputError),
+        (400, "invalid_body", errors.InvalidInputError),
+        (504, "exec_timeout", errors.TimeoutError),
+        (504, "boot_timeout", errors.TimeoutError),
+        (502, "agent_unavailable", errors.AgentUnavailableError),
+        (429, "rate_limited", errors.RateLimitedError),
+        (500, "internal", errors.BandSoxError),
+        (409, "some_new_code", errors.ConflictError),  # unknown code: by status
+    ],
+)
+def test_problem_mapping(status, code, cls):
+    e = errors.error_from_problem(status, {"code": code, "detail": "d", "status": status, "x": 1})
+    assert type(e) is cls
+    assert (e.status_code, e.code, e.detail) == (status, code, "d")
+
+
+def test_builtin_compat():
+    assert issubclass(errors.NotFoundError, FileNotFoundError)
+    assert issubclass(errors.TimeoutError, TimeoutError)
+    assert issubclass(errors.ServerUnavailableError, ConnectionError)
+    assert issubclass(errors.InvalidInputError, ValueError)
+    assert issubclass(errors.UnsupportedError, NotImplementedError)
+    assert errors.BandSoxTimeoutError is errors.TimeoutError
+
+
+def test_exec_result_is_the_exit_code():
+    r = ExecResult(3, "out", "err")
+    assert r == 3 and isinstance(r, int) and not r.success
+    assert (r.stdout, r.stderr, r.output, r["stdout"], r["exit_code"]) == (
+        "out", "err", "outerr", "out", 3)
+    assert f"{r}" == "3"
+    with pytest.raises(KeyError):
+        r["nope"]
+
+
+def test_url_and_key_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("BANDSOX_URL", raising=False)
+    monkeypatch.delenv("BANDSOX_API_KEY", raising=False)
+    b = BandSox()
+    assert b.server_url == "http://127.0.0.1:8000" and "Authorization" not in b.headers
+    # BandSox's storage-dir positional argument means "the local installation".
+    assert BandSox("/var/lib/bandsox").server_url == "http://127.0.0.1:8000"
+    (tmp_path / ".bandsox").mkdir()
+    (tmp_path / ".bandsox" / "credentials").write_text(json.dumps({"api_key": "bsx_file"}))
+    assert BandSox().headers["Authorization"] == "Bearer bsx_file"
+    monkeypatch.setenv("BANDSOX_API_KEY", "bsx_env")
+    monkeypatch.setenv("BANDSOX_URL", "http://example.invalid:9/")
+    b = BandSox()
+    assert b.server_url == "http://example.invalid:9"
+    assert b.headers["Authorization"] == "Bearer bsx_env"
+    assert BandSox(api_key="bsx_arg").headers["Authorization"] == "Bearer bsx_arg"
+    b = BandSox("http://h:1", headers={"authorization": "Bearer mine", "X-A": "1"})
+    assert b.headers == {"authorization": "Bearer mine", "X-A": "1"}
+
+
+def test_connection_refused_is_server_unavailable():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(errors.ServerUnavailableError) as ei:
+        BandSox(f"http://127.0.0.1:{port}").list_vms()
+    assert ei.value.code == "server_unavailable" and ei.value.status_code is None
+    with pytest.raises(ConnectionError):
+        asyncio.run(AsyncBandSox(f"http://127.0.0.1:{port}").list_vms())
+
+
+def test_client_timeout_never_hangs():
+    # A socket that accepts connections (kernel backlog) but never answers.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(8)
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+        with pytest.raises(errors.TimeoutError) as ei:
+            BandSox(url, timeout=0.5).version()
+        assert ei.value.code == "client_timeout"
+
+        async def run():
+            async with AsyncBandSox(url, timeout=0.5) as a:
+                await a.list_snapshots()
+
+        with pytest.raises(errors.TimeoutError):
+            asyncio.run(run())
+
+
+def _mock(handler) -> BandSox:
+    return BandSox("http://mock", transport=httpx.MockTransport(handler))
+
+
+def test_unknown_fields_are_ignored_and_bodies_shaped():
+    seen = {}
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        seen[req.url.path] = (req.method, req.content and json.loads(req.content), dict(req.url.params))
+        if req.url.path == "/api/vms" and req.method == "POST":
+            return httpx.Response(200, json={"id": "v1", "status": "created", "new": [1]})
+        if req.url.path == "/api/vms/v1/exec":
+            return httpx.Response(200, json={"exit_code": 0, "stdout": "a", "stderr": "",
+                                             "future_field": {"x": 1}})
+        if req.url.path == "/api/vms":
+            return httpx.Response(200, json=[{"id": "v1", "zzz": 1}], headers={"X-Total-Count": "7"})
+        return httpx.Response(404, json={"code": "route_not_found", "detail": "no"})
+
+    b = _mock(handler)
+    vm = b.create_vm("img", vcpu=2, metadata={"a": 1}, timeout_s=5, timeout_action="pause")
+    method, body, _ = seen["/api/vms"]
+    assert body == {"image": "img", "vcpu": 2, "mem_mib": 128, "enable_networking": True,
+                    "force_rebuild": False, "disk_size_mib": 4096, "metadata": {"a": 1},
+                    "timeout_s": 5, "timeout_action": "pause"}
+    assert vm.vm_id == "v1"
+    got = []
+    r = vm.exec_command("echo a", on_stdout=got.append, env={"K": "V"}, cwd="/tmp")
+    assert r == 0 and got == ["a"]
+    assert seen["/api/vms/v1/exec"][1] == {"command": "echo a", "timeout": 30, "env": {"K": "V"},
+                                           "cwd": "/tmp"}
+    page = b.list_vms_page(limit=1, offset=2, metadata_equals={"a": 1}, status="running")
+    assert page.total == 7 and page.items == [{"id": "v1", "zzz": 1}]
+    assert seen["/api/vms"][2] == {"limit": "1", "offset": "2", "status": "running",
+                                   "metadata_equals": '{"a": 1}'}
+
+
+def test_non_json_error_bodies():
+    b = _mock(lambda req: httpx.Response(502, text="<html>Bad Gateway</html>"))
+    with pytest.raises(errors.BandSoxError) as ei:
+        b.list_vms()
+    assert ei.value.status_code == 502 and "Bad Gateway" in ei.value.detail
+
+
+def test_unsupported_operations():
+    b = BandSox("http://127.0.0.1:9")
+    with pytest.raises(errors.UnsupportedError, match="not supported yet"):
+        b.create_vm_from_dockerfile("./Dockerfile", tag="x")
+    with pytest.raises(errors.UnsupportedError, match="not supported"):
+        b.create_vm("img", mcp={"servers": {}})
+    vm = bandsox.MicroVM(b, "x")
+    with pytest.raises(errors.UnsupportedError):
+        vm.start_session("sleep 1")
+    with pytest.raises(errors.UnsupportedError):
+        vm.start_pty_session("/bin/sh")
+    assert vm.get_guest_ip() is None

@@ -1,0 +1,163 @@
+"""VM methods against a live server with a real VM (one VM shared by the whole module; the
+lifecycle tests that stop and boot it again come last)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from bandsox import BandSox, MicroVM, errors
+
+from .conftest import IMAGE
+
+
+def test_version(bs: BandSox):
+    v = bs.version()
+    assert v["version"] == "0.1.0" and v["backend"]
+
+
+def test_create_vm_and_info(bs: BandSox, vm: MicroVM):
+    info = bs.get_vm_info(vm.vm_id)
+    assert info["id"] == vm.vm_id
+    assert info["name"] == "py-shared"
+    assert info["image"] == IMAGE
+    assert info["status"] == "running" and info["agent_ready"] is True
+    assert info["metadata"] == {"suite": "python", "role": "shared"}
+    # Secret-looking values are redacted in the API, but the guest gets them.
+    assert info["env_vars"] == {"GREETING": "hello", "API_TOKEN": "<redacted>"}
+    same = bs.get_vm(vm.vm_id)
+    assert isinstance(same, MicroVM) and same == vm
+    assert same.name == "py-shared" and same.status == "running"
+    assert same.info["vcpu"] == 1 and same.info["mem_mib"] == 128
+    assert vm.refresh()["id"] == vm.vm_id
+    assert vm.get_info()["image"] == IMAGE
+    assert vm.wait_for_agent(timeout=10) is True
+    assert vm.get_guest_ip() is None  # no guest networking yet
+
+
+def test_exec_command(vm: MicroVM):
+    r = vm.exec_command("echo $GREETING $API_TOKEN; echo oops >&2; exit 3")
+    assert r == 3 and r.exit_code == 3
+    assert r.stdout == "hello s3cret\n"
+    assert r.stderr == "oops\n"
+    assert r["stdout"] == r.stdout
+    assert vm.exec_command("true") == 0
+
+
+def test_exec_callbacks_get_the_output(vm: MicroVM):
+    out, err = [], []
+    r = vm.exec_command("for i in 1 2 3; do echo line$i; done; echo e >&2",
+                        on_stdout=out.append, on_stderr=err.append, timeout=10)
+    assert r == 0
+    assert "".join(out) == "line1\nline2\nline3\n"
+    assert "".join(err) == "e\n"
+
+
+def test_exec_env_cwd_and_signal(vm: MicroVM):
+    r = vm.exec_command("pwd; echo $X", env={"X": "y"}, cwd="/tmp")
+    assert r.stdout == "/tmp\ny\n"
+    assert vm.exec_command("kill -9 $$") == 128 + 9
+
+
+def test_exec_timeout(vm: MicroVM):
+    t = time.monotonic()
+    with pytest.raises(errors.TimeoutError) as ei:
+        vm.exec_command("sleep 20", timeout=1)
+    assert ei.value.code == "exec_timeout" and ei.value.status_code == 504
+    assert time.monotonic() - t < 15
+    assert vm.exec_command("echo still-alive").stdout == "still-alive\n"
+
+
+def test_exec_bad_timeout_is_invalid_input(vm: MicroVM):
+    with pytest.raises(errors.InvalidInputError) as ei:
+        vm.exec_command("true", timeout=0)
+    assert ei.value.code == "invalid_input" and ei.value.status_code == 422
+
+
+def test_list_vms_filters_and_total(bs: BandSox, vm: MicroVM):
+    ids = [v["id"] for v in bs.list_vms()]
+    assert vm.vm_id in ids
+    assert [v["id"] for v in bs.list_vms(metadata_equals={"role": "shared"})] == [vm.vm_id]
+    assert bs.list_vms(metadata_equals={"role": "nobody"}) == []
+    assert vm.vm_id in [v["id"] for v in bs.list_vms(status="running")]
+    assert bs.list_vms(status="paused", metadata_equals={"role": "shared"}) == []
+    assert [v["id"] for v in bs.list_vms(name="py-sha")] == [vm.vm_id]
+    page = bs.list_vms_page(limit=1)
+    assert len(page.items) == 1 and page.total == len(ids) and page.limit == 1
+    page = bs.list_vms_page(limit=1, offset=page.total)
+    assert page.items == [] and page.total == len(ids)
+    assert len(bs.list_vms(limit=1)) == 1
+    with pytest.raises(errors.InvalidInputError):
+        bs._json("GET", "/api/vms", params={"metadata_equals": "not json"})
+
+
+def test_rename_and_metadata(bs: BandSox, vm: MicroVM):
+    assert vm.rename("py-renamed") == "py-renamed"
+    assert bs.get_vm_info(vm.vm_id)["name"] == "py-renamed"
+    assert bs.rename_vm(vm.vm_id, "py-shared") == "py-shared"
+    info = vm.update_metadata({"suite": "python", "role": "shared", "n": 1})
+    assert info["metadata"]["n"] == 1 and vm.info["metadata"]["n"] == 1
+    info = bs.update_vm_metadata(vm, {"suite": "python", "role": "shared"})
+    assert info["metadata"] == {"suite": "python", "role": "shared"}
+
+
+def test_timeouts_extend(vm: MicroVM):
+    info = vm.set_timeout(3600, action="pause")
+    assert info["timeout_action"] == "pause" and info["expires_at"] > time.time() + 3500
+    before = info["expires_at"]
+    info = vm.extend_timeout(600)
+    assert info["expires_at"] == pytest.approx(before + 600, abs=2)
+    info = vm.set_timeout(0)
+    assert info["expires_at"] is None
+    with pytest.raises(errors.InvalidInputError):
+        vm.set_timeout(10, action="explode")
+
+
+def test_pause_resume(vm: MicroVM):
+    vm.pause()
+    assert vm.refresh()["status"] == "paused"
+    with pytest.raises(errors.ConflictError) as ei:
+        vm.exec_command("true")
+    assert ei.value.code == "conflict" and ei.value.status_code == 409
+    vm.pause()  # no-op
+    vm.resume()
+    assert vm.refresh()["status"] == "running"
+    assert vm.exec_command("echo back").stdout == "back\n"
+
+
+def test_not_found_errors(bs: BandSox):
+    with pytest.raises(errors.VmNotFoundError) as ei:
+        bs.get_vm("no-such-vm")
+    assert ei.value.status_code == 404 and ei.value.code == "vm_not_found"
+    assert isinstance(ei.value, FileNotFoundError)
+    with pytest.raises(errors.VmNotFoundError):
+        bs.get_vm_info("no-such-vm")
+    with pytest.raises(errors.VmNotFoundError):
+        MicroVM(bs, "no-such-vm").exec_command("true")
+    with pytest.raises(errors.VmNotFoundError):
+        bs.delete_vm("no-such-vm")
+    with pytest.raises(errors.VmNotFoundError):
+        bs.rename_vm("no-such-vm", "x")
+
+
+def test_create_invalid_input(bs: BandSox):
+    with pytest.raises(errors.InvalidInputError) as ei:
+        bs.create_vm(IMAGE, timeout_action="explode")
+    assert ei.value.status_code == 422
+    with pytest.raises(errors.InvalidInputError):
+        bs.create_vm(None)  # type: ignore[arg-type]
+
+
+def test_stop_start_restart(bs: BandSox, vm: MicroVM):
+    vm.exec_command("echo persisted > /root/marker && sync")
+    vm.stop()
+    assert vm.refresh()["status"] == "stopped"
+    with pytest.raises(errors.ConflictError):
+        vm.exec_command("true")
+    vm.start()
+    assert vm.refresh()["status"] == "running"
+    assert vm.exec_command("cat /root/marker").stdout == "persisted\n"
+    vm.restart()
+    assert vm.wait_for_agent(timeout=30)
+    assert vm.exec_command("cat /root/marker").stdout == "persisted\n"
