@@ -178,6 +178,9 @@ pub struct ExecRequest {
     /// Extension: working directory.
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Extension: user name or uid in the guest.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Answer to `POST /api/vms/{id}/exec`.

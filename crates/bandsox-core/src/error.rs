@@ -63,11 +63,7 @@ impl CoreError {
             Self::BootTimeout { .. } => "boot_timeout",
             Self::ExecTimeout { .. } => "exec_timeout",
             Self::Agent(_) => "agent_unavailable",
-            Self::Guest(b) => match b.code {
-                bandsox_protocol::ErrorCode::NotFound => "guest_not_found",
-                bandsox_protocol::ErrorCode::BadRequest => "invalid_input",
-                _ => "guest_error",
-            },
+            Self::Guest(b) => guest_code(b.code),
             Self::Vmm(_) => "vmm_error",
             Self::Image(e) => image_code(e),
             Self::Db(_) => "database_error",
@@ -92,6 +88,25 @@ impl CoreError {
             ),
             _ => None,
         }
+    }
+}
+
+/// Stable codes of errors from inside the guest.
+fn guest_code(c: bandsox_protocol::ErrorCode) -> &'static str {
+    use bandsox_protocol::ErrorCode as E;
+    match c {
+        E::NotFound => "guest_not_found",
+        E::UnknownCommand => "command_not_found",
+        E::BadRequest | E::InvalidPath | E::UnknownUser | E::UnknownSignal => "invalid_input",
+        E::PermissionDenied => "permission_denied",
+        E::IsADirectory => "is_a_directory",
+        E::NotADirectory => "not_a_directory",
+        E::AlreadyExists => "already_exists",
+        E::NotEmpty => "not_empty",
+        E::NoMatch => "edit_no_match",
+        E::MultipleMatches => "edit_multiple_matches",
+        E::Exited => "command_exited",
+        _ => "guest_error",
     }
 }
 

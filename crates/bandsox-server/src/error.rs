@@ -29,8 +29,14 @@ impl ApiError {
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
         let status = match e.code() {
-            "vm_not_found" | "image_not_found" | "not_found" => StatusCode::NOT_FOUND,
-            "invalid_input" | "guest_not_found" | "guest_error" => StatusCode::UNPROCESSABLE_ENTITY,
+            "vm_not_found" | "image_not_found" | "not_found" | "guest_not_found"
+            | "command_not_found" => StatusCode::NOT_FOUND,
+            "permission_denied" => StatusCode::FORBIDDEN,
+            "already_exists" | "not_empty" | "command_exited" => StatusCode::CONFLICT,
+            "is_a_directory" | "not_a_directory" | "edit_no_match" | "edit_multiple_matches" => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            "invalid_input" | "guest_error" => StatusCode::UNPROCESSABLE_ENTITY,
             "conflict" | "image_in_use" => StatusCode::CONFLICT,
             "disk_too_small"
             | "digest_mismatch"

@@ -55,6 +55,9 @@ pub struct ExecArgs {
     /// Working directory in the guest.
     #[arg(long)]
     cwd: Option<String>,
+    /// Run as this user (name or uid) in the guest.
+    #[arg(long)]
+    user: Option<String>,
     /// Print the result as JSON instead of replaying output.
     #[arg(long)]
     json: bool,
@@ -160,6 +163,7 @@ pub fn exec(url: &str, a: ExecArgs) -> CliResult {
         timeout: a.timeout,
         env: (!a.env.is_empty()).then(|| a.env.into_iter().collect()),
         cwd: a.cwd,
+        user: a.user,
     };
     let res: ExecResponse = client.post(
         &format!("/api/vms/{}/exec", segment(&a.vm)),

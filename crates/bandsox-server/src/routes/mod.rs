@@ -1,11 +1,14 @@
 //! Route table. Handlers parse and validate, call the core, and shape the answer.
 
+pub mod commands;
+pub mod files;
 pub mod images;
 pub mod snapshots;
 pub mod vms;
 
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::Router;
 use bandsox_core::Manager;
@@ -29,6 +32,11 @@ impl AppState {
             insecure_no_auth: false,
         }
     }
+}
+
+/// Body limit of routes that carry file content as JSON: 256 MiB decoded, base64-encoded.
+fn big_json() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(350 << 20)
 }
 
 pub fn router(state: AppState) -> Router {
@@ -59,6 +67,44 @@ pub fn router(state: AppState) -> Router {
         .route("/api/vms/{id}/timeout", post(vms::set_timeout))
         .route("/api/vms/{id}/extend", post(vms::extend))
         .route("/api/vms/{id}/snapshot", post(snapshots::create))
+        .route("/api/vms/{id}/read-file", get(files::read_file))
+        .route(
+            "/api/vms/{id}/write-file",
+            post(files::write_file).layer(big_json()),
+        )
+        .route(
+            "/api/vms/{id}/append-file",
+            post(files::append_file).layer(big_json()),
+        )
+        .route("/api/vms/{id}/file-info", get(files::file_info))
+        .route("/api/vms/{id}/files", get(files::list))
+        .route("/api/vms/{id}/files/stat", get(files::stat))
+        .route("/api/vms/{id}/files/mkdir", post(files::mkdir))
+        .route("/api/vms/{id}/files/remove", post(files::remove))
+        .route("/api/vms/{id}/files/rename", post(files::rename))
+        .route("/api/vms/{id}/files/edit", post(files::edit))
+        .route(
+            "/api/vms/{id}/files/write-batch",
+            post(files::write_batch).layer(big_json()),
+        )
+        .route(
+            "/api/vms/{id}/upload",
+            post(files::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/vms/{id}/download", get(files::download))
+        .route("/api/vms/{id}/exec-python", post(files::exec_python))
+        .route(
+            "/api/vms/{id}/commands",
+            get(commands::list).post(commands::start),
+        )
+        .route("/api/vms/{id}/commands/{cmd_id}", get(commands::get))
+        .route("/api/vms/{id}/commands/{cmd_id}/logs", get(commands::logs))
+        .route("/api/vms/{id}/commands/{cmd_id}/wait", post(commands::wait))
+        .route("/api/vms/{id}/commands/{cmd_id}/kill", post(commands::kill))
+        .route(
+            "/api/vms/{id}/commands/{cmd_id}/stdin",
+            post(commands::stdin),
+        )
         .route("/api/snapshots", get(snapshots::list))
         .route(
             "/api/snapshots/{id}",

@@ -132,6 +132,7 @@ pub async fn exec(
         command: Some(req.command),
         env: req.env.unwrap_or_default(),
         cwd: req.cwd,
+        user: req.user,
         timeout_ms: Some(req.timeout * 1000),
         ..Default::default()
     };

@@ -1,0 +1,502 @@
+//! Files inside a VM: BandSox's endpoints (`read-file`, `write-file`, `append-file`,
+//! `file-info`, `files`, `upload`, `download`) and ours under `/files/...` (stat, mkdir,
+//! remove, rename, edit, batch write). Uploads and downloads stream: neither side holds a
+//! whole file in memory.
+//!
+//! Paths are guest paths: absolute, or relative to `/` (see docs/AGENT.md for the rules).
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use bandsox_core::guest::files::WriteOptions;
+use bandsox_core::guest::python::PythonRequest;
+use bandsox_protocol::{FileEntry, FileReadTextRequest};
+use base64::Engine;
+use futures_util::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::AppState;
+use crate::error::{ApiError, ApiResult};
+
+/// Largest decoded body accepted by `write-file` with base64 (BandSox's limit).
+const MAX_BASE64_BYTES: usize = 256 << 20;
+/// Default cap of `read-file` (whole files stream through `download`).
+const READ_CAP_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, Deserialize)]
+pub struct PathQuery {
+    path: String,
+    /// Extension of `read-file`: at most this many bytes (then `truncated: true`).
+    max_bytes: Option<u64>,
+    /// Extensions of `read-file`: a window of lines, numbered once when asked.
+    offset: Option<u64>,
+    limit: Option<u64>,
+    #[serde(default)]
+    show_line_numbers: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DirQuery {
+    #[serde(default = "root")]
+    path: String,
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+fn invalid(detail: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", detail)
+}
+
+/// `GET /api/vms/{id}/read-file?path=` -> `{"path", "content"}` (UTF-8, invalid bytes
+/// replaced), plus `size`, `truncated` and `mime` (images and PDFs by content).
+pub async fn read_file(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<PathQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if q.offset.is_some() || q.limit.is_some() || q.show_line_numbers {
+        let w = s
+            .manager
+            .read_text(
+                &id,
+                FileReadTextRequest {
+                    path: q.path.clone(),
+                    offset_lines: q.offset.unwrap_or(0),
+                    limit_lines: q.limit.unwrap_or(0),
+                    line_numbers: q.show_line_numbers,
+                    max_bytes: q.max_bytes,
+                },
+            )
+            .await?;
+        return Ok(Json(serde_json::json!({
+            "path": q.path, "content": w.content, "total_lines": w.total_lines, "truncated": w.truncated,
+        })));
+    }
+    let f = s
+        .manager
+        .read_file(&id, &q.path, 0, Some(q.max_bytes.unwrap_or(READ_CAP_BYTES)))
+        .await?;
+    let content = match &f.mime {
+        // Binary images travel as base64 so JSON can carry them.
+        Some(_) => base64::engine::general_purpose::STANDARD.encode(&f.bytes),
+        None => String::from_utf8_lossy(&f.bytes).into_owned(),
+    };
+    Ok(Json(serde_json::json!({
+        "path": q.path, "content": content, "size": f.size, "truncated": f.truncated,
+        "mime": f.mime, "encoding": if f.mime.is_some() { "base64" } else { "utf-8" },
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WriteFileRequest {
+    path: String,
+    content: String,
+    #[serde(default = "utf8")]
+    encoding: String,
+    #[serde(default)]
+    append: bool,
+    /// Extension: permission bits (e.g. 493 = 0o755).
+    mode: Option<u32>,
+}
+
+fn utf8() -> String {
+    "utf-8".into()
+}
+
+fn decode_content(content: String, encoding: &str) -> ApiResult<Vec<u8>> {
+    match encoding {
+        "utf-8" | "utf8" | "text" => Ok(content.into_bytes()),
+        "base64" => {
+            if content.len() / 4 * 3 > MAX_BASE64_BYTES {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "base64 content is limited to 256 MiB decoded; use /upload for larger files",
+                ));
+            }
+            base64::engine::general_purpose::STANDARD
+                .decode(content.as_bytes())
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_base64",
+                        format!("invalid base64: {e}"),
+                    )
+                })
+        }
+        other => Err(invalid(format!(
+            "encoding must be utf-8 or base64, got `{other}`"
+        ))),
+    }
+}
+
+async fn write_common(
+    s: &AppState,
+    id: &str,
+    req: WriteFileRequest,
+    append: bool,
+) -> ApiResult<Json<serde_json::Value>> {
+    let bytes = decode_content(req.content, &req.encoding)?;
+    let opts = WriteOptions {
+        mode: req.mode,
+        append,
+        create_parents: true,
+    };
+    s.manager.write_file(id, &req.path, &bytes, opts).await?;
+    Ok(Json(serde_json::json!({
+        "status": if append { "appended" } else { "written" }, "path": req.path,
+    })))
+}
+
+/// `POST /api/vms/{id}/write-file`.
+pub async fn write_file(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<WriteFileRequest>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(req) = body?;
+    let append = req.append;
+    write_common(&s, &id, req, append).await
+}
+
+/// `POST /api/vms/{id}/append-file`.
+pub async fn append_file(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<WriteFileRequest>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(req) = body?;
+    write_common(&s, &id, req, true).await
+}
+
+/// BandSox's file listing entry, plus `mode` and `is_symlink`.
+#[derive(Debug, Serialize)]
+struct Entry {
+    name: String,
+    path: String,
+    size: u64,
+    is_dir: bool,
+    is_file: bool,
+    is_symlink: bool,
+    mode: String,
+    mtime: i64,
+}
+
+impl From<FileEntry> for Entry {
+    fn from(e: FileEntry) -> Self {
+        Self {
+            mode: format!("{:o}", e.mode & 0o7777),
+            name: e.name,
+            path: e.path,
+            size: e.size,
+            is_dir: e.is_dir,
+            is_file: e.is_file,
+            is_symlink: e.is_symlink,
+            mtime: e.mtime,
+        }
+    }
+}
+
+/// `GET /api/vms/{id}/files?path=/`.
+pub async fn list(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<DirQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let (entries, truncated) = s.manager.list_dir(&id, &q.path).await?;
+    let files: Vec<Entry> = entries.into_iter().map(Entry::from).collect();
+    Ok(Json(
+        serde_json::json!({ "path": q.path, "files": files, "truncated": truncated }),
+    ))
+}
+
+async fn stat_or_404(s: &AppState, id: &str, path: &str) -> ApiResult<FileEntry> {
+    s.manager.stat(id, path).await?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "guest_not_found",
+            format!("{path}: no such file or directory"),
+        )
+    })
+}
+
+/// `GET /api/vms/{id}/file-info?path=` -> `{"path", "info": {"size", "mode", "mtime"}}`.
+pub async fn file_info(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<DirQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let e = stat_or_404(&s, &id, &q.path).await?;
+    Ok(Json(serde_json::json!({
+        "path": q.path,
+        "info": { "size": e.size, "mode": format!("{:o}", e.mode & 0o7777), "mtime": e.mtime,
+                  "is_dir": e.is_dir, "is_file": e.is_file },
+    })))
+}
+
+/// `GET /api/vms/{id}/files/stat?path=`: `{"exists": false}` for a missing path (not an error).
+pub async fn stat(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<DirQuery>,
+) -> ApiResult<Json<serde_json::Value>> {
+    Ok(Json(match s.manager.stat(&id, &q.path).await? {
+        Some(e) => serde_json::json!({ "exists": true, "entry": Entry::from(e) }),
+        None => serde_json::json!({ "exists": false }),
+    }))
+}
+
+/// `GET /api/vms/{id}/download?path=`: the file's bytes, streamed.
+pub async fn download(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<DirQuery>,
+) -> ApiResult<Response> {
+    let e = stat_or_404(&s, &id, &q.path).await?;
+    if !e.is_file {
+        return Err(invalid(format!("{} is not a regular file", q.path)));
+    }
+    let (mut writer, reader) = tokio::io::duplex(256 << 10);
+    let mgr = s.manager.clone();
+    let path = q.path.clone();
+    tokio::spawn(async move {
+        if let Err(e) = mgr.download(&id, &path, &mut writer).await {
+            tracing::warn!(error = %e, "download ended early");
+        }
+    });
+    let name: String = e
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, e.size.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
+        ],
+        Body::from_stream(tokio_util::io::ReaderStream::new(reader)),
+    )
+        .into_response())
+}
+
+/// `POST /api/vms/{id}/upload` (multipart: `remote_path`, then `file`), streamed to the guest.
+pub async fn upload(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    mut form: Multipart,
+) -> ApiResult<Json<serde_json::Value>> {
+    let mut remote_path: Option<String> = None;
+    let bad = |e: axum::extract::multipart::MultipartError| {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text())
+    };
+    while let Some(field) = form.next_field().await.map_err(bad)? {
+        match field.name() {
+            Some("remote_path") => remote_path = Some(field.text().await.map_err(bad)?),
+            Some("file") => {
+                let path = remote_path
+                    .clone()
+                    .ok_or_else(|| invalid("send the `remote_path` field before `file`"))?;
+                let stream = field.map_err(std::io::Error::other);
+                let mut reader = tokio_util::io::StreamReader::new(stream);
+                let opts = WriteOptions {
+                    create_parents: true,
+                    ..Default::default()
+                };
+                let n = s.manager.upload(&id, &path, &mut reader, opts).await?;
+                return Ok(Json(
+                    serde_json::json!({ "status": "uploaded", "path": path, "size": n }),
+                ));
+            }
+            _ => {}
+        }
+    }
+    Err(invalid(
+        "multipart fields `remote_path` and `file` are required",
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct MkdirRequest {
+    path: String,
+    #[serde(default = "yes")]
+    parents: bool,
+    mode: Option<u32>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `POST /api/vms/{id}/files/mkdir`.
+pub async fn mkdir(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<MkdirRequest>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(req) = body?;
+    s.manager
+        .mkdir(&id, &req.path, req.parents, req.mode)
+        .await?;
+    Ok(Json(
+        serde_json::json!({ "status": "created", "path": req.path }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RemoveRequest {
+    path: String,
+    #[serde(default)]
+    recursive: bool,
+}
+
+/// `POST /api/vms/{id}/files/remove`.
+pub async fn remove(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<RemoveRequest>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(req) = body?;
+    s.manager.remove(&id, &req.path, req.recursive).await?;
+    Ok(Json(
+        serde_json::json!({ "status": "removed", "path": req.path }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RenameRequest {
+    from: String,
+    to: String,
+}
+
+/// `POST /api/vms/{id}/files/rename`.
+pub async fn rename(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<RenameRequest>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(req) = body?;
+    s.manager.rename(&id, &req.from, &req.to).await?;
+    Ok(Json(
+        serde_json::json!({ "status": "renamed", "from": req.from, "to": req.to }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct EditRequest {
+    path: String,
+    old_text: String,
+    new_text: String,
+}
+
+/// `POST /api/vms/{id}/files/edit`: replace text that occurs exactly once.
+pub async fn edit(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<EditRequest>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(req) = body?;
+    s.manager
+        .edit_file(&id, &req.path, &req.old_text, &req.new_text)
+        .await?;
+    Ok(Json(
+        serde_json::json!({ "status": "edited", "path": req.path }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BatchFile {
+    path: String,
+    content: String,
+    #[serde(default = "utf8")]
+    encoding: String,
+    mode: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct BatchRequest {
+    files: Vec<BatchFile>,
+}
+
+/// `POST /api/vms/{id}/files/write-batch`: many files in one round trip.
+pub async fn write_batch(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<BatchRequest>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(req) = body?;
+    let mut files = Vec::with_capacity(req.files.len());
+    for f in req.files {
+        let bytes = decode_content(f.content, &f.encoding)?;
+        files.push((f.path, bytes, f.mode));
+    }
+    let n = files.len();
+    s.manager.write_files(&id, &files, true).await?;
+    Ok(Json(serde_json::json!({ "status": "written", "count": n })))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ExecPythonRequest {
+    code: String,
+    #[serde(default = "tmp")]
+    cwd: String,
+    #[serde(default)]
+    packages: Option<Vec<String>>,
+    #[serde(default = "sixty")]
+    timeout: u64,
+    #[serde(default = "yes")]
+    cleanup_venv: bool,
+    #[serde(default)]
+    env: Option<BTreeMap<String, String>>,
+}
+
+fn tmp() -> String {
+    "/tmp".into()
+}
+
+fn sixty() -> u64 {
+    60
+}
+
+/// `POST /api/vms/{id}/exec-python` -> `{exit_code, stdout, stderr, output, success, error}`.
+pub async fn exec_python(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ExecPythonRequest>, JsonRejection>,
+) -> ApiResult<Json<bandsox_core::guest::python::PythonResult>> {
+    let Json(req) = body?;
+    if req.timeout == 0 || req.timeout > 24 * 3600 {
+        return Err(invalid("timeout must be 1 to 86400 seconds"));
+    }
+    let r = s
+        .manager
+        .exec_python(
+            &id,
+            PythonRequest {
+                code: req.code,
+                packages: req.packages.unwrap_or_default(),
+                cwd: req.cwd,
+                timeout_ms: req.timeout * 1000,
+                keep_venv: !req.cleanup_venv,
+                env: req.env.unwrap_or_default(),
+            },
+        )
+        .await?;
+    Ok(Json(r))
+}
