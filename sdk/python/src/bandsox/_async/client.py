@@ -28,6 +28,7 @@ __all__ = ["AsyncBandSox", "AsyncMicroVM"]
 
 OutputCallback = Callable[[str], Any]
 JsonDict = Dict[str, Any]
+StrPath = Union[str, "os.PathLike[str]"]
 
 #: Extra seconds the client waits beyond a command's own timeout.
 _EXEC_MARGIN_S = 30.0
@@ -646,9 +647,25 @@ class AsyncMicroVM:
 
     # -- files (BandSox REST shapes; need the server's file endpoints) --------------------------
 
-    async def get_file_contents(self, path: str) -> str:
-        """The file's text (UTF-8, invalid bytes replaced)."""
-        out = await self.manager._json("GET", self._path("/read-file"), params={"path": path})
+    async def get_file_contents(
+        self,
+        path: str,
+        offset: int = 0,
+        limit: int = 0,
+        show_line_numbers: bool = False,
+        *,
+        max_bytes: Optional[int] = None,
+    ) -> str:
+        """The file's text (UTF-8, invalid bytes replaced). ``offset``/``limit`` select a window
+        of lines (0 = all), ``show_line_numbers`` numbers them, ``max_bytes`` caps the size."""
+        params: Dict[str, Any] = {"path": path, "max_bytes": max_bytes}
+        if offset:
+            params["offset"] = offset
+        if limit:
+            params["limit"] = limit
+        if show_line_numbers:
+            params["show_line_numbers"] = "true"
+        out = await self.manager._json("GET", self._path("/read-file"), params=params)
         return out.get("content", "")
 
     async def list_dir(self, path: str = "/") -> List[JsonDict]:
@@ -662,7 +679,7 @@ class AsyncMicroVM:
         return out.get("info", out)
 
     async def download_file(
-        self, remote_path: str, local_path: Union[str, os.PathLike], timeout: float = 300
+        self, remote_path: str, local_path: StrPath, timeout: float = 300
     ) -> None:
         """Copies a guest file to ``local_path`` (streamed; written atomically)."""
         local = Path(local_path)
@@ -702,7 +719,7 @@ class AsyncMicroVM:
 
     async def upload_file(
         self,
-        local_path: Union[str, os.PathLike],
+        local_path: StrPath,
         remote_path: str,
         timeout: Optional[float] = None,
     ) -> None:
@@ -720,7 +737,7 @@ class AsyncMicroVM:
 
     async def upload_folder(
         self,
-        local_path: Union[str, os.PathLike],
+        local_path: StrPath,
         remote_path: str,
         pattern: Optional[str] = None,
         skip_pattern: Optional[List[str]] = None,
@@ -774,7 +791,7 @@ class AsyncMicroVM:
             remote_path, base64.b64encode(content).decode("ascii"), "base64", append, timeout
         )
 
-    async def append_file(self, local_path: Union[str, os.PathLike], remote_path: str) -> None:
+    async def append_file(self, local_path: StrPath, remote_path: str) -> None:
         """Appends a local file's bytes to a guest file."""
         with open(local_path, "rb") as f:
             data = f.read()

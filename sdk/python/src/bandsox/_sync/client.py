@@ -30,6 +30,7 @@ __all__ = ["BandSox", "MicroVM"]
 
 OutputCallback = Callable[[str], Any]
 JsonDict = Dict[str, Any]
+StrPath = Union[str, "os.PathLike[str]"]
 
 #: Extra seconds the client waits beyond a command's own timeout.
 _EXEC_MARGIN_S = 30.0
@@ -648,9 +649,25 @@ class MicroVM:
 
     # -- files (BandSox REST shapes; need the server's file endpoints) --------------------------
 
-    def get_file_contents(self, path: str) -> str:
-        """The file's text (UTF-8, invalid bytes replaced)."""
-        out = self.manager._json("GET", self._path("/read-file"), params={"path": path})
+    def get_file_contents(
+        self,
+        path: str,
+        offset: int = 0,
+        limit: int = 0,
+        show_line_numbers: bool = False,
+        *,
+        max_bytes: Optional[int] = None,
+    ) -> str:
+        """The file's text (UTF-8, invalid bytes replaced). ``offset``/``limit`` select a window
+        of lines (0 = all), ``show_line_numbers`` numbers them, ``max_bytes`` caps the size."""
+        params: Dict[str, Any] = {"path": path, "max_bytes": max_bytes}
+        if offset:
+            params["offset"] = offset
+        if limit:
+            params["limit"] = limit
+        if show_line_numbers:
+            params["show_line_numbers"] = "true"
+        out = self.manager._json("GET", self._path("/read-file"), params=params)
         return out.get("content", "")
 
     def list_dir(self, path: str = "/") -> List[JsonDict]:
@@ -664,7 +681,7 @@ class MicroVM:
         return out.get("info", out)
 
     def download_file(
-        self, remote_path: str, local_path: Union[str, os.PathLike], timeout: float = 300
+        self, remote_path: str, local_path: StrPath, timeout: float = 300
     ) -> None:
         """Copies a guest file to ``local_path`` (streamed; written atomically)."""
         local = Path(local_path)
@@ -704,7 +721,7 @@ class MicroVM:
 
     def upload_file(
         self,
-        local_path: Union[str, os.PathLike],
+        local_path: StrPath,
         remote_path: str,
         timeout: Optional[float] = None,
     ) -> None:
@@ -722,7 +739,7 @@ class MicroVM:
 
     def upload_folder(
         self,
-        local_path: Union[str, os.PathLike],
+        local_path: StrPath,
         remote_path: str,
         pattern: Optional[str] = None,
         skip_pattern: Optional[List[str]] = None,
@@ -776,7 +793,7 @@ class MicroVM:
             remote_path, base64.b64encode(content).decode("ascii"), "base64", append, timeout
         )
 
-    def append_file(self, local_path: Union[str, os.PathLike], remote_path: str) -> None:
+    def append_file(self, local_path: StrPath, remote_path: str) -> None:
         """Appends a local file's bytes to a guest file."""
         with open(local_path, "rb") as f:
             data = f.read()
