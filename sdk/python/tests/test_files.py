@@ -1,5 +1,4 @@
-"""File methods (BandSox's REST shapes). The server is gaining these endpoints; until it serves
-them (it answers `route_not_found`) these tests skip themselves."""
+"""File methods (BandSox's REST shapes) against the server's file endpoints."""
 
 from __future__ import annotations
 
@@ -12,12 +11,6 @@ from bandsox import BandSox, MicroVM, errors
 
 @pytest.fixture(scope="module")
 def fvm(vm: MicroVM) -> MicroVM:
-    try:
-        vm.get_file_info("/")
-    except errors.NotFoundError as e:
-        if e.code == "route_not_found":
-            pytest.skip("the server does not serve the file endpoints yet")
-        raise
     vm.exec_command("rm -rf /tmp/pyfiles && mkdir -p /tmp/pyfiles")
     return vm
 
