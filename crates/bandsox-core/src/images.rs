@@ -557,8 +557,7 @@ fn delete_image_row(storage: &Storage, reference: &str) -> Result<()> {
 
 /// Applies an image's runtime config to a command: its `Env` under the VM's and the
 /// request's variables (`req.env` already holds those, the request's winning), and its
-/// `WorkingDir` when the request names no `cwd`.
-// TODO(issue 4): pass the image's `User` once ExecRequest carries a user field.
+/// `WorkingDir` when the request names no `cwd`, and its `User` when the request names no user.
 pub fn apply_exec_defaults(store: &Store, storage: &Storage, digest: &str, req: &mut ExecRequest) {
     let config: Option<serde_json::Value> = storage
         .image_dir(digest)
@@ -580,6 +579,16 @@ pub fn apply_exec_defaults(store: &Store, storage: &Storage, digest: &str, req: 
         if let Some(wd) = config.get("WorkingDir").and_then(|w| w.as_str()) {
             if !wd.is_empty() {
                 req.cwd = Some(wd.to_owned());
+            }
+        }
+    }
+    if req.user.is_none() {
+        // OCI allows `user`, `uid`, `user:group` and `uid:gid`; the group part is not applied
+        // (the user's primary group from the image's /etc/passwd is).
+        if let Some(user) = config.get("User").and_then(|u| u.as_str()) {
+            let user = user.split(':').next().unwrap_or_default();
+            if !user.is_empty() {
+                req.user = Some(user.to_owned());
             }
         }
     }

@@ -671,21 +671,16 @@ impl Manager {
     pub async fn exec(
         &self,
         id: &str,
-        mut req: ExecRequest,
+        req: ExecRequest,
         stdin: Option<Vec<u8>>,
         cap_bytes: usize,
     ) -> Result<ExecOutput> {
-        let vm = self.get_vm(id)?;
         if req.argv.is_some() == req.command.is_some() {
             return Err(CoreError::InvalidInput(
                 "give exactly one of `command` and `argv`".into(),
             ));
         }
-        // VM-level environment first; the request's own variables win.
-        let mut env = vm.env_vars.clone();
-        env.append(&mut req.env);
-        req.env = env;
-        images::apply_exec_defaults(&self.store, &self.storage, &vm.image_digest, &mut req);
+        let req = self.with_vm_env(id, req)?;
         let agent = self.agent(id).await?;
         agent.exec(req, stdin, cap_bytes).await
     }

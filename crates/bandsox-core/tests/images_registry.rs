@@ -71,7 +71,7 @@ fn multi_layer_image(dir: &std::path::Path, host_outside: &str) {
         serde_json::json!({
             "Env": ["PATH=/bin", "FROM_IMAGE=image", "OVERRIDDEN=image"],
             "WorkingDir": "/work",
-            "User": "root",
+            "User": "1234:1234",
             "Cmd": ["/bin/sh"],
             "ExposedPorts": {"8080/tcp": {}},
         }),
@@ -154,18 +154,19 @@ async fn pulled_image_boots_with_its_files_env_and_cwd() {
         sh(
             "pwd; echo $FROM_IMAGE $OVERRIDDEN $PER_CMD; cat /etc/keep; ls /opaque; \
             test -e /etc/gone || echo gone-is-gone; cat /lib/libvialink.so /usr/lib/libalias.so; \
-            readlink /abs-link; stat -c %h /usr/lib/libreal.so",
+            readlink /abs-link; stat -c %h /usr/lib/libreal.so; id -u",
         ),
     )
     .await;
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
         out,
-        "/work\nimage vm\nkept\nnew\ngone-is-gone\nvia link\nreal\n/usr/lib/libreal.so\n2\n"
+        "/work\nimage vm\nkept\nnew\ngone-is-gone\nvia link\nreal\n/usr/lib/libreal.so\n2\n1234\n"
     );
 
     // Per-command env wins over VM env wins over image env; an explicit cwd wins.
-    let mut req = sh("pwd; echo $OVERRIDDEN $PER_CMD");
+    let mut req = sh("pwd; echo $OVERRIDDEN $PER_CMD; id -u");
+    req.user = Some("root".into());
     req.env = BTreeMap::from([
         ("OVERRIDDEN".into(), "cmd".into()),
         ("PER_CMD".into(), "yes".into()),
@@ -173,7 +174,7 @@ async fn pulled_image_boots_with_its_files_env_and_cwd() {
     req.cwd = Some("/etc".into());
     assert_eq!(
         run(&mgr, &vm.id, req).await,
-        (Some(0), "/etc\ncmd yes\n".into(), String::new())
+        (Some(0), "/etc\ncmd yes\n0\n".into(), String::new())
     );
 
     // In use: cannot be removed; after the VM is gone it can, with its blobs.

@@ -38,12 +38,20 @@ impl Manager {
         Ok(handle.agent_socket())
     }
 
-    /// `req` with the VM's environment under the request's own (request wins), validated.
+    /// `req` with the defaults under it: the image's `Env` < the VM's `env_vars` < the
+    /// request's own variables, and the image's `WorkingDir` and `User` when the request
+    /// names none.
     pub(crate) fn with_vm_env(&self, id: &str, mut req: ExecRequest) -> Result<ExecRequest> {
         let vm = self.get_vm(id)?;
         let mut env = vm.env_vars.clone();
         env.append(&mut req.env);
         req.env = env;
+        crate::images::apply_exec_defaults(
+            self.store(),
+            self.storage(),
+            &vm.image_digest,
+            &mut req,
+        );
         Ok(req)
     }
 }
