@@ -281,6 +281,12 @@ impl Agent {
                     Err(e) => Reply::Error(io_error_body("set the clock", &e)),
                 })
             }
+            Request::AddEntropy { bytes } => {
+                return tx.reply(&match sys::add_entropy(&bytes) {
+                    Ok(()) => Reply::Ok(ReplyBody::Done),
+                    Err(e) => Reply::Error(io_error_body("add entropy", &e)),
+                })
+            }
             other => other,
         };
 

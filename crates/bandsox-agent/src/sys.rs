@@ -86,6 +86,23 @@ pub fn set_realtime_ns(unix_ns: u64) -> io::Result<()> {
     check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }).map(drop)
 }
 
+/// Mixes `bytes` into the kernel RNG and credits them (`RNDADDENTROPY` on /dev/urandom,
+/// which needs CAP_SYS_ADMIN: the agent runs as root).
+pub fn add_entropy(bytes: &[u8]) -> io::Result<()> {
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + bytes.len());
+    info.extend_from_slice(&((bytes.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(bytes.len() as i32).to_ne_bytes());
+    info.extend_from_slice(bytes);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+    // SAFETY: `info` holds a complete rand_pool_info whose buf_size matches the bytes that
+    // follow; the kernel only reads from it during the call.
+    check(unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) }).map(drop)
+}
+
 /// `sync(2)`.
 pub fn sync() {
     // SAFETY: sync takes no arguments and cannot fail.

@@ -555,6 +555,11 @@ impl Manager {
             agent
                 .call(&Request::SetTime { unix_ns }, Duration::from_secs(10))
                 .await?;
+            // Clones of one snapshot start with the same RNG state: give each its own.
+            let bytes: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
+            agent
+                .call(&Request::AddEntropy { bytes }, Duration::from_secs(10))
+                .await?;
         }
         *entry.agent.lock().await = Some(agent);
         Ok(handle.pid())

@@ -156,6 +156,13 @@ async fn pause_resume_snapshot_restore_clones_stop_start() {
             Some(snap.id.as_str())
         );
     }
+    // Each clone got its own entropy: their RNG outputs differ.
+    let mut randoms = std::collections::BTreeSet::new();
+    for cid in &clones {
+        randoms.insert(sh(&mgr, cid, "head -c 16 /dev/urandom | od -An -tx1").await);
+    }
+    assert_eq!(randoms.len(), clones.len(), "clones share RNG output");
+
     // The original kept its own change.
     assert_eq!(sh(&mgr, &id, "cat /root/state").await, "after\n");
 

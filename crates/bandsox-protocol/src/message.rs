@@ -33,6 +33,9 @@ pub enum Request {
     Shutdown,
     /// Set the guest wall clock (after a restore).
     SetTime { unix_ns: u64 },
+    /// Mix these random bytes into the guest kernel's RNG and credit them as entropy (sent
+    /// after every restore, so clones of one snapshot do not share their random state).
+    AddEntropy { bytes: Vec<u8> },
 
     // ---- durable background commands and PTY sessions (see `CmdStartRequest`) ----
     /// Start a durable background command (or a PTY session): answered at once with
@@ -461,6 +464,13 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&Request::Ping).unwrap(),
             r#"{"op":"ping"}"#
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::AddEntropy {
+                bytes: vec![1, 255]
+            })
+            .unwrap(),
+            r#"{"op":"add_entropy","bytes":[1,255]}"#
         );
     }
 
