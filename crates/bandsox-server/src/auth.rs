@@ -110,6 +110,38 @@ fn same_origin(headers: &HeaderMap) -> bool {
         .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
 }
 
+/// For WebSocket upgrades (browsers cannot set headers): the token from a
+/// `bandsox.auth.<base64url token>` subprotocol, or from `?token=` (accepted for old clients;
+/// URLs are never logged).
+fn websocket_token(req: &Request) -> Option<String> {
+    let headers = req.headers();
+    let is_ws = headers
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    if !is_ws {
+        return None;
+    }
+    let from_protocol = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|p| p.trim().strip_prefix("bandsox.auth.").map(str::to_owned))
+        .and_then(|b64| {
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(b64.trim_end_matches('='))
+                .ok()?;
+            String::from_utf8(raw).ok()
+        });
+    from_protocol.or_else(|| {
+        req.uri()
+            .query()?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("token=").map(str::to_owned))
+    })
+}
+
 /// Middleware on every route.
 pub async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
     match check(&s, &req) {
@@ -141,6 +173,12 @@ fn check(s: &AppState, req: &Request) -> ApiResult<()> {
         "/api/auth/login" | "/api/auth/logout" | "/api/auth/check"
     ) {
         return Ok(());
+    }
+    if let Some(token) = websocket_token(req) {
+        return match s.manager.store().authenticate(&token)? {
+            Some(_) => Ok(()),
+            None => Err(unauthorized()),
+        };
     }
     if let Some(token) = bearer(headers) {
         return match s.manager.store().authenticate(token)? {

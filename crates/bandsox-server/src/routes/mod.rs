@@ -5,6 +5,7 @@ pub mod files;
 pub mod images;
 pub mod snapshots;
 pub mod vms;
+pub mod ws;
 
 use std::sync::Arc;
 
@@ -93,6 +94,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/vms/{id}/download", get(files::download))
         .route("/api/vms/{id}/exec-python", post(files::exec_python))
+        .route("/api/vms/{id}/terminal", get(ws::terminal))
+        .route("/api/vms/{id}/exec-stream", get(ws::exec_stream))
         .route(
             "/api/vms/{id}/commands",
             get(commands::list).post(commands::start),

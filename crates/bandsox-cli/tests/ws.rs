@@ -1,0 +1,212 @@
+//! WebSockets against a real server and VM: the terminal (BandSox's base64 text protocol and our
+//! binary one, resize), the exec stream (output before exit), and WebSocket auth by subprotocol.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use common::{free_port, init, start_server, TestRoot, BIN};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::{Message, WebSocket};
+
+type Ws = WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+
+fn connect(url: &str, protocols: &[&str]) -> Result<Ws, tungstenite::Error> {
+    let mut req = url.into_client_request().unwrap();
+    if !protocols.is_empty() {
+        req.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            protocols.join(", ").parse().unwrap(),
+        );
+    }
+    let (ws, _) = tungstenite::connect(req)?;
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    }
+    Ok(ws)
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// Reads terminal output until it contains `needle`.
+fn read_until(ws: &mut Ws, needle: &str, decode: fn(Message) -> Vec<u8>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        let msg = ws.read().unwrap();
+        if msg.is_close() {
+            break;
+        }
+        seen.extend(decode(msg));
+        let text = String::from_utf8_lossy(&seen).into_owned();
+        if text.contains(needle) {
+            return text;
+        }
+    }
+    panic!("`{needle}` not seen in: {}", String::from_utf8_lossy(&seen));
+}
+
+fn from_b64(m: Message) -> Vec<u8> {
+    match m {
+        Message::Text(t) => base64::engine::general_purpose::STANDARD
+            .decode(t.as_str())
+            .unwrap(),
+        _ => Vec::new(),
+    }
+}
+
+fn from_binary(m: Message) -> Vec<u8> {
+    match m {
+        Message::Binary(b) => b.to_vec(),
+        _ => Vec::new(),
+    }
+}
+
+#[test]
+fn terminal_exec_stream_and_ws_auth() {
+    let root = TestRoot::new("bsxws");
+    assert!(init(root.path()).status.success());
+    let port = free_port();
+    let server = start_server(root.path(), port);
+    let http = format!("http://127.0.0.1:{port}/api");
+    let ws_base = format!("ws://127.0.0.1:{port}/api");
+    let r: serde_json::Value = ureq::post(&format!("{http}/vms"))
+        .send_json(serde_json::json!({"image": "bandsox/busybox"}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let id = r["id"].as_str().unwrap().to_owned();
+
+    // BandSox's TypeScript SDK: subprotocol bandsox.terminal, base64 text frames both ways.
+    let mut ws = connect(
+        &format!("{ws_base}/vms/{id}/terminal?cols=80&rows=24"),
+        &["bandsox.terminal"],
+    )
+    .unwrap();
+    let input = |s: &str| {
+        Message::Text(
+            serde_json::json!({"type": "input", "data": b64(s)})
+                .to_string()
+                .into(),
+        )
+    };
+    ws.send(input("echo hi-$((1+2))\n")).unwrap();
+    read_until(&mut ws, "hi-3", from_b64);
+    ws.send(Message::Text(
+        serde_json::json!({"type": "resize", "cols": 100, "rows": 30})
+            .to_string()
+            .into(),
+    ))
+    .unwrap();
+    ws.send(input("stty size\n")).unwrap();
+    read_until(&mut ws, "30 100", from_b64);
+    ws.close(None).unwrap();
+
+    // Our binary variant: exact bytes.
+    let mut ws = connect(
+        &format!("{ws_base}/vms/{id}/terminal"),
+        &["bandsox.terminal.binary"],
+    )
+    .unwrap();
+    ws.send(Message::Binary(b"printf 'bin\\001\\n'\n".to_vec().into()))
+        .unwrap();
+    read_until(&mut ws, "bin\u{1}", from_binary);
+    ws.close(None).unwrap();
+
+    // Exec stream: output arrives while the command still runs, then the exit code.
+    let mut ws = connect(&format!("{ws_base}/vms/{id}/exec-stream"), &[]).unwrap();
+    let t = Instant::now();
+    ws.send(Message::Text(
+        r#"{"command": "echo a; sleep 1; echo b >&2; exit 4"}"#.into(),
+    ))
+    .unwrap();
+    let mut events = Vec::new();
+    loop {
+        let Message::Text(t2) = ws.read().unwrap() else {
+            break;
+        };
+        let v: serde_json::Value = serde_json::from_str(t2.as_str()).unwrap();
+        events.push((t.elapsed(), v.clone()));
+        if v["type"] == "exit" || v["type"] == "error" {
+            break;
+        }
+    }
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|(_, v)| {
+            format!(
+                "{}:{}",
+                v["type"].as_str().unwrap(),
+                v["data"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(kinds, ["stdout:a\n", "stderr:b\n", "exit:"], "{events:?}");
+    assert_eq!(events[2].1["exit_code"], 4);
+    assert!(
+        events[2].0 - events[0].0 >= Duration::from_millis(800),
+        "stdout was not streamed: {events:?}"
+    );
+    // A VM that does not exist.
+    let mut ws = connect(&format!("{ws_base}/vms/nope/exec-stream"), &[]).unwrap();
+    let Message::Text(t) = ws.read().unwrap() else {
+        panic!()
+    };
+    assert!(t.as_str().contains("VM not found"));
+
+    ureq::delete(&format!("{http}/vms/{id}")).call().unwrap();
+    drop(server);
+
+    // With auth on, a WebSocket authenticates with the bandsox.auth.<base64url> subprotocol.
+    let out = std::process::Command::new(BIN)
+        .args(["auth", "init", "--storage"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    let key = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("API key")
+                .map(|k| k.split_whitespace().next().unwrap().to_owned())
+        })
+        .unwrap();
+    let _server = start_server(root.path(), port);
+    let r = ureq::post(&format!("{http}/vms"))
+        .set("Authorization", &format!("Bearer {key}"))
+        .send_json(serde_json::json!({"image": "bandsox/busybox"}))
+        .unwrap();
+    let id = r.into_json::<serde_json::Value>().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let denied = connect(
+        &format!("{ws_base}/vms/{id}/terminal"),
+        &["bandsox.terminal"],
+    );
+    assert!(
+        matches!(denied, Err(tungstenite::Error::Http(ref r)) if r.status() == 401),
+        "{denied:?}"
+    );
+    let auth = format!(
+        "bandsox.auth.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key)
+    );
+    let mut ws = connect(
+        &format!("{ws_base}/vms/{id}/terminal"),
+        &["bandsox.terminal", &auth],
+    )
+    .unwrap();
+    ws.send(input("echo authed\n")).unwrap();
+    read_until(&mut ws, "authed", from_b64);
+    ws.close(None).unwrap();
+    ureq::delete(&format!("{http}/vms/{id}"))
+        .set("Authorization", &format!("Bearer {key}"))
+        .call()
+        .unwrap();
+}

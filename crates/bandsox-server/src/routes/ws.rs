@@ -1,0 +1,260 @@
+//! WebSockets: BandSox's terminal (`/api/vms/{id}/terminal`) and exec stream
+//! (`/api/vms/{id}/exec-stream`).
+//!
+//! Terminal frames: client -> server text JSON `{"type":"input","data":<base64>}` and
+//! `{"type":"resize","cols":N,"rows":N}`; server -> client PTY output as base64 text frames
+//! when the client offered the `bandsox.terminal` subprotocol (what BandSox's TypeScript SDK
+//! expects), as binary frames with `bandsox.terminal.binary` (exact bytes), else as plain text
+//! (UTF-8, invalid bytes replaced: BandSox's server behaviour). The session ends when either
+//! side closes; closing the socket kills the shell.
+//!
+//! Exec stream: the first client frame is `{"command", "timeout"}`; the server sends
+//! `{"type":"stdout"|"stderr","data"}` as output arrives, then `{"type":"exit","exit_code"}`
+//! or `{"type":"error","error"}`.
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::response::Response;
+use bandsox_core::guest::{ExecEvent, LogEvent, PtyStart};
+use bandsox_protocol::ExecRequest;
+use base64::Engine;
+use serde::Deserialize;
+
+use super::AppState;
+
+/// Subprotocol of BandSox's TypeScript SDK: output as base64 text frames.
+pub const TERMINAL_PROTOCOL: &str = "bandsox.terminal";
+/// Our binary-safe variant: output as binary frames.
+pub const TERMINAL_BINARY_PROTOCOL: &str = "bandsox.terminal.binary";
+
+#[derive(Debug, Deserialize)]
+pub struct TerminalQuery {
+    #[serde(default = "cols")]
+    cols: u16,
+    #[serde(default = "rows")]
+    rows: u16,
+}
+
+fn cols() -> u16 {
+    80
+}
+
+fn rows() -> u16 {
+    24
+}
+
+#[derive(Clone, Copy)]
+enum Output {
+    Base64,
+    Binary,
+    Text,
+}
+
+/// `GET /api/vms/{id}/terminal?cols=80&rows=24` (WebSocket).
+pub async fn terminal(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<TerminalQuery>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let ws = ws.protocols([TERMINAL_BINARY_PROTOCOL, TERMINAL_PROTOCOL]);
+    let output = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
+        Some(TERMINAL_BINARY_PROTOCOL) => Output::Binary,
+        Some(TERMINAL_PROTOCOL) => Output::Base64,
+        _ => Output::Text,
+    };
+    ws.on_upgrade(move |socket| run_terminal(s, id, q, output, socket))
+}
+
+async fn close(mut socket: WebSocket, code: u16, reason: &str) {
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.to_owned().into(),
+        })))
+        .await;
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum TerminalInput {
+    Input { data: String },
+    Resize { cols: u16, rows: u16 },
+}
+
+async fn run_terminal(
+    s: AppState,
+    id: String,
+    q: TerminalQuery,
+    output: Output,
+    mut socket: WebSocket,
+) {
+    if s.manager.get_vm(&id).is_err() {
+        return close(socket, 4004, "VM not found").await;
+    }
+    let start = PtyStart {
+        cols: q.cols.max(1),
+        rows: q.rows.max(1),
+        ..Default::default()
+    };
+    let cmd = match s.manager.pty_start(&id, start).await {
+        Ok(c) => c.cmd_id,
+        Err(e) => return close(socket, 4000, &e.to_string()).await,
+    };
+    let mut out = match s.manager.pty_output(&id, &cmd, 0).await {
+        Ok(o) => o,
+        Err(e) => return close(socket, 4000, &e.to_string()).await,
+    };
+    loop {
+        tokio::select! {
+            ev = out.next() => match ev {
+                Ok(Some(LogEvent::Stdout(b) | LogEvent::Stderr(b))) => {
+                    let msg = match output {
+                        Output::Binary => Message::Binary(b.into()),
+                        Output::Base64 => Message::Text(base64::engine::general_purpose::STANDARD.encode(&b).into()),
+                        Output::Text => Message::Text(String::from_utf8_lossy(&b).into_owned().into()),
+                    };
+                    if socket.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Some(LogEvent::Start { .. })) => {}
+                Ok(Some(LogEvent::End { .. })) | Ok(None) => {
+                    close(socket, 1000, "session ended").await;
+                    return;
+                }
+                Err(e) => {
+                    close(socket, 1011, &e.to_string()).await;
+                    return;
+                }
+            },
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Text(t))) => match serde_json::from_str::<TerminalInput>(&t) {
+                    Ok(TerminalInput::Input { data }) => {
+                        let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(data.as_bytes()) else { continue };
+                        if s.manager.pty_input(&id, &cmd, &bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(TerminalInput::Resize { cols, rows }) => {
+                        let _ = s.manager.pty_resize(&id, &cmd, cols.max(1), rows.max(1)).await;
+                    }
+                    // Malformed frames are ignored, as BandSox does.
+                    Err(_) => {}
+                },
+                Some(Ok(Message::Binary(b))) => {
+                    if s.manager.pty_input(&id, &cmd, &b).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+        }
+    }
+    // The client went away: end the shell and everything it started.
+    let _ = s.manager.cmd_kill(&id, &cmd, "KILL").await;
+}
+
+#[derive(Debug, Deserialize)]
+struct ExecStart {
+    command: String,
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+/// `GET /api/vms/{id}/exec-stream` (WebSocket).
+pub async fn exec_stream(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |socket| run_exec_stream(s, id, socket))
+}
+
+async fn send_json(socket: &mut WebSocket, v: serde_json::Value) -> bool {
+    socket
+        .send(Message::Text(v.to_string().into()))
+        .await
+        .is_ok()
+}
+
+async fn run_exec_stream(s: AppState, id: String, mut socket: WebSocket) {
+    if s.manager.get_vm(&id).is_err() {
+        send_json(
+            &mut socket,
+            serde_json::json!({"type": "error", "error": "VM not found"}),
+        )
+        .await;
+        return close(socket, 4004, "VM not found").await;
+    }
+    let first = match socket.recv().await {
+        Some(Ok(Message::Text(t))) => serde_json::from_str::<ExecStart>(&t).ok(),
+        _ => None,
+    };
+    let Some(start) = first.filter(|s| !s.command.trim().is_empty()) else {
+        return close(
+            socket,
+            4000,
+            "the first frame must be {\"command\": \"...\"}",
+        )
+        .await;
+    };
+    let timeout_s = start.timeout.unwrap_or(600).clamp(1, 3600);
+    let req = ExecRequest {
+        command: Some(start.command),
+        timeout_ms: Some(timeout_s * 1000),
+        ..Default::default()
+    };
+    let mut stream = match s.manager.exec_stream(&id, req, None).await {
+        Ok(st) => st,
+        Err(e) => {
+            send_json(
+                &mut socket,
+                serde_json::json!({"type": "error", "error": e.to_string()}),
+            )
+            .await;
+            return close(socket, 1000, "").await;
+        }
+    };
+    loop {
+        let ev = match stream.next().await {
+            Ok(Some(ev)) => ev,
+            Ok(None) => break,
+            Err(e) => {
+                send_json(
+                    &mut socket,
+                    serde_json::json!({"type": "error", "error": e.to_string()}),
+                )
+                .await;
+                break;
+            }
+        };
+        let msg = match ev {
+            ExecEvent::Started { .. } => continue,
+            ExecEvent::Stdout(b) => {
+                serde_json::json!({"type": "stdout", "data": String::from_utf8_lossy(&b)})
+            }
+            ExecEvent::Stderr(b) => {
+                serde_json::json!({"type": "stderr", "data": String::from_utf8_lossy(&b)})
+            }
+            ExecEvent::Exited(st) => {
+                let code = st.exit_code.or(st.signal.map(|s| 128 + s)).unwrap_or(1);
+                let v = if st.timed_out {
+                    serde_json::json!({"type": "error", "error": format!("Command timed out after {timeout_s} s")})
+                } else {
+                    serde_json::json!({"type": "exit", "exit_code": code})
+                };
+                send_json(&mut socket, v).await;
+                break;
+            }
+        };
+        if !send_json(&mut socket, msg).await {
+            // BandSox lets the command finish when the client disconnects; dropping the
+            // stream here would kill it, so drain it instead.
+            while let Ok(Some(_)) = stream.next().await {}
+            return;
+        }
+    }
+    close(socket, 1000, "").await;
+}
