@@ -71,6 +71,32 @@ impl Client {
         self.finish(req.send_json(body))
     }
 
+    /// POSTs a streamed body with the given content type.
+    pub fn send_reader<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl std::io::Read,
+    ) -> Result<T, CliError> {
+        let req = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .set("Content-Type", content_type)
+            .timeout(Duration::from_secs(3600));
+        self.finish(req.send(body))
+    }
+
+    /// GETs a body as a reader (for downloads).
+    pub fn get_reader(&self, path: &str) -> Result<impl std::io::Read + Send, CliError> {
+        let req = self
+            .agent
+            .get(&format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(3600));
+        req.call()
+            .map(|r| r.into_reader())
+            .map_err(|e| self.error_of(e))
+    }
+
     pub fn put<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -95,21 +121,24 @@ impl Client {
         &self,
         res: Result<ureq::Response, ureq::Error>,
     ) -> Result<T, CliError> {
-        match res {
-            Ok(r) => r
-                .into_json()
-                .map_err(|e| CliError::new(format!("unreadable answer from {}: {e}", self.base))),
-            Err(ureq::Error::Status(status, r)) => {
+        res.map_err(|e| self.error_of(e))?
+            .into_json()
+            .map_err(|e| CliError::new(format!("unreadable answer from {}: {e}", self.base)))
+    }
+
+    fn error_of(&self, e: ureq::Error) -> CliError {
+        match e {
+            ureq::Error::Status(status, r) => {
                 let body = r.into_string().unwrap_or_default();
-                Err(problem_error(status, &body))
+                problem_error(status, &body)
             }
-            Err(ureq::Error::Transport(t)) => Err(CliError {
+            ureq::Error::Transport(t) => CliError {
                 message: format!("cannot reach the bandsox server at {}: {t}", self.base),
                 hint: Some(
                     "start it with `bandsox serve`, or point --url / BANDSOX_URL at it".into(),
                 ),
                 exit_code: 5,
-            }),
+            },
         }
     }
 }

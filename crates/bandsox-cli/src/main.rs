@@ -78,6 +78,10 @@ enum Command {
     /// Authentication: password, API keys.
     #[command(subcommand)]
     Auth(commands::auth::AuthCommand),
+    /// Copy files or directories between the host and a VM (`VM:/path` on one side).
+    Cp(commands::cp::CpArgs),
+    /// Print shell completions (bash, zsh, fish, ...).
+    Completions { shell: clap_complete::Shell },
     /// Manage snapshots.
     #[command(subcommand)]
     Snapshot(commands::snapshot::SnapshotCommand),
@@ -105,6 +109,17 @@ fn main() -> ExitCode {
         Command::Image(c) => commands::image::run(&url, c),
         Command::Snapshot(c) => commands::snapshot::run(&url, c),
         Command::Auth(c) => commands::auth::run(&url, c),
+        Command::Cp(a) => commands::cp::run(&url, a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "bandsox",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Start { vm } => commands::vm::action(&url, &vm, "start"),
         Command::Restart { vm } => commands::vm::action(&url, &vm, "restart"),
         Command::Extend { vm, seconds } => commands::vm::extend(&url, &vm, seconds),

@@ -98,6 +98,42 @@ fn init_serve_create_exec_stop_delete() {
         "{err:?}"
     );
 
+    // cp: a directory tree to the guest and back, byte for byte.
+    let src = dir.path().join("tree");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("a.txt"), b"alpha\n").unwrap();
+    let bin: Vec<u8> = (0..=255u8).cycle().take(300_000).collect();
+    std::fs::write(src.join("sub/b.bin"), &bin).unwrap();
+    let out = bandsox(
+        &url,
+        &["cp", src.to_str().unwrap(), &format!("{id}:/work/tree")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = bandsox(
+        &url,
+        &[
+            "exec",
+            &id,
+            "--",
+            "cat /work/tree/a.txt; wc -c < /work/tree/sub/b.bin",
+        ],
+    );
+    assert_eq!(text(&out.stdout), "alpha\n300000\n");
+    let back = dir.path().join("back");
+    std::fs::create_dir_all(&back).unwrap();
+    let out = bandsox(
+        &url,
+        &["cp", &format!("{id}:/work/tree"), back.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(back.join("tree/sub/b.bin")).unwrap(), bin);
+    assert_eq!(std::fs::read(back.join("tree/a.txt")).unwrap(), b"alpha\n");
+    let out = bandsox(&url, &["cp", "a", "b"]);
+    assert!(!out.status.success() && text(&out.stderr).starts_with("error: "));
+
+    let out = bandsox(&url, &["completions", "bash"]);
+    assert!(out.status.success() && text(&out.stdout).contains("bandsox"));
+
     let out = bandsox(&url, &["vm", "stop", &id]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let err = ureq::post(&format!("{url}/api/vms/{id}/exec"))

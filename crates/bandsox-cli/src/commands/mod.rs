@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod auth;
+pub mod cp;
 pub mod image;
 pub mod init;
 pub mod serve;
