@@ -159,7 +159,8 @@ impl Agent {
         }
     }
 
-    /// Benchmark floor: use the channel raw until the host disconnects.
+    /// Benchmark floor: use the channel raw. `Echo` lasts until the host disconnects; `Sink`
+    /// and `Source` end when their bytes are through, and the session then reads frames again.
     fn raw(&self, reader: &mut Box<dyn Read + Send>, mode: RawMode, gen: u64) {
         let mut buf = vec![0u8; 256 << 10];
         let mut read = |buf: &mut [u8]| loop {
@@ -185,8 +186,9 @@ impl Agent {
                     }
                     left -= n as u64;
                 }
+                // Done: the next bytes belong to the next host (it may connect before this
+                // one's disconnect is visible), so go back to serving frames.
                 self.outbox.send(gen, b"k");
-                while read(&mut buf) > 0 {}
             }
             RawMode::Source { bytes } => {
                 if read(&mut buf[..1]) == 0 {
@@ -199,7 +201,6 @@ impl Agent {
                     self.outbox.send(gen, &chunk[..n]);
                     left -= n as u64;
                 }
-                while read(&mut buf) > 0 {}
             }
         }
     }

@@ -125,10 +125,18 @@ impl AgentClient {
                     Ok(Err(e)) => return Err(e.into()),
                 };
                 decoder.push(&buf[..n]);
-                while let Some(f) = decoder
-                    .next_frame()
-                    .map_err(|e| CoreError::Agent(e.to_string()))?
-                {
+                loop {
+                    let f = match decoder.next_frame() {
+                        Ok(Some(f)) => f,
+                        Ok(None) => break,
+                        // Bytes left in the channel by an earlier host (a raw benchmark
+                        // connection, a frame cut by a restore): drop them; the hello is
+                        // repeated and its reply arrives on a frame boundary.
+                        Err(_) => {
+                            decoder.reset();
+                            break;
+                        }
+                    };
                     if f.kind != FrameKind::Reply {
                         continue;
                     }

@@ -107,8 +107,9 @@ pub enum Request {
     },
 
     // ---- measurement ----
-    /// Benchmark floor: the agent leaves the protocol and uses the raw channel until the host
-    /// disconnects. Answered with `Done`, then raw bytes only (see [`RawMode`]).
+    /// Benchmark floor: the agent leaves the protocol and uses the raw channel (see
+    /// [`RawMode`]: `echo` until the host disconnects, `sink`/`source` until their bytes are
+    /// through). Answered with `Done`, then raw bytes only.
     Raw { mode: RawMode },
 }
 
