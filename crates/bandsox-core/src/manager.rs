@@ -48,6 +48,27 @@ pub const MAX_DISK_MIB: u64 = 1 << 20;
 /// Longest accepted VM name (names are labels, never paths).
 pub const MAX_NAME_LEN: usize = 256;
 
+/// A label (VM or snapshot name) given on rename or snapshot: 1 to [`MAX_NAME_LEN`] bytes
+/// without NUL. Any other text is fine: labels never reach a path.
+pub(crate) fn check_label(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains('\0') {
+        return Err(CoreError::InvalidInput(format!(
+            "names are 1 to {MAX_NAME_LEN} bytes without NUL"
+        )));
+    }
+    Ok(())
+}
+
+/// Metadata must be a JSON object.
+pub(crate) fn check_metadata(m: &serde_json::Value) -> Result<()> {
+    if !m.is_object() {
+        return Err(CoreError::InvalidInput(
+            "metadata must be a JSON object".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Settings of a [`Manager`].
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -139,12 +160,7 @@ impl CreateVm {
                 crate::ttl::MAX_TIMEOUT_S
             )));
         }
-        if !self.metadata.is_object() {
-            return Err(CoreError::InvalidInput(
-                "metadata must be a JSON object".into(),
-            ));
-        }
-        Ok(())
+        check_metadata(&self.metadata)
     }
 }
 
@@ -749,18 +765,8 @@ impl Manager {
         name: Option<&str>,
         metadata: Option<&serde_json::Value>,
     ) -> Result<VmRecord> {
-        if let Some(n) = name {
-            if n.is_empty() || n.len() > MAX_NAME_LEN || n.contains('\0') {
-                return Err(CoreError::InvalidInput(format!(
-                    "names are 1 to {MAX_NAME_LEN} bytes without NUL"
-                )));
-            }
-        }
-        if metadata.is_some_and(|m| !m.is_object()) {
-            return Err(CoreError::InvalidInput(
-                "metadata must be a JSON object".into(),
-            ));
-        }
+        name.map(check_label).transpose()?;
+        metadata.map(check_metadata).transpose()?;
         self.get_vm(id)?;
         self.store.update_vm_labels(id, name, metadata)?;
         self.get_vm(id)

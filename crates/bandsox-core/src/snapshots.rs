@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::error::{CoreError, Result};
-use crate::manager::{Boot, Manager, MAX_NAME_LEN};
+use crate::manager::{check_label, check_metadata, Boot, Manager};
 use crate::storage::{new_id, validate_id};
 use crate::store::{now, SnapshotRecord, TimeoutAction, VmRecord, VmStatus};
 
@@ -36,24 +36,6 @@ fn snapshot_not_found(id: &str) -> CoreError {
         kind: "snapshot",
         id: id.to_owned(),
     }
-}
-
-fn check_label(name: &str) -> Result<()> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN || name.contains('\0') {
-        return Err(CoreError::InvalidInput(format!(
-            "names are 1 to {MAX_NAME_LEN} bytes without NUL"
-        )));
-    }
-    Ok(())
-}
-
-fn check_metadata(m: &serde_json::Value) -> Result<()> {
-    if !m.is_object() {
-        return Err(CoreError::InvalidInput(
-            "metadata must be a JSON object".into(),
-        ));
-    }
-    Ok(())
 }
 
 impl Manager {
