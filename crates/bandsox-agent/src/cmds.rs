@@ -231,14 +231,7 @@ fn start_inner(req: CmdStartRequest, h: &Handler) -> Result<(String, u32), Error
         outputs.push((m.try_clone().map_err(io_err)?, 0));
         master = Some(m);
     } else {
-        cmd.stdin(if exec.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        crate::exec::pipe_stdio(&mut cmd, exec.stdin);
     }
 
     let n = registry().next.fetch_add(1, Ordering::Relaxed);

@@ -160,15 +160,17 @@ fn kill_group(pid: i32) {
 /// Builds the command, or the error reply for a request that cannot run.
 fn build_command(req: &ExecRequest, base_env: &[(String, String)]) -> Result<Command, ErrorBody> {
     let mut cmd = base_command(req, base_env, None, false)?;
-    cmd.stdin(if req.stdin {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    pipe_stdio(&mut cmd, req.stdin);
     Ok(cmd)
+}
+
+/// Pipes for stdout and stderr, a pipe or /dev/null for stdin, and a process group of its
+/// own (so a timeout or kill reaches everything the program starts).
+pub fn pipe_stdio(cmd: &mut Command, stdin: bool) {
+    cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
 }
 
 /// Program, arguments, working directory, environment and user of `req`; stdio and process
