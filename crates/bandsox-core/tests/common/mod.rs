@@ -30,8 +30,14 @@ pub fn agent_bin() -> PathBuf {
 fn template() -> &'static Path {
     static T: OnceLock<PathBuf> = OnceLock::new();
     T.get_or_init(|| {
-        // Shared across runs: `bandsox init` is idempotent and rebuilds when the agent changes.
-        let dir = std::env::temp_dir().join("bandsox-test-template");
+        // Shared across runs of one checkout: `bandsox init` is idempotent and rebuilds when
+        // the agent changes. Keyed by the checkout so two worktrees never rebuild each other's.
+        let key = env!("CARGO_MANIFEST_DIR")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        let dir = std::env::temp_dir().join(format!("bandsox-test-template-{key:016x}"));
         initialise(&InitRequest {
             storage: Storage::new(&dir).unwrap(),
             kernel: None,
