@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// `POST /api/vms`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateVmRequest {
     pub image: String,
     #[serde(default)]
@@ -52,14 +53,14 @@ fn default_exec_timeout() -> u64 {
 }
 
 /// Answer to `POST /api/vms`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateVmResponse {
     pub id: String,
     pub status: String,
 }
 
 /// A VM as the API shows it (`GET /api/vms`, `GET /api/vms/{id}`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VmInfo {
     pub id: String,
     pub name: String,
@@ -88,7 +89,7 @@ pub struct VmInfo {
 }
 
 /// `POST /api/vms/{id}/snapshot`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SnapshotRequest {
     pub name: String,
     #[serde(default)]
@@ -96,14 +97,14 @@ pub struct SnapshotRequest {
 }
 
 /// Answer to `POST /api/vms/{id}/snapshot`. `snapshot_id` is what restore takes.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SnapshotCreated {
     pub snapshot_id: String,
     pub name: String,
 }
 
 /// A snapshot as the API shows it. `snapshot_name` repeats `name` for BandSox clients.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SnapshotInfo {
     pub id: String,
     pub name: String,
@@ -120,7 +121,7 @@ pub struct SnapshotInfo {
 }
 
 /// `POST /api/snapshots/{id}/restore`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct RestoreRequest {
     #[serde(default)]
     pub name: Option<String>,
@@ -133,26 +134,26 @@ pub struct RestoreRequest {
 }
 
 /// `PUT .../name`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RenameRequest {
     pub name: String,
 }
 
 /// Answer to `PUT .../name`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Renamed {
     pub status: String,
     pub name: String,
 }
 
 /// `PUT .../metadata`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct MetadataRequest {
     pub metadata: serde_json::Value,
 }
 
 /// `POST /api/vms/{id}/timeout`: set (0 clears) the timeout and optionally its action.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TimeoutRequest {
     pub timeout_s: u64,
     #[serde(default)]
@@ -160,13 +161,13 @@ pub struct TimeoutRequest {
 }
 
 /// `POST /api/vms/{id}/extend`: add seconds to the timeout.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExtendRequest {
     pub seconds: u64,
 }
 
 /// `POST /api/vms/{id}/exec`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExecRequest {
     pub command: String,
     /// Seconds.
@@ -184,7 +185,7 @@ pub struct ExecRequest {
 }
 
 /// Answer to `POST /api/vms/{id}/exec`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ExecResponse {
     /// The exit code; `128 + n` when killed by signal `n`.
     pub exit_code: i32,
@@ -202,13 +203,13 @@ fn is_zero(v: &u64) -> bool {
 }
 
 /// `{"status": ...}` answers (stop, delete, ...).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct StatusResponse {
     pub status: String,
 }
 
 /// `GET /api/version`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct VersionInfo {
     pub version: String,
     pub backend: String,
@@ -216,7 +217,7 @@ pub struct VersionInfo {
 }
 
 /// RFC 9457 problem details. `detail` is what BandSox clients read; `code` is stable.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
     pub type_uri: String,

@@ -23,7 +23,7 @@ pub const SESSION_TTL_S: f64 = 86_400.0;
 pub const MIN_PASSWORD_LEN: usize = 8;
 
 /// An API key as listed (never with its secret).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ApiKeyInfo {
     pub id: String,
     pub name: String,

@@ -133,7 +133,7 @@ pub fn import_dir(
 }
 
 /// Origin and content facts of a cached image (`images/<hex>/image.json`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageMeta {
     /// `registry`, `archive`, `layout` or `dir`.
     pub source: String,
@@ -150,7 +150,7 @@ pub struct ImageMeta {
 }
 
 /// An image as `image ls` / `image inspect` show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageInfo {
     #[serde(flatten)]
     pub record: ImageRecord,

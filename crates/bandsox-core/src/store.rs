@@ -195,7 +195,7 @@ pub struct SnapshotRecord {
 }
 
 /// One image as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImageRecord {
     pub reference: String,
     pub digest: String,

@@ -214,6 +214,7 @@ pub struct BatchFile {
 /// A directory entry or the metadata of one path.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileEntry {
     /// File name; bytes that are not UTF-8 appear as U+FFFD.
     pub name: String,
@@ -231,6 +232,7 @@ pub struct FileEntry {
 /// State of a durable command.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CmdInfo {
     pub cmd_id: String,
     pub pid: u32,
@@ -350,6 +352,7 @@ pub enum ReplyBody {
 /// How a program ended.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExitStatus {
     /// Exit code when the program exited normally.
     pub exit_code: Option<i32>,

@@ -170,7 +170,7 @@ fn check(s: &AppState, req: &Request) -> ApiResult<()> {
     let path = req.uri().path();
     if matches!(
         path,
-        "/api/auth/login" | "/api/auth/logout" | "/api/auth/check"
+        "/api/auth/login" | "/api/auth/logout" | "/api/auth/check" | "/api/openapi.json"
     ) {
         return Ok(());
     }
@@ -203,18 +203,27 @@ fn check(s: &AppState, req: &Request) -> ApiResult<()> {
     Err(unauthorized())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoginRequest {
     password: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LoginResponse {
     status: &'static str,
     token: String,
 }
 
 /// `POST /api/auth/login`.
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    tag = "auth",
+    summary = "Log in with the password: sets a session cookie",
+    operation_id = "auth_login",
+    request_body = LoginRequest,
+    responses((status = 200, description = "success", body = LoginResponse))
+)]
 pub async fn login(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -264,6 +273,14 @@ pub async fn login(
 }
 
 /// `POST /api/auth/logout`: ends the session server-side.
+#[utoipa::path(
+    post,
+    path = "/api/auth/logout",
+    tag = "auth",
+    summary = "End the session of the cookie",
+    operation_id = "auth_logout",
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn logout(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     let token = bearer(&headers).or_else(|| cookie(&headers, SESSION_COOKIE));
     if let Some(t) = token {
@@ -278,6 +295,14 @@ pub async fn logout(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<
 }
 
 /// `GET /api/auth/check`.
+#[utoipa::path(
+    get,
+    path = "/api/auth/check",
+    tag = "auth",
+    summary = "Whether the request is authenticated",
+    operation_id = "auth_check_route",
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn check_route(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -294,12 +319,20 @@ pub async fn check_route(
     Ok(Json(serde_json::json!({ "authenticated": authenticated })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateKeyRequest {
     name: String,
 }
 
 /// `GET /api/auth/keys`.
+#[utoipa::path(
+    get,
+    path = "/api/auth/keys",
+    tag = "auth",
+    summary = "List API keys",
+    operation_id = "auth_list_keys",
+    responses((status = 200, description = "success", body = Vec<bandsox_core::auth::ApiKeyInfo>))
+)]
 pub async fn list_keys(
     State(s): State<AppState>,
 ) -> ApiResult<Json<Vec<bandsox_core::auth::ApiKeyInfo>>> {
@@ -307,6 +340,15 @@ pub async fn list_keys(
 }
 
 /// `POST /api/auth/keys`: the key is in this answer only.
+#[utoipa::path(
+    post,
+    path = "/api/auth/keys",
+    tag = "auth",
+    summary = "Create an API key (its secret is shown once)",
+    operation_id = "auth_create_key",
+    request_body = CreateKeyRequest,
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn create_key(
     State(s): State<AppState>,
     body: Result<Json<CreateKeyRequest>, JsonRejection>,
@@ -319,6 +361,15 @@ pub async fn create_key(
 }
 
 /// `DELETE /api/auth/keys/{id}`.
+#[utoipa::path(
+    delete,
+    path = "/api/auth/keys/{id}",
+    tag = "auth",
+    summary = "Revoke an API key",
+    operation_id = "auth_revoke_key",
+    params(("id" = String, Path, description = "key id")),
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn revoke_key(
     State(s): State<AppState>,
     Path(id): Path<String>,

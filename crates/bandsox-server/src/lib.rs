@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod openapi;
 pub mod routes;
 
 use std::net::SocketAddr;

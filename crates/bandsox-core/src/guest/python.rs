@@ -44,7 +44,7 @@ impl Default for PythonRequest {
 }
 
 /// BandSox's `exec_python_capture` shape (plus `venv`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct PythonResult {
     pub exit_code: i32,
     pub stdout: String,

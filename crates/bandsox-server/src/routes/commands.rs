@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct StartRequest {
     /// A shell command line; or give `argv`.
     command: Option<String>,
@@ -32,6 +32,16 @@ pub struct StartRequest {
 }
 
 /// `POST /api/vms/{id}/commands` -> `{"cmd_id", "pid"}`.
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/commands",
+    tag = "commands",
+    summary = "Start a durable background command",
+    operation_id = "commands_start",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = StartRequest,
+    responses((status = 201, description = "created", body = serde_json::Value))
+)]
 pub async fn start(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -55,6 +65,15 @@ pub async fn start(
 }
 
 /// `GET /api/vms/{id}/commands`.
+#[utoipa::path(
+    get,
+    path = "/api/vms/{id}/commands",
+    tag = "commands",
+    summary = "List durable commands",
+    operation_id = "commands_list",
+    params(("id" = String, Path, description = "VM id")),
+    responses((status = 200, description = "success", body = Vec<CmdInfo>))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -63,6 +82,15 @@ pub async fn list(
 }
 
 /// `GET /api/vms/{id}/commands/{cmd_id}`.
+#[utoipa::path(
+    get,
+    path = "/api/vms/{id}/commands/{cmd_id}",
+    tag = "commands",
+    summary = "One durable command",
+    operation_id = "commands_get",
+    params(("id" = String, Path, description = "VM id"), ("cmd_id" = String, Path, description = "command id")),
+    responses((status = 200, description = "success", body = CmdInfo))
+)]
 pub async fn get(
     State(s): State<AppState>,
     Path((id, cmd_id)): Path<(String, String)>,
@@ -82,7 +110,8 @@ pub async fn get(
         })
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
     #[serde(default)]
     stdout_from: u64,
@@ -94,6 +123,15 @@ pub struct LogsQuery {
 
 /// `GET /api/vms/{id}/commands/{cmd_id}/logs?stdout_from=&stderr_from=`: the output kept
 /// from those absolute offsets, and the offsets to continue from.
+#[utoipa::path(
+    get,
+    path = "/api/vms/{id}/commands/{cmd_id}/logs",
+    tag = "commands",
+    summary = "Output of a command from absolute byte offsets",
+    operation_id = "commands_logs",
+    params(("id" = String, Path, description = "VM id"), ("cmd_id" = String, Path, description = "command id"), LogsQuery),
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn logs(
     State(s): State<AppState>,
     Path((id, cmd_id)): Path<(String, String)>,
@@ -115,13 +153,23 @@ pub async fn logs(
     })))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct WaitRequest {
     /// Seconds to wait at most (forever when absent).
     timeout: Option<u64>,
 }
 
 /// `POST /api/vms/{id}/commands/{cmd_id}/wait` -> the command's state once it ended.
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/commands/{cmd_id}/wait",
+    tag = "commands",
+    summary = "Wait for a command to end",
+    operation_id = "commands_wait",
+    params(("id" = String, Path, description = "VM id"), ("cmd_id" = String, Path, description = "command id")),
+    request_body = WaitRequest,
+    responses((status = 200, description = "success", body = CmdInfo))
+)]
 pub async fn wait(
     State(s): State<AppState>,
     Path((id, cmd_id)): Path<(String, String)>,
@@ -135,7 +183,7 @@ pub async fn wait(
     Ok(Json(info))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct KillRequest {
     #[serde(default = "term")]
     signal: String,
@@ -146,6 +194,16 @@ fn term() -> String {
 }
 
 /// `POST /api/vms/{id}/commands/{cmd_id}/kill {"signal": "KILL"}`: to the process group.
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/commands/{cmd_id}/kill",
+    tag = "commands",
+    summary = "Signal a command's process group",
+    operation_id = "commands_kill",
+    params(("id" = String, Path, description = "VM id"), ("cmd_id" = String, Path, description = "command id")),
+    request_body = KillRequest,
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn kill(
     State(s): State<AppState>,
     Path((id, cmd_id)): Path<(String, String)>,
@@ -158,7 +216,7 @@ pub async fn kill(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct StdinRequest {
     #[serde(default)]
     data: String,
@@ -169,6 +227,16 @@ pub struct StdinRequest {
 }
 
 /// `POST /api/vms/{id}/commands/{cmd_id}/stdin {"data", "encoding", "close"}`.
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/commands/{cmd_id}/stdin",
+    tag = "commands",
+    summary = "Write to (and optionally close) a command's stdin",
+    operation_id = "commands_stdin",
+    params(("id" = String, Path, description = "VM id"), ("cmd_id" = String, Path, description = "command id")),
+    request_body = StdinRequest,
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn stdin(
     State(s): State<AppState>,
     Path((id, cmd_id)): Path<(String, String)>,

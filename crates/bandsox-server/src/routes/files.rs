@@ -28,7 +28,8 @@ const MAX_BASE64_BYTES: usize = 256 << 20;
 /// Default cap of `read-file` (whole files stream through `download`).
 const READ_CAP_BYTES: u64 = 64 << 20;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PathQuery {
     path: String,
     /// Extension of `read-file`: at most this many bytes (then `truncated: true`).
@@ -40,7 +41,8 @@ pub struct PathQuery {
     show_line_numbers: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DirQuery {
     #[serde(default = "root")]
     path: String,
@@ -56,6 +58,15 @@ fn invalid(detail: impl Into<String>) -> ApiError {
 
 /// `GET /api/vms/{id}/read-file?path=` -> `{"path", "content"}` (UTF-8, invalid bytes
 /// replaced), plus `size`, `truncated` and `mime` (images and PDFs by content).
+#[utoipa::path(
+    get,
+    path = "/api/vms/{id}/read-file",
+    tag = "files",
+    summary = "Read a file: text (optionally a line range, numbered) or base64 for binary content",
+    operation_id = "files_read_file",
+    params(("id" = String, Path, description = "VM id"), PathQuery),
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn read_file(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -94,7 +105,7 @@ pub async fn read_file(
     })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct WriteFileRequest {
     path: String,
     content: String,
@@ -156,6 +167,16 @@ async fn write_common(
 }
 
 /// `POST /api/vms/{id}/write-file`.
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/write-file",
+    tag = "files",
+    summary = "Write a file (utf-8 or base64 content)",
+    operation_id = "files_write_file",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = WriteFileRequest,
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn write_file(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -167,6 +188,16 @@ pub async fn write_file(
 }
 
 /// `POST /api/vms/{id}/append-file`.
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/append-file",
+    tag = "files",
+    summary = "Append to a file",
+    operation_id = "files_append_file",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = WriteFileRequest,
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn append_file(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -205,6 +236,15 @@ impl From<FileEntry> for Entry {
 }
 
 /// `GET /api/vms/{id}/files?path=/`.
+#[utoipa::path(
+    get,
+    path = "/api/vms/{id}/files",
+    tag = "files",
+    summary = "List a directory",
+    operation_id = "files_list",
+    params(("id" = String, Path, description = "VM id"), DirQuery),
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -228,6 +268,15 @@ async fn stat_or_404(s: &AppState, id: &str, path: &str) -> ApiResult<FileEntry>
 }
 
 /// `GET /api/vms/{id}/file-info?path=` -> `{"path", "info": {"size", "mode", "mtime"}}`.
+#[utoipa::path(
+    get,
+    path = "/api/vms/{id}/file-info",
+    tag = "files",
+    summary = "Metadata of one path (BandSox shape)",
+    operation_id = "files_file_info",
+    params(("id" = String, Path, description = "VM id"), DirQuery),
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn file_info(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -242,6 +291,15 @@ pub async fn file_info(
 }
 
 /// `GET /api/vms/{id}/files/stat?path=`: `{"exists": false}` for a missing path (not an error).
+#[utoipa::path(
+    get,
+    path = "/api/vms/{id}/files/stat",
+    tag = "files",
+    summary = "Whether a path exists, and its metadata",
+    operation_id = "files_stat",
+    params(("id" = String, Path, description = "VM id"), DirQuery),
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn stat(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -254,6 +312,15 @@ pub async fn stat(
 }
 
 /// `GET /api/vms/{id}/download?path=`: the file's bytes, streamed.
+#[utoipa::path(
+    get,
+    path = "/api/vms/{id}/download",
+    tag = "files",
+    summary = "Download a file (streamed)",
+    operation_id = "files_download",
+    params(("id" = String, Path, description = "VM id"), DirQuery),
+    responses((status = 200, description = "the file's bytes", body = Vec<u8>, content_type = "application/octet-stream"))
+)]
 pub async fn download(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -296,7 +363,27 @@ pub async fn download(
         .into_response())
 }
 
+/// The multipart form of `POST /api/vms/{id}/upload` (documentation only: the handler streams it).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// Destination path in the guest; must come before `file`.
+    remote_path: String,
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+}
+
 /// `POST /api/vms/{id}/upload` (multipart: `remote_path`, then `file`), streamed to the guest.
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/upload",
+    tag = "files",
+    summary = "Upload a file (multipart, streamed to the guest)",
+    operation_id = "files_upload",
+    params(("id" = String, Path, description = "VM id")),
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn upload(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -332,7 +419,7 @@ pub async fn upload(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct MkdirRequest {
     path: String,
     #[serde(default = "yes")]
@@ -345,6 +432,16 @@ fn yes() -> bool {
 }
 
 /// `POST /api/vms/{id}/files/mkdir`.
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/files/mkdir",
+    tag = "files",
+    summary = "Create a directory",
+    operation_id = "files_mkdir",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = MkdirRequest,
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn mkdir(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -359,7 +456,7 @@ pub async fn mkdir(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RemoveRequest {
     path: String,
     #[serde(default)]
@@ -367,6 +464,16 @@ pub struct RemoveRequest {
 }
 
 /// `POST /api/vms/{id}/files/remove`.
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/files/remove",
+    tag = "files",
+    summary = "Remove a file or directory",
+    operation_id = "files_remove",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = RemoveRequest,
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn remove(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -379,13 +486,24 @@ pub async fn remove(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = FileRenameRequest)]
 pub struct RenameRequest {
     from: String,
     to: String,
 }
 
 /// `POST /api/vms/{id}/files/rename`.
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/files/rename",
+    tag = "files",
+    summary = "Rename or move a path",
+    operation_id = "files_rename",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = RenameRequest,
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn rename(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -398,7 +516,7 @@ pub async fn rename(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EditRequest {
     path: String,
     old_text: String,
@@ -406,6 +524,16 @@ pub struct EditRequest {
 }
 
 /// `POST /api/vms/{id}/files/edit`: replace text that occurs exactly once.
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/files/edit",
+    tag = "files",
+    summary = "Replace a text that occurs exactly once",
+    operation_id = "files_edit",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = EditRequest,
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn edit(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -420,7 +548,8 @@ pub async fn edit(
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = BatchFileContent)]
 pub struct BatchFile {
     path: String,
     content: String,
@@ -429,12 +558,22 @@ pub struct BatchFile {
     mode: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BatchRequest {
     files: Vec<BatchFile>,
 }
 
 /// `POST /api/vms/{id}/files/write-batch`: many files in one round trip.
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/files/write-batch",
+    tag = "files",
+    summary = "Write several files in one round trip",
+    operation_id = "files_write_batch",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = BatchRequest,
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
 pub async fn write_batch(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -451,7 +590,7 @@ pub async fn write_batch(
     Ok(Json(serde_json::json!({ "status": "written", "count": n })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ExecPythonRequest {
     code: String,
     #[serde(default = "tmp")]
@@ -475,6 +614,16 @@ fn sixty() -> u64 {
 }
 
 /// `POST /api/vms/{id}/exec-python` -> `{exit_code, stdout, stderr, output, success, error}`.
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/exec-python",
+    tag = "commands",
+    summary = "Run Python code, optionally with packages in a fresh venv",
+    operation_id = "commands_exec_python",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = ExecPythonRequest,
+    responses((status = 200, description = "success", body = bandsox_core::guest::python::PythonResult))
+)]
 pub async fn exec_python(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -20,7 +20,7 @@ use super::AppState;
 use crate::error::{ApiError, ApiResult};
 
 /// `POST /api/images/pull`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PullRequest {
     pub reference: String,
     /// Speak plain HTTP to this reference's registry.
@@ -36,17 +36,35 @@ pub struct PullRequest {
 }
 
 /// Query of `POST /api/images/import`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ImportQuery {
     /// Name to register; defaults to the archive's own tag (docker `RepoTags`).
     pub reference: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/images",
+    tag = "images",
+    summary = "List cached images",
+    operation_id = "images_list",
+    responses((status = 200, description = "success", body = Vec<ImageInfo>))
+)]
 pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<ImageInfo>>> {
     let m = &s.manager;
     Ok(Json(images::list(m.store(), m.storage())?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/images/pull",
+    tag = "images",
+    summary = "Pull an image from a registry and convert it",
+    operation_id = "images_pull",
+    request_body = PullRequest,
+    responses((status = 200, description = "success", body = ImageInfo))
+)]
 pub async fn pull(
     State(s): State<AppState>,
     body: Result<Json<PullRequest>, JsonRejection>,
@@ -89,6 +107,16 @@ pub async fn pull(
 }
 
 /// Streams the request body (a tar, optionally compressed) to a scratch file, then imports it.
+#[utoipa::path(
+    post,
+    path = "/api/images/import",
+    tag = "images",
+    summary = "Import a `docker save` or OCI layout tar (request body, optionally compressed)",
+    operation_id = "images_import",
+    params(ImportQuery),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the archive: a tar, optionally gzip- or zstd-compressed"),
+    responses((status = 201, description = "created", body = ImageInfo))
+)]
 pub async fn import(
     State(s): State<AppState>,
     Query(q): Query<ImportQuery>,
@@ -140,6 +168,15 @@ pub async fn import(
     Ok((StatusCode::CREATED, Json(result?)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/images/{reference}",
+    tag = "images",
+    summary = "One image",
+    operation_id = "images_inspect",
+    params(("reference" = String, Path, description = "image reference")),
+    responses((status = 200, description = "success", body = ImageInfo))
+)]
 pub async fn inspect(
     State(s): State<AppState>,
     Path(reference): Path<String>,
@@ -148,6 +185,15 @@ pub async fn inspect(
     Ok(Json(images::inspect(m.store(), m.storage(), &reference)?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/images/{reference}",
+    tag = "images",
+    summary = "Remove an image not used by any VM or snapshot",
+    operation_id = "images_delete",
+    params(("reference" = String, Path, description = "image reference")),
+    responses((status = 200, description = "success", body = bandsox_api::StatusResponse))
+)]
 pub async fn delete(
     State(s): State<AppState>,
     Path(reference): Path<String>,

@@ -54,6 +54,7 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(auth::revoke_key),
         )
         .route("/api/version", get(vms::version))
+        .route("/api/openapi.json", get(crate::openapi::serve_spec))
         .route("/api/vms", get(vms::list).post(vms::create))
         .route("/api/projects", get(vms::list))
         .route("/api/vms/{id}", get(vms::get).delete(vms::delete))

@@ -13,6 +13,16 @@ use bandsox_core::store::SnapshotRecord;
 use super::AppState;
 use crate::error::ApiResult;
 
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/snapshot",
+    tag = "snapshots",
+    summary = "Snapshot a VM (memory, device state and disk)",
+    operation_id = "snapshots_create",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = SnapshotRequest,
+    responses((status = 200, description = "success", body = SnapshotCreated))
+)]
 pub async fn create(
     State(s): State<AppState>,
     Path(vm): Path<String>,
@@ -26,12 +36,29 @@ pub async fn create(
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/snapshots",
+    tag = "snapshots",
+    summary = "List snapshots",
+    operation_id = "snapshots_list",
+    responses((status = 200, description = "success", body = Vec<SnapshotInfo>))
+)]
 pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<SnapshotInfo>>> {
     Ok(Json(
         s.manager.list_snapshots()?.into_iter().map(info).collect(),
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/snapshots/{id}",
+    tag = "snapshots",
+    summary = "One snapshot",
+    operation_id = "snapshots_get",
+    params(("id" = String, Path, description = "snapshot id")),
+    responses((status = 200, description = "success", body = SnapshotInfo))
+)]
 pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -39,6 +66,16 @@ pub async fn get(
     Ok(Json(info(s.manager.get_snapshot(&id)?)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/snapshots/{id}/restore",
+    tag = "snapshots",
+    summary = "Restore a snapshot into a new VM",
+    operation_id = "snapshots_restore",
+    params(("id" = String, Path, description = "snapshot id")),
+    request_body = RestoreRequest,
+    responses((status = 200, description = "success", body = CreateVmResponse))
+)]
 pub async fn restore(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -62,6 +99,15 @@ pub async fn restore(
     }))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/snapshots/{id}",
+    tag = "snapshots",
+    summary = "Delete a snapshot",
+    operation_id = "snapshots_delete",
+    params(("id" = String, Path, description = "snapshot id")),
+    responses((status = 200, description = "success", body = StatusResponse))
+)]
 pub async fn delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -72,6 +118,16 @@ pub async fn delete(
     }))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/snapshots/{id}/name",
+    tag = "snapshots",
+    summary = "Rename a snapshot",
+    operation_id = "snapshots_rename",
+    params(("id" = String, Path, description = "snapshot id")),
+    request_body = RenameRequest,
+    responses((status = 200, description = "success", body = Renamed))
+)]
 pub async fn rename(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -85,6 +141,16 @@ pub async fn rename(
     }))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/snapshots/{id}/metadata",
+    tag = "snapshots",
+    summary = "Replace a snapshot's metadata",
+    operation_id = "snapshots_set_metadata",
+    params(("id" = String, Path, description = "snapshot id")),
+    request_body = MetadataRequest,
+    responses((status = 200, description = "success", body = SnapshotInfo))
+)]
 pub async fn set_metadata(
     State(s): State<AppState>,
     Path(id): Path<String>,

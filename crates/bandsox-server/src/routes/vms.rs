@@ -22,6 +22,14 @@ const MAX_EXEC_TIMEOUT_S: u64 = 24 * 3600;
 /// Output kept per stream of a blocking exec.
 const EXEC_OUTPUT_CAP: usize = 64 << 20;
 
+#[utoipa::path(
+    get,
+    path = "/api/version",
+    tag = "vms",
+    summary = "Server version, VMM backend and accelerator",
+    operation_id = "vms_version",
+    responses((status = 200, description = "success", body = VersionInfo))
+)]
 pub async fn version(State(s): State<AppState>) -> Json<VersionInfo> {
     let (backend, accel) = s.manager.backend();
     Json(VersionInfo {
@@ -35,7 +43,8 @@ pub async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     limit: Option<usize>,
     /// Extension: skip this many matches (newest first, ties by id).
@@ -49,6 +58,15 @@ pub struct ListQuery {
 
 /// Lists VMs newest first. The body is a plain list (as BandSox clients expect); the number of
 /// matches before `offset`/`limit` is in the `X-Total-Count` header.
+#[utoipa::path(
+    get,
+    path = "/api/vms",
+    tag = "vms",
+    summary = "List VMs, newest first (`X-Total-Count` header: matches before paging)",
+    operation_id = "vms_list",
+    params(ListQuery),
+    responses((status = 200, description = "success", body = Vec<VmInfo>))
+)]
 pub async fn list(
     State(s): State<AppState>,
     Query(q): Query<ListQuery>,
@@ -85,6 +103,15 @@ pub async fn list(
     Ok(([("x-total-count", total.to_string())], Json(out)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/vms",
+    tag = "vms",
+    summary = "Create and boot a VM from an image (pulled on demand)",
+    operation_id = "vms_create",
+    request_body = CreateVmRequest,
+    responses((status = 200, description = "success", body = CreateVmResponse))
+)]
 pub async fn create(
     State(s): State<AppState>,
     body: Result<Json<CreateVmRequest>, JsonRejection>,
@@ -111,10 +138,29 @@ pub async fn create(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/vms/{id}",
+    tag = "vms",
+    summary = "One VM",
+    operation_id = "vms_get",
+    params(("id" = String, Path, description = "VM id")),
+    responses((status = 200, description = "success", body = VmInfo))
+)]
 pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<VmInfo>> {
     Ok(Json(vm_info(s.manager.get_vm(&id)?)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/exec",
+    tag = "vms",
+    summary = "Run a shell command and wait for it",
+    operation_id = "vms_exec",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = bandsox_api::ExecRequest,
+    responses((status = 200, description = "success", body = ExecResponse))
+)]
 pub async fn exec(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -158,6 +204,15 @@ pub async fn exec(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/stop",
+    tag = "vms",
+    summary = "Stop a VM (its disk is kept)",
+    operation_id = "vms_stop",
+    params(("id" = String, Path, description = "VM id")),
+    responses((status = 200, description = "success", body = StatusResponse))
+)]
 pub async fn stop(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -168,6 +223,15 @@ pub async fn stop(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/pause",
+    tag = "vms",
+    summary = "Pause a running VM",
+    operation_id = "vms_pause",
+    params(("id" = String, Path, description = "VM id")),
+    responses((status = 200, description = "success", body = StatusResponse))
+)]
 pub async fn pause(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -178,6 +242,15 @@ pub async fn pause(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/resume",
+    tag = "vms",
+    summary = "Resume a paused VM",
+    operation_id = "vms_resume",
+    params(("id" = String, Path, description = "VM id")),
+    responses((status = 200, description = "success", body = StatusResponse))
+)]
 pub async fn resume(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -188,6 +261,15 @@ pub async fn resume(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/start",
+    tag = "vms",
+    summary = "Boot a stopped VM again",
+    operation_id = "vms_start",
+    params(("id" = String, Path, description = "VM id")),
+    responses((status = 200, description = "success", body = StatusResponse))
+)]
 pub async fn start(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -198,6 +280,15 @@ pub async fn start(
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/restart",
+    tag = "vms",
+    summary = "Stop and boot a VM",
+    operation_id = "vms_restart",
+    params(("id" = String, Path, description = "VM id")),
+    responses((status = 200, description = "success", body = StatusResponse))
+)]
 pub async fn restart(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -208,6 +299,16 @@ pub async fn restart(
     }))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/vms/{id}/name",
+    tag = "vms",
+    summary = "Rename a VM",
+    operation_id = "vms_rename",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = RenameRequest,
+    responses((status = 200, description = "success", body = Renamed))
+)]
 pub async fn rename(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -221,6 +322,16 @@ pub async fn rename(
     }))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/vms/{id}/metadata",
+    tag = "vms",
+    summary = "Replace a VM's metadata",
+    operation_id = "vms_set_metadata",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = MetadataRequest,
+    responses((status = 200, description = "success", body = VmInfo))
+)]
 pub async fn set_metadata(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -234,6 +345,16 @@ pub async fn set_metadata(
     )?)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/timeout",
+    tag = "vms",
+    summary = "Set the VM's time to live and what happens then",
+    operation_id = "vms_set_timeout",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = TimeoutRequest,
+    responses((status = 200, description = "success", body = VmInfo))
+)]
 pub async fn set_timeout(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -248,6 +369,16 @@ pub async fn set_timeout(
     )?)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/extend",
+    tag = "vms",
+    summary = "Push the VM's expiry back",
+    operation_id = "vms_extend",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = ExtendRequest,
+    responses((status = 200, description = "success", body = VmInfo))
+)]
 pub async fn extend(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -270,6 +401,15 @@ fn parse_action(a: Option<&str>) -> ApiResult<Option<TimeoutAction>> {
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/vms/{id}",
+    tag = "vms",
+    summary = "Delete a VM and everything it owns",
+    operation_id = "vms_delete",
+    params(("id" = String, Path, description = "VM id")),
+    responses((status = 200, description = "success", body = StatusResponse))
+)]
 pub async fn delete(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -27,7 +27,8 @@ pub const TERMINAL_PROTOCOL: &str = "bandsox.terminal";
 /// Our binary-safe variant: output as binary frames.
 pub const TERMINAL_BINARY_PROTOCOL: &str = "bandsox.terminal.binary";
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct TerminalQuery {
     #[serde(default = "cols")]
     cols: u16,
@@ -51,6 +52,15 @@ enum Output {
 }
 
 /// `GET /api/vms/{id}/terminal?cols=80&rows=24` (WebSocket).
+#[utoipa::path(
+    get,
+    path = "/api/vms/{id}/terminal",
+    tag = "websockets",
+    summary = "PTY terminal (WebSocket; subprotocols `bandsox.terminal`, `bandsox.terminal.binary`)",
+    operation_id = "websockets_terminal",
+    params(("id" = String, Path, description = "VM id"), TerminalQuery),
+    responses((status = 101, description = "switching to the WebSocket protocol"))
+)]
 pub async fn terminal(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -164,6 +174,15 @@ struct ExecStart {
 }
 
 /// `GET /api/vms/{id}/exec-stream` (WebSocket).
+#[utoipa::path(
+    get,
+    path = "/api/vms/{id}/exec-stream",
+    tag = "websockets",
+    summary = "Run a command and stream its output (WebSocket)",
+    operation_id = "websockets_exec_stream",
+    params(("id" = String, Path, description = "VM id")),
+    responses((status = 101, description = "switching to the WebSocket protocol"))
+)]
 pub async fn exec_stream(
     State(s): State<AppState>,
     Path(id): Path<String>,

@@ -1,0 +1,106 @@
+//! The OpenAPI 3.1 description of the REST API, generated from the handlers' annotations and
+//! the request/response types. Served at `/api/openapi.json`; a copy is checked in at
+//! `spec/openapi.json` and a test fails when the two drift apart.
+
+use axum::Json;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as Spec, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi};
+
+use crate::{auth, routes};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "bandsox",
+        description = "Self-hosted microVM sandboxes: BandSox-compatible REST API plus extensions. \
+                       Errors are RFC 9457 problem+json with a stable `code`.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    paths(
+        routes::vms::version, routes::vms::list, routes::vms::create, routes::vms::get,
+        routes::vms::exec, routes::vms::stop, routes::vms::pause, routes::vms::resume,
+        routes::vms::start, routes::vms::restart, routes::vms::rename, routes::vms::set_metadata,
+        routes::vms::set_timeout, routes::vms::extend, routes::vms::delete,
+        routes::snapshots::create, routes::snapshots::list, routes::snapshots::get,
+        routes::snapshots::restore, routes::snapshots::delete, routes::snapshots::rename,
+        routes::snapshots::set_metadata,
+        routes::files::read_file, routes::files::write_file, routes::files::append_file,
+        routes::files::file_info, routes::files::list, routes::files::stat, routes::files::mkdir,
+        routes::files::remove, routes::files::rename, routes::files::edit,
+        routes::files::write_batch, routes::files::upload, routes::files::download,
+        routes::files::exec_python,
+        routes::commands::start, routes::commands::list, routes::commands::get,
+        routes::commands::logs, routes::commands::wait, routes::commands::kill,
+        routes::commands::stdin,
+        routes::images::list, routes::images::pull, routes::images::import,
+        routes::images::inspect, routes::images::delete,
+        routes::ws::terminal, routes::ws::exec_stream,
+        auth::login, auth::logout, auth::check_route, auth::list_keys, auth::create_key,
+        auth::revoke_key,
+    ),
+    components(schemas(bandsox_api::Problem)),
+    modifiers(&Conventions),
+    security(("api_key" = []), ("session" = [])),
+)]
+struct ApiDoc;
+
+/// What every operation shares: the problem+json error response and the two ways to
+/// authenticate (API key as a bearer token, or the browser's session cookie).
+struct Conventions;
+
+impl Modify for Conventions {
+    fn modify(&self, spec: &mut Spec) {
+        let components = spec.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("bsx_...")
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(auth::SESSION_COOKIE))),
+        );
+        let problem = ResponseBuilder::new()
+            .description("An RFC 9457 problem: `code` is stable, `detail` explains.")
+            .content(
+                bandsox_api::PROBLEM_CONTENT_TYPE,
+                ContentBuilder::new()
+                    .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                        "Problem",
+                    ))))
+                    .build(),
+            )
+            .build();
+        for item in spec.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .entry("default".into())
+                    .or_insert_with(|| RefOr::T(problem.clone()));
+            }
+        }
+    }
+}
+
+/// The spec as a value (what `/api/openapi.json` serves and `spec/openapi.json` holds).
+pub fn spec() -> Spec {
+    ApiDoc::openapi()
+}
+
+/// `GET /api/openapi.json`.
+pub async fn serve_spec() -> Json<Spec> {
+    Json(spec())
+}
