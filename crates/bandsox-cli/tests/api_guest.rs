@@ -6,7 +6,7 @@
 mod common;
 
 use base64::Engine;
-use common::{free_port, init, start_server, TestRoot};
+use common::{answer as status, free_port, init, start_server, TestRoot};
 use serde_json::{json, Value};
 
 fn post(url: &str, body: Value) -> Value {
@@ -19,14 +19,6 @@ fn post(url: &str, body: Value) -> Value {
 
 fn get(url: &str) -> Value {
     ureq::get(url).call().unwrap().into_json().unwrap()
-}
-
-fn status(r: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
-    match r {
-        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
-        Err(ureq::Error::Status(s, r)) => (s, r.into_json().unwrap_or(Value::Null)),
-        Err(e) => panic!("{e}"),
-    }
 }
 
 #[test]

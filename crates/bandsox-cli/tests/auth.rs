@@ -23,11 +23,7 @@ fn cli(url: &str, home: &std::path::Path, key: Option<&str>, args: &[&str]) -> O
 }
 
 fn status(r: Result<ureq::Response, ureq::Error>) -> u16 {
-    match r {
-        Ok(r) => r.status(),
-        Err(ureq::Error::Status(s, _)) => s,
-        Err(e) => panic!("{e}"),
-    }
+    common::answer(r).0
 }
 
 #[test]

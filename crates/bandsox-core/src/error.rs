@@ -13,6 +13,9 @@ pub enum CoreError {
     Conflict(String),
     #[error("{0}")]
     NotInitialised(String),
+    /// A server limit (`bandsox serve --max-vms`) would be exceeded.
+    #[error("{0}")]
+    LimitReached(String),
     /// An image is still used by a VM or snapshot.
     #[error("{0}")]
     ImageInUse(String),
@@ -59,6 +62,7 @@ impl CoreError {
             Self::Conflict(_) => "conflict",
             Self::NotInitialised(_) => "not_initialised",
             Self::ImageInUse(_) => "image_in_use",
+            Self::LimitReached(_) => "limit_reached",
             Self::DiskTooSmall { .. } => "disk_too_small",
             Self::BootTimeout { .. } => "boot_timeout",
             Self::ExecTimeout { .. } => "exec_timeout",
@@ -81,6 +85,9 @@ impl CoreError {
             Self::NotFound { kind: "VM", .. } => Some("list VMs with `bandsox vm list`"),
             Self::NotFound { kind: "image", .. } => Some("list images with `bandsox image ls`"),
             Self::ImageInUse(_) => Some("delete the VMs and snapshots that use it first"),
+            Self::LimitReached(_) => Some(
+                "delete VMs you no longer need, or raise the limit (`bandsox serve --max-vms`)",
+            ),
             Self::DiskTooSmall { .. } => Some("pass a larger disk_size_mib (--disk-size)"),
             Self::Image(e) => image_hint(e),
             Self::BootTimeout { .. } => Some(

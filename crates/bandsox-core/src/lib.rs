@@ -17,6 +17,6 @@ pub mod ttl;
 
 pub use agent::{AgentClient, ExecOutput};
 pub use error::{CoreError, Result};
-pub use manager::{CreateVm, Manager, ManagerConfig};
+pub use manager::{CreateVm, Limits, Manager, ManagerConfig};
 pub use storage::Storage;
 pub use store::{ImageRecord, VmRecord, VmStatus};

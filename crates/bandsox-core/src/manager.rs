@@ -75,6 +75,7 @@ pub struct ManagerConfig {
     pub storage: Storage,
     /// How long a VM may take from VMM start to agent hello.
     pub boot_timeout: Duration,
+    pub limits: Limits,
 }
 
 impl ManagerConfig {
@@ -82,6 +83,29 @@ impl ManagerConfig {
         Self {
             storage,
             boot_timeout: Duration::from_secs(90),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What one server allows (`bandsox serve --max-vcpu ...`). Each is capped by the hard
+/// bounds above; a request beyond a limit is refused before anything is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub max_vcpu: u32,
+    pub max_mem_mib: u32,
+    pub max_disk_mib: u64,
+    /// VMs that may exist at once (any state).
+    pub max_vms: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_vcpu: MAX_VCPU,
+            max_mem_mib: MAX_MEM_MIB,
+            max_disk_mib: MAX_DISK_MIB,
+            max_vms: 256,
         }
     }
 }
@@ -120,22 +144,25 @@ impl CreateVm {
         }
     }
 
-    fn validate(&self) -> Result<()> {
-        if self.vcpu == 0 || self.vcpu > MAX_VCPU {
+    fn validate(&self, limits: &Limits) -> Result<()> {
+        let max_vcpu = limits.max_vcpu.min(MAX_VCPU);
+        if self.vcpu == 0 || self.vcpu > max_vcpu {
             return Err(CoreError::InvalidInput(format!(
-                "vcpu must be 1 to {MAX_VCPU}, got {}",
+                "vcpu must be 1 to {max_vcpu}, got {}",
                 self.vcpu
             )));
         }
-        if !(MIN_MEM_MIB..=MAX_MEM_MIB).contains(&self.mem_mib) {
+        let max_mem = limits.max_mem_mib.min(MAX_MEM_MIB);
+        if !(MIN_MEM_MIB..=max_mem).contains(&self.mem_mib) {
             return Err(CoreError::InvalidInput(format!(
-                "mem_mib must be {MIN_MEM_MIB} to {MAX_MEM_MIB}, got {}",
+                "mem_mib must be {MIN_MEM_MIB} to {max_mem}, got {}",
                 self.mem_mib
             )));
         }
-        if !(MIN_DISK_MIB..=MAX_DISK_MIB).contains(&self.disk_size_mib) {
+        let max_disk = limits.max_disk_mib.min(MAX_DISK_MIB);
+        if !(MIN_DISK_MIB..=max_disk).contains(&self.disk_size_mib) {
             return Err(CoreError::InvalidInput(format!(
-                "disk_size_mib must be {MIN_DISK_MIB} to {MAX_DISK_MIB}, got {}",
+                "disk_size_mib must be {MIN_DISK_MIB} to {max_disk}, got {}",
                 self.disk_size_mib
             )));
         }
@@ -202,6 +229,8 @@ pub struct Manager {
     driver: Arc<dyn VmmDriver>,
     config: ManagerConfig,
     vms: RwLock<HashMap<String, Arc<VmEntry>>>,
+    /// Held while a new VM is counted against `max_vms` and recorded.
+    admission: std::sync::Mutex<()>,
 }
 
 impl Manager {
@@ -231,6 +260,7 @@ impl Manager {
             driver,
             config,
             vms: RwLock::default(),
+            admission: std::sync::Mutex::default(),
         });
         mgr.recover().await?;
         mgr.spawn_timeout_task();
@@ -333,7 +363,7 @@ impl Manager {
     /// Creates a VM and returns once its agent answers, or fails within the boot timeout
     /// leaving nothing behind.
     pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<VmRecord> {
-        req.validate()?;
+        req.validate(&self.config.limits)?;
         bandsox_image::assets::kernel_paths(self.storage.root())?;
         let image = images::resolve_for_create(
             &self.store,
@@ -387,7 +417,10 @@ impl Manager {
         let dir = self.storage.vm_dir(&id)?;
         let entry = self.register(&id);
         let _guard = entry.lifecycle.lock().await;
-        self.store.insert_vm(&record)?;
+        if let Err(e) = self.admit(&record) {
+            self.unregister(&id);
+            return Err(e);
+        }
         let prepared = (|| {
             std::fs::create_dir_all(&dir)?;
             match &boot {
@@ -422,6 +455,18 @@ impl Manager {
     }
 
     /// A fresh in-memory entry for VM `id`, in the booting state.
+    /// Records a new VM unless the server already holds `max_vms`.
+    fn admit(&self, record: &VmRecord) -> Result<()> {
+        let _one_at_a_time = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+        let max = self.config.limits.max_vms;
+        if self.store.count_vms()? >= max {
+            return Err(CoreError::LimitReached(format!(
+                "this server allows at most {max} VMs"
+            )));
+        }
+        self.store.insert_vm(record)
+    }
+
     pub(crate) fn register(&self, id: &str) -> Arc<VmEntry> {
         let entry = Arc::new(VmEntry {
             id: id.to_owned(),

@@ -406,6 +406,13 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
+    pub fn count_vms(&self) -> Result<usize> {
+        let n: i64 = self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM vms", [], |r| r.get(0))?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
     pub fn delete_vm(&self, id: &str) -> Result<()> {
         self.conn().execute("DELETE FROM vms WHERE id = ?1", [id])?;
         Ok(())

@@ -46,6 +46,7 @@ impl From<CoreError> for ApiError {
             "registry_unreachable" | "registry_error" => StatusCode::BAD_GATEWAY,
             "registry_auth_failed" => StatusCode::FORBIDDEN,
             "not_initialised" => StatusCode::SERVICE_UNAVAILABLE,
+            "limit_reached" | "too_many_operations" => StatusCode::TOO_MANY_REQUESTS,
             "boot_timeout" | "exec_timeout" => StatusCode::GATEWAY_TIMEOUT,
             "agent_unavailable" => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,

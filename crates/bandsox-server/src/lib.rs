@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod limits;
 pub mod openapi;
 pub mod routes;
 
@@ -35,6 +36,8 @@ pub struct ServeOptions {
     pub addr: SocketAddr,
     /// Allow a non-loopback address although no authentication is configured.
     pub insecure_no_auth: bool,
+    /// Requests that may run at once on one VM before 429.
+    pub max_ops_per_vm: usize,
 }
 
 /// Binds and serves until `shutdown` resolves. VMs keep running when the server stops.
@@ -59,6 +62,7 @@ pub async fn serve(
     tracing::info!(addr = %listener.local_addr()?, "bandsox API listening");
     let mut state = AppState::new(manager);
     state.insecure_no_auth = opts.insecure_no_auth;
+    state.vm_ops = Arc::new(limits::OpLimiter::new(opts.max_ops_per_vm));
     let app = router(state);
     axum::serve(
         listener,

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bandsox_core::{Manager, ManagerConfig};
+use bandsox_core::{Limits, Manager, ManagerConfig};
 use bandsox_server::ServeOptions;
 use clap::Args;
 
@@ -23,6 +23,21 @@ pub struct ServeArgs {
     /// Seconds a VM may take to boot before create fails.
     #[arg(long, default_value_t = 90)]
     boot_timeout: u64,
+    /// Most vCPUs one VM may have.
+    #[arg(long, default_value_t = Limits::default().max_vcpu)]
+    max_vcpu: u32,
+    /// Most memory one VM may have, in MiB.
+    #[arg(long, default_value_t = Limits::default().max_mem_mib)]
+    max_mem_mib: u32,
+    /// Largest writable disk of one VM, in MiB.
+    #[arg(long, default_value_t = Limits::default().max_disk_mib)]
+    max_disk_mib: u64,
+    /// Most VMs that may exist at once (any state); more answer 429 `limit_reached`.
+    #[arg(long, default_value_t = Limits::default().max_vms)]
+    max_vms: usize,
+    /// Requests that may run at once on one VM; more answer 429 `too_many_operations`.
+    #[arg(long, default_value_t = bandsox_server::limits::DEFAULT_MAX_OPS_PER_VM)]
+    max_ops_per_vm: usize,
 }
 
 /// Serves on `host` (default 127.0.0.1; without authentication only loopback addresses are
@@ -48,10 +63,17 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
     rt.block_on(async move {
         let mut config = ManagerConfig::new(storage);
         config.boot_timeout = std::time::Duration::from_secs(a.boot_timeout.max(1));
+        config.limits = Limits {
+            max_vcpu: a.max_vcpu,
+            max_mem_mib: a.max_mem_mib,
+            max_disk_mib: a.max_disk_mib,
+            max_vms: a.max_vms,
+        };
         let manager = Manager::open(config).await.map_err(core_error)?;
         let opts = ServeOptions {
             addr: SocketAddr::new(host, port),
             insecure_no_auth: a.insecure_no_auth,
+            max_ops_per_vm: a.max_ops_per_vm,
         };
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -53,9 +53,15 @@ impl Drop for Server {
 }
 
 pub fn start_server(storage: &Path, port: u16) -> Server {
+    start_server_with(storage, port, &[])
+}
+
+/// [`start_server`] with more `serve` flags.
+pub fn start_server_with(storage: &Path, port: u16, flags: &[&str]) -> Server {
     let child = Command::new(BIN)
         .args(["serve", "--port", &port.to_string(), "--storage"])
         .arg(storage)
+        .args(flags)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -70,6 +76,15 @@ pub fn start_server(storage: &Path, port: u16) -> Server {
         std::thread::sleep(Duration::from_millis(50));
     }
     server
+}
+
+/// Status and JSON body (Null when not JSON) of a `ureq` call, whether it succeeded or not.
+pub fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, serde_json::Value) {
+    match r {
+        Ok(r) => (r.status(), r.into_json().unwrap_or_default()),
+        Err(ureq::Error::Status(s, r)) => (s, r.into_json().unwrap_or_default()),
+        Err(e) => panic!("{e}"),
+    }
 }
 
 pub fn init(storage: &Path) -> Output {

@@ -23,6 +23,8 @@ pub struct AppState {
     pub login_limiter: Arc<crate::auth::LoginLimiter>,
     /// `--insecure-no-auth`: answer any `Host` without authentication.
     pub insecure_no_auth: bool,
+    /// Concurrent operations per VM (`--max-ops-per-vm`).
+    pub vm_ops: Arc<crate::limits::OpLimiter>,
 }
 
 impl AppState {
@@ -31,6 +33,7 @@ impl AppState {
             manager,
             login_limiter: Arc::default(),
             insecure_no_auth: false,
+            vm_ops: Arc::default(),
         }
     }
 }
@@ -128,6 +131,10 @@ pub fn router(state: AppState) -> Router {
             get(images::inspect).delete(images::delete),
         )
         .fallback(vms::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::per_vm,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,
