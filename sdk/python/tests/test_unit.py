@@ -9,6 +9,8 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -164,9 +166,8 @@ def test_unknown_fields_are_ignored_and_bodies_shaped():
                     "force_rebuild": False, "disk_size_mib": 4096, "metadata": {"a": 1},
                     "timeout_s": 5, "timeout_action": "pause"}
     assert vm.vm_id == "v1"
-    got = []
-    r = vm.exec_command("echo a", on_stdout=got.append, env={"K": "V"}, cwd="/tmp")
-    assert r == 0 and got == ["a"]
+    r = vm.exec_command("echo a", env={"K": "V"}, cwd="/tmp")
+    assert r == 0 and r.stdout == "a"
     assert seen["/api/vms/v1/exec"][1] == {"command": "echo a", "timeout": 30, "env": {"K": "V"},
                                            "cwd": "/tmp"}
     page = b.list_vms_page(limit=1, offset=2, metadata_equals={"a": 1}, status="running")
@@ -189,8 +190,74 @@ def test_unsupported_operations():
     with pytest.raises(errors.UnsupportedError, match="not supported"):
         b.create_vm("img", mcp={"servers": {}})
     vm = bandsox.MicroVM(b, "x")
-    with pytest.raises(errors.UnsupportedError):
-        vm.start_session("sleep 1")
-    with pytest.raises(errors.UnsupportedError):
-        vm.start_pty_session("/bin/sh")
     assert vm.get_guest_ip() is None
+
+
+class _DroppingWsServer:
+    """A WebSocket server that sends one output frame and then drops the TCP connection
+    (what a crashed server or a cut network looks like to the client)."""
+
+    def __init__(self, first_frame):
+        from websockets.sync.server import serve
+
+        def handler(ws):
+            try:
+                ws.recv(timeout=2)
+            except Exception:
+                pass
+            ws.send(first_frame)
+            ws.socket.shutdown(socket.SHUT_RDWR)
+
+        self.server = serve(handler, "127.0.0.1", 0,
+                            select_subprotocol=lambda conn, protos: protos[0] if protos else None)
+        self.url = f"http://127.0.0.1:{self.server.socket.getsockname()[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+def test_websocket_drop_is_an_error_not_a_hang():
+    srv = _DroppingWsServer(json.dumps({"type": "stdout", "data": "partial\n"}))
+    try:
+        got = []
+        vm = bandsox.MicroVM(BandSox(srv.url, timeout=5), "x")
+        t0 = time.monotonic()
+        with pytest.raises(errors.ServerUnavailableError) as ei:
+            vm.exec_command("sleep 100", on_stdout=got.append, timeout=100)
+        assert ei.value.code == "websocket_closed" and got == ["partial\n"]
+        assert time.monotonic() - t0 < 5
+
+        async def run():
+            async with AsyncBandSox(srv.url, timeout=5) as a:
+                avm = bandsox.AsyncMicroVM(a, "x")
+                await avm.exec_command("sleep 100", on_stdout=got.append, timeout=100)
+
+        with pytest.raises(errors.ServerUnavailableError):
+            asyncio.run(run())
+    finally:
+        srv.close()
+
+
+def test_pty_drop_reports_exit_minus_one():
+    srv = _DroppingWsServer(b"$ ")
+    try:
+        out, exits = [], []
+        vm = bandsox.MicroVM(BandSox(srv.url, timeout=5), "x")
+        vm.start_pty_session("/bin/sh", on_stdout=out.append, on_exit=exits.append)
+        deadline = time.monotonic() + 5
+        while not exits and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert out == ["$ "] and exits == [-1]
+    finally:
+        srv.close()
+
+
+def test_websocket_refused_upgrade_maps_the_problem():
+    # No server at all: a clear error, not a hang.
+    vm = bandsox.MicroVM(BandSox("http://127.0.0.1:9", timeout=2), "x")
+    with pytest.raises(errors.ServerUnavailableError):
+        vm.exec_command("true", on_stdout=print)
+    with pytest.raises(errors.ServerUnavailableError):
+        vm.start_pty_session("/bin/sh")

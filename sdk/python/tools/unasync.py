@@ -28,6 +28,13 @@ WORDS = [
     ("aclose", "close"),
     ("aread", "read"),
     ("aiter_bytes", "iter_bytes"),
+    ("AsyncTask", "SyncTask"),
+    ("AsyncWebSocket", "SyncWebSocket"),
+    ("AsyncCommand", "Command"),
+    ("AsyncIterator", "Iterator"),
+    ("__aiter__", "__iter__"),
+    ("__anext__", "__next__"),
+    ("StopAsyncIteration", "StopIteration"),
 ]
 PATTERNS = [
     (re.compile(r"\basync def\b"), "def"),

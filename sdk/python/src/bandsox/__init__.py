@@ -4,9 +4,9 @@
 >>> bs = BandSox()                       # $BANDSOX_URL or http://127.0.0.1:8000
 """
 
-from ._async.client import AsyncBandSox, AsyncMicroVM
-from ._sync.client import BandSox, MicroVM
-from ._types import ExecResult, VmPage
+from ._async.client import AsyncBandSox, AsyncCommand, AsyncMicroVM
+from ._sync.client import BandSox, Command, MicroVM
+from ._types import ExecResult, SessionId, VmPage
 from .errors import (
     AgentUnavailableError,
     AuthenticationError,
@@ -35,6 +35,9 @@ __all__ = [
     "MicroVM",
     "AsyncBandSox",
     "AsyncMicroVM",
+    "Command",
+    "AsyncCommand",
+    "SessionId",
     "RemoteBandSox",
     "RemoteMicroVM",
     "ExecResult",

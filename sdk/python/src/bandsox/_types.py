@@ -79,3 +79,18 @@ class VmPage:
 
     def __len__(self) -> int:
         return len(self.items)
+
+
+class SessionId(str):
+    """What :meth:`MicroVM.start_session` returns: the session id (a ``str``, as BandSox's
+    docs use it) that also unpacks as BandSox's ``(session_id, pid)`` tuple."""
+
+    pid: Optional[int]
+
+    def __new__(cls, session_id: str, pid: Optional[int] = None) -> "SessionId":
+        obj = super().__new__(cls, session_id)
+        obj.pid = pid
+        return obj
+
+    def __iter__(self):  # type: ignore[no-untyped-def, override]
+        return iter((str(self), self.pid))

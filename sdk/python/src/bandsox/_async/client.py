@@ -8,23 +8,25 @@ then run ``python tools/unasync.py``.
 from __future__ import annotations
 
 import base64
+import codecs
 import fnmatch
 import json as _json
 import os
 import shlex
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
 import httpx
 
 from .. import errors
-from .._backends import async_sleep
+from .._backends import AsyncTask, AsyncWebSocket, async_sleep
 from .._config import resolve
-from .._types import ExecResult, VmPage
+from .._types import ExecResult, SessionId, VmPage
 
-__all__ = ["AsyncBandSox", "AsyncMicroVM"]
+__all__ = ["AsyncBandSox", "AsyncMicroVM", "AsyncCommand"]
 
 OutputCallback = Callable[[str], Any]
 JsonDict = Dict[str, Any]
@@ -32,10 +34,12 @@ StrPath = Union[str, "os.PathLike[str]"]
 
 #: Extra seconds the client waits beyond a command's own timeout.
 _EXEC_MARGIN_S = 30.0
-_SESSIONS_UNSUPPORTED = (
-    "{what} is not supported yet: it needs the exec-stream/terminal WebSocket, which the "
-    "server does not serve yet; use exec_command for now"
-)
+#: How often followers of a durable command's output poll its logs.
+_POLL_S = 0.1
+#: Shells the terminal WebSocket starts by itself (other commands are `exec`ed in it).
+_SHELLS = ("/bin/sh", "sh", "/bin/bash", "bash", "/bin/ash", "ash")
+#: Vtrix's read(): text files up to 200 KB come whole, larger ones truncated.
+_READ_MAX_BYTES = 200 * 1024
 
 
 def _drop_none(d: Mapping[str, Any]) -> JsonDict:
@@ -49,6 +53,35 @@ def _vm_id(vm: Union[str, "AsyncMicroVM"]) -> str:
 def _q(segment: str) -> str:
     """One URL path segment (ids and names never add path levels)."""
     return quote(segment, safe="")
+
+
+def _shell_prefix(env: Optional[Mapping[str, str]], cwd: Optional[str]) -> str:
+    """``cd``/``export`` lines that give a shell command line its environment and directory
+    (for the exec-stream WebSocket, which takes only a command)."""
+    parts = []
+    for k, v in (env or {}).items():
+        if not k.replace("_", "a").isalnum() or k[0].isdigit():
+            raise errors.InvalidInputError(
+                f"invalid environment variable name {k!r}", code="invalid_input"
+            )
+        parts.append(f"export {k}={shlex.quote(v)}")
+    if cwd is not None:
+        parts.append(f"cd {shlex.quote(cwd)} || exit 1")
+    return "".join(p + "\n" for p in parts)
+
+
+def _exit_code(info: Mapping[str, Any]) -> int:
+    st = info.get("status") or {}
+    if st.get("exit_code") is not None:
+        return int(st["exit_code"])
+    if st.get("signal") is not None:
+        return 128 + int(st["signal"])
+    return -1
+
+
+def _decoders() -> "tuple[Any, Any]":
+    return (codecs.getincrementaldecoder("utf-8")("replace"),
+            codecs.getincrementaldecoder("utf-8")("replace"))
 
 
 class AsyncBandSox:
@@ -79,6 +112,7 @@ class AsyncBandSox:
         self.server_url, self.headers = resolve(server_url, headers, api_key)
         self.timeout = float(timeout)
         self.boot_timeout = float(boot_timeout)
+        self._session_token: Optional[str] = None
         self._client = httpx.AsyncClient(
             base_url=self.server_url,
             headers=self.headers,
@@ -157,6 +191,59 @@ class AsyncBandSox:
 
     def _vm(self, vm_id: str, info: Optional[JsonDict] = None) -> "AsyncMicroVM":
         return AsyncMicroVM(self, vm_id, info)
+
+    def _token(self) -> Optional[str]:
+        """The credential WebSockets carry: the Bearer value of the headers, else the session
+        token of :meth:`login`."""
+        for k, v in self.headers.items():
+            if k.lower() == "authorization" and v.lower().startswith("bearer "):
+                return v[7:].strip()
+        return self._session_token
+
+    async def _ws(
+        self, path: str, protocols: Optional[List[str]] = None
+    ) -> AsyncWebSocket:
+        return await AsyncWebSocket.connect(
+            self.server_url, path, token=self._token(), protocols=protocols,
+            timeout=min(self.timeout, 30.0),
+        )
+
+    # -- authentication -------------------------------------------------------------------------
+
+    async def login(self, password: str) -> str:
+        """Logs in with the admin password; later requests carry the session cookie (and
+        WebSockets the token). Returns the session token. Raises :class:`AuthenticationError`
+        on a wrong password, :class:`RateLimitedError` after too many attempts."""
+        out = await self._json("POST", "/api/auth/login", json={"password": password})
+        token = out.get("token") if isinstance(out, dict) else None
+        if not isinstance(token, str) or not token:
+            raise errors.BandSoxError(
+                "the server's login answer has no token", code="bad_response"
+            )
+        self._session_token = token
+        return token
+
+    async def logout(self) -> None:
+        """Ends the session of :meth:`login` on the server and forgets its cookie."""
+        await self._json("POST", "/api/auth/logout")
+        self._session_token = None
+        self._client.cookies.clear()
+
+    async def auth_check(self) -> bool:
+        """Whether this client's credentials are accepted."""
+        out = await self._json("GET", "/api/auth/check")
+        return bool(out.get("authenticated")) if isinstance(out, dict) else False
+
+    async def list_api_keys(self) -> List[JsonDict]:
+        """``[{"id","name","created_at","last_used_at"}]`` (secrets are never shown again)."""
+        return await self._json("GET", "/api/auth/keys")
+
+    async def create_api_key(self, name: str) -> JsonDict:
+        """``{"key_id","key","name"}``: the only time the key itself is shown."""
+        return await self._json("POST", "/api/auth/keys", json={"name": name})
+
+    async def revoke_api_key(self, key_id: str) -> None:
+        await self._json("DELETE", f"/api/auth/keys/{_q(key_id)}")
 
     # -- server -------------------------------------------------------------------------------
 
@@ -393,6 +480,7 @@ class AsyncMicroVM:
         self.manager = manager
         self.vm_id = vm_id
         self._info: JsonDict = dict(info) if info else {"id": vm_id}
+        self._ptys: Dict[str, _PtySession] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.vm_id!r})"
@@ -531,11 +619,15 @@ class AsyncMicroVM:
         """Runs a shell command line and waits for it.
 
         Returns an :class:`ExecResult`: the exit code as an ``int`` (like BandSox; 128+n when
-        killed by signal n) with ``.stdout``/``.stderr``. ``on_stdout``/``on_stderr`` are
-        called with the output once it is there (at the end of the command: the server does
-        not stream command output over HTTP yet). Raises :class:`TimeoutError` (code
-        ``exec_timeout``) when the command runs longer than ``timeout`` seconds.
+        killed by signal n) with ``.stdout``/``.stderr``. With ``on_stdout``/``on_stderr`` the
+        command runs over the exec-stream WebSocket and the callbacks get each chunk of output
+        as it arrives. Raises :class:`TimeoutError` (code ``exec_timeout``) when the command
+        runs longer than ``timeout`` seconds.
         """
+        if on_stdout is not None or on_stderr is not None:
+            return await self._exec_stream(
+                _shell_prefix(env, cwd) + command, on_stdout, on_stderr, timeout
+            )
         out = await self.manager._json(
             "POST",
             self._path("/exec"),
@@ -556,11 +648,54 @@ class AsyncMicroVM:
             int(out.get("stdout_dropped_bytes") or 0),
             int(out.get("stderr_dropped_bytes") or 0),
         )
-        if on_stdout is not None and result.stdout:
-            on_stdout(result.stdout)
-        if on_stderr is not None and result.stderr:
-            on_stderr(result.stderr)
         return result
+
+    async def _exec_stream(
+        self,
+        command: str,
+        on_stdout: Optional[OutputCallback],
+        on_stderr: Optional[OutputCallback],
+        timeout: int,
+    ) -> ExecResult:
+        limit = min(max(int(timeout), 1), 3600)
+        deadline = time.monotonic() + limit + _EXEC_MARGIN_S
+        ws = await self.manager._ws(self._path("/exec-stream"))
+        out: List[str] = []
+        err: List[str] = []
+        try:
+            await ws.send(_json.dumps({"command": command, "timeout": limit}))
+            while True:
+                frame = await ws.recv(timeout=max(deadline - time.monotonic(), 0.01))
+                try:
+                    msg = _json.loads(frame)
+                except ValueError:
+                    continue
+                if not isinstance(msg, dict):
+                    continue
+                kind = msg.get("type")
+                if kind in ("stdout", "stderr"):
+                    data = str(msg.get("data") or "")
+                    (out if kind == "stdout" else err).append(data)
+                    cb = on_stdout if kind == "stdout" else on_stderr
+                    if cb is not None and data:
+                        cb(data)
+                elif kind == "exit":
+                    code = msg.get("exit_code")
+                    return ExecResult(int(code) if code is not None else 1,
+                                      "".join(out), "".join(err))
+                elif kind == "error":
+                    text = str(msg.get("error") or "exec failed")
+                    if "timed out" in text:
+                        raise errors.TimeoutError(text, status_code=504, code="exec_timeout")
+                    if text == "VM not found":
+                        raise errors.VmNotFoundError(
+                            f"VM `{self.vm_id}` not found", status_code=404, code="vm_not_found"
+                        )
+                    if "paused" in text or "not running" in text or "state" in text:
+                        raise errors.ConflictError(text, status_code=409, code="conflict")
+                    raise errors.BandSoxError(text, code="exec_error")
+        finally:
+            await ws.close()
 
     async def exec_python_capture(
         self,
@@ -605,16 +740,36 @@ class AsyncMicroVM:
             on_stderr(out["stderr"])
         return int(out.get("exit_code", -1))
 
+    # -- sessions (BandSox): durable commands, or a PTY over the terminal WebSocket ------------
+
     async def start_session(
         self,
         command: str,
         on_stdout: Optional[OutputCallback] = None,
         on_stderr: Optional[OutputCallback] = None,
         on_exit: Optional[Callable[[int], Any]] = None,
-    ) -> Any:
-        raise errors.UnsupportedError(
-            _SESSIONS_UNSUPPORTED.format(what="start_session"), code="unsupported"
-        )
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+    ) -> SessionId:
+        """Starts a background command with a stdin pipe (a durable command on the server: it
+        outlives this client). Returns its session id, a ``str`` that also unpacks as BandSox's
+        ``(session_id, pid)``. The callbacks are called from a background task (a thread in
+        the sync client) as output arrives; ``on_exit`` with the exit code."""
+        cmd = await self.run_command_detached(command, env=env, cwd=cwd, stdin=True)
+        if on_stdout is not None or on_stderr is not None or on_exit is not None:
+
+            async def follow() -> None:
+                try:
+                    await cmd._follow(on_stdout, on_stderr)
+                    if on_exit is not None:
+                        on_exit(_exit_code(await cmd.info()))
+                except errors.BandSoxError:
+                    if on_exit is not None:
+                        on_exit(-1)
+
+            AsyncTask(follow)
+        return SessionId(cmd.cmd_id, cmd.pid)
 
     async def start_pty_session(
         self,
@@ -624,26 +779,129 @@ class AsyncMicroVM:
         on_stdout: Optional[OutputCallback] = None,
         on_exit: Optional[Callable[[int], Any]] = None,
     ) -> str:
-        raise errors.UnsupportedError(
-            _SESSIONS_UNSUPPORTED.format(what="start_pty_session"), code="unsupported"
+        """Starts a shell under a pseudo-terminal over the terminal WebSocket and returns the
+        session id. ``on_stdout`` gets the terminal output (decoded UTF-8) from a background
+        task/thread. The server's terminal runs ``/bin/sh``; any other ``command`` is started
+        with ``exec`` typed into it (so its echo is part of the output). ``on_exit`` is called
+        with 0 when the shell ends, -1 when the connection drops (the terminal does not report
+        exit codes)."""
+        ws = await self.manager._ws(
+            self._path(f"/terminal?cols={int(cols)}&rows={int(rows)}"),
+            protocols=["bandsox.terminal.binary"],
         )
+        sid = "pty-" + uuid.uuid4().hex[:16]
+        session = _PtySession(ws, on_stdout, on_exit)
+        self._ptys[sid] = session
+        session.start()
+        if command.strip() not in _SHELLS:
+            await ws.send(f"exec {command}\n".encode())
+        return sid
+
+    def _pty(self, session_id: str) -> "Optional[_PtySession]":
+        return self._ptys.get(session_id)
 
     async def send_session_input(
         self, session_id: str, data: Union[str, bytes], encoding: Optional[str] = None
     ) -> None:
-        raise errors.UnsupportedError(
-            _SESSIONS_UNSUPPORTED.format(what="send_session_input"), code="unsupported"
-        )
+        """Writes to a session's terminal or stdin. ``encoding="base64"`` means ``data`` is
+        base64 text."""
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        if encoding == "base64":
+            raw = base64.b64decode(raw)
+        pty = self._pty(session_id)
+        if pty is not None:
+            await pty.ws.send(raw)
+            return
+        await self.get_command(session_id).write_stdin(raw)
 
     async def resize_session(self, session_id: str, cols: int, rows: int) -> None:
-        raise errors.UnsupportedError(
-            _SESSIONS_UNSUPPORTED.format(what="resize_session"), code="unsupported"
-        )
+        """Resizes a PTY session's terminal (a no-op for sessions without a terminal)."""
+        pty = self._pty(session_id)
+        if pty is not None:
+            await pty.ws.send(_json.dumps({"type": "resize", "cols": int(cols), "rows": int(rows)}))
+            return
+        await self.get_command(session_id).info()  # unknown ids raise NotFoundError
 
     async def kill_session(self, session_id: str) -> None:
-        raise errors.UnsupportedError(
-            _SESSIONS_UNSUPPORTED.format(what="kill_session"), code="unsupported"
+        """Ends a session: a PTY session's shell and everything it started (by closing its
+        WebSocket), or a command with SIGTERM."""
+        pty = self._ptys.pop(session_id, None)
+        if pty is not None:
+            await pty.ws.close()
+            await pty.task_join(10.0)
+            return
+        await self.get_command(session_id).kill("TERM")
+
+    # -- durable commands (Vtrix style) ---------------------------------------------------------
+
+    async def run_command_detached(
+        self,
+        command: Union[str, Sequence[str]],
+        args: Optional[Sequence[str]] = None,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        user: Optional[str] = None,
+        timeout: Optional[int] = None,
+        stdin: Union[bool, str, bytes] = False,
+    ) -> "AsyncCommand":
+        """Starts a command in the background and returns its :class:`Command` handle.
+
+        ``command`` is a shell command line (``args`` are shell-quoted and appended) or an argv
+        list. ``timeout`` kills its process group after that many seconds. ``stdin=True`` opens
+        a stdin pipe (write with ``Command.write_stdin``); text or bytes are written to it and
+        it is closed."""
+        body: Dict[str, Any] = {
+            "env": dict(env) if env is not None else None,
+            "cwd": cwd,
+            "user": user,
+            "timeout": timeout,
+            "stdin": stdin is not False,
+        }
+        if isinstance(command, str):
+            line = command
+            if args:
+                line += " " + " ".join(shlex.quote(a) for a in args)
+            body["command"] = line
+        else:
+            body["argv"] = list(command) + list(args or [])
+        out = await self.manager._json("POST", self._path("/commands"), json=_drop_none(body))
+        cmd = AsyncCommand(self, out["cmd_id"], out.get("pid"))
+        if isinstance(stdin, (str, bytes)):
+            await cmd.write_stdin(stdin, close=True)
+        return cmd
+
+    async def run_command(
+        self,
+        command: Union[str, Sequence[str]],
+        args: Optional[Sequence[str]] = None,
+        *,
+        env: Optional[Mapping[str, str]] = None,
+        cwd: Optional[str] = None,
+        user: Optional[str] = None,
+        timeout: Optional[int] = None,
+        stdin: Union[None, str, bytes] = None,
+        on_stdout: Optional[OutputCallback] = None,
+        on_stderr: Optional[OutputCallback] = None,
+    ) -> ExecResult:
+        """Runs a command as a durable command and waits for it; ``on_stdout``/``on_stderr``
+        get its output as it arrives. Returns an :class:`ExecResult`; raises
+        :class:`TimeoutError` (``exec_timeout``) when ``timeout`` killed it."""
+        cmd = await self.run_command_detached(
+            command, args, env=env, cwd=cwd, user=user, timeout=timeout,
+            stdin=stdin if stdin is not None else False,
         )
+        if on_stdout is not None or on_stderr is not None:
+            await cmd._follow(on_stdout, on_stderr)
+        return await cmd.wait()
+
+    def get_command(self, cmd_id: str) -> "AsyncCommand":
+        """A handle on a command started earlier (by any client)."""
+        return AsyncCommand(self, cmd_id)
+
+    async def list_commands(self) -> List[JsonDict]:
+        """States of this VM's durable commands."""
+        return await self.manager._json("GET", self._path("/commands"))
 
     # -- files (BandSox REST shapes; need the server's file endpoints) --------------------------
 
@@ -797,6 +1055,122 @@ class AsyncMicroVM:
             data = f.read()
         await self.write_bytes(remote_path, data, append=True)
 
+    # -- files (ours, Vtrix style) --------------------------------------------------------------
+
+    async def stat(self, path: str) -> Optional[JsonDict]:
+        """``{"name","path","size","is_dir","is_file","is_symlink","mode","mtime"}``, or
+        ``None`` when nothing is at ``path``."""
+        out = await self.manager._json("GET", self._path("/files/stat"), params={"path": path})
+        return out.get("entry") if out.get("exists") else None
+
+    async def exists(self, path: str) -> bool:
+        return await self.stat(path) is not None
+
+    async def mkdir(self, path: str, parents: bool = True, mode: Optional[int] = None) -> None:
+        """Creates a directory (and its parents; fine when it exists)."""
+        await self.manager._json(
+            "POST", self._path("/files/mkdir"),
+            json=_drop_none({"path": path, "parents": parents, "mode": mode}),
+        )
+
+    async def remove(self, path: str, recursive: bool = False) -> None:
+        await self.manager._json(
+            "POST", self._path("/files/remove"), json={"path": path, "recursive": recursive}
+        )
+
+    async def rename_file(self, src: str, dst: str) -> None:
+        await self.manager._json(
+            "POST", self._path("/files/rename"), json={"from": src, "to": dst}
+        )
+
+    async def edit(self, path: str, old_text: str, new_text: str) -> None:
+        """Replaces the one occurrence of ``old_text``; raises :class:`InvalidInputError`
+        (code ``edit_no_match`` or ``edit_multiple_matches``) otherwise."""
+        await self.manager._json(
+            "POST", self._path("/files/edit"),
+            json={"path": path, "old_text": old_text, "new_text": new_text},
+        )
+
+    async def write(self, path: str, content: Union[str, bytes]) -> JsonDict:
+        """Writes a whole file (parents created); ``{"bytes_written": n}``."""
+        raw = content.encode() if isinstance(content, str) else bytes(content)
+        await self.write_bytes(path, raw)
+        return {"bytes_written": len(raw)}
+
+    async def write_files(self, files: Sequence[Mapping[str, Any]]) -> int:
+        """Writes several files in one request: ``[{"path", "content": bytes | str,
+        "mode"?: 0o755}]``. Returns how many were written."""
+        batch = []
+        for f in files:
+            content = f["content"]
+            raw = content.encode() if isinstance(content, str) else bytes(content)
+            batch.append(_drop_none({
+                "path": f["path"],
+                "content": base64.b64encode(raw).decode("ascii"),
+                "encoding": "base64",
+                "mode": f.get("mode"),
+            }))
+        out = await self.manager._json(
+            "POST", self._path("/files/write-batch"), json={"files": batch},
+            timeout=60.0 + 30.0 * sum(len(b["content"]) for b in batch) / (1 << 20),
+        )
+        return int(out.get("count", len(batch)))
+
+    async def read(self, path: str, max_bytes: int = _READ_MAX_BYTES) -> JsonDict:
+        """Vtrix's ``read``: ``{"type": "text", "content", "truncated", "size"}`` (text cut at
+        ``max_bytes``), or for images ``{"type": "image", "data" (base64), "mime_type",
+        "size"}``. Raises :class:`NotFoundError` when the file does not exist."""
+        out = await self.manager._json(
+            "GET", self._path("/read-file"), params={"path": path, "max_bytes": max_bytes}
+        )
+        mime = str(out.get("mime") or "")
+        if mime.startswith("image/"):
+            return {"type": "image", "data": out.get("content", ""), "mime_type": mime,
+                    "size": out.get("size"), "truncated": bool(out.get("truncated"))}
+        return {"type": "text", "content": out.get("content", ""), "mime_type": mime or None,
+                "size": out.get("size"), "truncated": bool(out.get("truncated"))}
+
+    async def read_bytes(self, path: str) -> Optional[bytes]:
+        """The whole file, or ``None`` when it does not exist."""
+        chunks = []
+        try:
+            async for c in self.read_stream(path):
+                chunks.append(c)
+        except errors.NotFoundError as e:
+            if isinstance(e, errors.VmNotFoundError):
+                raise
+            return None
+        return b"".join(chunks)
+
+    async def read_stream(
+        self, path: str, chunk_size: int = 65536, timeout: float = 300
+    ) -> AsyncIterator[bytes]:
+        """The file's bytes in chunks of at most ``chunk_size`` (streamed, never whole in
+        memory)."""
+        t = max(float(timeout), self.manager.timeout)
+        try:
+            async with self.manager._client.stream(
+                "GET", self._path("/download"), params={"path": path},
+                timeout=httpx.Timeout(t, connect=min(t, 10.0)),
+            ) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    try:
+                        body: Any = resp.json()
+                    except ValueError:
+                        body = resp.text
+                    raise errors.error_from_problem(resp.status_code, body)
+                async for chunk in resp.aiter_bytes(chunk_size):
+                    yield chunk
+        except httpx.TimeoutException as e:
+            raise errors.TimeoutError(
+                f"reading {path} did not finish within {t:g} s", code="client_timeout"
+            ) from e
+        except httpx.TransportError as e:
+            raise errors.ServerUnavailableError(
+                f"reading {path} failed: {e}", code="server_unavailable"
+            ) from e
+
     # -- network --------------------------------------------------------------------------------
 
     async def send_http_request(
@@ -827,3 +1201,147 @@ class AsyncMicroVM:
             ),
             timeout=float(timeout) + _EXEC_MARGIN_S,
         )
+
+
+class AsyncCommand:
+    """A durable command in a VM (Vtrix's ``Command``): it keeps running when this client goes
+    away; its output stays on the server (1 MiB per stream) and is read from byte offsets."""
+
+    def __init__(self, vm: AsyncMicroVM, cmd_id: str, pid: Optional[int] = None) -> None:
+        self.vm = vm
+        self.cmd_id = cmd_id
+        self.pid = pid
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.cmd_id!r}, vm={self.vm.vm_id!r})"
+
+    def _path(self, suffix: str = "") -> str:
+        return self.vm._path(f"/commands/{_q(self.cmd_id)}{suffix}")
+
+    async def info(self) -> JsonDict:
+        """``{"cmd_id","pid","command","running","status","stdout_end","stderr_end",...}``."""
+        out = await self.vm.manager._json("GET", self._path())
+        self.pid = out.get("pid", self.pid)
+        return out
+
+    async def logs(self, stdout_from: int = 0, stderr_from: int = 0) -> JsonDict:
+        """Output from absolute byte offsets: ``{"stdout","stderr","stdout_offset",
+        "stderr_offset","info", ...}`` (pass the offsets back to read on)."""
+        return await self.vm.manager._json(
+            "GET", self._path("/logs"),
+            params={"stdout_from": stdout_from, "stderr_from": stderr_from},
+        )
+
+    async def stdout(self) -> str:
+        return str((await self.logs()).get("stdout", ""))
+
+    async def stderr(self) -> str:
+        return str((await self.logs()).get("stderr", ""))
+
+    async def kill(self, signal: str = "TERM") -> None:
+        """Signals the command's process group (``TERM``, ``KILL``, ``SIGINT``, a number)."""
+        sig = signal[3:] if signal.upper().startswith("SIG") else signal
+        await self.vm.manager._json("POST", self._path("/kill"), json={"signal": sig})
+
+    async def write_stdin(self, data: Union[str, bytes], close: bool = False) -> None:
+        """Writes to the command's stdin (started with ``stdin=True``); ``close`` ends it."""
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        await self.vm.manager._json(
+            "POST", self._path("/stdin"),
+            json={"data": base64.b64encode(raw).decode("ascii"), "encoding": "base64",
+                  "close": close},
+        )
+
+    async def close_stdin(self) -> None:
+        await self.write_stdin(b"", close=True)
+
+    async def wait(self, timeout: Optional[float] = None) -> ExecResult:
+        """Waits for the end (at most ``timeout`` seconds, then :class:`TimeoutError` with code
+        ``client_timeout``) and returns the exit code with the output. Raises
+        :class:`TimeoutError` (``exec_timeout``) when the command's own timeout killed it."""
+        deadline = None if timeout is None else time.monotonic() + float(timeout)
+        while True:
+            step = 30.0 if deadline is None else max(min(deadline - time.monotonic(), 30.0), 0.0)
+            info = await self.vm.manager._json(
+                "POST", self._path("/wait"), json={"timeout": int(step)},
+                timeout=step + _EXEC_MARGIN_S,
+            )
+            if not info.get("running", False) and info.get("status") is not None:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                raise errors.TimeoutError(
+                    f"command {self.cmd_id} still runs after {timeout:g} s",
+                    code="client_timeout",
+                )
+            if step < 1:
+                await async_sleep(_POLL_S)
+        st = info.get("status") or {}
+        if st.get("timed_out"):
+            raise errors.TimeoutError(
+                f"command {self.cmd_id} was killed by its timeout", code="exec_timeout"
+            )
+        logs = await self.logs()
+        return ExecResult(_exit_code(info), str(logs.get("stdout", "")),
+                          str(logs.get("stderr", "")))
+
+    async def _follow(
+        self, on_stdout: Optional[OutputCallback], on_stderr: Optional[OutputCallback]
+    ) -> None:
+        """Calls the callbacks with new output until the command has ended."""
+        so = se = 0
+        dec_out, dec_err = _decoders()
+        while True:
+            out = await self.vm.manager._json(
+                "GET", self._path("/logs"),
+                params={"stdout_from": so, "stderr_from": se, "encoding": "base64"},
+            )
+            o = base64.b64decode(out.get("stdout") or "")
+            e = base64.b64decode(out.get("stderr") or "")
+            so = int(out.get("stdout_offset", so + len(o)))
+            se = int(out.get("stderr_offset", se + len(e)))
+            running = bool((out.get("info") or {}).get("running"))
+            for raw, dec, cb in ((o, dec_out, on_stdout), (e, dec_err, on_stderr)):
+                text = dec.decode(raw, final=not running)
+                if cb is not None and text:
+                    cb(text)
+            if not running:
+                return
+            if not o and not e:
+                await async_sleep(_POLL_S)
+
+
+class _PtySession:
+    """A PTY session: the terminal WebSocket and the task/thread that reads it."""
+
+    def __init__(
+        self,
+        ws: AsyncWebSocket,
+        on_stdout: Optional[OutputCallback],
+        on_exit: Optional[Callable[[int], Any]],
+    ) -> None:
+        self.ws = ws
+        self.on_stdout = on_stdout
+        self.on_exit = on_exit
+        self.task: Optional[AsyncTask] = None
+
+    def start(self) -> None:
+        self.task = AsyncTask(self._read)
+
+    async def task_join(self, timeout: float) -> None:
+        if self.task is not None:
+            await self.task.join(timeout)
+
+    async def _read(self) -> None:
+        dec = codecs.getincrementaldecoder("utf-8")("replace")
+        code = 0
+        try:
+            while True:
+                frame = await self.ws.recv()
+                raw = frame if isinstance(frame, bytes) else frame.encode()
+                text = dec.decode(raw)
+                if self.on_stdout is not None and text:
+                    self.on_stdout(text)
+        except errors.BandSoxError as e:
+            code = 0 if "code 1000" in str(e) else -1
+        if self.on_exit is not None:
+            self.on_exit(code)
