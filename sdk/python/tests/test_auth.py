@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bandsox import AuthenticationError, BandSox
+from bandsox import AuthenticationError, BandSox, MicroVM, errors
 from bandsox.core import BandSox as CoreBandSox
 
 from .conftest import Server
@@ -53,3 +53,42 @@ def test_key_argument_env_and_credentials_file(auth_server: Server, monkeypatch,
     # An explicit Authorization header wins over the saved key.
     with pytest.raises(AuthenticationError):
         CoreBandSox(headers={"Authorization": "Bearer bsx_wrong"}).list_vms()
+
+
+def test_login_uses_a_session_cookie(auth_server: Server):
+    bs = BandSox(auth_server.url)
+    assert bs.auth_check() is False
+    with pytest.raises(AuthenticationError):
+        bs.login("wrong-password")
+    token = bs.login(auth_server.password)
+    assert token and bs._client.cookies.get("bandsox_session")
+    assert bs.auth_check() is True
+    assert bs.list_vms() == []
+    # The session can manage API keys; a new key works, a revoked one does not.
+    made = bs.create_api_key("py-test")
+    assert made["key"].startswith("bsx_") and made["name"] == "py-test"
+    assert made["key_id"] in [k["id"] for k in bs.list_api_keys()]
+    assert BandSox(auth_server.url, api_key=made["key"]).list_snapshots() == []
+    bs.revoke_api_key(made["key_id"])
+    with pytest.raises(AuthenticationError):
+        BandSox(auth_server.url, api_key=made["key"]).list_snapshots()
+    # WebSockets carry the session token: past auth, the missing VM is the error.
+    with pytest.raises(errors.VmNotFoundError):
+        MicroVM(bs, "no-such-vm").exec_command("true", on_stdout=print)
+    bs.logout()
+    assert bs.auth_check() is False
+    with pytest.raises(AuthenticationError):
+        bs.list_vms()
+    with pytest.raises(AuthenticationError):
+        BandSox(auth_server.url).login("")
+
+
+def test_websockets_need_credentials(auth_server: Server):
+    with pytest.raises(AuthenticationError) as ei:
+        MicroVM(BandSox(auth_server.url), "x").exec_command("true", on_stdout=print)
+    assert ei.value.status_code == 401
+    with pytest.raises(AuthenticationError):
+        MicroVM(BandSox(auth_server.url, api_key="bsx_bad"), "x").start_pty_session("/bin/sh")
+    keyed = BandSox(auth_server.url, api_key=auth_server.api_key)
+    with pytest.raises(errors.VmNotFoundError):
+        MicroVM(keyed, "no-such-vm").exec_command("true", on_stdout=print)

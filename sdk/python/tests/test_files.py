@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 
 import pytest
@@ -62,3 +63,67 @@ def test_missing_file(fvm: MicroVM, tmp_path):
     with pytest.raises(FileNotFoundError):
         fvm.download_file("/tmp/pyfiles/nope", tmp_path / "nope")
     assert not (tmp_path / "nope").exists() and not (tmp_path / ".nope.part").exists()
+
+
+# -- Vtrix-style file methods ---------------------------------------------------------------
+
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+def test_stat_exists_mkdir_remove_rename(fvm: MicroVM):
+    assert fvm.stat("/tmp/pyfiles/x/y") is None and fvm.exists("/tmp/pyfiles/x/y") is False
+    fvm.mkdir("/tmp/pyfiles/x/y")
+    fvm.mkdir("/tmp/pyfiles/x/y")  # already there: fine
+    e = fvm.stat("/tmp/pyfiles/x/y")
+    assert e is not None and e["is_dir"] is True and fvm.exists("/tmp/pyfiles/x")
+    fvm.write("/tmp/pyfiles/x/y/f", "data")
+    fvm.rename_file("/tmp/pyfiles/x/y/f", "/tmp/pyfiles/x/g")
+    assert fvm.exists("/tmp/pyfiles/x/g") and not fvm.exists("/tmp/pyfiles/x/y/f")
+    with pytest.raises(errors.BandSoxError):
+        fvm.remove("/tmp/pyfiles/x")  # not empty without recursive
+    fvm.remove("/tmp/pyfiles/x", recursive=True)
+    assert not fvm.exists("/tmp/pyfiles/x")
+
+
+def test_edit_write_files_read(fvm: MicroVM):
+    assert fvm.write("/tmp/pyfiles/c.json", '{"port": 3000}') == {"bytes_written": 14}
+    fvm.edit("/tmp/pyfiles/c.json", '"port": 3000', '"port": 8080')
+    assert fvm.get_file_contents("/tmp/pyfiles/c.json") == '{"port": 8080}'
+    with pytest.raises(errors.InvalidInputError) as ei:
+        fvm.edit("/tmp/pyfiles/c.json", "nope", "x")
+    assert ei.value.code == "edit_no_match"
+    fvm.write("/tmp/pyfiles/d.txt", "a a")
+    with pytest.raises(errors.InvalidInputError) as ei:
+        fvm.edit("/tmp/pyfiles/d.txt", "a", "b")
+    assert ei.value.code == "edit_multiple_matches"
+
+    n = fvm.write_files([
+        {"path": "/tmp/pyfiles/w/run.sh", "content": b"#!/bin/sh\necho ran\n", "mode": 0o755},
+        {"path": "/tmp/pyfiles/w/img.png", "content": PNG},
+    ])
+    assert n == 2
+    assert fvm.exec_command("/tmp/pyfiles/w/run.sh").stdout == "ran\n"
+    img = fvm.read("/tmp/pyfiles/w/img.png")
+    assert img["type"] == "image" and img["mime_type"] == "image/png"
+    assert base64.b64decode(img["data"]) == PNG
+    text = fvm.read("/tmp/pyfiles/c.json")
+    assert text == {"type": "text", "content": '{"port": 8080}', "mime_type": text["mime_type"],
+                    "size": 14, "truncated": False}
+    fvm.write("/tmp/pyfiles/big.txt", "x" * 300_000)
+    big = fvm.read("/tmp/pyfiles/big.txt")
+    assert big["truncated"] is True and len(big["content"]) == 200 * 1024
+    with pytest.raises(errors.NotFoundError):
+        fvm.read("/tmp/pyfiles/missing")
+
+
+def test_read_stream_and_read_bytes(fvm: MicroVM):
+    data = os.urandom(200_000)
+    fvm.write_bytes("/tmp/pyfiles/s.bin", data)
+    chunks = list(fvm.read_stream("/tmp/pyfiles/s.bin", chunk_size=65536))
+    assert b"".join(chunks) == data and len(chunks) >= 4
+    assert all(len(c) <= 65536 for c in chunks)
+    assert fvm.read_bytes("/tmp/pyfiles/s.bin") == data
+    assert fvm.read_bytes("/tmp/pyfiles/nothing") is None
