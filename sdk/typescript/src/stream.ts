@@ -2,7 +2,7 @@
 
 import type WebSocket from "ws";
 
-import { BandSoxError, BandSoxTimeoutError, VmNotFoundError, WebSocketError } from "./errors.js";
+import { BandSoxError, BandSoxTimeoutError, InvalidInputError, VmNotFoundError, WebSocketError } from "./errors.js";
 import type { Transport } from "./transport.js";
 import { seg } from "./transport.js";
 
@@ -89,6 +89,9 @@ export async function execStream(
       // unknown frame types are ignored
     });
     ws.on("close", (code, reason) => {
+      const why = reason.toString();
+      if (code === 4004) finish(new VmNotFoundError(why || `VM ${vmId} not found`, { code: "vm_not_found", statusCode: 404 }));
+      if (code === 4000) finish(new InvalidInputError(why || "exec-stream refused the command", { code: "invalid_input" }));
       finish(
         new WebSocketError(
           `the exec-stream WebSocket closed before the command ended (code ${code}${reason.length ? `: ${reason.toString()}` : ""})`,
@@ -99,6 +102,7 @@ export async function execStream(
     ws.on("error", (e) => {
       finish(new WebSocketError(`exec-stream WebSocket failed: ${e.message}`, { code: "websocket_error", cause: e }));
     });
+    ws.resume();
     ws.send(JSON.stringify({ command, timeout: timeoutS }));
   });
 }

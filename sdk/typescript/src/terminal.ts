@@ -48,6 +48,7 @@ export class Terminal {
           }
           closedResolve(code);
         });
+        ws.resume();
         for (const frame of this.queue.splice(0)) ws.send(frame);
       });
     this.ready.catch((e: unknown) => {

@@ -193,7 +193,8 @@ export class Transport {
   }
 
   /**
-   * Opens a WebSocket with the client's auth headers; resolves once it is open. A refused
+   * Opens a WebSocket with the client's auth headers; resolves once it is open, paused (call
+   * `resume()` after attaching listeners). A refused
    * upgrade (401, 404...) is mapped like an HTTP error.
    */
   openWebSocket(path: string, opts: { query?: Query; protocols?: string[]; timeout?: number; signal?: AbortSignal } = {}): Promise<WebSocket> {
@@ -244,6 +245,9 @@ export class Transport {
         ws.removeAllListeners("unexpected-response");
         // Callers add their own listeners; this one keeps an early error from being thrown.
         ws.on("error", () => undefined);
+        // Paused until the caller has attached its listeners (then it calls `resume()`): frames
+        // that came with the handshake would otherwise be emitted before anyone listens.
+        ws.pause();
         resolve(ws);
       });
     });

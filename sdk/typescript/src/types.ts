@@ -18,8 +18,9 @@ export interface VmInfo {
   vcpu: number;
   mem_mib: number;
   disk_size_mib?: number;
-  created_at?: string;
-  updated_at?: string;
+  /** Unix seconds (as the server stores them) or an RFC 3339 string. */
+  created_at?: number | string;
+  updated_at?: number | string;
   pid?: number | null;
   agent_ready?: boolean;
   error?: string | null;
@@ -28,7 +29,8 @@ export interface VmInfo {
   network_config: NetworkConfig | null;
   vsock_config?: unknown;
   restored_from?: string | null;
-  expires_at?: string | null;
+  /** Unix seconds when the timeout action runs; null without a timeout. */
+  expires_at?: number | null;
   timeout_action?: string | null;
   [key: string]: unknown;
 }

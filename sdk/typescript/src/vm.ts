@@ -81,12 +81,21 @@ export class MicroVM {
 
   /** Cached creation time. */
   get createdAt(): Date | undefined {
-    return this.cached?.created_at ? new Date(this.cached.created_at) : undefined;
+    const c = this.cached?.created_at;
+    if (c === undefined || c === null) return undefined;
+    return new Date(typeof c === "number" ? c * 1000 : c);
   }
 
-  /** Cached expiry (`expires_at`), null when the VM has no timeout. */
-  get expireAt(): string | null | undefined {
-    return this.cached?.expires_at;
+  /** Cached expiry as RFC 3339, null when the VM has no timeout. */
+  get expireAt(): string | null {
+    const e = this.cached?.expires_at;
+    return typeof e === "number" ? new Date(e * 1000).toISOString() : null;
+  }
+
+  /** Milliseconds left before the timeout action (from the cached info); Infinity without one, 0 once past. */
+  get timeout(): number {
+    const e = this.cached?.expires_at;
+    return typeof e === "number" ? Math.max(0, e * 1000 - Date.now()) : Infinity;
   }
 
   private get t() {
