@@ -1,0 +1,105 @@
+/** Client behaviour that needs no VM: error mapping, quoting, and answers from a plain HTTP server. */
+
+import assert from "node:assert/strict";
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { after, before, it } from "node:test";
+
+import {
+  AgentUnavailableError,
+  AuthenticationError,
+  BandSox,
+  BandSoxError,
+  BandSoxTimeoutError,
+  CommandNotFoundError,
+  ConflictError,
+  InvalidInputError,
+  NotFoundError,
+  RateLimitedError,
+  SnapshotNotFoundError,
+  VmNotFoundError,
+  errorFromProblem,
+  shellQuote,
+} from "bandsox";
+
+it("maps problem codes first, then statuses", () => {
+  const cases: Array<[number, unknown, new (...a: never[]) => BandSoxError]> = [
+    [404, { code: "vm_not_found", detail: "VM `x` not found" }, VmNotFoundError],
+    [404, { code: "command_not_found" }, CommandNotFoundError],
+    [404, { code: "route_not_found" }, NotFoundError],
+    [409, { code: "conflict" }, ConflictError],
+    [401, { code: "unauthorized" }, AuthenticationError],
+    [403, {}, AuthenticationError],
+    [422, { code: "invalid_input" }, InvalidInputError],
+    [504, { code: "exec_timeout" }, BandSoxTimeoutError],
+    [502, { code: "agent_unavailable" }, AgentUnavailableError],
+    [429, "too many", RateLimitedError],
+    [418, "teapot", BandSoxError],
+  ];
+  for (const [status, body, cls] of cases) {
+    const e = errorFromProblem(status, body);
+    assert.ok(e instanceof cls, `${status} ${JSON.stringify(body)} → ${e.name}`);
+    assert.equal(e.statusCode, status);
+  }
+  const e = errorFromProblem(404, { code: "vm_not_found", detail: "VM `x` not found", hint: "list VMs", extra: 1 });
+  assert.deepEqual([e.message, e.detail, e.code, e.hint, e.name], ["VM `x` not found", "VM `x` not found", "vm_not_found", "list VMs", "VmNotFoundError"]);
+  assert.ok(errorFromProblem(404, { code: "not_found" }, true) instanceof SnapshotNotFoundError);
+  assert.equal(errorFromProblem(500, "").message, "HTTP 500");
+});
+
+it("quotes shell words", () => {
+  assert.equal(shellQuote("abc/d.e"), "abc/d.e");
+  assert.equal(shellQuote("a b"), "'a b'");
+  assert.equal(shellQuote("it's"), `'it'\\''s'`);
+  assert.equal(shellQuote(""), "''");
+});
+
+it("rejects a baseUrl that is not http(s)", () => {
+  assert.throws(() => new BandSox({ baseUrl: "ftp://x" }), BandSoxError);
+});
+
+let http: Server;
+let url: string;
+
+before(async () => {
+  http = createServer((req, res) => {
+    if (req.url?.startsWith("/api/vms/extra")) {
+      res.setHeader("Content-Type", "application/json");
+      res.end(JSON.stringify({ id: "extra", name: "n", status: "running", brand_new_field: { x: 1 }, metadata: {} }));
+    } else if (req.url === "/api/vms?limit=1") {
+      res.setHeader("X-Total-Count", "3");
+      res.end(JSON.stringify([{ id: "a", future: true }]));
+    } else if (req.url === "/api/snapshots") {
+      res.statusCode = 502;
+      res.end("<html>bad gateway</html>");
+    } else if (req.url === "/api/version") {
+      res.end("not json");
+    } else {
+      res.statusCode = 404;
+      res.end();
+    }
+  });
+  await new Promise<void>((r) => http.listen(0, "127.0.0.1", r));
+  url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+});
+
+after(() => new Promise<void>((r) => http.close(() => r())));
+
+it("ignores unknown response fields and reads X-Total-Count", async () => {
+  const bs = new BandSox({ baseUrl: url });
+  const vm = await bs.getVm("extra");
+  assert.equal(vm.id, "extra");
+  assert.equal(vm.status, "running");
+  const page = await bs.listVmsPage({ limit: 1 });
+  assert.deepEqual(page.pagination, { total: 3, limit: 1, offset: 0, has_more: true });
+});
+
+it("turns non-JSON answers into clear errors", async () => {
+  const bs = new BandSox({ baseUrl: url });
+  const e = await bs.listSnapshots().catch((x: unknown) => x);
+  assert.ok(e instanceof AgentUnavailableError && e.statusCode === 502, String(e));
+  const v = await bs.version().catch((x: unknown) => x);
+  assert.ok(v instanceof BandSoxError && v.code === "bad_response", String(v));
+  const n = await bs.getVmInfo("missing/../x").catch((x: unknown) => x);
+  assert.ok(n instanceof NotFoundError, String(n));
+});
