@@ -10,6 +10,7 @@ use bandsox_core::{CreateVm, Manager, ManagerConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod agent;
+mod api;
 mod create;
 mod lifecycle;
 mod util;
@@ -32,7 +33,8 @@ async fn main() -> Result<()> {
         Some("create") => create::run(runs.max(3)).await,
         Some("lifecycle") => lifecycle::run(runs.max(5)).await,
         Some("agent") => agent::run().await,
-        _ => bail!("usage: bandsox-bench boot|create|lifecycle|agent [--runs N]"),
+        Some("api") => api::run(runs.max(200)).await,
+        _ => bail!("usage: bandsox-bench boot|create|lifecycle|agent|api [--runs N]"),
     }
 }
 
