@@ -210,3 +210,145 @@ fn terminal_exec_stream_and_ws_auth() {
         .call()
         .unwrap();
 }
+
+/// Reads socket frames until every id in `want` has its final answer; returns them by id.
+fn collect(ws: &mut Ws, want: usize) -> Vec<serde_json::Value> {
+    let mut done = Vec::new();
+    loop {
+        let Message::Text(t) = ws.read().unwrap() else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+        let last = v.get("status").is_some() || v["type"] == "exit" || v["type"] == "error";
+        done.push(v);
+        if !last {
+            // Stream output: kept, but not an answer.
+            done.last_mut().unwrap()["partial"] = true.into();
+        }
+        let answers = done.iter().filter(|v| v.get("partial").is_none()).count();
+        if answers == want {
+            break;
+        }
+    }
+    done
+}
+
+#[test]
+fn persistent_socket_runs_operations_concurrently() {
+    let root = TestRoot::new("bsxsock");
+    assert!(init(root.path()).status.success());
+    let port = free_port();
+    let _server = start_server(root.path(), port);
+    let http = format!("http://127.0.0.1:{port}/api");
+    let r: serde_json::Value = ureq::post(&format!("{http}/vms"))
+        .send_json(serde_json::json!({"image": "bandsox/busybox"}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let id = r["id"].as_str().unwrap().to_owned();
+    let mut ws = connect(
+        &format!("ws://127.0.0.1:{port}/api/vms/{id}/socket"),
+        &["bandsox.socket"],
+    )
+    .unwrap();
+    let send =
+        |ws: &mut Ws, v: serde_json::Value| ws.send(Message::Text(v.to_string().into())).unwrap();
+
+    // A file to read back (binary, every byte value) before the concurrent batch.
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    send(
+        &mut ws,
+        serde_json::json!({"id": "w", "method": "POST", "path": "/write-file",
+            "body": {"path": "/tmp/all.bin", "content": base64::engine::general_purpose::STANDARD.encode(&bytes), "encoding": "base64"}}),
+    );
+    let w = collect(&mut ws, 1);
+    assert_eq!(
+        (w[0]["id"].as_str(), w[0]["status"].as_u64()),
+        (Some("w"), Some(200)),
+        "{w:?}"
+    );
+
+    // Eight one-second commands, a streamed command and file operations at once.
+    let t = Instant::now();
+    for i in 0..8 {
+        send(
+            &mut ws,
+            serde_json::json!({"id": i, "method": "POST", "path": "/exec", "body": {"command": format!("sleep 1; echo n{i}")}}),
+        );
+    }
+    send(
+        &mut ws,
+        serde_json::json!({"id": "s", "stream": {"command": "echo s1; sleep 1; echo s2 >&2"}}),
+    );
+    send(
+        &mut ws,
+        serde_json::json!({"id": "stat", "method": "GET", "path": "/files/stat?path=/etc"}),
+    );
+    send(
+        &mut ws,
+        serde_json::json!({"id": "dl", "method": "GET", "path": "/download?path=/tmp/all.bin"}),
+    );
+    send(
+        &mut ws,
+        serde_json::json!({"id": "escape", "method": "POST", "path": "/../../snapshots/x/restore"}),
+    );
+    send(
+        &mut ws,
+        serde_json::json!({"id": "nope", "method": "GET", "path": "/no-such-operation"}),
+    );
+    ws.send(Message::Text("not json".into())).unwrap();
+    let got = collect(&mut ws, 14);
+    let elapsed = t.elapsed();
+    let by_id = |id: serde_json::Value| -> Vec<&serde_json::Value> {
+        got.iter().filter(|v| v["id"] == id).collect()
+    };
+    for i in 0..8 {
+        let a = by_id(i.into());
+        assert_eq!(a.len(), 1, "{got:?}");
+        assert_eq!(a[0]["status"], 200, "{a:?}");
+        assert_eq!(a[0]["body"]["stdout"], format!("n{i}\n"));
+    }
+    assert!(
+        elapsed < Duration::from_secs(7),
+        "eight 1 s commands took {elapsed:?}: not concurrent"
+    );
+    let s: Vec<String> = by_id("s".into())
+        .iter()
+        .map(|v| {
+            format!(
+                "{}:{}",
+                v["type"].as_str().unwrap(),
+                v["data"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(s, ["stdout:s1\n", "stderr:s2\n", "exit:"], "{got:?}");
+    let stat = by_id("stat".into());
+    assert_eq!(stat[0]["body"]["exists"], true, "{stat:?}");
+    assert_eq!(stat[0]["body"]["entry"]["is_dir"], true, "{stat:?}");
+    let dl = by_id("dl".into());
+    assert_eq!(dl[0]["body"]["encoding"], "base64", "{dl:?}");
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(dl[0]["body"]["data"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(data, bytes);
+    let escape = by_id("escape".into());
+    assert_eq!(escape[0]["status"], 400, "{escape:?}");
+    let nope = by_id("nope".into());
+    assert_eq!(
+        (nope[0]["status"].as_u64(), nope[0]["body"]["code"].as_str()),
+        (Some(404), Some("route_not_found")),
+        "{nope:?}"
+    );
+    let bad = by_id(serde_json::Value::Null);
+    assert_eq!(bad[0]["status"], 400, "{got:?}");
+    ws.close(None).unwrap();
+
+    // A socket to a VM that does not exist is closed with 4004.
+    let mut ws = connect(&format!("ws://127.0.0.1:{port}/api/vms/nope/socket"), &[]).unwrap();
+    match ws.read() {
+        Ok(Message::Close(Some(f))) => assert_eq!(u16::from(f.code), 4004),
+        other => panic!("{other:?}"),
+    }
+    ureq::delete(&format!("{http}/vms/{id}")).call().unwrap();
+}

@@ -75,23 +75,26 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let problem = Problem {
+impl ApiError {
+    /// The RFC 9457 body of this error.
+    pub fn problem(self) -> Problem {
+        Problem {
             type_uri: format!("urn:bandsox:problem:{}", self.code),
             title: self.status.canonical_reason().unwrap_or("Error").to_owned(),
             status: self.status.as_u16(),
             detail: self.detail,
             code: self.code.to_owned(),
             hint: self.hint.map(str::to_owned),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status;
+        let problem = self.problem();
         let body = serde_json::to_vec(&problem).unwrap_or_default();
-        (
-            self.status,
-            [(header::CONTENT_TYPE, PROBLEM_CONTENT_TYPE)],
-            body,
-        )
-            .into_response()
+        (status, [(header::CONTENT_TYPE, PROBLEM_CONTENT_TYPE)], body).into_response()
     }
 }
 

@@ -4,6 +4,7 @@ pub mod commands;
 pub mod files;
 pub mod images;
 pub mod snapshots;
+pub mod socket;
 pub mod vms;
 pub mod ws;
 
@@ -43,7 +44,30 @@ fn big_json() -> DefaultBodyLimit {
     DefaultBodyLimit::max(350 << 20)
 }
 
+/// The whole API: authentication first, then the per-VM operation limit, then the routes.
 pub fn router(state: AppState) -> Router {
+    limited(&state)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
+        .with_state(state)
+}
+
+/// The API for requests that were already authenticated (operations on a persistent socket):
+/// the same routes and limits, without the guard.
+pub(crate) fn routes_for(state: AppState) -> Router {
+    limited(&state).with_state(state)
+}
+
+fn limited(state: &AppState) -> Router<AppState> {
+    routes().layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        crate::limits::per_vm,
+    ))
+}
+
+fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/auth/login", post(auth::login))
         .route("/api/auth/logout", post(auth::logout))
@@ -100,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/vms/{id}/exec-python", post(files::exec_python))
         .route("/api/vms/{id}/terminal", get(ws::terminal))
         .route("/api/vms/{id}/exec-stream", get(ws::exec_stream))
+        .route("/api/vms/{id}/socket", get(socket::socket))
         .route(
             "/api/vms/{id}/commands",
             get(commands::list).post(commands::start),
@@ -131,13 +156,4 @@ pub fn router(state: AppState) -> Router {
             get(images::inspect).delete(images::delete),
         )
         .fallback(vms::not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::limits::per_vm,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::guard,
-        ))
-        .with_state(state)
 }

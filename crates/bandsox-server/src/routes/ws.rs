@@ -76,7 +76,7 @@ pub async fn terminal(
     ws.on_upgrade(move |socket| run_terminal(s, id, q, output, socket))
 }
 
-async fn close(mut socket: WebSocket, code: u16, reason: &str) {
+pub(super) async fn close(mut socket: WebSocket, code: u16, reason: &str) {
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
             code,
@@ -191,6 +191,30 @@ pub async fn exec_stream(
     ws.on_upgrade(move |socket| run_exec_stream(s, id, socket))
 }
 
+/// The exec-stream frame of one event (`None` for events the protocol does not show), and
+/// whether it is the last one.
+pub(super) fn exec_event_json(ev: ExecEvent, timeout_s: u64) -> Option<(serde_json::Value, bool)> {
+    Some(match ev {
+        ExecEvent::Started { .. } => return None,
+        ExecEvent::Stdout(b) => (
+            serde_json::json!({"type": "stdout", "data": String::from_utf8_lossy(&b)}),
+            false,
+        ),
+        ExecEvent::Stderr(b) => (
+            serde_json::json!({"type": "stderr", "data": String::from_utf8_lossy(&b)}),
+            false,
+        ),
+        ExecEvent::Exited(st) if st.timed_out => (
+            serde_json::json!({"type": "error", "error": format!("Command timed out after {timeout_s} s")}),
+            true,
+        ),
+        ExecEvent::Exited(st) => {
+            let code = st.exit_code.or(st.signal.map(|s| 128 + s)).unwrap_or(1);
+            (serde_json::json!({"type": "exit", "exit_code": code}), true)
+        }
+    })
+}
+
 async fn send_json(socket: &mut WebSocket, v: serde_json::Value) -> bool {
     socket
         .send(Message::Text(v.to_string().into()))
@@ -249,25 +273,13 @@ async fn run_exec_stream(s: AppState, id: String, mut socket: WebSocket) {
                 break;
             }
         };
-        let msg = match ev {
-            ExecEvent::Started { .. } => continue,
-            ExecEvent::Stdout(b) => {
-                serde_json::json!({"type": "stdout", "data": String::from_utf8_lossy(&b)})
-            }
-            ExecEvent::Stderr(b) => {
-                serde_json::json!({"type": "stderr", "data": String::from_utf8_lossy(&b)})
-            }
-            ExecEvent::Exited(st) => {
-                let code = st.exit_code.or(st.signal.map(|s| 128 + s)).unwrap_or(1);
-                let v = if st.timed_out {
-                    serde_json::json!({"type": "error", "error": format!("Command timed out after {timeout_s} s")})
-                } else {
-                    serde_json::json!({"type": "exit", "exit_code": code})
-                };
-                send_json(&mut socket, v).await;
-                break;
-            }
+        let Some((msg, last)) = exec_event_json(ev, timeout_s) else {
+            continue;
         };
+        if last {
+            send_json(&mut socket, msg).await;
+            break;
+        }
         if !send_json(&mut socket, msg).await {
             // BandSox lets the command finish when the client disconnects; dropping the
             // stream here would kill it, so drain it instead.
