@@ -20,9 +20,13 @@ npx tsc -p tsconfig.test.json
 # No ambient client configuration: the tests choose URLs and keys themselves.
 unset BANDSOX_URL BANDSOX_API_KEY
 
-# One file at a time: each starts its own server and VMs on a 2-core machine.
-node --test --test-concurrency=1 \
-  build-test/test/unit.test.js \
-  build-test/test/auth.test.js \
-  build-test/test/live.test.js \
-  build-test/test/examples.test.js
+# One file at a time (each starts its own server and VMs; Node 18 has no --test-concurrency).
+failed=0
+for t in unit auth live examples; do
+  echo "== sdk/typescript: $t tests"
+  node --test "build-test/test/$t.test.js" || failed=1
+done
+if (( failed )); then
+  echo "error: TypeScript SDK tests failed" >&2
+  exit 1
+fi

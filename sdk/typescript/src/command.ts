@@ -35,12 +35,8 @@ export class Command {
     readonly cwd: string | undefined,
   ) {}
 
-  private path(suffix = ""): string {
-    return `/api/vms/${seg(this.vm.id)}/commands/${seg(this.cmdId)}${suffix}`;
-  }
-
-  private get t() {
-    return this.vm.client.transport;
+  private suffix(rest = ""): string {
+    return `/commands/${seg(this.cmdId)}${rest}`;
   }
 
   private absorb(state: CommandState): CommandState {
@@ -52,7 +48,7 @@ export class Command {
 
   /** The command's current state (throws `CommandNotFoundError` for unknown ids). */
   async refresh(call: CallOptions = {}): Promise<CommandState> {
-    return this.absorb(await this.t.json<CommandState>("GET", this.path(), call));
+    return this.absorb(await this.vm.request<CommandState>("GET", this.suffix(), call));
   }
 
   /**
@@ -65,7 +61,7 @@ export class Command {
       const left = Math.ceil((end - Date.now()) / 1000);
       const slice = Math.max(1, Math.min(WAIT_SLICE_S, left));
       const state = this.absorb(
-        await this.t.json<CommandState>("POST", this.path("/wait"), {
+        await this.vm.request<CommandState>("POST", this.suffix("/wait"), {
           json: { timeout: slice },
           timeout: slice * 1000 + EXEC_MARGIN_MS,
           signal: opts.signal,
@@ -91,13 +87,13 @@ export class Command {
     const decOut = new TextDecoder();
     const decErr = new TextDecoder();
     for (;;) {
-      const r = await this.t.json<{
+      const r = await this.vm.request<{
         stdout: string;
         stderr: string;
         stdout_offset: number;
         stderr_offset: number;
         info?: CommandState;
-      }>("GET", this.path("/logs"), { query: { stdout_from: outFrom, stderr_from: errFrom, encoding: "base64" } });
+      }>("GET", this.suffix("/logs"), { query: { stdout_from: outFrom, stderr_from: errFrom, encoding: "base64" } });
       const out = Buffer.from(r.stdout ?? "", "base64");
       const err = Buffer.from(r.stderr ?? "", "base64");
       if (typeof r.stdout_offset === "number") outFrom = r.stdout_offset;
@@ -113,7 +109,7 @@ export class Command {
   }
 
   private async collect(which: "stdout" | "stderr" | "both"): Promise<string> {
-    const r = await this.t.json<{ stdout: string; stderr: string; info?: CommandState }>("GET", this.path("/logs"), {
+    const r = await this.vm.request<{ stdout: string; stderr: string; info?: CommandState }>("GET", this.suffix("/logs"), {
       query: { stdout_from: 0, stderr_from: 0 },
     });
     if (r.info) this.absorb(r.info);
@@ -148,7 +144,7 @@ export class Command {
       typeof data === "string"
         ? { data, close: opts.close ?? false }
         : { data: Buffer.from(data).toString("base64"), encoding: "base64", close: opts.close ?? false };
-    await this.t.json("POST", this.path("/stdin"), { json: compact(body), timeout: opts.timeout, signal: opts.signal });
+    await this.vm.request("POST", this.suffix("/stdin"), { json: compact(body), timeout: opts.timeout, signal: opts.signal });
   }
 }
 

@@ -9,9 +9,10 @@ import { pipeline } from "node:stream/promises";
 import type { BandSox } from "./client.js";
 import { Command, CommandFinished, signalName } from "./command.js";
 import { BandSoxError, NotFoundError } from "./errors.js";
-import { EXEC_MARGIN_MS, EventQueue, execStream } from "./stream.js";
+import { EXEC_MARGIN_MS, EventQueue, type StreamEvent, execStream } from "./stream.js";
 import { Terminal } from "./terminal.js";
-import { compact, seg } from "./transport.js";
+import { VmSocket } from "./socket.js";
+import { type RequestOptions, compact, seg } from "./transport.js";
 import type {
   CallOptions,
   CommandState,
@@ -55,6 +56,7 @@ export class MicroVM {
   /** The VM id. */
   readonly id: string;
   private cached: VmInfo | null;
+  private socket: VmSocket | null = null;
 
   constructor(
     readonly client: BandSox,
@@ -104,6 +106,45 @@ export class MicroVM {
 
   private path(suffix = ""): string {
     return `/api/vms/${seg(this.id)}${suffix}`;
+  }
+
+  /**
+   * A JSON operation of this VM (`suffix` after `/api/vms/{id}`): over the persistent socket
+   * when {@link connect} opened one, else over HTTP.
+   * @internal
+   */
+  async request<T>(method: string, suffix: string, opts: RequestOptions = {}): Promise<T> {
+    if (this.socket?.isOpen && opts.body === undefined) {
+      return await this.socket.request<T>(method, suffix, {
+        query: opts.query,
+        json: opts.json,
+        timeout: opts.timeout ?? this.client.timeout,
+        signal: opts.signal,
+      });
+    }
+    return await this.t.json<T>(method, this.path(suffix), opts);
+  }
+
+  /**
+   * Opens the persistent per-VM WebSocket (`/api/vms/{id}/socket`): from then on this handle's
+   * JSON operations and streamed commands share one connection (faster for many small calls).
+   * Uploads and downloads stay on HTTP. {@link close} ends it; when it drops, pending calls
+   * reject with `WebSocketError` and later calls use HTTP again.
+   */
+  async connect(call: CallOptions = {}): Promise<this> {
+    if (!this.socket?.isOpen) this.socket = await VmSocket.open(this.t, this.id, call.timeout);
+    return this;
+  }
+
+  /** Whether the persistent socket is open. */
+  get connected(): boolean {
+    return this.socket?.isOpen ?? false;
+  }
+
+  /** Closes the persistent socket (if any); the handle keeps working over HTTP. */
+  close(): void {
+    this.socket?.close();
+    this.socket = null;
   }
 
   // -- lifecycle ---------------------------------------------------------------------------------
@@ -161,7 +202,7 @@ export class MicroVM {
 
   /** Pushes the VM's timeout `seconds` further (1..86400); resolves with the VM object. */
   async extend(seconds: number, call: CallOptions = {}): Promise<VmInfo> {
-    this.cached = await this.t.json<VmInfo>("POST", this.path("/extend"), { ...call, json: { seconds } });
+    this.cached = await this.request<VmInfo>("POST", "/extend", { ...call, json: { seconds } });
     return this.cached;
   }
 
@@ -172,7 +213,7 @@ export class MicroVM {
 
   /** Sets the timeout to `timeoutS` from now (0 clears it) and optionally its action. */
   async setTimeout(timeoutS: number, action?: "stop" | "pause" | "delete", call: CallOptions = {}): Promise<VmInfo> {
-    this.cached = await this.t.json<VmInfo>("POST", this.path("/timeout"), {
+    this.cached = await this.request<VmInfo>("POST", "/timeout", {
       ...call,
       json: compact({ timeout_s: timeoutS, action }),
     });
@@ -206,7 +247,7 @@ export class MicroVM {
 
   /** Runs a shell command line (`timeout` in seconds, default 30) and resolves with its output. */
   async execCommand(command: string, timeout = 30, opts: { env?: Record<string, string>; cwd?: string; signal?: AbortSignal } = {}): Promise<ExecResult> {
-    const out = await this.t.json<ExecResult>("POST", this.path("/exec"), {
+    const out = await this.request<ExecResult>("POST", "/exec", {
       json: compact({ command, timeout, env: opts.env, cwd: opts.cwd }),
       timeout: timeout * 1000 + EXEC_MARGIN_MS,
       signal: opts.signal,
@@ -217,7 +258,7 @@ export class MicroVM {
   /** Runs Python code in a venv with optional packages. */
   async execPython(options: ExecPythonOptions, call: Pick<CallOptions, "signal"> = {}): Promise<ExecPythonResult> {
     const timeout = options.timeout ?? 60;
-    return await this.t.json("POST", this.path("/exec-python"), {
+    return await this.request("POST", "/exec-python", {
       json: compact({ ...options, timeout }),
       timeout: timeout * 1000 * (options.packages?.length ? 3 : 1) + EXEC_MARGIN_MS,
       signal: call.signal,
@@ -227,19 +268,19 @@ export class MicroVM {
   // -- BandSox files -----------------------------------------------------------------------------
 
   async listDir(path = "/", call: CallOptions = {}): Promise<DirListing> {
-    const out = await this.t.json<DirListing>("GET", this.path("/files"), { ...call, query: { path } });
+    const out = await this.request<DirListing>("GET", "/files", { ...call, query: { path } });
     return { ...out, files: out.files ?? [] };
   }
 
   /** The file's text (UTF-8). */
   async readFile(path: string, call: CallOptions = {}): Promise<string> {
-    const out = await this.t.json<{ content?: string }>("GET", this.path("/read-file"), { ...call, query: { path } });
+    const out = await this.request<{ content?: string }>("GET", "/read-file", { ...call, query: { path } });
     return out.content ?? "";
   }
 
   /** Writes a string (`encoding` `utf-8` or `base64`); parents are created. */
   async writeFile(options: WriteFileOptions, call: CallOptions = {}): Promise<void> {
-    await this.t.json("POST", this.path(options.append ? "/append-file" : "/write-file"), {
+    await this.request("POST", options.append ? "/append-file" : "/write-file", {
       json: compact({
         path: options.path,
         content: options.content,
@@ -262,7 +303,7 @@ export class MicroVM {
 
   /** `{size, mode, mtime, is_dir, is_file}`; throws `NotFoundError` when missing. */
   async getFileInfo(path: string, call: CallOptions = {}): Promise<FileInfoResult> {
-    const out = await this.t.json<{ info?: FileInfoResult }>("GET", this.path("/file-info"), { ...call, query: { path } });
+    const out = await this.request<{ info?: FileInfoResult }>("GET", "/file-info", { ...call, query: { path } });
     return (out.info ?? out) as FileInfoResult;
   }
 
@@ -329,7 +370,7 @@ export class MicroVM {
     const form = new FormData();
     form.append("remote_path", remotePath);
     form.append("file", blob, basename(remotePath) || "file");
-    return await this.t.json("POST", this.path("/upload"), { body: form, timeout, signal });
+    return await this.request("POST", "/upload", { body: form, timeout, signal });
   }
 
   /** Uploads `{relativePath: content}` under `remoteBase` (one batch request). */
@@ -347,7 +388,7 @@ export class MicroVM {
    */
   async sendHttpRequest(options: HttpRequestOptions, call: Pick<CallOptions, "signal"> = {}): Promise<HttpProxyResult> {
     const timeout = options.timeout ?? 30;
-    return await this.t.json("POST", this.path("/http"), {
+    return await this.request("POST", "/http", {
       json: compact({
         port: options.port,
         path: options.path ?? "/",
@@ -409,11 +450,10 @@ export class MicroVM {
     if (opts.working_dir) line = `cd ${shellQuote(opts.working_dir)} && ${line}`;
     let stdout = "";
     let stderr = "";
-    const exitCode = await execStream(
-      this.t,
-      this.id,
+    const timeoutS = opts.timeout_sec ?? 600;
+    const exitCode = await this.stream(
       line,
-      opts.timeout_sec ?? 600,
+      timeoutS,
       (ev) => {
         if (ev.type === "stdout") {
           stdout += ev.data;
@@ -428,13 +468,21 @@ export class MicroVM {
     return new CommandFinished(null, exitCode, stdout, stderr);
   }
 
+  /** exec-stream over the persistent socket when open, else its own WebSocket. */
+  private async stream(command: string, timeoutS: number, onEvent: (ev: StreamEvent) => void, signal?: AbortSignal): Promise<number> {
+    if (this.socket?.isOpen) {
+      return await this.socket.stream(command, timeoutS, timeoutS * 1000 + EXEC_MARGIN_MS, onEvent, signal);
+    }
+    return await execStream(this.t, this.id, command, timeoutS, onEvent, signal);
+  }
+
   /** Starts a durable background command and resolves with its {@link Command} handle at once. */
   async runCommandDetached(
     cmd: string,
     args?: string[],
     opts: Omit<RunOptions, "stdout" | "stderr" | "stdin"> & { stdinOpen?: boolean; user?: string } & CallOptions = {},
   ): Promise<Command> {
-    const out = await this.t.json<{ cmd_id: string; pid: number }>("POST", this.path("/commands"), {
+    const out = await this.request<{ cmd_id: string; pid: number }>("POST", "/commands", {
       json: compact({
         command: this.commandLine(cmd, args, opts),
         env: opts.env,
@@ -497,21 +545,19 @@ export class MicroVM {
 
   /** The durable commands of this VM. */
   async listCommands(call: CallOptions = {}): Promise<CommandState[]> {
-    return await this.t.json("GET", this.path("/commands"), call);
+    return await this.request("GET", "/commands", call);
   }
 
   /** Signals a durable command's process group (`SIGTERM` by default). */
   async kill(cmdId: string, signal = "SIGTERM", call: CallOptions = {}): Promise<void> {
-    await this.t.json("POST", this.path(`/commands/${seg(cmdId)}/kill`), { ...call, json: { signal: signalName(signal) } });
+    await this.request("POST", `/commands/${seg(cmdId)}/kill`, { ...call, json: { signal: signalName(signal) } });
   }
 
   // -- Vtrix-style files -------------------------------------------------------------------------
 
   /** Reads a file: text up to 200 KB (`truncated` beyond), images as base64 `data` + `mime_type`. */
   async read(path: string, call: CallOptions = {}): Promise<ReadResult> {
-    const out = await this.t.json<{ content?: string; truncated?: boolean; mime?: string; encoding?: string; size?: number; path?: string }>(
-      "GET",
-      this.path("/read-file"),
+    const out = await this.request<{ content?: string; truncated?: boolean; mime?: string; encoding?: string; size?: number; path?: string }>("GET", "/read-file",
       { ...call, query: { path, max_bytes: READ_LIMIT } },
     );
     const base = { truncated: out.truncated ?? false, size: out.size, path: out.path ?? path };
@@ -529,7 +575,7 @@ export class MicroVM {
 
   /** Replaces the one occurrence of `oldText` (`edit_no_match`/`edit_multiple_matches` otherwise). */
   async edit(path: string, oldText: string, newText: string, call: CallOptions = {}): Promise<EditResult> {
-    const out = await this.t.json<{ status?: string }>("POST", this.path("/files/edit"), {
+    const out = await this.request<{ status?: string }>("POST", "/files/edit", {
       ...call,
       json: { path, old_text: oldText, new_text: newText },
     });
@@ -544,7 +590,7 @@ export class MicroVM {
       size += content.length;
       return compact({ path: f.path, content, encoding: "base64", mode: f.mode });
     });
-    await this.t.json("POST", this.path("/files/write-batch"), {
+    await this.request("POST", "/files/write-batch", {
       json: { files: body },
       timeout: call.timeout ?? this.sizeTimeout(size),
       signal: call.signal,
@@ -596,7 +642,7 @@ export class MicroVM {
 
   /** Creates a directory and its parents (no error when it exists). */
   async mkDir(path: string, call: CallOptions = {}): Promise<void> {
-    await this.t.json("POST", this.path("/files/mkdir"), { ...call, json: { path, parents: true } });
+    await this.request("POST", "/files/mkdir", { ...call, json: { path, parents: true } });
   }
 
   /** Entries of a directory (`modified_at` as RFC 3339). Throws when it is missing. */
@@ -607,7 +653,7 @@ export class MicroVM {
 
   /** Metadata of a path; `exists: false` (not an error) when it is missing. */
   async stat(path: string, call: CallOptions = {}): Promise<FileInfo> {
-    const out = await this.t.json<{ exists: boolean; entry?: Record<string, unknown> }>("GET", this.path("/files/stat"), {
+    const out = await this.request<{ exists: boolean; entry?: Record<string, unknown> }>("GET", "/files/stat", {
       ...call,
       query: { path },
     });
@@ -627,7 +673,7 @@ export class MicroVM {
 
   /** Removes a file (or a directory tree with `recursive`). */
   async remove(path: string, recursive = false, call: CallOptions = {}): Promise<void> {
-    await this.t.json("POST", this.path("/files/remove"), { ...call, json: { path, recursive } });
+    await this.request("POST", "/files/remove", { ...call, json: { path, recursive } });
   }
 
   /** Downloads several files, at most 8 at a time: guest path → local path (null when missing). */

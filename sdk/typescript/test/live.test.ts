@@ -414,6 +414,70 @@ describe("snapshots and lifecycle", () => {
   });
 });
 
+describe("persistent VM socket", () => {
+  /** A connected handle, or null when this server has no /socket route yet. */
+  async function connected(client: BandSox): Promise<MicroVM | null> {
+    const h = client.vm(vm.id);
+    try {
+      await h.connect();
+    } catch (e) {
+      if (e instanceof NotFoundError && e.code === "route_not_found") return null;
+      throw e;
+    }
+    return h;
+  }
+
+  it("runs operations and streamed commands over one socket", async (t) => {
+    const h = await connected(bs);
+    if (!h) return t.skip("this server has no /api/vms/{id}/socket");
+    try {
+      assert.equal(h.connected, true);
+      // Many at once, answered in completion order.
+      const [slow, fast, st] = await Promise.all([
+        h.execCommand("sleep 1; echo slow"),
+        h.execCommand("echo fast"),
+        h.stat("/etc/passwd"),
+      ]);
+      assert.deepEqual([slow.stdout, fast.stdout, st.exists], ["slow\n", "fast\n", true]);
+      await h.write("/sock/a.txt", "over the socket");
+      assert.equal((await h.read("/sock/a.txt")).content, "over the socket");
+      assert.ok((await h.listFiles("/sock")).some((e) => e.name === "a.txt"));
+      await rejectsWith(h.getFileInfo("/sock/missing"), NotFoundError);
+      const t0 = Date.now();
+      let firstAt = -1;
+      const r = await h.runCommand("echo a; sleep 2; echo b", undefined, {
+        stdout: { write: () => (firstAt = firstAt < 0 ? Date.now() - t0 : firstAt) },
+      });
+      assert.equal(r.output, "a\nb\n");
+      assert.ok(Date.now() - t0 - firstAt >= 1500, `first chunk at ${firstAt} ms`);
+      const cmd = await h.runCommandDetached("echo detached; exit 2");
+      assert.equal((await cmd.wait({ timeout: 20 })).exitCode, 2);
+      assert.equal(await cmd.stdout(), "detached\n");
+      await rejectsWith(h.runCommand("sleep 10", undefined, { timeout_sec: 1 }), BandSoxTimeoutError);
+    } finally {
+      h.close();
+    }
+    assert.equal(h.connected, false);
+    assert.equal((await h.execCommand("echo http")).stdout, "http\n"); // back on HTTP
+  });
+
+  it("a dropped socket rejects pending calls with WebSocketError", async (t) => {
+    const proxy = await startProxy(server.url);
+    try {
+      const h = await connected(new BandSox({ baseUrl: proxy.url }));
+      if (!h) return t.skip("this server has no /api/vms/{id}/socket");
+      const pending = h.execCommand("sleep 5");
+      await new Promise((r) => setTimeout(r, 300));
+      proxy.cut();
+      const e = await rejectsWith(pending, WebSocketError);
+      assert.equal(e.code, "websocket_closed");
+      assert.equal(h.connected, false);
+    } finally {
+      await proxy.close();
+    }
+  });
+});
+
 describe("errors", () => {
   it("maps problem codes to classes with statusCode, code and detail", async () => {
     const e = await rejectsWith(bs.getVm("nonexistent-id"), VmNotFoundError);
