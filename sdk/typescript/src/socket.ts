@@ -7,9 +7,9 @@
 import type WebSocket from "ws";
 
 import { BandSoxError, BandSoxTimeoutError, VmNotFoundError, WebSocketError, errorFromProblem } from "./errors.js";
-import type { StreamEvent } from "./stream.js";
+import { type StreamEvent, onExecFrame } from "./stream.js";
 import type { Query, Transport } from "./transport.js";
-import { seg } from "./transport.js";
+import { compact, seg } from "./transport.js";
 
 interface Pending {
   onFrame: (frame: Record<string, unknown>) => void;
@@ -117,7 +117,7 @@ export class VmSocket {
         else resolve(f.body as T);
       };
       try {
-        this.start(compactFrame({ method, path: full, body: opts.json }), opts.timeout, onFrame, reject, opts.signal);
+        this.start(compact({ method, path: full, body: opts.json }), opts.timeout, onFrame, reject, opts.signal);
       } catch (e) {
         reject(e);
       }
@@ -134,26 +134,16 @@ export class VmSocket {
   ): Promise<number> {
     return new Promise<number>((resolve, reject) => {
       const onFrame = (f: Record<string, unknown>, done: () => void) => {
-        if ((f.type === "stdout" || f.type === "stderr") && typeof f.data === "string") {
-          try {
-            onEvent({ type: f.type, data: f.data });
-          } catch (e) {
-            done();
-            reject(new BandSoxError(`an output callback threw: ${String(e)}`, { code: "callback_error", cause: e }));
-          }
-        } else if (f.type === "exit") {
-          done();
-          const code = typeof f.exit_code === "number" ? f.exit_code : -1;
-          onEvent({ type: "exit", exit_code: code });
-          resolve(code);
-        } else if (f.type === "error") {
-          done();
-          const text = typeof f.error === "string" ? f.error : "command failed";
-          reject(/timed out/i.test(text) ? new BandSoxTimeoutError(text, { code: "exec_timeout" }) : new BandSoxError(text, { code: "exec_error" }));
-        } else if (typeof f.status === "number" && f.status >= 400) {
+        if (typeof f.status === "number" && f.status >= 400) {
           done();
           reject(errorFromProblem(f.status, f.body));
+          return;
         }
+        const r = onExecFrame(f, onEvent);
+        if (!r) return;
+        done();
+        if (r.error) reject(r.error);
+        else resolve(r.exit ?? -1);
       };
       try {
         this.start({ stream: { command, timeout: timeoutS } }, limitMs, onFrame, reject, signal);
@@ -162,10 +152,4 @@ export class VmSocket {
       }
     });
   }
-}
-
-function compactFrame(o: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(o)) if (v !== undefined) out[k] = v;
-  return out;
 }

@@ -30,7 +30,7 @@ export async function execStream(
 ): Promise<number> {
   const path = `/api/vms/${seg(vmId)}/exec-stream`;
   const limitMs = timeoutS * 1000 + EXEC_MARGIN_MS;
-  const ws: WebSocket = await t.openWebSocket(path, { timeout: Math.min(limitMs, Math.max(t.timeout, 10_000)), signal });
+  const ws: WebSocket = await t.openWebSocket(path, { timeout: Math.min(limitMs, t.timeout), signal });
   return await new Promise<number>((resolve, reject) => {
     let finished = false;
     const finish = (err: BandSoxError | null, code?: number) => {
@@ -65,28 +65,8 @@ export async function execStream(
       } catch {
         return; // not ours: ignore
       }
-      const type = msg.type;
-      if ((type === "stdout" || type === "stderr") && typeof msg.data === "string") {
-        try {
-          onEvent({ type, data: msg.data });
-        } catch (e) {
-          finish(new BandSoxError(`an output callback threw: ${String(e)}`, { code: "callback_error", cause: e }));
-        }
-      } else if (type === "exit") {
-        const code = typeof msg.exit_code === "number" ? msg.exit_code : -1;
-        onEvent({ type: "exit", exit_code: code });
-        finish(null, code);
-      } else if (type === "error") {
-        const text = typeof msg.error === "string" ? msg.error : "exec-stream error";
-        if (/timed out/i.test(text)) {
-          finish(new BandSoxTimeoutError(text, { code: "exec_timeout" }));
-        } else if (/not found/i.test(text)) {
-          finish(new VmNotFoundError(text, { code: "vm_not_found", statusCode: 404 }));
-        } else {
-          finish(new BandSoxError(text, { code: "exec_error" }));
-        }
-      }
-      // unknown frame types are ignored
+      const r = onExecFrame(msg, onEvent);
+      if (r) finish(r.error ?? null, r.exit);
     });
     ws.on("close", (code, reason) => {
       const why = reason.toString();
@@ -105,6 +85,38 @@ export async function execStream(
     ws.resume();
     ws.send(JSON.stringify({ command, timeout: timeoutS }));
   });
+}
+
+/**
+ * Handles one exec-stream frame (`stdout`/`stderr`/`exit`/`error`, the same on the dedicated
+ * WebSocket and the persistent VM socket). Returns null while the command runs, else how it
+ * ended. Unknown frame types are ignored.
+ */
+export function onExecFrame(
+  msg: Record<string, unknown>,
+  onEvent: (ev: StreamEvent) => void,
+): { exit?: number; error?: BandSoxError } | null {
+  const type = msg.type;
+  if ((type === "stdout" || type === "stderr") && typeof msg.data === "string") {
+    try {
+      onEvent({ type, data: msg.data });
+    } catch (e) {
+      return { error: new BandSoxError(`an output callback threw: ${String(e)}`, { code: "callback_error", cause: e }) };
+    }
+    return null;
+  }
+  if (type === "exit") {
+    const code = typeof msg.exit_code === "number" ? msg.exit_code : -1;
+    onEvent({ type: "exit", exit_code: code });
+    return { exit: code };
+  }
+  if (type === "error") {
+    const text = typeof msg.error === "string" ? msg.error : "exec-stream error";
+    if (/timed out/i.test(text)) return { error: new BandSoxTimeoutError(text, { code: "exec_timeout" }) };
+    if (/not found/i.test(text)) return { error: new VmNotFoundError(text, { code: "vm_not_found", statusCode: 404 }) };
+    return { error: new BandSoxError(text, { code: "exec_error" }) };
+  }
+  return null;
 }
 
 /** A push → pull queue: turns callbacks into an async iterator. */
