@@ -1,4 +1,4 @@
-"""Runs the README's ```python blocks, in order, in one namespace, against the live server
+"""Runs the README's ```python blocks (except copies of examples/), in order, in one namespace, against the live server
 (blocks after a `<!-- test: auth-server -->` line run against the server with auth on)."""
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ import pytest
 from .conftest import Server
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-BLOCK = re.compile(r"(<!-- test: ([\w-]+) -->\s*\n)?```python\n(.*?)```", re.S)
+BLOCK = re.compile(r"(<!-- (test|example): ([\w./-]+) -->\s*\n)?```python\n(.*?)```", re.S)
 
 
 def _blocks():
-    return [(m.group(2), m.group(3)) for m in BLOCK.finditer(README.read_text())]
+    """(kind, code) of the README's python blocks; copies of examples/ files are left to
+    tests/test_examples.py."""
+    return [(m.group(3), m.group(4)) for m in BLOCK.finditer(README.read_text())
+            if m.group(2) != "example"]
 
 
 def test_readme_has_examples():

@@ -108,10 +108,9 @@ def test_pty_session(vm: MicroVM):
 
 def test_pty_session_runs_a_command(vm: MicroVM):
     out, exits = [], []
-    vm.start_pty_session("cat", on_stdout=out.append, on_exit=exits.append)
-    sid = next(iter(vm._ptys))
+    sid = vm.start_pty_session("cat", on_stdout=out.append, on_exit=exits.append)
     vm.send_session_input(sid, "echo-me\n")
-    assert _wait_for(lambda: "".join(out).count("echo-me") >= 2), out  # tty echo + cat
+    assert _wait_for(lambda: "".join(out).count("echo-me") >= 2), repr("".join(out))  # tty echo + cat
     vm.send_session_input(sid, b"\x04")  # EOF: cat ends, so does the session
     assert _wait_for(lambda: exits == [0]), (exits, out)
 
@@ -128,6 +127,10 @@ def test_run_command_and_handle(vm: MicroVM):
     end = time.monotonic()
     assert r.stdout == "early\nlate\n"
     assert end - chunks[0][0] >= 1.5, [(t - t0, s) for t, s in chunks]
+    slow = vm.run_command_detached("sleep 30", timeout=1)
+    with pytest.raises(errors.TimeoutError) as ei:
+        slow.wait(timeout=30)
+    assert ei.value.code == "exec_timeout", slow.info()
     with pytest.raises(errors.TimeoutError) as ei:
         vm.run_command("sleep 30", timeout=1)
     assert ei.value.code == "exec_timeout"

@@ -780,8 +780,8 @@ class AsyncMicroVM:
         on_exit: Optional[Callable[[int], Any]] = None,
     ) -> str:
         """Starts a shell under a pseudo-terminal over the terminal WebSocket and returns the
-        session id. ``on_stdout`` gets the terminal output (decoded UTF-8) from a background
-        task/thread. The server's terminal runs ``/bin/sh``; any other ``command`` is started
+        session id once the shell has printed its prompt. ``on_stdout`` gets the terminal
+        output (decoded UTF-8) from a background task/thread. The server's terminal runs ``/bin/sh``; any other ``command`` is started
         with ``exec`` typed into it (so its echo is part of the output). ``on_exit`` is called
         with 0 when the shell ends, -1 when the connection drops (the terminal does not report
         exit codes)."""
@@ -793,8 +793,15 @@ class AsyncMicroVM:
         session = _PtySession(ws, on_stdout, on_exit)
         self._ptys[sid] = session
         session.start()
+        # Input typed before the shell has set its terminal up can be lost: wait until it has
+        # printed its prompt (the first output, then a short quiet spell).
+        await session.settle()
         if command.strip() not in _SHELLS:
+            seen = session.frames
             await ws.send(f"exec {command}\n".encode())
+            # Input sent before the shell has read the whole line would be read (and lost)
+            # by the shell rather than the command: wait for the line's echo.
+            await session.settle(after=seen)
         return sid
 
     def _pty(self, session_id: str) -> "Optional[_PtySession]":
@@ -1275,12 +1282,20 @@ class AsyncCommand:
                 )
             if step < 1:
                 await async_sleep(_POLL_S)
-        st = info.get("status") or {}
-        if st.get("timed_out"):
+        logs = await self.logs()
+        # The agent marks a timeout kill (`timed_out`) just after it publishes the exit
+        # status, so a SIGKILL may show up a moment before its cause: look again.
+        for _ in range(5):
+            st = (logs.get("info") or info).get("status") or {}
+            if st.get("timed_out") or st.get("signal") != 9:
+                break
+            await async_sleep(0.05)
+            logs = await self.logs()
+        info = logs.get("info") or info
+        if (info.get("status") or {}).get("timed_out"):
             raise errors.TimeoutError(
                 f"command {self.cmd_id} was killed by its timeout", code="exec_timeout"
             )
-        logs = await self.logs()
         return ExecResult(_exit_code(info), str(logs.get("stdout", "")),
                           str(logs.get("stderr", "")))
 
@@ -1323,9 +1338,20 @@ class _PtySession:
         self.on_stdout = on_stdout
         self.on_exit = on_exit
         self.task: Optional[AsyncTask] = None
+        self.frames = 0
+        self.last_frame = 0.0
 
     def start(self) -> None:
         self.task = AsyncTask(self._read)
+
+    async def settle(self, after: int = 0, quiet: float = 0.15, limit: float = 10.0) -> None:
+        """Waits until more than ``after`` frames have come and output then paused for
+        ``quiet`` seconds (at most ``limit`` seconds, or until the session ended)."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and self.task is not None and not self.task.done():
+            if self.frames > after and time.monotonic() - self.last_frame >= quiet:
+                return
+            await async_sleep(0.02)
 
     async def task_join(self, timeout: float) -> None:
         if self.task is not None:
@@ -1337,6 +1363,8 @@ class _PtySession:
         try:
             while True:
                 frame = await self.ws.recv()
+                self.frames += 1
+                self.last_frame = time.monotonic()
                 raw = frame if isinstance(frame, bytes) else frame.encode()
                 text = dec.decode(raw)
                 if self.on_stdout is not None and text:
