@@ -127,3 +127,11 @@ def test_read_stream_and_read_bytes(fvm: MicroVM):
     assert all(len(c) <= 65536 for c in chunks)
     assert fvm.read_bytes("/tmp/pyfiles/s.bin") == data
     assert fvm.read_bytes("/tmp/pyfiles/nothing") is None
+
+
+def test_append_file(fvm: MicroVM, tmp_path):
+    local = tmp_path / "tail.bin"
+    local.write_bytes(b"\x00tail\xff")
+    fvm.write_bytes("/tmp/pyfiles/app.bin", b"head")
+    fvm.append_file(local, "/tmp/pyfiles/app.bin")
+    assert fvm.read_bytes("/tmp/pyfiles/app.bin") == b"head\x00tail\xff"

@@ -152,6 +152,13 @@ def test_run_command_and_handle(vm: MicroVM):
     with pytest.raises(errors.NotFoundError):
         vm.get_command("no-such-command").info()
 
+    fed = vm.run_command_detached("tr a-z A-Z", stdin=True)
+    fed.write_stdin("abc ")
+    fed.write_stdin(b"def\n", close=True)
+    assert fed.wait(timeout=20).stdout == "ABC DEF\n"
+    with pytest.raises(errors.BandSoxError):
+        fed.write_stdin("late")  # the command has ended
+
 
 def test_async_streaming_and_sessions(server: Server, vm: MicroVM):
     async def run():
