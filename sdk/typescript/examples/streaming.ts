@@ -22,7 +22,7 @@ try {
   console.log("exitCode", finished.exitCode);
 
   // Typed events.
-  for await (const ev of vm.runCommandStream("echo out; echo err >&2")) {
+  for await (const ev of vm.runCommandStream("echo out; sleep 1; echo err >&2")) {
     if (ev.type === "stdout") process.stdout.write(`stdout: ${ev.data}`);
     if (ev.type === "stderr") process.stdout.write(`stderr: ${ev.data}`);
     if (ev.type === "done") console.log("done", ev.exitCode);

@@ -401,12 +401,17 @@ describe("snapshots and lifecycle", () => {
 
       await v.stop();
       assert.equal((await v.getInfo()).status, "stopped");
+      await rejectsWith(v.execCommand("true"), ConflictError);
       await v.start();
       assert.equal(await v.waitForAgent(60), true);
       assert.equal((await v.execCommand("cat /root/state.txt")).stdout, "kept\n");
       await v.restart();
       assert.equal((await v.execCommand("echo up")).stdout, "up\n");
       await bs.stopVm(v.id);
+      assert.equal((await v.getInfo()).status, "stopped");
+      await bs.startVm(v.id);
+      await bs.restartVm(v.id);
+      assert.equal((await v.execCommand("cat /root/state.txt")).stdout, "kept\n");
     } finally {
       await bs.deleteVm(v.id).catch(() => undefined);
     }

@@ -3,6 +3,8 @@
 import assert from "node:assert/strict";
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
+import { readFileSync, readdirSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, it } from "node:test";
 
 import {
@@ -11,16 +13,22 @@ import {
   BandSox,
   BandSoxError,
   BandSoxTimeoutError,
+  Command,
+  CommandFinished,
   CommandNotFoundError,
   ConflictError,
   InvalidInputError,
+  MicroVM,
   NotFoundError,
   RateLimitedError,
   SnapshotNotFoundError,
+  Terminal,
   VmNotFoundError,
   errorFromProblem,
   shellQuote,
 } from "bandsox";
+
+import { SDK_DIR } from "./helpers.js";
 
 it("maps problem codes first, then statuses", () => {
   const cases: Array<[number, unknown, new (...a: never[]) => BandSoxError]> = [
@@ -45,6 +53,29 @@ it("maps problem codes first, then statuses", () => {
   assert.deepEqual([e.message, e.detail, e.code, e.hint, e.name], ["VM `x` not found", "VM `x` not found", "vm_not_found", "list VMs", "VmNotFoundError"]);
   assert.ok(errorFromProblem(404, { code: "not_found" }, true) instanceof SnapshotNotFoundError);
   assert.equal(errorFromProblem(500, "").message, "HTTP 500");
+});
+
+it("every public method is exercised by the live tests or the examples", () => {
+  const dir = join(SDK_DIR, "test");
+  const sources = [
+    ...readdirSync(dir).filter((f) => f.endsWith(".ts") && f !== "unit.test.ts").map((f) => join(dir, f)),
+    ...readdirSync(join(SDK_DIR, "examples")).map((f) => join(SDK_DIR, "examples", f)),
+  ]
+    .map((f) => readFileSync(f, "utf8"))
+    .join("\n");
+  const missing: string[] = [];
+  for (const cls of [BandSox, MicroVM, Command, CommandFinished, Terminal]) {
+    const proto = cls.prototype;
+    for (const name of Object.getOwnPropertyNames(proto)) {
+      if (name === "constructor" || name === "request" || name === "vmAction") continue; // @internal
+      const d = Object.getOwnPropertyDescriptor(proto, name);
+      if (!d || (typeof d.value !== "function" && !d.get)) continue;
+      // Private helpers are not on the public surface (TypeScript `private` is erased at runtime).
+      if (["path", "suffix", "absorb", "collect", "commandLine", "stream", "sizeTimeout", "uploadBlob", "listAt", "fail", "send", "t"].includes(name)) continue;
+      if (!new RegExp(`\\.${name}\\b`).test(sources)) missing.push(`${cls.name}.${name}`);
+    }
+  }
+  assert.deepEqual(missing, []);
 });
 
 it("quotes shell words", () => {
