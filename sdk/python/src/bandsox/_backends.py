@@ -11,7 +11,7 @@ import asyncio
 import base64
 import threading
 import time
-from typing import Any, Awaitable, Callable, List, Optional, Union
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Union
 
 from websockets.asyncio.client import ClientConnection as _AsyncConn
 from websockets.asyncio.client import connect as _async_connect
@@ -76,8 +76,8 @@ def _ws_url(base_url: str, path: str) -> str:
     return "ws://" + base_url[len("http://"):] + path
 
 
-def _auth(token: Optional[str], protocols: List[str]) -> "tuple[dict, list]":
-    headers: dict = {}
+def _auth(token: Optional[str], protocols: List[str]) -> "tuple[Dict[str, str], List[str]]":
+    headers: Dict[str, str] = {}
     protos = list(protocols)
     if token:
         headers["Authorization"] = f"Bearer {token}"

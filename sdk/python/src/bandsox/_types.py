@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 
 class ExecResult(int):
@@ -92,5 +92,5 @@ class SessionId(str):
         obj.pid = pid
         return obj
 
-    def __iter__(self):  # type: ignore[no-untyped-def, override]
+    def __iter__(self) -> "Iterator[Any]":
         return iter((str(self), self.pid))

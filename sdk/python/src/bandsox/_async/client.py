@@ -34,8 +34,9 @@ StrPath = Union[str, "os.PathLike[str]"]
 
 #: Extra seconds the client waits beyond a command's own timeout.
 _EXEC_MARGIN_S = 30.0
-#: How often followers of a durable command's output poll its logs.
-_POLL_S = 0.1
+#: How often followers of a durable command's output poll its logs (at first, and again after
+#: output; they back off to 0.5 s while the command is quiet).
+_POLL_S = 0.05
 #: Shells the terminal WebSocket starts by itself (other commands are `exec`ed in it).
 _SHELLS = ("/bin/sh", "sh", "/bin/bash", "bash", "/bin/ash", "ash")
 #: Vtrix's read(): text files up to 200 KB come whole, larger ones truncated.
@@ -1302,9 +1303,11 @@ class AsyncCommand:
     async def _follow(
         self, on_stdout: Optional[OutputCallback], on_stderr: Optional[OutputCallback]
     ) -> None:
-        """Calls the callbacks with new output until the command has ended."""
+        """Calls the callbacks with new output until the command has ended (polling its logs:
+        every 50 ms while output flows, backing off to 0.5 s while it is quiet)."""
         so = se = 0
         dec_out, dec_err = _decoders()
+        delay = _POLL_S
         while True:
             out = await self.vm.manager._json(
                 "GET", self._path("/logs"),
@@ -1321,8 +1324,11 @@ class AsyncCommand:
                     cb(text)
             if not running:
                 return
-            if not o and not e:
-                await async_sleep(_POLL_S)
+            if o or e:
+                delay = _POLL_S
+            else:
+                await async_sleep(delay)
+                delay = min(delay * 1.5, 0.5)
 
 
 class _PtySession:
