@@ -53,6 +53,20 @@ impl Client {
         }
     }
 
+    /// The server's base URL (`http://host:port`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// A transport error: the server cannot be reached.
+    pub fn unreachable(&self, e: impl std::fmt::Display) -> CliError {
+        CliError {
+            message: format!("cannot reach the bandsox server at {}: {e}", self.base),
+            hint: Some("start it with `bandsox serve`, or point --url / BANDSOX_URL at it".into()),
+            exit_code: 5,
+        }
+    }
+
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         let req = self.agent.get(&format!("{}{path}", self.base));
         self.finish(req.call())
@@ -132,18 +146,12 @@ impl Client {
                 let body = r.into_string().unwrap_or_default();
                 problem_error(status, &body)
             }
-            ureq::Error::Transport(t) => CliError {
-                message: format!("cannot reach the bandsox server at {}: {t}", self.base),
-                hint: Some(
-                    "start it with `bandsox serve`, or point --url / BANDSOX_URL at it".into(),
-                ),
-                exit_code: 5,
-            },
+            ureq::Error::Transport(t) => self.unreachable(t),
         }
     }
 }
 
-fn problem_error(status: u16, body: &str) -> CliError {
+pub(crate) fn problem_error(status: u16, body: &str) -> CliError {
     let exit_code = match status {
         404 => 3,
         409 => 4,
@@ -179,7 +187,7 @@ pub fn credentials_path() -> Option<std::path::PathBuf> {
 }
 
 /// The API key from `BANDSOX_API_KEY`, else from the credentials file.
-fn api_key() -> Option<String> {
+pub(crate) fn api_key() -> Option<String> {
     if let Ok(k) = std::env::var("BANDSOX_API_KEY") {
         return Some(k);
     }

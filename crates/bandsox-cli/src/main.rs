@@ -7,6 +7,7 @@
 
 mod client;
 mod commands;
+mod ws;
 
 use std::process::ExitCode;
 
@@ -85,6 +86,12 @@ enum Command {
     /// Manage snapshots.
     #[command(subcommand)]
     Snapshot(commands::snapshot::SnapshotCommand),
+    /// List a VM's durable background commands.
+    Commands(commands::durable::CommandsArgs),
+    /// Print (and with --follow, follow) a durable command's output.
+    Logs(commands::durable::LogsArgs),
+    /// Open an interactive shell in a VM (raw TTY, resizes follow the window).
+    Terminal { vm: String },
     /// Boot a stopped VM again.
     Start { vm: String },
     /// Stop and start a VM.
@@ -120,6 +127,9 @@ fn main() -> ExitCode {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Commands(a) => commands::durable::list(&url, a),
+        Command::Logs(a) => commands::durable::logs(&url, a),
+        Command::Terminal { vm } => commands::terminal::run(&url, &vm),
         Command::Start { vm } => commands::vm::action(&url, &vm, "start"),
         Command::Restart { vm } => commands::vm::action(&url, &vm, "restart"),
         Command::Extend { vm, seconds } => commands::vm::extend(&url, &vm, seconds),

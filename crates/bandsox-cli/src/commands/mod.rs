@@ -2,10 +2,12 @@
 
 pub mod auth;
 pub mod cp;
+pub mod durable;
 pub mod image;
 pub mod init;
 pub mod serve;
 pub mod snapshot;
+pub mod terminal;
 pub mod vm;
 
 use std::path::PathBuf;

@@ -11,7 +11,7 @@ use bandsox_api::{
 use bandsox_api::{Renamed, SnapshotCreated};
 use clap::{Args, Subcommand};
 
-use crate::client::{segment, Client};
+use crate::client::{segment, CliError, Client};
 use crate::CliResult;
 
 #[derive(Debug, Args)]
@@ -61,6 +61,9 @@ pub struct ExecArgs {
     /// Print the result as JSON instead of replaying output.
     #[arg(long)]
     json: bool,
+    /// Start it as a durable background command and print its id (see `bandsox logs`).
+    #[arg(long, short)]
+    detach: bool,
     /// The command. Several words are joined with shell quoting; one word is run as a shell
     /// command line.
     #[arg(last = true, required = true)]
@@ -158,6 +161,28 @@ pub fn exec(url: &str, a: ExecArgs) -> CliResult {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    if a.detach {
+        let body = serde_json::json!({
+            "command": command,
+            "env": a.env.into_iter().collect::<BTreeMap<_, _>>(),
+            "cwd": a.cwd,
+            "user": a.user,
+        });
+        let started: serde_json::Value = client.post(
+            &format!("/api/vms/{}/commands", segment(&a.vm)),
+            &body,
+            Duration::from_secs(60),
+        )?;
+        if a.json {
+            println!("{started}");
+        } else {
+            println!("{}", started["cmd_id"].as_str().unwrap_or_default());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !a.json {
+        return exec_streamed(&client, &a.vm, command, a.timeout, a.env, a.cwd, a.user);
+    }
     let req = ExecRequest {
         command,
         timeout: a.timeout,
@@ -170,23 +195,80 @@ pub fn exec(url: &str, a: ExecArgs) -> CliResult {
         &req,
         Duration::from_secs(a.timeout + 60),
     )?;
-    if a.json {
-        println!("{}", serde_json::to_string(&res).unwrap_or_default());
-        return Ok(ExitCode::SUCCESS);
+    println!("{}", serde_json::to_string(&res).unwrap_or_default());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `command` over the exec-stream WebSocket, writing its output as it arrives, and exits
+/// with its exit code (128 + signal when killed).
+fn exec_streamed(
+    client: &Client,
+    vm: &str,
+    command: String,
+    timeout: u64,
+    env: Vec<(String, String)>,
+    cwd: Option<String>,
+    user: Option<String>,
+) -> CliResult {
+    use tungstenite::Message;
+    let mut sock = crate::ws::connect(
+        client,
+        &format!("/api/vms/{}/exec-stream", segment(vm)),
+        &[],
+        None,
+    )?;
+    let start = serde_json::json!({
+        "command": command,
+        "timeout": timeout,
+        "env": env.into_iter().collect::<BTreeMap<_, _>>(),
+        "cwd": cwd,
+        "user": user,
+    });
+    let lost = |e: tungstenite::Error| CliError::new(format!("connection to the server lost: {e}"));
+    sock.send(Message::Text(start.to_string().into()))
+        .map_err(lost)?;
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    loop {
+        let frame = match sock.read().map_err(lost)? {
+            Message::Text(t) => serde_json::from_str::<serde_json::Value>(t.as_str())
+                .map_err(|e| CliError::new(format!("unreadable frame from the server: {e}")))?,
+            Message::Close(_) => {
+                return Err(CliError::new(
+                    "the server closed the stream before the command ended",
+                ))
+            }
+            _ => continue,
+        };
+        let data = frame["data"].as_str().unwrap_or_default().as_bytes();
+        match frame["type"].as_str() {
+            Some("stdout") => {
+                let _ = out.write_all(data);
+                let _ = out.flush();
+            }
+            Some("stderr") => {
+                let _ = err.write_all(data);
+            }
+            Some("exit") => {
+                let code = frame["exit_code"].as_i64().unwrap_or(1);
+                return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+            }
+            _ => {
+                // A stable `code` comes with our server's errors; BandSox's has only text.
+                let code = frame["code"].as_str().unwrap_or_default();
+                let msg = frame["error"].as_str().unwrap_or("unknown error");
+                let exit_code = match code {
+                    c if c.ends_with("not_found") => 3,
+                    "conflict" => 4,
+                    _ => 1,
+                };
+                return Err(CliError {
+                    message: msg.to_owned(),
+                    hint: frame["hint"].as_str().map(str::to_owned),
+                    exit_code,
+                });
+            }
+        }
     }
-    let mut out = std::io::stdout().lock();
-    let _ = out.write_all(res.stdout.as_bytes());
-    let _ = out.flush();
-    let mut err = std::io::stderr().lock();
-    let _ = err.write_all(res.stderr.as_bytes());
-    if res.stdout_dropped_bytes + res.stderr_dropped_bytes > 0 {
-        let _ = writeln!(
-            err,
-            "warning: output truncated ({} stdout and {} stderr bytes dropped)",
-            res.stdout_dropped_bytes, res.stderr_dropped_bytes
-        );
-    }
-    Ok(ExitCode::from(res.exit_code.clamp(0, 255) as u8))
 }
 
 pub fn run(url: &str, c: VmCommand) -> CliResult {

@@ -7,7 +7,7 @@
 //!   (e.g. `"POST", "/exec"` or `"GET", "/files/stat?path=/etc"`) through the same handlers,
 //!   limits and errors as HTTP, and answers `{"id", "status", "body"}`: the JSON body, or
 //!   `{"encoding": "base64", "data"}` for other content (downloads, capped at 64 MiB).
-//! - `{"id", "stream": {"command", "timeout"}}` runs a command and sends the exec-stream frames
+//! - `{"id", "stream": {"command", "timeout", "env", "cwd", "user"}}` runs a command and sends the exec-stream frames
 //!   (`{"id", "type": "stdout"|"stderr", "data"}`, then `{"id", "type": "exit", "exit_code"}`
 //!   or `{"id", "type": "error", "error"}`) as output arrives.
 //!
@@ -21,13 +21,13 @@ use axum::extract::{Path, State};
 use axum::http::{header, Request, StatusCode};
 use axum::response::Response;
 use axum::Router;
-use bandsox_protocol::ExecRequest;
 use base64::Engine;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+use super::ws::ExecStart;
 use super::AppState;
 use crate::error::ApiError;
 
@@ -48,14 +48,7 @@ struct Frame {
     #[serde(default)]
     body: Option<serde_json::Value>,
     #[serde(default)]
-    stream: Option<StreamStart>,
-}
-
-#[derive(Debug, Deserialize)]
-struct StreamStart {
-    command: String,
-    #[serde(default)]
-    timeout: Option<u64>,
+    stream: Option<ExecStart>,
 }
 
 #[utoipa::path(
@@ -197,16 +190,18 @@ async fn call(
     };
     let bytes = match axum::body::to_bytes(resp.into_body(), limit).await {
         Ok(b) => b,
-        Err(_) => return (
-            413,
-            problem_json(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!(
+        Err(_) => {
+            return (
+                413,
+                problem_json(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!(
                     "the answer is larger than {limit} bytes; use the HTTP endpoint, which streams"
                 ),
-            ),
-        ),
+                ),
+            )
+        }
     };
     let body = if bytes.is_empty() {
         serde_json::Value::Null
@@ -226,7 +221,7 @@ async fn stream(
     s: AppState,
     vm: String,
     id: serde_json::Value,
-    start: StreamStart,
+    start: ExecStart,
     tx: mpsc::Sender<serde_json::Value>,
 ) {
     let send = |mut v: serde_json::Value| {
@@ -234,19 +229,14 @@ async fn stream(
         tx.send(v)
     };
     let Some(_permit) = s.vm_ops.try_start(&vm) else {
-        let _ = send(serde_json::json!({"type": "error", "error": "too many operations on this VM; retry when one ends"})).await;
+        let _ = send(serde_json::json!({"type": "error", "error": "too many operations on this VM; retry when one ends", "code": "too_many_operations"})).await;
         return;
     };
-    let timeout_s = start.timeout.unwrap_or(600).clamp(1, 3600);
-    let req = ExecRequest {
-        command: Some(start.command),
-        timeout_ms: Some(timeout_s * 1000),
-        ..Default::default()
-    };
+    let (req, timeout_s) = start.into_request();
     let mut events = match s.manager.exec_stream(&vm, req, None).await {
         Ok(st) => st,
         Err(e) => {
-            let _ = send(serde_json::json!({"type": "error", "error": e.to_string()})).await;
+            let _ = send(super::ws::error_frame(&e)).await;
             return;
         }
     };
@@ -262,7 +252,7 @@ async fn stream(
             }
             Ok(None) => return,
             Err(e) => {
-                let _ = send(serde_json::json!({"type": "error", "error": e.to_string()})).await;
+                let _ = send(super::ws::error_frame(&e)).await;
                 return;
             }
         }

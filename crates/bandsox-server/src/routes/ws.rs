@@ -166,11 +166,35 @@ async fn run_terminal(
     let _ = s.manager.cmd_kill(&id, &cmd, "KILL").await;
 }
 
+/// The first frame of an exec stream (`timeout` in seconds, 1 to 3600, default 600; `env`,
+/// `cwd` and `user` are our extensions).
 #[derive(Debug, Deserialize)]
-struct ExecStart {
+pub(super) struct ExecStart {
     command: String,
     #[serde(default)]
     timeout: Option<u64>,
+    #[serde(default)]
+    env: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+}
+
+impl ExecStart {
+    /// The agent request and the timeout in seconds.
+    pub(super) fn into_request(self) -> (ExecRequest, u64) {
+        let timeout_s = self.timeout.unwrap_or(600).clamp(1, 3600);
+        let req = ExecRequest {
+            command: Some(self.command),
+            timeout_ms: Some(timeout_s * 1000),
+            env: self.env,
+            cwd: self.cwd,
+            user: self.user,
+            ..Default::default()
+        };
+        (req, timeout_s)
+    }
 }
 
 /// `GET /api/vms/{id}/exec-stream` (WebSocket).
@@ -191,6 +215,11 @@ pub async fn exec_stream(
     ws.on_upgrade(move |socket| run_exec_stream(s, id, socket))
 }
 
+/// The exec-stream frame of an error: BandSox's `error` text plus our stable `code` and `hint`.
+pub(super) fn error_frame(e: &bandsox_core::CoreError) -> serde_json::Value {
+    serde_json::json!({"type": "error", "error": e.to_string(), "code": e.code(), "hint": e.hint()})
+}
+
 /// The exec-stream frame of one event (`None` for events the protocol does not show), and
 /// whether it is the last one.
 pub(super) fn exec_event_json(ev: ExecEvent, timeout_s: u64) -> Option<(serde_json::Value, bool)> {
@@ -205,7 +234,7 @@ pub(super) fn exec_event_json(ev: ExecEvent, timeout_s: u64) -> Option<(serde_js
             false,
         ),
         ExecEvent::Exited(st) if st.timed_out => (
-            serde_json::json!({"type": "error", "error": format!("Command timed out after {timeout_s} s")}),
+            serde_json::json!({"type": "error", "error": format!("Command timed out after {timeout_s} s"), "code": "exec_timeout"}),
             true,
         ),
         ExecEvent::Exited(st) => {
@@ -226,7 +255,7 @@ async fn run_exec_stream(s: AppState, id: String, mut socket: WebSocket) {
     if s.manager.get_vm(&id).is_err() {
         send_json(
             &mut socket,
-            serde_json::json!({"type": "error", "error": "VM not found"}),
+            serde_json::json!({"type": "error", "error": "VM not found", "code": "vm_not_found"}),
         )
         .await;
         return close(socket, 4004, "VM not found").await;
@@ -243,18 +272,13 @@ async fn run_exec_stream(s: AppState, id: String, mut socket: WebSocket) {
         )
         .await;
     };
-    let timeout_s = start.timeout.unwrap_or(600).clamp(1, 3600);
-    let req = ExecRequest {
-        command: Some(start.command),
-        timeout_ms: Some(timeout_s * 1000),
-        ..Default::default()
-    };
+    let (req, timeout_s) = start.into_request();
     let mut stream = match s.manager.exec_stream(&id, req, None).await {
         Ok(st) => st,
         Err(e) => {
             send_json(
                 &mut socket,
-                serde_json::json!({"type": "error", "error": e.to_string()}),
+                error_frame(&e),
             )
             .await;
             return close(socket, 1000, "").await;
@@ -267,7 +291,7 @@ async fn run_exec_stream(s: AppState, id: String, mut socket: WebSocket) {
             Err(e) => {
                 send_json(
                     &mut socket,
-                    serde_json::json!({"type": "error", "error": e.to_string()}),
+                    error_frame(&e),
                 )
                 .await;
                 break;

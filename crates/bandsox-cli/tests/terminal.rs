@@ -1,0 +1,232 @@
+//! `bandsox terminal` on a real pseudo-terminal against a real server and VM: raw mode while
+//! the session runs, the window size sent at start and on resize (SIGWINCH), the TTY's
+//! settings restored after the shell exits. And `bandsox exec` streams output as it comes.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{free_port, init, start_server, TestRoot, BIN};
+
+fn open_pty(cols: u16, rows: u16) -> (OwnedFd, OwnedFd) {
+    let (mut master, mut slave) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds we then own.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &ws,
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+}
+
+fn lflags(fd: &OwnedFd) -> libc::tcflag_t {
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+    t.c_lflag
+}
+
+/// Waits until the pty output contains `needle`.
+fn wait_for(out: &Mutex<Vec<u8>>, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if String::from_utf8_lossy(&out.lock().unwrap()).contains(needle) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "`{needle}` not seen in: {}",
+        String::from_utf8_lossy(&out.lock().unwrap())
+    );
+}
+
+#[test]
+fn terminal_on_a_pty_and_streamed_exec() {
+    let root = TestRoot::new("bsxterm");
+    assert!(init(root.path()).status.success());
+    let port = free_port();
+    let _server = start_server(root.path(), port);
+    let url = format!("http://127.0.0.1:{port}");
+    let r: serde_json::Value = ureq::post(&format!("{url}/api/vms"))
+        .send_json(serde_json::json!({"image": "bandsox/busybox"}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let id = r["id"].as_str().unwrap().to_owned();
+
+    let (master, slave) = open_pty(80, 24);
+    let before = lflags(&slave);
+    assert_ne!(before & libc::ICANON, 0, "a fresh pty is canonical");
+    let slave_fd = slave.as_raw_fd();
+    let mut child = unsafe {
+        Command::new(BIN)
+            .args(["terminal", &id])
+            .env("BANDSOX_URL", &url)
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave.try_clone().unwrap()))
+            // Its own session with the pty as controlling terminal, so resizes signal it.
+            .pre_exec(move || {
+                libc::setsid();
+                libc::ioctl(slave_fd, libc::TIOCSCTTY, 0);
+                Ok(())
+            })
+            .spawn()
+            .unwrap()
+    };
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let mut reader = std::fs::File::from(master.try_clone().unwrap());
+    let sink = output.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let mut writer = std::fs::File::from(master.try_clone().unwrap());
+
+    // Type only once the shell prompts (as a person would).
+    wait_for(&output, "# ");
+    writer.write_all(b"stty size; echo hi-$((1+2))\r").unwrap();
+    wait_for(&output, "hi-3");
+    assert!(
+        String::from_utf8_lossy(&output.lock().unwrap()).contains("24 80"),
+        "initial size not sent"
+    );
+    assert_eq!(
+        lflags(&slave) & libc::ICANON,
+        0,
+        "raw mode while the session runs"
+    );
+
+    // Resize the window: the kernel sends SIGWINCH, the CLI sends the new size.
+    let ws = libc::winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    writer.write_all(b"stty size\r").unwrap();
+    wait_for(&output, "30 100");
+
+    writer.write_all(b"exit\r").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "terminal did not end after exit");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    assert_eq!(lflags(&slave), before, "the TTY's settings are restored");
+
+    // An unknown VM: one line, exit code 3.
+    let out = Command::new(BIN)
+        .args(["terminal", "no-such-vm"])
+        .env("BANDSOX_URL", &url)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+
+    // `bandsox exec` streams: the first line arrives a second before the command ends.
+    let mut child = Command::new(BIN)
+        .args([
+            "exec",
+            &id,
+            "--",
+            "echo first; sleep 2; echo second; exit 7",
+        ])
+        .env("BANDSOX_URL", &url)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let t = Instant::now();
+    let mut first = [0u8; 6];
+    stdout.read_exact(&mut first).unwrap();
+    let first_at = t.elapsed();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let end_at = t.elapsed();
+    assert_eq!((&first, rest.as_str()), (b"first\n", "second\n"));
+    assert_eq!(status.code(), Some(7));
+    assert!(
+        end_at - first_at >= Duration::from_millis(1500),
+        "output was not streamed: first after {first_at:?}, end after {end_at:?}"
+    );
+
+    // A durable command: started detached, listed, its logs followed to the end.
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .env("BANDSOX_URL", &url)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "exec",
+        "--detach",
+        &id,
+        "--",
+        "echo one; sleep 1; echo two; exit 5",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let cmd = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let out = run(&["commands", &id, "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["cmd_id"] == cmd.as_str()),
+        "{list}"
+    );
+    let out = run(&["logs", "--follow", &id, &cmd]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "one\ntwo\n");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "logs --follow exits with the command's code"
+    );
+    let out = run(&["logs", &id, &cmd, "--stdout-from", "4"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "two\n",
+        "replay from an offset"
+    );
+    let out = run(&["logs", &id, "no-such-command"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+
+    ureq::delete(&format!("{url}/api/vms/{id}")).call().unwrap();
+}
