@@ -76,15 +76,20 @@ def _ws_url(base_url: str, path: str) -> str:
     return "ws://" + base_url[len("http://"):] + path
 
 
-def _auth(token: Optional[str], protocols: List[str]) -> "tuple[Dict[str, str], List[str]]":
+def _connect_args(
+    token: Optional[str], protocols: Optional[List[str]], timeout: float
+) -> Dict[str, Any]:
+    """Keyword arguments of both ``websockets`` clients' ``connect``: the credential as a
+    Bearer header and as a ``bandsox.auth.<base64url>`` subprotocol (what browsers use; the
+    server accepts either), no frame size limit, bounded opening and closing."""
     headers: Dict[str, str] = {}
-    protos = list(protocols)
+    protos = list(protocols or [])
     if token:
         headers["Authorization"] = f"Bearer {token}"
-        # What browsers use; the server accepts either.
         b64 = base64.urlsafe_b64encode(token.encode()).decode().rstrip("=")
         protos.append(f"bandsox.auth.{b64}")
-    return headers, protos
+    return {"additional_headers": headers, "subprotocols": protos or None,
+            "open_timeout": timeout, "close_timeout": 5, "max_size": None}
 
 
 def _handshake_error(e: Exception, url: str) -> errors.BandSoxError:
@@ -136,12 +141,8 @@ class AsyncWebSocket:
         protocols: Optional[List[str]] = None, timeout: float = 30.0,
     ) -> "AsyncWebSocket":
         url = _ws_url(base_url, path)
-        headers, protos = _auth(token, protocols or [])
         try:
-            conn = await _async_connect(
-                url, additional_headers=headers, subprotocols=protos or None,  # type: ignore[arg-type]
-                open_timeout=timeout, close_timeout=5, max_size=None,
-            )
+            conn = await _async_connect(url, **_connect_args(token, protocols, timeout))
         except (InvalidHandshake, OSError, asyncio.TimeoutError, TimeoutError) as e:
             raise _handshake_error(e, url) from e
         return cls(conn)
@@ -186,12 +187,8 @@ class SyncWebSocket:
         protocols: Optional[List[str]] = None, timeout: float = 30.0,
     ) -> "SyncWebSocket":
         url = _ws_url(base_url, path)
-        headers, protos = _auth(token, protocols or [])
         try:
-            conn = _sync_connect(
-                url, additional_headers=headers, subprotocols=protos or None,  # type: ignore[arg-type]
-                open_timeout=timeout, close_timeout=5, max_size=None,
-            )
+            conn = _sync_connect(url, **_connect_args(token, protocols, timeout))
         except (InvalidHandshake, OSError, TimeoutError) as e:
             raise _handshake_error(e, url) from e
         # Entering the context marks it as managed (websockets >= 17.1 warns otherwise); close()

@@ -170,14 +170,20 @@ class BandSox:
                 code="server_unavailable",
                 hint="is `bandsox serve` running? (BANDSOX_URL sets the address)",
             ) from e
-        if resp.status_code >= 400:
-            resp.read()
-            try:
-                body: Any = resp.json()
-            except ValueError:
-                body = resp.text
-            raise errors.error_from_problem(resp.status_code, body, snapshot_route=snapshot_route)
+        self._raise_for_problem(resp, snapshot_route=snapshot_route)
         return resp
+
+    @staticmethod
+    def _raise_for_problem(resp: httpx.Response, snapshot_route: bool = False) -> None:
+        """Raises the exception for an error answer (read whole, even when streamed)."""
+        if resp.status_code < 400:
+            return
+        resp.read()
+        try:
+            body: Any = resp.json()
+        except ValueError:
+            body = resp.text
+        raise errors.error_from_problem(resp.status_code, body, snapshot_route=snapshot_route)
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         resp = self._send(method, path, **kwargs)
@@ -952,34 +958,10 @@ class MicroVM:
         """Copies a guest file to ``local_path`` (streamed; written atomically)."""
         local = Path(local_path)
         tmp = local.with_name(f".{local.name}.part")
-        t = max(float(timeout), self.manager.timeout)
         try:
-            with self.manager._client.stream(
-                "GET",
-                self._path("/download"),
-                params={"path": remote_path},
-                timeout=httpx.Timeout(t, connect=min(t, 10.0)),
-            ) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    try:
-                        body: Any = resp.json()
-                    except ValueError:
-                        body = resp.text
-                    raise errors.error_from_problem(resp.status_code, body)
-                with open(tmp, "wb") as f:
-                    for chunk in resp.iter_bytes():
-                        f.write(chunk)
-        except httpx.TimeoutException as e:
-            tmp.unlink(missing_ok=True)
-            raise errors.TimeoutError(
-                f"download of {remote_path} did not finish within {t:g} s", code="client_timeout"
-            ) from e
-        except httpx.TransportError as e:
-            tmp.unlink(missing_ok=True)
-            raise errors.ServerUnavailableError(
-                f"download of {remote_path} failed: {e}", code="server_unavailable"
-            ) from e
+            with open(tmp, "wb") as f:
+                for chunk in self.read_stream(remote_path, 1 << 20, timeout):
+                    f.write(chunk)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -1163,13 +1145,7 @@ class MicroVM:
                 "GET", self._path("/download"), params={"path": path},
                 timeout=httpx.Timeout(t, connect=min(t, 10.0)),
             ) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    try:
-                        body: Any = resp.json()
-                    except ValueError:
-                        body = resp.text
-                    raise errors.error_from_problem(resp.status_code, body)
+                self.manager._raise_for_problem(resp)
                 for chunk in resp.iter_bytes(chunk_size):
                     yield chunk
         except httpx.TimeoutException as e:
