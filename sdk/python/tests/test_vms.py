@@ -75,6 +75,20 @@ def test_exec_bad_timeout_is_invalid_input(vm: MicroVM):
     assert ei.value.code == "invalid_input" and ei.value.status_code == 422
 
 
+def test_exec_python_without_python_in_the_image(vm: MicroVM):
+    # The test image is busybox: the server answers with a clear error, not a crash.
+    out = vm.exec_python_capture("print(1)")
+    assert out["success"] is False and "python3 not found" in out["error"]
+    seen = []
+    assert vm.exec_python("print(1)", on_stdout=seen.append, on_stderr=seen.append) == -1
+
+
+def test_send_http_request_is_unsupported_without_networking(vm: MicroVM):
+    with pytest.raises(errors.UnsupportedError) as ei:
+        vm.send_http_request(8080, "/health")
+    assert ei.value.code == "unsupported"
+
+
 def test_list_vms_filters_and_total(bs: BandSox, vm: MicroVM):
     ids = [v["id"] for v in bs.list_vms()]
     assert vm.vm_id in ids

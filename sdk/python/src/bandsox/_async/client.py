@@ -1169,22 +1169,30 @@ class AsyncMicroVM:
     ) -> JsonDict:
         """Has the server send an HTTP request to the guest's ``port``; returns
         ``{"status_code","headers","body"}``. Needs guest networking and the ``/http`` endpoint."""
-        return await self.manager._json(
-            "POST",
-            self._path("/http"),
-            json=_drop_none(
-                {
-                    "port": port,
-                    "path": path,
-                    "method": method,
-                    "headers": dict(headers) if headers is not None else None,
-                    "body": data,
-                    "json_body": json,
-                    "timeout": timeout,
-                }
-            ),
-            timeout=float(timeout) + _EXEC_MARGIN_S,
-        )
+        try:
+            return await self.manager._json(
+                "POST",
+                self._path("/http"),
+                json=_drop_none(
+                    {
+                        "port": port,
+                        "path": path,
+                        "method": method,
+                        "headers": dict(headers) if headers is not None else None,
+                        "body": data,
+                        "json_body": json,
+                        "timeout": timeout,
+                    }
+                ),
+                timeout=float(timeout) + _EXEC_MARGIN_S,
+            )
+        except errors.NotFoundError as e:
+            if e.code != "route_not_found":
+                raise
+            raise errors.UnsupportedError(
+                "send_http_request is not supported by this server yet (guests have no network)",
+                status_code=404, code="unsupported",
+            ) from e
 
 
 class AsyncCommand:
