@@ -187,5 +187,12 @@ def test_async_streaming_and_sessions(server: Server, vm: MicroVM):
             await avm.kill_session(psid)
             cmd = await avm.run_command_detached("echo det")
             assert (await cmd.wait(timeout=20)).stdout == "det\n"
+            live = []
+            r = await avm.run_command("echo one; sleep 1; echo two", on_stdout=live.append)
+            assert r.stdout == "one\ntwo\n" == "".join(live) and len(live) >= 2
+            await avm.write_files([{"path": "/tmp/async-stream.bin", "content": b"z" * 70000}])
+            chunks = [c async for c in avm.read_stream("/tmp/async-stream.bin", 65536)]
+            assert b"".join(chunks) == b"z" * 70000 and len(chunks) == 2
+            assert (await avm.read("/tmp/async-stream.bin", max_bytes=10))["truncated"] is True
 
     asyncio.run(run())
