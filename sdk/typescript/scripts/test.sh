@@ -17,6 +17,21 @@ npm ci --no-audit --no-fund --loglevel=error
 npx tsc -p tsconfig.json
 npx tsc -p tsconfig.test.json
 
+# The packed package type-checks in a consumer project that has only @types/node (the published
+# declarations must not need @types/ws or skipLibCheck): the examples, compiled against it.
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+npm pack --silent --pack-destination "$tmp" >/dev/null
+consumer="$tmp/consumer"
+mkdir -p "$consumer/node_modules/bandsox" "$consumer/node_modules/@types"
+tar -xzf "$tmp"/bandsox-*.tgz -C "$consumer/node_modules/bandsox" --strip-components=1
+ln -s "$PWD/node_modules/@types/node" "$consumer/node_modules/@types/node"
+ln -s "$PWD/node_modules/undici-types" "$consumer/node_modules/undici-types"
+cp examples/*.ts "$consumer/"
+echo '{"type": "module"}' >"$consumer/package.json"
+npx tsc --noEmit --strict --module nodenext --moduleResolution nodenext --target es2022 \
+  --types node --typeRoots "$consumer/node_modules/@types" "$consumer"/*.ts
+
 # No ambient client configuration: the tests choose URLs and keys themselves.
 unset BANDSOX_URL BANDSOX_API_KEY
 

@@ -1,7 +1,7 @@
 /** `BandSox`: the client of a `bandsox serve` server. */
 
 import { UnsupportedError } from "./errors.js";
-import { EXEC_MARGIN_MS, execStream } from "./stream.js";
+import { execStream } from "./stream.js";
 import { Transport, compact, seg } from "./transport.js";
 import type {
   ApiKeyInfo,
@@ -301,5 +301,3 @@ export class BandSox {
     await this.transport.json("DELETE", `/api/auth/keys/${seg(keyId)}`, call);
   }
 }
-
-export { EXEC_MARGIN_MS };

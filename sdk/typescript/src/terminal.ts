@@ -22,6 +22,7 @@ export class Terminal {
   private closing = false;
   private decoder = new TextDecoder();
 
+  /** @internal Use `MicroVM.connectTerminal`. */
   constructor(transport: Transport, path: string, cols: number, rows: number) {
     let closedResolve!: (code: number) => void;
     this.closed = new Promise((r) => (closedResolve = r));

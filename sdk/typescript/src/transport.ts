@@ -47,6 +47,7 @@ export function deadline(ms: number, outer?: AbortSignal): {
     fired = true;
     ctl.abort();
   }, ms);
+  timer.unref?.(); // the request itself keeps the process alive while it runs
   const onOuter = () => ctl.abort(outer?.reason);
   if (outer) {
     if (outer.aborted) ctl.abort(outer.reason);
