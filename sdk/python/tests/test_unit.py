@@ -64,6 +64,10 @@ def test_core_module_exports():
         (429, "rate_limited", errors.RateLimitedError),
         (500, "internal", errors.BandSoxError),
         (409, "some_new_code", errors.ConflictError),  # unknown code: by status
+        (404, "command_not_found", errors.NotFoundError),
+        (422, "edit_no_match", errors.InvalidInputError),
+        (422, "edit_multiple_matches", errors.InvalidInputError),
+        (501, "unsupported", errors.UnsupportedError),
     ],
 )
 def test_problem_mapping(status, code, cls):

@@ -134,6 +134,10 @@ def test_pause_resume(vm: MicroVM):
     with pytest.raises(errors.ConflictError) as ei:
         vm.exec_command("true")
     assert ei.value.code == "conflict" and ei.value.status_code == 409
+    with pytest.raises(errors.ConflictError):  # over the exec-stream WebSocket too
+        vm.exec_command("true", on_stdout=print)
+    with pytest.raises(errors.ConflictError):
+        vm.run_command("true")
     vm.pause()  # no-op
     vm.resume()
     assert vm.refresh()["status"] == "running"
