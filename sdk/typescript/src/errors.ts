@@ -133,3 +133,9 @@ export function errorFromProblem(
   if (snapshotRoute && code === "not_found") cls = SnapshotNotFoundError;
   return new cls(detail, { statusCode, code, detail, hint: str(problem.hint), problem });
 }
+
+/** The error for a stable problem `code` that came without an HTTP status (WebSocket frames). */
+export function errorFromCode(code: string, detail: string, hint?: string): BandSoxError {
+  const cls = BY_CODE[code] ?? BandSoxError;
+  return new cls(detail, { code, detail, hint });
+}

@@ -2,7 +2,7 @@
 
 import type WebSocket from "ws";
 
-import { BandSoxError, BandSoxTimeoutError, InvalidInputError, VmNotFoundError, WebSocketError } from "./errors.js";
+import { BandSoxError, BandSoxTimeoutError, InvalidInputError, VmNotFoundError, WebSocketError, errorFromCode } from "./errors.js";
 import type { Transport } from "./transport.js";
 import { seg } from "./transport.js";
 
@@ -112,6 +112,10 @@ export function onExecFrame(
   }
   if (type === "error") {
     const text = typeof msg.error === "string" ? msg.error : "exec-stream error";
+    if (typeof msg.code === "string" && msg.code) {
+      return { error: errorFromCode(msg.code, text, typeof msg.hint === "string" ? msg.hint : undefined) };
+    }
+    // Servers before stable codes in exec-stream frames: recognise the texts.
     if (/timed out/i.test(text)) return { error: new BandSoxTimeoutError(text, { code: "exec_timeout" }) };
     if (/not found/i.test(text)) return { error: new VmNotFoundError(text, { code: "vm_not_found", statusCode: 404 }) };
     return { error: new BandSoxError(text, { code: "exec_error" }) };

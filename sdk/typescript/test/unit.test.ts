@@ -24,6 +24,7 @@ import {
   SnapshotNotFoundError,
   Terminal,
   VmNotFoundError,
+  errorFromCode,
   errorFromProblem,
   shellQuote,
 } from "bandsox";
@@ -53,6 +54,9 @@ it("maps problem codes first, then statuses", () => {
   assert.deepEqual([e.message, e.detail, e.code, e.hint, e.name], ["VM `x` not found", "VM `x` not found", "vm_not_found", "list VMs", "VmNotFoundError"]);
   assert.ok(errorFromProblem(404, { code: "not_found" }, true) instanceof SnapshotNotFoundError);
   assert.equal(errorFromProblem(500, "").message, "HTTP 500");
+  const ws = errorFromCode("exec_timeout", "Command timed out after 1 s", "raise the timeout");
+  assert.ok(ws instanceof BandSoxTimeoutError);
+  assert.deepEqual([ws.code, ws.hint, ws.statusCode], ["exec_timeout", "raise the timeout", undefined]);
 });
 
 it("every public method is exercised by the live tests or the examples", () => {
