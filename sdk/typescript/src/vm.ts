@@ -1,7 +1,8 @@
 /** `MicroVM`: one VM on the server, with BandSox's methods and the Vtrix-style extras. */
 
-import { createWriteStream } from "node:fs";
-import { mkdir, readFile, rename, rm, stat as fsStat } from "node:fs/promises";
+import { randomUUID } from "node:crypto";
+import { createReadStream, createWriteStream } from "node:fs";
+import { mkdir, rename, rm, stat as fsStat } from "node:fs/promises";
 import { basename, dirname, resolve as resolvePath } from "node:path";
 import { Readable } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -357,13 +358,35 @@ export class MicroVM {
     return await this.uploadBlob(remotePath, new Blob([bytes]), call.timeout ?? this.sizeTimeout(bytes.length), call.signal);
   }
 
-  /** Vtrix's `uploadFile(localPath, sandboxPath, {mkdirRecursive})`: copies a local file into the guest. */
+  /**
+   * Vtrix's `uploadFile(localPath, sandboxPath, {mkdirRecursive})`: copies a local file into the
+   * guest, streamed from disk (a multipart body built on the fly, never read whole).
+   */
   async uploadLocalFile(localPath: string, sandboxPath: string, opts: { mkdirRecursive?: boolean } & CallOptions = {}): Promise<{ path: string; size: number }> {
     if (opts.mkdirRecursive) await this.mkDir(dirname(sandboxPath) || "/");
     const size = (await fsStat(localPath)).size;
-    // Node 18 has no fs.openAsBlob; a Blob of the file's bytes is what fetch's FormData takes.
-    const blob = new Blob([await readFile(localPath)]);
-    return await this.uploadBlob(sandboxPath, blob, opts.timeout ?? this.sizeTimeout(size), opts.signal);
+    const boundary = `----bandsox-${randomUUID()}`;
+    const filename = (basename(sandboxPath) || "file").replace(/["\r\n\\]/g, "_");
+    const head = Buffer.from(
+      `--${boundary}\r\nContent-Disposition: form-data; name="remote_path"\r\n\r\n${sandboxPath}\r\n` +
+        `--${boundary}\r\nContent-Disposition: form-data; name="file"; filename="${filename}"\r\n` +
+        "Content-Type: application/octet-stream\r\n\r\n",
+    );
+    const tail = Buffer.from(`\r\n--${boundary}--\r\n`);
+    async function* parts(): AsyncGenerator<Buffer> {
+      yield head;
+      for await (const chunk of createReadStream(localPath)) yield chunk as Buffer;
+      yield tail;
+    }
+    return await this.t.json("POST", this.path("/upload"), {
+      body: Readable.toWeb(Readable.from(parts())) as unknown as ReadableStream,
+      headers: {
+        "Content-Type": `multipart/form-data; boundary=${boundary}`,
+        "Content-Length": String(head.length + size + tail.length),
+      },
+      timeout: opts.timeout ?? this.sizeTimeout(size),
+      signal: opts.signal,
+    });
   }
 
   private async uploadBlob(remotePath: string, blob: Blob, timeout: number, signal?: AbortSignal): Promise<{ path: string; size: number }> {

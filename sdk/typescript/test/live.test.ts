@@ -1,6 +1,7 @@
 /** Against a live `bandsox serve` with real VMs (QEMU/TCG here). One shared VM for most tests. */
 
 import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -319,10 +320,12 @@ describe("files", () => {
 
   it("uploads and downloads local files", async () => {
     const src = join(local, "model.bin");
-    const data = Buffer.alloc(150_000, 0x5a);
+    const data = randomBytes(8 << 20); // streamed from disk both ways
     writeFileSync(src, data);
     await vm.uploadLocalFile(src, "/up/nested/model.bin", { mkdirRecursive: true });
-    assert.equal((await vm.stat("/up/nested/model.bin")).size, 150_000);
+    assert.equal((await vm.stat("/up/nested/model.bin")).size, 8 << 20);
+    const md5 = createHash("md5").update(data).digest("hex");
+    assert.equal((await vm.execCommand("md5sum /up/nested/model.bin")).stdout.split(" ")[0], md5);
     const dst = await vm.downloadFile("/up/nested/model.bin", join(local, "out", "m.bin"), { mkdirRecursive: true });
     assert.equal(dst, join(local, "out", "m.bin"));
     assert.ok(readFileSync(dst!).equals(data));
