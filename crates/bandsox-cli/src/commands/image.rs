@@ -148,11 +148,7 @@ pub fn run(url: &str, cmd: ImageCommand) -> CliResult {
                         "reference": reference, "insecure": insecure, "force": force,
                         "username": username, "password": password,
                     });
-                    let spinner = spinner(common.quiet, &format!("pulling {reference}"));
-                    let r =
-                        Client::new(url).post("/api/images/pull", &body, Duration::from_secs(3600));
-                    spinner.finish_and_clear();
-                    r?
+                    pull_streamed(url, &body, progress_sink(common.quiet))?
                 }
             };
             print_one(&info, common.json)
@@ -312,16 +308,121 @@ where
         .with_hint("run `bandsox init` (or scripts/setup) first"));
     }
     let store = Store::open(&storage.db_path()).map_err(core_error)?;
-    let progress: Arc<dyn Progress> = if quiet || !std::io::stdout().is_terminal() {
-        Arc::new(NoProgress)
-    } else {
-        Arc::new(Bars::new())
-    };
+    let progress = progress_sink(quiet);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::new(format!("cannot start the runtime: {e}")))?;
     rt.block_on(f(store, storage, progress)).map_err(core_error)
+}
+
+/// Bars on a terminal, nothing with `--quiet` or when stdout is not a terminal.
+fn progress_sink(quiet: bool) -> Arc<dyn Progress> {
+    if quiet || !std::io::stdout().is_terminal() {
+        Arc::new(NoProgress)
+    } else {
+        Arc::new(Bars::new())
+    }
+}
+
+/// One line of the server's pull progress stream (see docs/IMAGES.md).
+#[derive(serde::Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum StreamEvent {
+    Phase {
+        message: String,
+    },
+    Layer {
+        digest: String,
+        bytes_done: u64,
+        bytes_total: u64,
+        cached: bool,
+        done: bool,
+    },
+    Done {
+        image: Box<ImageInfo>,
+    },
+    Error(bandsox_api::Problem),
+    #[serde(other)]
+    Unknown,
+}
+
+/// `POST /api/images/pull` with `Accept: application/x-ndjson`, replaying the server's
+/// layer events into `progress`.
+fn pull_streamed(
+    url: &str,
+    body: &serde_json::Value,
+    progress: Arc<dyn Progress>,
+) -> Result<ImageInfo, CliError> {
+    use std::io::BufRead;
+    let client = Client::new(url);
+    let mut req = ureq::post(&format!("{}/api/images/pull", client.base()))
+        .timeout(Duration::from_secs(3600))
+        .set("Accept", "application/x-ndjson");
+    if let Some(key) = crate::client::api_key() {
+        req = req.set("Authorization", &format!("Bearer {key}"));
+    }
+    let res = match req.send_json(body) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(status, r)) => {
+            let body = r.into_string().unwrap_or_default();
+            return Err(crate::client::problem_error(status, &body));
+        }
+        Err(ureq::Error::Transport(t)) => return Err(client.unreachable(t)),
+    };
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    for line in std::io::BufReader::new(res.into_reader()).lines() {
+        let line = line.map_err(|e| client.unreachable(e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event: StreamEvent = serde_json::from_str(&line)
+            .map_err(|e| CliError::new(format!("unreadable progress event from {url}: {e}")))?;
+        match event {
+            StreamEvent::Phase { message } => progress.phase(&message),
+            StreamEvent::Layer {
+                digest,
+                bytes_done,
+                bytes_total,
+                cached,
+                done,
+            } => {
+                let before = match seen.get(&digest) {
+                    Some(b) => *b,
+                    None => {
+                        progress.blob_start(&digest, bytes_total, cached);
+                        if cached {
+                            bytes_total
+                        } else {
+                            0
+                        }
+                    }
+                };
+                if bytes_done > before {
+                    progress.blob_bytes(&digest, bytes_done - before);
+                }
+                seen.insert(digest.clone(), bytes_done.max(before));
+                if done {
+                    progress.blob_done(&digest);
+                }
+            }
+            StreamEvent::Done { image } => {
+                progress.phase("done");
+                return Ok(*image);
+            }
+            StreamEvent::Error(p) => {
+                progress.phase("done");
+                let status = p.status;
+                let body = serde_json::to_string(&p).unwrap_or_default();
+                return Err(crate::client::problem_error(status, &body));
+            }
+            StreamEvent::Unknown => {}
+        }
+    }
+    progress.phase("done");
+    Err(CliError::new(format!(
+        "the server at {url} ended the pull stream without a result"
+    )))
 }
 
 /// Uploads an archive (or an OCI layout directory, tarred on the fly) to the server.

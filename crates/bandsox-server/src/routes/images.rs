@@ -8,13 +8,20 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bandsox_core::images::{self, ImageInfo};
-use bandsox_image::oci::NoProgress;
+use bandsox_image::oci::{NoProgress, Progress};
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
 
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -63,12 +70,13 @@ pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<ImageInfo>>> 
     summary = "Pull an image from a registry and convert it",
     operation_id = "images_pull",
     request_body = PullRequest,
-    responses((status = 200, description = "success", body = ImageInfo))
+    responses((status = 200, description = "success; with `Accept: application/x-ndjson` the answer is instead a stream of progress events, one JSON object a line (`phase`, `layer`, then `done` with the image or `error` with a problem body); see docs/IMAGES.md", body = ImageInfo))
 )]
 pub async fn pull(
     State(s): State<AppState>,
+    headers: HeaderMap,
     body: Result<Json<PullRequest>, JsonRejection>,
-) -> ApiResult<Json<ImageInfo>> {
+) -> ApiResult<Response> {
     let Json(req) = body?;
     let mut opts = images::pull_options_from_env();
     if req.insecure {
@@ -89,21 +97,178 @@ pub async fn pull(
             ))
         }
     }
-    let m = &s.manager;
-    let rec = images::pull(
-        m.store(),
-        m.storage(),
-        &req.reference,
-        &opts,
-        req.force,
-        Arc::new(NoProgress),
-    )
-    .await?;
-    Ok(Json(images::inspect(
-        m.store(),
-        m.storage(),
-        &rec.reference,
-    )?))
+    let wants_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(NDJSON));
+    let run = move |progress: Arc<dyn Progress>| async move {
+        let m = &s.manager;
+        let rec = images::pull(
+            m.store(),
+            m.storage(),
+            &req.reference,
+            &opts,
+            req.force,
+            progress,
+        )
+        .await?;
+        Ok(images::inspect(m.store(), m.storage(), &rec.reference)?)
+    };
+    if wants_stream {
+        return Ok(progress_stream(run));
+    }
+    Ok(Json(run(Arc::new(NoProgress)).await?).into_response())
+}
+
+/// Media type of the progress stream (`Accept: application/x-ndjson`).
+const NDJSON: &str = "application/x-ndjson";
+
+/// Layer events of one blob are sent at most this often (plus its first and last).
+const LAYER_EVENT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// One line of the progress stream.
+#[derive(Debug, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+enum ProgressEvent {
+    /// `resolving`, `downloading`, `reading`, `unpacking`, `converting` (mkfs).
+    Phase {
+        phase: &'static str,
+        message: String,
+    },
+    Layer {
+        digest: String,
+        bytes_done: u64,
+        bytes_total: u64,
+        cached: bool,
+        done: bool,
+    },
+    Done {
+        image: Box<ImageInfo>,
+    },
+    Error(bandsox_api::Problem),
+}
+
+#[derive(Default)]
+struct LayerState {
+    done: u64,
+    total: u64,
+    cached: bool,
+    last_sent: Option<Instant>,
+}
+
+/// A [`Progress`] that turns core's hooks into [`ProgressEvent`]s on a channel.
+struct ChannelProgress {
+    tx: mpsc::UnboundedSender<ProgressEvent>,
+    layers: Mutex<HashMap<String, LayerState>>,
+    downloading: AtomicBool,
+}
+
+impl ChannelProgress {
+    fn send_layer(&self, digest: &str, force: bool, finished: bool) {
+        let mut layers = self.layers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(l) = layers.get_mut(digest) else {
+            return;
+        };
+        let now = Instant::now();
+        if !force && l.last_sent.is_some_and(|t| now - t < LAYER_EVENT_INTERVAL) {
+            return;
+        }
+        l.last_sent = Some(now);
+        let _ = self.tx.send(ProgressEvent::Layer {
+            digest: digest.to_owned(),
+            bytes_done: l.done,
+            bytes_total: l.total,
+            cached: l.cached,
+            done: finished,
+        });
+    }
+}
+
+impl Progress for ChannelProgress {
+    fn blob_start(&self, digest: &str, total_bytes: u64, cached: bool) {
+        if !cached && !self.downloading.swap(true, Ordering::Relaxed) {
+            let _ = self.tx.send(ProgressEvent::Phase {
+                phase: "downloading",
+                message: "downloading layers".into(),
+            });
+        }
+        self.layers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                digest.to_owned(),
+                LayerState {
+                    done: if cached { total_bytes } else { 0 },
+                    total: total_bytes,
+                    cached,
+                    last_sent: None,
+                },
+            );
+        self.send_layer(digest, true, cached);
+    }
+
+    fn blob_bytes(&self, digest: &str, n: u64) {
+        if let Some(l) = self
+            .layers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(digest)
+        {
+            l.done += n;
+        }
+        self.send_layer(digest, false, false);
+    }
+
+    fn blob_done(&self, digest: &str) {
+        self.send_layer(digest, true, true);
+    }
+
+    fn phase(&self, message: &str) {
+        let phase = match message.split_whitespace().next().unwrap_or("") {
+            "done" => return,
+            "resolving" => "resolving",
+            "unpacking" => "unpacking",
+            "building" => "converting",
+            "reading" => "reading",
+            _ => "working",
+        };
+        let _ = self.tx.send(ProgressEvent::Phase {
+            phase,
+            message: message.to_owned(),
+        });
+    }
+}
+
+/// Runs `run` in a task and answers at once with its progress as NDJSON: phase and layer
+/// events, then one `done` (with the [`ImageInfo`]) or one `error` (a problem+json body).
+fn progress_stream<F, Fut>(run: F) -> Response
+where
+    F: FnOnce(Arc<dyn Progress>) -> Fut,
+    Fut: std::future::Future<Output = ApiResult<ImageInfo>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let progress = Arc::new(ChannelProgress {
+        tx: tx.clone(),
+        layers: Mutex::default(),
+        downloading: AtomicBool::new(false),
+    });
+    let fut = run(progress);
+    tokio::spawn(async move {
+        let last = match fut.await {
+            Ok(info) => ProgressEvent::Done {
+                image: Box::new(info),
+            },
+            Err(e) => ProgressEvent::Error(e.problem()),
+        };
+        let _ = tx.send(last);
+    });
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        let ev = rx.recv().await?;
+        let mut line = serde_json::to_vec(&ev).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok::<_, std::convert::Infallible>(line), rx))
+    });
+    ([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(lines)).into_response()
 }
 
 /// Streams the request body (a tar, optionally compressed) to a scratch file, then imports it.
