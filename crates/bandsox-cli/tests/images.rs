@@ -185,6 +185,39 @@ fn pull_progress_ls_inspect_rm_import_and_bad_input() {
     // skopeo writes the fully qualified name into RepoTags.
     assert_eq!(info["reference"], "docker.io/example/saved:1");
 
+    // The same import through REST: a progress stream on request, else `201` as before.
+    let res = ureq::post(&format!(
+        "{url}/api/images/import?reference=example/streamed:1"
+    ))
+    .set("Accept", "application/x-ndjson")
+    .send_bytes(&std::fs::read(&saved).unwrap())
+    .unwrap();
+    assert_eq!(res.content_type(), "application/x-ndjson");
+    let events: Vec<serde_json::Value> = std::io::BufReader::new(res.into_reader())
+        .lines()
+        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
+        .collect();
+    assert!(
+        events.iter().any(|e| e["phase"] == "unpacking"),
+        "{events:?}"
+    );
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "done", "{events:?}");
+    assert_eq!(last["image"]["reference"], "example/streamed:1");
+    let (status, body) = answer(
+        ureq::post(&format!(
+            "{url}/api/images/import?reference=example/plain:1"
+        ))
+        .send_bytes(&std::fs::read(&saved).unwrap()),
+    );
+    assert_eq!(
+        (status, body["reference"].as_str()),
+        (201, Some("example/plain:1"))
+    );
+    assert!(names(&storage.join("images"))
+        .iter()
+        .all(|n| !n.starts_with(".upload-")));
+
     // Bad input.
     let images_dir = storage.join("images");
     let before = names(&images_dir);

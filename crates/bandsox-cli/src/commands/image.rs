@@ -1,9 +1,9 @@
 //! `bandsox image pull|import|import-dir|ls|inspect|rm`.
 //!
-//! Through the server by default. With `--storage DIR` the command works on that storage root
-//! directly, in this process (what `scripts/setup` uses before any server runs), and shows
-//! per-layer progress bars (bytes and rate) when stdout is a terminal and `--quiet` is not
-//! given.
+//! Through the server by default, reading its NDJSON progress stream for pull and import.
+//! With `--storage DIR` the command works on that storage root directly, in this process (what
+//! `scripts/setup` uses before any server runs). Either way pull and import show per-layer
+//! progress bars (bytes and rate) when stdout is a terminal and `--quiet` is not given.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
@@ -169,7 +169,12 @@ pub fn run(url: &str, cmd: ImageCommand) -> CliResult {
                     },
                     common.quiet,
                 )?,
-                None => upload(url, &path, reference.as_deref(), common.quiet)?,
+                None => upload(
+                    url,
+                    &path,
+                    reference.as_deref(),
+                    progress_sink(common.quiet),
+                )?,
             };
             print_one(&info, common.json)
         }
@@ -354,15 +359,31 @@ fn pull_streamed(
     body: &serde_json::Value,
     progress: Arc<dyn Progress>,
 ) -> Result<ImageInfo, CliError> {
-    use std::io::BufRead;
     let client = Client::new(url);
-    let mut req = ureq::post(&format!("{}/api/images/pull", client.base()))
+    let res = stream_request(&client, "/api/images/pull").send_json(body);
+    read_stream(&client, res, progress)
+}
+
+/// A POST asking for the NDJSON progress stream (with the API key when there is one).
+fn stream_request(client: &Client, path: &str) -> ureq::Request {
+    let req = ureq::post(&format!("{}{path}", client.base()))
         .timeout(Duration::from_secs(3600))
         .set("Accept", "application/x-ndjson");
-    if let Some(key) = crate::client::api_key() {
-        req = req.set("Authorization", &format!("Bearer {key}"));
+    match crate::client::api_key() {
+        Some(key) => req.set("Authorization", &format!("Bearer {key}")),
+        None => req,
     }
-    let res = match req.send_json(body) {
+}
+
+/// Reads a progress stream to its `done` (the image) or `error` line.
+fn read_stream(
+    client: &Client,
+    res: Result<ureq::Response, ureq::Error>,
+    progress: Arc<dyn Progress>,
+) -> Result<ImageInfo, CliError> {
+    use std::io::BufRead;
+    let url = client.base();
+    let res = match res {
         Ok(r) => r,
         Err(ureq::Error::Status(status, r)) => {
             let body = r.into_string().unwrap_or_default();
@@ -430,7 +451,7 @@ fn upload(
     url: &str,
     path: &std::path::Path,
     reference: Option<&str>,
-    quiet: bool,
+    progress: Arc<dyn Progress>,
 ) -> Result<ImageInfo, CliError> {
     let meta = std::fs::metadata(path)
         .map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))?;
@@ -450,56 +471,16 @@ fn upload(
                 .map_err(|e| CliError::new(format!("cannot open {}: {e}", path.display())))?,
         )
     };
-    let mut target = format!("{}/api/images/import", url.trim_end_matches('/'));
+    let mut target = "/api/images/import".to_owned();
     if let Some(r) = reference {
         target.push_str("?reference=");
         target.push_str(&crate::client::segment(r));
     }
-    let spinner = spinner(quiet, &format!("importing {}", path.display()));
-    let res = ureq::post(&target)
-        .timeout(Duration::from_secs(3600))
+    let client = Client::new(url);
+    let res = stream_request(&client, &target)
         .set("Content-Type", "application/x-tar")
         .send(reader);
-    spinner.finish_and_clear();
-    match res {
-        Ok(r) => r
-            .into_json()
-            .map_err(|e| CliError::new(format!("unreadable answer from {url}: {e}"))),
-        Err(ureq::Error::Status(status, r)) => {
-            let body = r.into_string().unwrap_or_default();
-            Err(match serde_json::from_str::<bandsox_api::Problem>(&body) {
-                Ok(p) => CliError {
-                    message: p.detail,
-                    hint: p.hint,
-                    exit_code: if status == 404 {
-                        3
-                    } else if status == 409 {
-                        4
-                    } else {
-                        1
-                    },
-                },
-                Err(_) => CliError::new(format!("server answered {status}: {body}")),
-            })
-        }
-        Err(ureq::Error::Transport(t)) => Err(CliError {
-            message: format!("cannot reach the bandsox server at {url}: {t}"),
-            hint: Some(
-                "start it with `bandsox serve`, or pass --storage DIR to work locally".into(),
-            ),
-            exit_code: 5,
-        }),
-    }
-}
-
-fn spinner(quiet: bool, msg: &str) -> ProgressBar {
-    if quiet || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new_spinner();
-    pb.set_message(msg.to_owned());
-    pb.enable_steady_tick(Duration::from_millis(120));
-    pb
+    read_stream(&client, res, progress)
 }
 
 /// One bar per blob (bytes, total, rate) plus a status line.

@@ -97,10 +97,6 @@ pub async fn pull(
             ))
         }
     }
-    let wants_stream = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains(NDJSON));
     let run = move |progress: Arc<dyn Progress>| async move {
         let m = &s.manager;
         let rec = images::pull(
@@ -114,7 +110,7 @@ pub async fn pull(
         .await?;
         Ok(images::inspect(m.store(), m.storage(), &rec.reference)?)
     };
-    if wants_stream {
+    if wants_stream(&headers) {
         return Ok(progress_stream(run));
     }
     Ok(Json(run(Arc::new(NoProgress)).await?).into_response())
@@ -122,6 +118,14 @@ pub async fn pull(
 
 /// Media type of the progress stream (`Accept: application/x-ndjson`).
 const NDJSON: &str = "application/x-ndjson";
+
+/// Whether the client asked for the progress stream.
+fn wants_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(NDJSON))
+}
 
 /// Layer events of one blob are sent at most this often (plus its first and last).
 const LAYER_EVENT_INTERVAL: Duration = Duration::from_millis(100);
@@ -280,57 +284,70 @@ where
     operation_id = "images_import",
     params(ImportQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the archive: a tar, optionally gzip- or zstd-compressed"),
-    responses((status = 201, description = "created", body = ImageInfo))
+    responses((status = 201, description = "created; with `Accept: application/x-ndjson` the answer is instead `200` and a stream of progress events as for the pull; see docs/IMAGES.md", body = ImageInfo))
 )]
 pub async fn import(
     State(s): State<AppState>,
+    headers: HeaderMap,
     Query(q): Query<ImportQuery>,
     body: Body,
-) -> ApiResult<(StatusCode, Json<ImageInfo>)> {
-    let m = &s.manager;
+) -> ApiResult<Response> {
     if let Some(r) = &q.reference {
         images::validate_reference(r)?;
     }
-    let upload = m
+    let upload = s
+        .manager
         .storage()
         .images_dir()
         .join(format!(".upload-{}.tar", bandsox_core::storage::new_id()));
-    let result = async {
-        let mut f = tokio::fs::File::create(&upload)
-            .await
-            .map_err(bandsox_core::CoreError::from)?;
-        let mut stream = body.into_data_stream();
-        let mut total = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string())
-            })?;
-            total += chunk.len() as u64;
-            f.write_all(&chunk)
-                .await
-                .map_err(bandsox_core::CoreError::from)?;
-        }
-        f.flush().await.map_err(bandsox_core::CoreError::from)?;
-        if total == 0 {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_image",
-                "the request body is empty; send a `docker save` or OCI layout tar",
-            ));
-        }
+    if let Err(e) = receive(&upload, body).await {
+        let _ = tokio::fs::remove_file(&upload).await;
+        return Err(e);
+    }
+    let run = move |progress: Arc<dyn Progress>| async move {
+        let m = &s.manager;
         let rec = images::import(
             m.store(),
             m.storage(),
             &upload,
             q.reference.as_deref(),
-            Arc::new(NoProgress),
+            progress,
         )
-        .await?;
-        Ok(images::inspect(m.store(), m.storage(), &rec.reference)?)
+        .await;
+        let _ = tokio::fs::remove_file(&upload).await;
+        Ok(images::inspect(m.store(), m.storage(), &rec?.reference)?)
+    };
+    if wants_stream(&headers) {
+        return Ok(progress_stream(run));
     }
-    .await;
-    let _ = tokio::fs::remove_file(&upload).await;
-    Ok((StatusCode::CREATED, Json(result?)))
+    let info = run(Arc::new(NoProgress)).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+/// Writes the request body to `upload`; an empty body is refused.
+async fn receive(upload: &std::path::Path, body: Body) -> ApiResult<()> {
+    let mut f = tokio::fs::File::create(upload)
+        .await
+        .map_err(bandsox_core::CoreError::from)?;
+    let mut stream = body.into_data_stream();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.to_string()))?;
+        total += chunk.len() as u64;
+        f.write_all(&chunk)
+            .await
+            .map_err(bandsox_core::CoreError::from)?;
+    }
+    f.flush().await.map_err(bandsox_core::CoreError::from)?;
+    if total == 0 {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_image",
+            "the request body is empty; send a `docker save` or OCI layout tar",
+        ));
+    }
+    Ok(())
 }
 
 #[utoipa::path(
