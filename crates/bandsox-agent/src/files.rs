@@ -135,8 +135,7 @@ fn read_inner(req: FileReadRequest, h: &Handler) -> OpResult {
     let avail = size - start;
     let limit = req.max_bytes.map_or(avail, |m| m.min(avail));
     let mut sent = 0u64;
-    let mut buf = vec![0u8; DATA_CHUNK_LEN];
-    let mut scratch = Vec::with_capacity(DATA_CHUNK_LEN + 16);
+    let mut scratch = Vec::new();
     // Files can grow while read: send what `limit` allowed at open time.
     while sent < limit {
         let Some(window) = h.ctl.wait_window(Channel::Stdout) else {
@@ -145,14 +144,17 @@ fn read_inner(req: FileReadRequest, h: &Handler) -> OpResult {
         let want = (window as usize)
             .min(DATA_CHUNK_LEN)
             .min((limit - sent) as usize);
-        let n = match f.read(&mut buf[..want]) {
+        // Read straight into the outgoing frame.
+        let n = match h
+            .tx
+            .data_from(Channel::Stdout, want, &mut scratch, |b| f.read(b))
+        {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(io_err("read", &path, &e)),
         };
         h.ctl.consume(Channel::Stdout, n);
-        h.tx.data(Channel::Stdout, &buf[..n], &mut scratch);
         sent += n as u64;
     }
     h.tx.eof(Channel::Stdout);

@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use bandsox_protocol::frame::{self, DATA_CHUNK_LEN, INITIAL_WINDOW};
 use bandsox_protocol::{
-    Channel, ErrorBody, ErrorCode, Event, Frame, FrameDecoder, FrameKind, Hello, RawMode, Reply,
+    Channel, ErrorBody, ErrorCode, Event, Frame, FrameKind, FrameReader, Hello, RawMode, Reply,
     ReplyBody, Request, PROTOCOL_VERSION,
 };
 
@@ -118,44 +118,35 @@ impl Agent {
     }
 
     /// Reads and dispatches frames until end of stream or a read error.
-    fn session(self: &Arc<Self>, mut reader: Box<dyn Read + Send>, mut gen: u64) {
-        let mut decoder = FrameDecoder::new();
-        let mut buf = vec![0u8; 64 << 10];
+    fn session(self: &Arc<Self>, reader: Box<dyn Read + Send>, mut gen: u64) {
+        let mut frames = FrameReader::new(reader);
         loop {
-            let n = match reader.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            let frame = match frames.read_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    log!("corrupt frame from host ({e}); resetting the reader");
+                    frames.reset();
+                    continue;
+                }
                 Err(e) => {
                     log!("channel read failed: {e}");
                     return;
                 }
             };
-            decoder.push(&buf[..n]);
-            loop {
-                match decoder.next_frame() {
-                    Ok(Some(frame)) if frame.kind == FrameKind::Request => {
-                        if let Ok(Request::Raw { mode }) = parse_request(&frame.payload) {
-                            let tx = StreamTx {
-                                agent: Arc::clone(self),
-                                id: frame.stream,
-                                gen,
-                            };
-                            tx.reply(&Reply::Ok(ReplyBody::Done));
-                            self.raw(&mut reader, mode, gen);
-                            return;
-                        }
-                        self.dispatch(&mut gen, frame);
-                    }
-                    Ok(Some(frame)) => self.dispatch(&mut gen, frame),
-                    Ok(None) => break,
-                    Err(e) => {
-                        log!("corrupt frame from host ({e}); resetting the decoder");
-                        decoder.reset();
-                        break;
-                    }
+            if frame.kind == FrameKind::Request {
+                if let Ok(Request::Raw { mode }) = parse_request(&frame.payload) {
+                    let tx = StreamTx {
+                        agent: Arc::clone(self),
+                        id: frame.stream,
+                        gen,
+                    };
+                    tx.reply(&Reply::Ok(ReplyBody::Done));
+                    self.raw(frames.get_mut(), mode, gen);
+                    return;
                 }
             }
+            self.dispatch(&mut gen, frame);
         }
     }
 
@@ -209,10 +200,10 @@ impl Agent {
         let id = frame.stream;
         match frame.kind {
             FrameKind::Request => self.open_stream(gen, id, &frame.payload),
-            FrameKind::Data => match frame.channel_payload() {
-                Ok((Channel::Stdin, bytes)) => {
+            FrameKind::Data => match frame.channel_payload().map(|(c, _)| c) {
+                Ok(Channel::Stdin) => {
                     if let Some(ctl) = self.stream(id) {
-                        ctl.push_stdin(StdinMsg::Data(bytes.to_vec()));
+                        ctl.push_stdin(StdinMsg::Data(DataBuf(frame.payload)));
                     }
                 }
                 Ok(_) => {}
@@ -463,6 +454,32 @@ impl StreamTx {
         self.agent.outbox.send(self.gen, scratch);
     }
 
+    /// Sends up to `max` bytes (at most [`DATA_CHUNK_LEN`]) that `fill` reads straight into the
+    /// frame (no copy). Returns what `fill` returned; nothing is sent for `Ok(0)` or an error.
+    pub fn data_from(
+        &self,
+        channel: Channel,
+        max: usize,
+        scratch: &mut Vec<u8>,
+        fill: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<usize> {
+        debug_assert!(max <= DATA_CHUNK_LEN);
+        let end = frame::DATA_HEADER_LEN + max;
+        if scratch.len() < end {
+            scratch.resize(end, 0);
+        }
+        let n = fill(&mut scratch[frame::DATA_HEADER_LEN..end])?;
+        if n > 0 {
+            let mut header = [0u8; frame::DATA_HEADER_LEN];
+            frame::write_data_header(&mut header, self.id, channel, n);
+            scratch[..frame::DATA_HEADER_LEN].copy_from_slice(&header);
+            self.agent
+                .outbox
+                .send(self.gen, &scratch[..frame::DATA_HEADER_LEN + n]);
+        }
+        Ok(n)
+    }
+
     pub fn eof(&self, channel: Channel) {
         let mut out = Vec::with_capacity(16);
         frame::encode_eof(&mut out, self.id, channel);
@@ -482,8 +499,20 @@ impl StreamTx {
 
 /// Input for an exec's stdin pump.
 pub enum StdinMsg {
-    Data(Vec<u8>),
+    Data(DataBuf),
     Eof,
+}
+
+/// The bytes of a `Data` frame, handed over without copying: its payload minus the channel
+/// byte.
+pub struct DataBuf(Vec<u8>);
+
+impl std::ops::Deref for DataBuf {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.0.get(1..).unwrap_or_default()
+    }
 }
 
 /// What an exec's main thread waits for.

@@ -131,6 +131,23 @@ pub fn encode_data(out: &mut Vec<u8>, stream: u32, channel: Channel, bytes: &[u8
     out.extend_from_slice(bytes);
 }
 
+/// Length of a `Data` frame's header: the frame header and the channel byte.
+pub const DATA_HEADER_LEN: usize = HEADER_LEN + 1;
+
+/// Writes the header of a `Data` frame carrying `len` bytes on `channel` into `out`, so a
+/// sender can read its bytes straight into the space after it (no copy).
+pub fn write_data_header(
+    out: &mut [u8; DATA_HEADER_LEN],
+    stream: u32,
+    channel: Channel,
+    len: usize,
+) {
+    out[..4].copy_from_slice(&((len + 1) as u32).to_le_bytes());
+    out[4..8].copy_from_slice(&stream.to_le_bytes());
+    out[8] = FrameKind::Data as u8;
+    out[9] = channel as u8;
+}
+
 /// Appends an `Eof` frame for `channel`.
 pub fn encode_eof(out: &mut Vec<u8>, stream: u32, channel: Channel) {
     encode_frame(out, stream, FrameKind::Eof, &[channel as u8]);
@@ -229,9 +246,193 @@ impl FrameDecoder {
     }
 }
 
+/// Frames read from a byte stream with as few copies as possible: small frames come out of an
+/// internal buffer, a large payload is read straight into its own `Vec` (under software
+/// emulation every extra copy of bulk data costs throughput).
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// Payloads at least this large that are not yet buffered are read directly into place.
+const DIRECT_READ_LEN: usize = 8 << 10;
+
+impl<R: std::io::Read> FrameReader<R> {
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            buf: vec![0; 64 << 10],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// The byte stream itself (bytes already buffered are not in it).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// Forgets buffered bytes (after a corrupt frame).
+    pub fn reset(&mut self) {
+        self.start = 0;
+        self.end = 0;
+    }
+
+    /// Reads more bytes into the buffer; `Ok(0)` at the end of the stream.
+    fn fill(&mut self) -> std::io::Result<usize> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        loop {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(n);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next frame; `Ok(None)` at a clean end of stream. A corrupt frame is an
+    /// `InvalidData` error wrapping the [`ProtocolError`]: call [`FrameReader::reset`] and go on.
+    pub fn read_frame(&mut self) -> std::io::Result<Option<Frame>> {
+        use std::io::{Error, ErrorKind, Read};
+        loop {
+            let avail = &self.buf[self.start..self.end];
+            if avail.len() >= HEADER_LEN {
+                let len = u32::from_le_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+                let stream = u32::from_le_bytes([avail[4], avail[5], avail[6], avail[7]]);
+                let kind = FrameKind::from_u8(avail[8]).ok_or_else(|| {
+                    Error::new(ErrorKind::InvalidData, ProtocolError::UnknownKind(avail[8]))
+                })?;
+                if len > MAX_PAYLOAD_LEN {
+                    return Err(Error::new(
+                        ErrorKind::InvalidData,
+                        ProtocolError::TooLarge(len),
+                    ));
+                }
+                if avail.len() >= HEADER_LEN + len {
+                    let payload = avail[HEADER_LEN..HEADER_LEN + len].to_vec();
+                    self.start += HEADER_LEN + len;
+                    return Ok(Some(Frame {
+                        stream,
+                        kind,
+                        payload,
+                    }));
+                }
+                if len >= DIRECT_READ_LEN {
+                    let mut payload = Vec::with_capacity(len);
+                    payload.extend_from_slice(&avail[HEADER_LEN..]);
+                    self.reset();
+                    let missing = (len - payload.len()) as u64;
+                    (&mut self.inner).take(missing).read_to_end(&mut payload)?;
+                    if payload.len() != len {
+                        return Err(Error::new(
+                            ErrorKind::UnexpectedEof,
+                            "stream ended inside a frame",
+                        ));
+                    }
+                    return Ok(Some(Frame {
+                        stream,
+                        kind,
+                        payload,
+                    }));
+                }
+            }
+            let had = self.end - self.start;
+            if self.fill()? == 0 {
+                return if had == 0 {
+                    Ok(None)
+                } else {
+                    Err(Error::new(
+                        ErrorKind::UnexpectedEof,
+                        "stream ended inside a frame",
+                    ))
+                };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A reader that hands out at most `step` bytes per read, like a virtio-serial port.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn frame_reader_small_and_large_frames_in_any_read_sizes() {
+        let big: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let mut wire = Vec::new();
+        encode_frame(&mut wire, 1, FrameKind::Request, b"{}");
+        encode_data(&mut wire, 2, Channel::Stdin, &big);
+        encode_credit(&mut wire, 3, Channel::Stdout, 7);
+        let mut hdr = [0u8; DATA_HEADER_LEN];
+        write_data_header(&mut hdr, 4, Channel::Stdout, 3);
+        wire.extend_from_slice(&hdr);
+        wire.extend_from_slice(b"xyz");
+        for step in [1, 7, 4096, 65_536, usize::MAX] {
+            let mut r = FrameReader::new(Trickle { data: &wire, step });
+            let f = r.read_frame().unwrap().unwrap();
+            assert_eq!(
+                (f.stream, f.kind, f.payload.as_slice()),
+                (1, FrameKind::Request, &b"{}"[..])
+            );
+            let f = r.read_frame().unwrap().unwrap();
+            assert_eq!(
+                f.channel_payload().unwrap(),
+                (Channel::Stdin, big.as_slice()),
+                "step {step}"
+            );
+            let f = r.read_frame().unwrap().unwrap();
+            assert_eq!(f.credit().unwrap(), (Channel::Stdout, 7));
+            let f = r.read_frame().unwrap().unwrap();
+            assert_eq!(f.channel_payload().unwrap(), (Channel::Stdout, &b"xyz"[..]));
+            assert!(r.read_frame().unwrap().is_none(), "clean end");
+        }
+    }
+
+    #[test]
+    fn frame_reader_reports_truncation_and_corruption() {
+        let mut wire = Vec::new();
+        encode_data(&mut wire, 2, Channel::Stdin, &[1u8; 20_000]);
+        wire.truncate(15_000);
+        let mut r = FrameReader::new(Trickle {
+            data: &wire,
+            step: 4096,
+        });
+        let e = r.read_frame().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        let junk = [0u8, 0, 0, 0, 0, 0, 0, 0, 99];
+        let mut r = FrameReader::new(Trickle {
+            data: &junk,
+            step: 100,
+        });
+        assert_eq!(
+            r.read_frame().unwrap_err().kind(),
+            std::io::ErrorKind::InvalidData
+        );
+    }
 
     #[test]
     fn roundtrip_split_at_every_byte() {

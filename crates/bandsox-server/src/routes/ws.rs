@@ -276,11 +276,7 @@ async fn run_exec_stream(s: AppState, id: String, mut socket: WebSocket) {
     let mut stream = match s.manager.exec_stream(&id, req, None).await {
         Ok(st) => st,
         Err(e) => {
-            send_json(
-                &mut socket,
-                error_frame(&e),
-            )
-            .await;
+            send_json(&mut socket, error_frame(&e)).await;
             return close(socket, 1000, "").await;
         }
     };
@@ -289,11 +285,7 @@ async fn run_exec_stream(s: AppState, id: String, mut socket: WebSocket) {
             Ok(Some(ev)) => ev,
             Ok(None) => break,
             Err(e) => {
-                send_json(
-                    &mut socket,
-                    error_frame(&e),
-                )
-                .await;
+                send_json(&mut socket, error_frame(&e)).await;
                 break;
             }
         };
