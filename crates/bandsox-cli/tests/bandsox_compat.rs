@@ -33,16 +33,6 @@ const KNOWN_GAPS: &[(&str, &str)] = &[
         "§1.3 POST /api/vms/{vm_id}/http -> {status_code, headers, body}",
     ),
     (
-        // The server builds no Dockerfiles; both SDKs raise an unsupported error instead.
-        "POST /api/vms/from-dockerfile status",
-        "§1.3 POST /api/vms/from-dockerfile (multipart) -> {id, status: created}",
-    ),
-    (
-        // axum's bare 405 (empty body) for a method a path does not route; not problem+json.
-        "POST /api/vms/from-dockerfile 405 body",
-        "§1 common errors: clients read `detail` (docs/API.md: errors are problem+json)",
-    ),
-    (
         // Ours answers 409 `conflict` ("VM … is stopped, not running").
         "GET /api/vms/{id}/read-file (stopped VM) status",
         "§1.3 GET /api/vms/{vm_id}/read-file: Works for **stopped** VMs via `debugfs` on the ext4 image",
@@ -585,22 +575,32 @@ fn every_bandsox_endpoint() {
     );
 
     let ep = "POST /api/vms/from-dockerfile";
-    let (ctype, body) = multipart("unused", b"FROM bandsox/busybox\n");
+    let boundary = "bsxcompatboundary";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"dockerfile\"; filename=\"Dockerfile\"\r\n\r\nFROM bandsox/busybox\nRUN touch /built\n\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nfrom-dockerfile\r\n--{boundary}--\r\n"
+    );
     let r = answer(
         ureq::post(&format!("{url}/api/vms/from-dockerfile"))
             .set("Authorization", &format!("Bearer {}", api.key))
-            .set("Content-Type", &ctype)
-            .send_bytes(&body),
+            .set(
+                "Content-Type",
+                &format!("multipart/form-data; boundary={boundary}"),
+            )
+            .send_bytes(body.as_bytes()),
     );
-    api.status(ep, &r, 200);
+    api.ok(ep, &r, 200, &[("/id", T::Str), ("/status", T::Str)]);
+    if let Some(built) = r.1["id"].as_str() {
+        let r = api.call("DELETE", &format!("/api/vms/{built}"), None);
+        api.status("DELETE /api/vms/{id}", &r, 200);
+    }
 
     // Our own standard: even a wrong method gets a problem+json `detail` for clients to show.
-    api.check(
-        ep,
-        "405 body",
-        r.0 != 405 || r.1["detail"].is_string(),
-        || format!("405 with body {}", r.1),
-    );
+    let ep = "PATCH /api/vms";
+    let r = api.call("PATCH", "/api/vms", Some(json!({})));
+    api.status(ep, &r, 405);
+    api.check(ep, "405 body", r.1["detail"].is_string(), || {
+        format!("405 with body {}", r.1)
+    });
 
     let ep = "PUT /api/vms/{id}/name";
     let r = api.call(

@@ -26,6 +26,9 @@ pub enum CoreError {
         disk_size_mib: u64,
         needed_mib: u64,
     },
+    /// A Dockerfile build step failed (its output tail is in the message).
+    #[error("build failed: {0}")]
+    BuildFailed(String),
     #[error("VM did not become ready within {timeout_s} s: {detail}")]
     BootTimeout { timeout_s: u64, detail: String },
     #[error("command timed out after {timeout_s} s")]
@@ -66,6 +69,7 @@ impl CoreError {
             Self::DiskTooSmall { .. } => "disk_too_small",
             Self::BootTimeout { .. } => "boot_timeout",
             Self::ExecTimeout { .. } => "exec_timeout",
+            Self::BuildFailed(_) => "build_failed",
             Self::Agent(_) => "agent_unavailable",
             Self::Guest(b) => guest_code(b.code),
             Self::Vmm(_) => "vmm_error",

@@ -91,6 +91,23 @@ pub fn import_dir(
     dir: &Path,
     config: serde_json::Value,
 ) -> Result<ImageRecord> {
+    let meta = ImageMeta {
+        source: "dir".into(),
+        ..Default::default()
+    };
+    record_tree(store, storage, reference, dir, config, meta)
+}
+
+/// Records the tree at `dir` as image `reference` (base disk by tree digest, config, `meta`
+/// with its `content_bytes` filled in).
+pub(crate) fn record_tree(
+    store: &Store,
+    storage: &Storage,
+    reference: &str,
+    dir: &Path,
+    config: serde_json::Value,
+    meta: ImageMeta,
+) -> Result<ImageRecord> {
     validate_reference(reference)?;
     let digest = tree_digest(dir)?;
     let image_dir = storage.image_dir(&digest)?;
@@ -116,9 +133,8 @@ pub fn import_dir(
     write_json_atomic(
         &image_dir.join(META_FILE),
         &ImageMeta {
-            source: "dir".into(),
             content_bytes,
-            ..Default::default()
+            ..meta
         },
     )?;
     let record = ImageRecord {
@@ -147,6 +163,10 @@ pub struct ImageMeta {
     pub layers: Vec<String>,
     /// Bytes the unpacked tree occupies (generous estimate): the least a VM disk must hold.
     pub content_bytes: u64,
+    /// For images built from a Dockerfile: the SHA-256 of its text (a cached build is reused
+    /// only for the same text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dockerfile_digest: Option<String>,
 }
 
 /// An image as `image ls` / `image inspect` show it.
@@ -248,6 +268,7 @@ pub async fn pull(
             .filter_map(|l| l.digest.clone())
             .collect(),
         content_bytes: 0,
+        dockerfile_digest: None,
     };
     build_and_record(store, storage, &name, plan, meta, force, progress).await
 }
@@ -302,6 +323,7 @@ pub async fn import(
             manifest_digest: plan.manifest_digest.clone(),
             layers: plan.layers.iter().map(|l| l.diff_id.clone()).collect(),
             content_bytes: 0,
+            dockerfile_digest: None,
         };
         build_and_record(store, storage, &reference, plan, meta, true, progress).await
     }
@@ -555,11 +577,9 @@ fn delete_image_row(storage: &Storage, reference: &str) -> Result<()> {
     Ok(())
 }
 
-/// Applies an image's runtime config to a command: its `Env` under the VM's and the
-/// request's variables (`req.env` already holds those, the request's winning), and its
-/// `WorkingDir` when the request names no `cwd`, and its `User` when the request names no user.
-pub fn apply_exec_defaults(store: &Store, storage: &Storage, digest: &str, req: &mut ExecRequest) {
-    let config: Option<serde_json::Value> = storage
+/// The runtime config of the image with `digest` (`Null` when unknown).
+pub fn image_config(store: &Store, storage: &Storage, digest: &str) -> serde_json::Value {
+    storage
         .image_dir(digest)
         .ok()
         .and_then(|d| read_json(&d.join(CONFIG_FILE)))
@@ -570,8 +590,15 @@ pub fn apply_exec_defaults(store: &Store, storage: &Storage, digest: &str, req: 
                 .into_iter()
                 .find(|i| i.digest == digest)
                 .map(|i| i.config)
-        });
-    let Some(config) = config else { return };
+        })
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Applies an image's runtime config to a command: its `Env` under the VM's and the
+/// request's variables (`req.env` already holds those, the request's winning), and its
+/// `WorkingDir` when the request names no `cwd`, and its `User` when the request names no user.
+pub fn apply_exec_defaults(store: &Store, storage: &Storage, digest: &str, req: &mut ExecRequest) {
+    let config = image_config(store, storage, digest);
     let mut env: BTreeMap<String, String> = image_env(&config);
     env.append(&mut req.env);
     req.env = env;
@@ -610,7 +637,7 @@ pub fn image_env(config: &serde_json::Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn scratch_dir(storage: &Storage) -> Result<PathBuf> {
+pub(crate) fn scratch_dir(storage: &Storage) -> Result<PathBuf> {
     let p = storage
         .images_dir()
         .join(format!(".tmp-{}", crate::storage::new_id()));

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod build;
 pub mod error;
 pub mod guest;
 pub mod images;

@@ -360,6 +360,11 @@ impl Manager {
             .cloned()
     }
 
+    /// Checks a create request against the bounds and limits without creating anything.
+    pub fn validate_create(&self, req: &CreateVm) -> Result<()> {
+        req.validate(&self.config.limits)
+    }
+
     /// Creates a VM and returns once its agent answers, or fails within the boot timeout
     /// leaving nothing behind.
     pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<VmRecord> {

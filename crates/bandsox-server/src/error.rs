@@ -36,7 +36,7 @@ impl From<CoreError> for ApiError {
             "is_a_directory" | "not_a_directory" | "edit_no_match" | "edit_multiple_matches" => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            "invalid_input" | "guest_error" => StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_input" | "guest_error" | "build_failed" => StatusCode::UNPROCESSABLE_ENTITY,
             "conflict" | "image_in_use" => StatusCode::CONFLICT,
             "disk_too_small"
             | "digest_mismatch"

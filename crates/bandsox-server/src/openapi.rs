@@ -35,6 +35,7 @@ use crate::{auth, routes};
         routes::commands::stdin,
         routes::images::list, routes::images::pull, routes::images::import,
         routes::images::inspect, routes::images::delete,
+        routes::build::from_dockerfile, routes::build::build_image,
         routes::ws::terminal, routes::ws::exec_stream, routes::socket::socket,
         auth::login, auth::logout, auth::check_route, auth::list_keys, auth::create_key,
         auth::revoke_key,

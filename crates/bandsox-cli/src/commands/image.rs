@@ -81,6 +81,22 @@ pub enum ImageCommand {
         #[command(flatten)]
         common: Common,
     },
+    /// Build an image from a Dockerfile, in a VM (`-` reads stdin). No build context:
+    /// `COPY`/`ADD` are refused.
+    Build {
+        dockerfile: PathBuf,
+        /// Name of the result (default `bandsox-build-<id>`).
+        #[arg(long, short)]
+        tag: Option<String>,
+        /// Build again even when the tag holds a build of the same Dockerfile.
+        #[arg(long)]
+        force: bool,
+        /// Writable disk of the build VM, MiB.
+        #[arg(long, default_value_t = 4096)]
+        disk_size: u64,
+        #[command(flatten)]
+        common: Common,
+    },
     /// List cached images.
     #[command(alias = "list")]
     Ls {
@@ -241,6 +257,55 @@ pub fn run(url: &str, cmd: ImageCommand) -> CliResult {
                         i.used_by_vms.len()
                     );
                 }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        ImageCommand::Build {
+            dockerfile,
+            tag,
+            force,
+            disk_size,
+            common,
+        } => {
+            if common.storage.is_some() {
+                return Err(
+                    CliError::new("image build runs in a VM: it needs the server")
+                        .with_hint("drop --storage and start `bandsox serve`"),
+                );
+            }
+            let text = if dockerfile.as_os_str() == "-" {
+                let mut t = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut t)
+                    .map_err(|e| CliError::new(format!("cannot read stdin: {e}")))?;
+                t
+            } else {
+                std::fs::read_to_string(&dockerfile).map_err(|e| {
+                    CliError::new(format!("cannot read {}: {e}", dockerfile.display()))
+                })?
+            };
+            let spinner =
+                (!common.quiet && !common.json && std::io::stderr().is_terminal()).then(|| {
+                    let p = ProgressBar::new_spinner().with_message("building in a VM");
+                    p.enable_steady_tick(Duration::from_millis(120));
+                    p
+                });
+            let body = serde_json::json!({
+                "dockerfile": text, "tag": tag, "force_rebuild": force, "disk_size_mib": disk_size,
+            });
+            let built: Result<bandsox_core::ImageRecord, CliError> =
+                Client::new(url).post("/api/images/build", &body, Duration::from_secs(3 * 3600));
+            if let Some(p) = spinner {
+                p.finish_and_clear();
+            }
+            let image = built?;
+            if common.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&image).unwrap_or_default()
+                );
+            } else {
+                println!("{}", image.reference);
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -1,5 +1,6 @@
 //! Route table. Handlers parse and validate, call the core, and shape the answer.
 
+pub mod build;
 pub mod commands;
 pub mod files;
 pub mod images;
@@ -83,6 +84,7 @@ fn routes() -> Router<AppState> {
         .route("/api/version", get(vms::version))
         .route("/api/openapi.json", get(crate::openapi::serve_spec))
         .route("/api/vms", get(vms::list).post(vms::create))
+        .route("/api/vms/from-dockerfile", post(build::from_dockerfile))
         .route("/api/projects", get(vms::list))
         .route("/api/vms/{id}", get(vms::get).delete(vms::delete))
         .route("/api/vms/{id}/exec", post(vms::exec))
@@ -147,6 +149,7 @@ fn routes() -> Router<AppState> {
         .route("/api/snapshots/{id}/metadata", put(snapshots::set_metadata))
         .route("/api/images", get(images::list))
         .route("/api/images/pull", post(images::pull))
+        .route("/api/images/build", post(build::build_image))
         .route(
             "/api/images/import",
             post(images::import).layer(axum::extract::DefaultBodyLimit::disable()),
@@ -156,4 +159,5 @@ fn routes() -> Router<AppState> {
             get(images::inspect).delete(images::delete),
         )
         .fallback(vms::not_found)
+        .method_not_allowed_fallback(vms::method_not_allowed)
 }

@@ -1,0 +1,230 @@
+//! Dockerfile builds against a real server with real VMs: BandSox's multipart
+//! `POST /api/vms/from-dockerfile`, `POST /api/images/build` and `bandsox image build`.
+//! A build runs its `RUN` steps in a VM of the `FROM` image and records the result as an
+//! image; the image config carries `ENV`/`WORKDIR`/`USER`/`CMD`. Bad input (COPY, a failing
+//! step, a tag naming an image that was not built) changes nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
+
+mod common;
+
+use common::{answer, bandsox, free_port, init, start_server, text, TestRoot};
+use serde_json::{json, Value};
+
+const DOCKERFILE: &str = r#"FROM bandsox/busybox
+ARG GREETING_WORD=hello
+ENV GREETING=$GREETING_WORD OTHER="two words"
+WORKDIR /app
+RUN echo "$GREETING" > greeting && \
+    rm /etc/hostname && \
+    id -u > uid && mkdir -m 777 /shared
+RUN ["/bin/sh", "-c", "echo second >> /app/greeting"]
+USER nobody
+RUN id -u > /shared/build-uid
+EXPOSE 8080
+LABEL purpose=test
+CMD ["sh"]
+"#;
+
+fn multipart(fields: &[(&str, &str)]) -> (String, Vec<u8>) {
+    let boundary = "bsxbuildboundary";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        let file = if *name == "dockerfile" {
+            "; filename=\"Dockerfile\""
+        } else {
+            ""
+        };
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"{file}\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+fn from_dockerfile(url: &str, fields: &[(&str, &str)]) -> (u16, Value) {
+    let (ctype, body) = multipart(fields);
+    answer(
+        ureq::post(&format!("{url}/api/vms/from-dockerfile"))
+            .set("Content-Type", &ctype)
+            .send_bytes(&body),
+    )
+}
+
+fn exec(url: &str, id: &str, cmd: &str) -> (u16, Value) {
+    answer(ureq::post(&format!("{url}/api/vms/{id}/exec")).send_json(json!({ "command": cmd })))
+}
+
+fn vm_ids(url: &str) -> Vec<String> {
+    let (_, list) = answer(ureq::get(&format!("{url}/api/vms")).call());
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn image_refs(url: &str) -> Vec<String> {
+    let (_, list) = answer(ureq::get(&format!("{url}/api/images")).call());
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["reference"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Form fields, then the status, code and a piece of the detail they must answer.
+type BadCase<'a> = (&'a [(&'a str, &'a str)], u16, &'a str, &'a str);
+
+#[test]
+fn dockerfile_builds_and_bad_input() {
+    let dir = TestRoot::new("bsxbuild");
+    let storage = dir.path().join("storage");
+    let out = init(&storage);
+    assert!(out.status.success(), "init: {}", text(&out.stderr));
+    let port = free_port();
+    let _server = start_server(&storage, port);
+    let url = format!("http://127.0.0.1:{port}");
+
+    // Bad input first: nothing may be created by any of these.
+    let images_before = image_refs(&url);
+    let cases: &[BadCase] = &[
+        (
+            &[("dockerfile", "FROM bandsox/busybox\nCOPY . /x\n")],
+            422,
+            "invalid_input",
+            "no context directory",
+        ),
+        (
+            &[(
+                "dockerfile",
+                "FROM bandsox/busybox\nRUN echo out; echo why >&2; exit 3\n",
+            )],
+            422,
+            "build_failed",
+            "exited with 3: why",
+        ),
+        (
+            &[("dockerfile", "FROM bandsox/busybox\n"), ("vcpu", "0")],
+            422,
+            "invalid_input",
+            "vcpu",
+        ),
+        (
+            &[("tag", "x")],
+            422,
+            "invalid_input",
+            "`dockerfile` is required",
+        ),
+        (
+            &[
+                ("dockerfile", "FROM bandsox/busybox\n"),
+                ("tag", "bandsox/busybox"),
+            ],
+            409,
+            "conflict",
+            "not built from a Dockerfile",
+        ),
+        (
+            &[("dockerfile", "FROM bandsox/busybox\n"), ("tag", "../evil")],
+            422,
+            "invalid_input",
+            "",
+        ),
+    ];
+    for (fields, status, code, needle) in cases {
+        let (st, body) = from_dockerfile(&url, fields);
+        assert_eq!(st, *status, "{fields:?}: {body}");
+        assert_eq!(body["code"], *code, "{fields:?}: {body}");
+        let detail = body["detail"].as_str().unwrap();
+        assert!(detail.contains(needle), "{fields:?}: {detail}");
+    }
+    assert!(vm_ids(&url).is_empty(), "a failed build left a VM");
+    assert_eq!(
+        image_refs(&url),
+        images_before,
+        "a failed build left an image"
+    );
+
+    // A build, then a VM of it (BandSox's shape).
+    let (st, created) = from_dockerfile(
+        &url,
+        &[
+            ("dockerfile", DOCKERFILE),
+            ("tag", "test/built:1"),
+            ("name", "built-vm"),
+            ("env_vars", r#"{"FROM_CREATE": "yes"}"#),
+            ("metadata", r#"{"k": "v"}"#),
+        ],
+    );
+    assert_eq!(st, 200, "{created}");
+    assert_eq!(created["status"], "created");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!(vm_ids(&url), vec![id.clone()], "the build VM is gone");
+
+    let (_, info) = answer(ureq::get(&format!("{url}/api/vms/{id}")).call());
+    assert_eq!(info["name"], "built-vm");
+    assert_eq!(info["metadata"]["k"], "v");
+    // The image config: WORKDIR is the default cwd, USER the default user, ENV in every exec.
+    let (st, r) = exec(
+        &url,
+        &id,
+        "pwd; cat greeting; echo \"$GREETING|$OTHER|$FROM_CREATE\"; id -u; cat uid; \
+         test -e /etc/hostname && echo hostname-present; cat /shared/build-uid",
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        r["stdout"], "/app\nhello\nsecond\nhello|two words|yes\n65534\n0\n65534\n",
+        "{r}"
+    );
+    let (_, image) = answer(ureq::get(&format!("{url}/api/images/test/built:1")).call());
+    assert_eq!(image["config"]["Cmd"], json!(["sh"]), "{image}");
+    assert_eq!(image["config"]["ExposedPorts"], json!({"8080/tcp": {}}));
+    assert_eq!(image["config"]["Labels"]["purpose"], "test");
+    assert_eq!(image["meta"]["source"], "dockerfile");
+
+    // The same text under the same tag reuses the build; the CLI builds too.
+    let file = dir.path().join("Dockerfile");
+    std::fs::write(&file, DOCKERFILE).unwrap();
+    let started = std::time::Instant::now();
+    let out = bandsox(
+        &url,
+        &[
+            "image",
+            "build",
+            file.to_str().unwrap(),
+            "--tag",
+            "test/built:1",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["digest"], image["digest"]);
+    assert!(
+        started.elapsed().as_secs() < 5,
+        "a cached build must not boot a VM"
+    );
+    let out = bandsox(
+        &url,
+        &[
+            "image",
+            "build",
+            file.to_str().unwrap(),
+            "--tag",
+            "x",
+            "--storage",
+            "/tmp",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("needs the server"));
+
+    let out = bandsox(&url, &["vm", "delete", &id]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(vm_ids(&url).is_empty());
+}
