@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -101,6 +101,9 @@ pub struct Cmd {
     started_at_ms: u64,
     state: Mutex<CmdState>,
     cond: Condvar,
+    /// Set by the timeout thread before it kills the group, so the exit status that the
+    /// reaper publishes already says `timed_out` (no window where a waiter sees it without).
+    timed_out: AtomicBool,
 }
 
 impl Cmd {
@@ -131,7 +134,7 @@ impl Cmd {
         st.status = Some(ExitStatus {
             exit_code,
             signal,
-            timed_out: false,
+            timed_out: self.timed_out.load(Ordering::SeqCst),
             duration_us: self.started.elapsed().as_micros() as u64,
         });
         st.exited_at = Some(Instant::now());
@@ -251,6 +254,7 @@ fn start_inner(req: CmdStartRequest, h: &Handler) -> Result<(String, u32), Error
             stdin: stdin_fd,
         }),
         cond: Condvar::new(),
+        timed_out: AtomicBool::new(false),
     });
     let waiter_cmd = Arc::clone(&entry);
     let waiter: reaper::Waiter = Box::new(move |status| waiter_cmd.on_exit(status));
@@ -293,15 +297,11 @@ fn start_inner(req: CmdStartRequest, h: &Handler) -> Result<(String, u32), Error
                 while st.status.is_none() {
                     let now = Instant::now();
                     if now >= deadline {
+                        // Still under the state lock: the reaper cannot publish the status
+                        // between the flag and the kill.
+                        c.timed_out.store(true, Ordering::SeqCst);
                         drop(st);
                         let _ = sys::kill(-(pid as i32), libc::SIGKILL);
-                        let mut st = lock(&c.state);
-                        while st.status.is_none() {
-                            st = c.cond.wait(st).unwrap_or_else(|e| e.into_inner());
-                        }
-                        if let Some(s) = st.status.as_mut() {
-                            s.timed_out = true;
-                        }
                         return;
                     }
                     st = c

@@ -230,6 +230,16 @@ async fn durable_commands_survive_reconnect(mgr: &Manager, id: &str) {
         .unwrap();
     got.extend_from_slice(&rest.stdout);
     assert_eq!(got, b"1\n2\n3\n4\n5\n6\n");
+
+    // A durable command's timeout kills its whole group; the status says so on the first wait.
+    let mut req = sh("sleep 1000 & sleep 1000");
+    req.timeout_ms = Some(500);
+    let t = mgr.cmd_start(id, req).await.unwrap();
+    let info = mgr.cmd_wait(id, &t.cmd_id, None).await.unwrap();
+    let status = info.status.unwrap();
+    assert!(status.timed_out, "{status:?}");
+    assert_eq!(status.signal, Some(9));
+    assert_eq!(sleepers(mgr, id).await, 0);
 }
 
 async fn kill_process_tree(mgr: &Manager, id: &str) {
