@@ -45,7 +45,7 @@ def test_async_create_exec_delete(server: Server):
     asyncio.run(run())
 
 
-def test_async_errors(server: Server):
+def test_async_errors(server: Server, tmp_path):
     async def run():
         async with AsyncBandSox(server.url) as bs:
             with pytest.raises(errors.VmNotFoundError):
@@ -54,7 +54,9 @@ def test_async_errors(server: Server):
                 await bs.get_snapshot("nope")
             with pytest.raises(errors.InvalidInputError):
                 await bs.create_vm(IMAGE, timeout_action="explode")
-            with pytest.raises(errors.UnsupportedError):
-                await bs.create_vm_from_dockerfile("Dockerfile")
+            dockerfile = tmp_path / "Dockerfile"
+            dockerfile.write_text(f"FROM {IMAGE}\nCOPY . /x\n")
+            with pytest.raises(errors.InvalidInputError, match="COPY is not supported"):
+                await bs.create_vm_from_dockerfile(dockerfile)
 
     asyncio.run(run())

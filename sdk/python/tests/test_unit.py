@@ -189,8 +189,8 @@ def test_non_json_error_bodies():
 
 def test_unsupported_operations():
     b = BandSox("http://127.0.0.1:9")
-    with pytest.raises(errors.UnsupportedError, match="not supported yet"):
-        b.create_vm_from_dockerfile("./Dockerfile", tag="x")
+    with pytest.raises(errors.UnsupportedError, match="not supported"):
+        b.create_vm_from_dockerfile("./Dockerfile", tag="x", mcp={"servers": {}})
     with pytest.raises(errors.UnsupportedError, match="not supported"):
         b.create_vm("img", mcp={"servers": {}})
     vm = bandsox.MicroVM(b, "x")

@@ -179,3 +179,19 @@ def test_stop_start_restart(bs: BandSox, vm: MicroVM):
     vm.restart()
     assert vm.wait_for_agent(timeout=30)
     assert vm.exec_command("cat /root/marker").stdout == "persisted\n"
+
+
+def test_create_vm_from_dockerfile(bs: BandSox, tmp_path):
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text(f"FROM {IMAGE}\nENV BUILT=yes\nWORKDIR /app\nRUN echo built > made\n")
+    vm = bs.create_vm_from_dockerfile(dockerfile, tag="sdk/built:1", name="from-df")
+    try:
+        r = vm.exec_command("cat made; echo $BUILT; pwd")
+        assert r.stdout == "built\nyes\n/app\n"
+        assert vm.get_info()["image"] == "sdk/built:1"
+    finally:
+        vm.delete()
+    dockerfile.write_text(f"FROM {IMAGE}\nRUN echo no >&2; exit 4\n")
+    with pytest.raises(errors.InvalidInputError) as ei:
+        bs.create_vm_from_dockerfile(dockerfile)
+    assert ei.value.code == "build_failed" and "exited with 4: no" in str(ei.value)

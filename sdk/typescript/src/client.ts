@@ -74,15 +74,30 @@ export class BandSox {
   }
 
   /**
-   * Not supported yet: the bandsox server cannot build Dockerfiles. Build the image elsewhere,
-   * `bandsox image pull`/`import` it and call {@link createVm}. Throws {@link UnsupportedError}.
+   * Builds an image from Dockerfile text on the server (in a VM: `RUN` steps run there), then
+   * creates a VM of it (`POST /api/vms/from-dockerfile`). There is no build context: `COPY`/`ADD`
+   * are refused (`InvalidInputError`); a failing step throws `InvalidInputError` with code
+   * `build_failed` and the step's output tail. `tag` names the image (default
+   * `bandsox-build-<id>`); the same text under the same tag is reused unless `force_rebuild`.
+   * The default timeout is three boot timeouts plus ten minutes.
    */
-  async createVmFromDockerfile(_dockerfile: string, _options: { tag?: string; name?: string } & Partial<CreateVmOptions> = {}): Promise<MicroVM> {
-    throw new UnsupportedError(
-      "createVmFromDockerfile is not supported yet: the bandsox server cannot build Dockerfiles; " +
-        "build the image elsewhere, `bandsox image pull`/`import` it and call createVm",
-      { code: "unsupported" },
-    );
+  async createVmFromDockerfile(
+    dockerfile: string,
+    options: { tag?: string; name?: string } & Partial<Omit<CreateVmOptions, "image">> = {},
+    call: CallOptions = {},
+  ): Promise<MicroVM> {
+    const form = new FormData();
+    form.append("dockerfile", new Blob([dockerfile], { type: "text/plain" }), "Dockerfile");
+    for (const [key, value] of Object.entries(options)) {
+      if (value === undefined || value === null) continue;
+      form.append(key, typeof value === "object" ? JSON.stringify(value) : String(value));
+    }
+    const out = await this.transport.json<{ id: string }>("POST", "/api/vms/from-dockerfile", {
+      body: form,
+      timeout: call.timeout ?? 3 * this.bootTimeout + 600_000,
+      signal: call.signal,
+    });
+    return await this.getVm(out.id, call);
   }
 
   /** Starts a new VM from a snapshot. */

@@ -83,6 +83,7 @@ const BY_CODE: Record<string, ErrorClass> = {
   conflict: ConflictError,
   image_in_use: ConflictError,
   invalid_input: InvalidInputError,
+  build_failed: InvalidInputError,
   invalid_body: InvalidInputError,
   exec_timeout: BandSoxTimeoutError,
   boot_timeout: BandSoxTimeoutError,

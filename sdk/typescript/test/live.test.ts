@@ -18,7 +18,6 @@ import {
   NotFoundError,
   ServerUnavailableError,
   SnapshotNotFoundError,
-  UnsupportedError,
   VmNotFoundError,
   WebSocketError,
   type ExecEvent,
@@ -123,6 +122,20 @@ describe("commands", () => {
     assert.deepEqual([r.exit_code, r.stdout, r.stderr], [7, "out\n", "err\n"]);
     const e = await vm.execCommand("echo $GREETING-$X; pwd", 10, { env: { X: "y" }, cwd: "/tmp" });
     assert.equal(e.stdout, "hello-y\n/tmp\n");
+  });
+
+  it("createVmFromDockerfile builds in a VM, then boots a VM of the result", async () => {
+    const built = await bs.createVmFromDockerfile(`FROM ${IMAGE}\nENV BUILT=yes\nRUN echo made > /made\n`, {
+      tag: "ts/built:1",
+      name: "ts-built",
+    });
+    try {
+      assert.equal(built.info?.image, "ts/built:1");
+      const r = await built.execCommand("cat /made; echo $BUILT");
+      assert.equal(r.stdout, "made\nyes\n");
+    } finally {
+      await built.delete();
+    }
   });
 
   it("execPython answers with a clear error on an image without Python", async () => {
@@ -498,7 +511,10 @@ describe("errors", () => {
     assert.equal(cmd.code, "command_not_found");
     const inv = await rejectsWith(bs.createVm({ image: IMAGE, vcpu: 0 }), InvalidInputError);
     assert.ok([400, 422].includes(inv.statusCode ?? 0));
-    await rejectsWith(bs.createVmFromDockerfile("FROM alpine"), UnsupportedError);
+    const copy = await rejectsWith(bs.createVmFromDockerfile(`FROM ${IMAGE}\nCOPY . /x\n`), InvalidInputError);
+    assert.match(copy.message, /COPY is not supported/);
+    const failed = await rejectsWith(bs.createVmFromDockerfile(`FROM ${IMAGE}\nRUN exit 4\n`), InvalidInputError);
+    assert.equal(failed.code, "build_failed");
     const http = await rejectsWith(vm.sendHttpRequest({ port: 8080, path: "/health" }), NotFoundError);
     assert.equal(http.code, "route_not_found");
     const stream = await rejectsWith(bs.execStream("no-such-vm", { command: "true" }), VmNotFoundError);

@@ -129,6 +129,7 @@ _BY_CODE: Dict[str, Type[BandSoxError]] = {
     "conflict": ConflictError,
     "image_in_use": ConflictError,
     "invalid_input": InvalidInputError,
+    "build_failed": InvalidInputError,
     "invalid_body": InvalidInputError,
     "exec_timeout": TimeoutError,
     "boot_timeout": TimeoutError,

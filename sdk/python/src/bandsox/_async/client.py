@@ -311,16 +311,56 @@ class AsyncBandSox:
         return self._vm(out["id"])
 
     async def create_vm_from_dockerfile(
-        self, dockerfile_path: str, tag: Optional[str] = None, **kwargs: Any
+        self,
+        dockerfile_path: StrPath,
+        tag: Optional[str] = None,
+        name: Optional[str] = None,
+        vcpu: int = 1,
+        mem_mib: int = 128,
+        disk_size_mib: int = 4096,
+        env_vars: Optional[Mapping[str, str]] = None,
+        metadata: Optional[Mapping[str, Any]] = None,
+        mcp: Optional[Mapping[str, Any]] = None,
+        *,
+        force_rebuild: bool = False,
+        timeout: Optional[float] = None,
     ) -> "AsyncMicroVM":
-        """Not supported yet: the server cannot build Dockerfiles. Build and push the image
-        elsewhere, then ``bandsox image pull`` it and use :meth:`create_vm`."""
-        raise errors.UnsupportedError(
-            "create_vm_from_dockerfile is not supported yet: the bandsox server cannot build "
-            "Dockerfiles; build the image elsewhere, `bandsox image pull`/`import` it and call "
-            "create_vm",
-            code="unsupported",
+        """Builds an image from a Dockerfile on the server (in a VM; ``RUN`` steps run there),
+        then creates a VM of it (``POST /api/vms/from-dockerfile``).
+
+        There is no build context: ``COPY``/``ADD`` are refused (``InvalidInputError``). A
+        failing step raises ``InvalidInputError`` with code ``build_failed`` and the step's
+        output tail. ``tag`` names the image (default ``bandsox-build-<id>``); the same
+        Dockerfile under the same tag is reused unless ``force_rebuild``. ``timeout`` bounds
+        the whole build (default 3 x ``boot_timeout`` plus 10 minutes).
+        """
+        if mcp:
+            raise errors.UnsupportedError(
+                "MCP server injection (mcp=...) is not supported", code="unsupported"
+            )
+        with open(dockerfile_path, "rb") as f:
+            text = f.read()
+        fields = _drop_none(
+            {
+                "tag": tag,
+                "name": name,
+                "vcpu": str(vcpu),
+                "mem_mib": str(mem_mib),
+                "disk_size_mib": str(disk_size_mib),
+                "force_rebuild": "true" if force_rebuild else "false",
+                "env_vars": _json.dumps(dict(env_vars)) if env_vars is not None else None,
+                "metadata": _json.dumps(dict(metadata)) if metadata is not None else None,
+            }
         )
+        t = timeout if timeout is not None else 3 * self.boot_timeout + 600.0
+        out = await self._json(
+            "POST",
+            "/api/vms/from-dockerfile",
+            data=fields,
+            files={"dockerfile": ("Dockerfile", text, "text/plain")},
+            timeout=t,
+        )
+        return self._vm(out["id"])
 
     async def list_vms(
         self,
