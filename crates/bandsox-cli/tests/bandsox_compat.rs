@@ -26,23 +26,11 @@ use common::{answer, free_port, init, start_server, text, TestRoot, BIN};
 use serde_json::{json, Value};
 
 /// `"<endpoint> <check>"` of every known difference from the reference, with the reference row.
-const KNOWN_GAPS: &[(&str, &str)] = &[
-    (
-        // The HTTP proxy into guests needs guest networking (issue #8), not landed yet.
-        "POST /api/vms/{id}/http status",
-        "§1.3 POST /api/vms/{vm_id}/http -> {status_code, headers, body}",
-    ),
-    (
-        // Ours answers 409 `conflict` ("VM … is stopped, not running").
-        "GET /api/vms/{id}/read-file (stopped VM) status",
-        "§1.3 GET /api/vms/{vm_id}/read-file: Works for **stopped** VMs via `debugfs` on the ext4 image",
-    ),
-    (
-        // Ours answers 409 `conflict` likewise.
-        "GET /api/vms/{id}/download (stopped VM) status",
-        "§1.3 GET /api/vms/{vm_id}/download: stopped VMs via `debugfs`",
-    ),
-];
+const KNOWN_GAPS: &[(&str, &str)] = &[(
+    // The HTTP proxy into guests needs guest networking (issue #8), not landed yet.
+    "POST /api/vms/{id}/http status",
+    "§1.3 POST /api/vms/{vm_id}/http -> {status_code, headers, body}",
+)];
 
 /// The JSON type a field must have.
 #[derive(Clone, Copy, Debug)]
@@ -840,12 +828,18 @@ fn every_bandsox_endpoint() {
         api.eq(ep, &r.1, "/content", json!("hello\nworld\nagain\n"));
     }
     let ep = "GET /api/vms/{id}/download (stopped VM)";
-    let r = answer(
-        ureq::get(&format!("{url}{rvm}/download?path=/work/a.txt"))
-            .set("Authorization", &format!("Bearer {}", api.key))
-            .call(),
+    let r = ureq::get(&format!("{url}{rvm}/download?path=/work/a.txt"))
+        .set("Authorization", &format!("Bearer {}", api.key))
+        .call();
+    let body = r.map(|r| (r.status(), r.into_string().unwrap_or_default()));
+    api.check(
+        ep,
+        "body",
+        matches!(&body, Ok((200, b)) if b == "hello\nworld\nagain\n"),
+        || format!("{body:?}"),
     );
-    api.status(ep, &r, 200);
+    let r = api.call("GET", &format!("{rvm}/read-file?path=/work/nope"), None);
+    api.err(ep, &r, 404, "guest_not_found");
 
     let ep = "DELETE /api/vms/{id}";
     for v in [&rvm, &vm] {

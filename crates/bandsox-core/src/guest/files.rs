@@ -7,7 +7,7 @@ use bandsox_protocol::{
     BatchFile, FileEntry, FileReadRequest, FileReadTextRequest, FileWriteBatchRequest,
     FileWriteRequest, ReplyBody, Request,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
 use super::commands::CALL_TIMEOUT;
 use super::unexpected;
@@ -87,6 +87,11 @@ impl Manager {
         path: &str,
         writer: &mut W,
     ) -> Result<u64> {
+        if let Some((mut f, _)) = self.offline_file(id, path).await? {
+            let n = tokio::io::copy(&mut f, writer).await?;
+            writer.flush().await?;
+            return Ok(n);
+        }
         let agent = self.agent(id).await?;
         let mut stream = agent
             .open(&Request::FileRead(FileReadRequest {
@@ -123,6 +128,23 @@ impl Manager {
         F: FnMut(&[u8]) -> Fut,
         Fut: std::future::Future<Output = Result<()>>,
     {
+        if let Some((mut f, size)) = self.offline_file(id, path).await? {
+            f.seek(std::io::SeekFrom::Start(offset.min(size))).await?;
+            let want = max_bytes.map_or(u64::MAX, |m| m.min(size.saturating_sub(offset)));
+            let mut left = want.min(size.saturating_sub(offset));
+            const CHUNK: u64 = 256 << 10;
+            let mut buf = vec![0u8; CHUNK as usize];
+            while left > 0 {
+                let n = f.read(&mut buf[..left.min(CHUNK) as usize]).await?;
+                if n == 0 {
+                    break;
+                }
+                sink(&buf[..n]).await?;
+                left -= n as u64;
+            }
+            let truncated = offset.saturating_add(want) < size;
+            return Ok((size, truncated, None));
+        }
         let agent = self.agent(id).await?;
         let mut stream = agent
             .open(&Request::FileRead(FileReadRequest {

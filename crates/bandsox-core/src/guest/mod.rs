@@ -7,6 +7,7 @@
 
 pub mod commands;
 pub mod files;
+pub(crate) mod offline;
 pub mod pty;
 pub mod python;
 

@@ -326,6 +326,15 @@ pub async fn download(
     Path(id): Path<String>,
     Query(q): Query<DirQuery>,
 ) -> ApiResult<Response> {
+    // A stopped VM's file comes from its disks (as BandSox reads them with debugfs).
+    if let Some((file, size)) = s.manager.offline_file(&id, &q.path).await? {
+        let name = q.path.rsplit('/').next().unwrap_or_default();
+        return Ok(attachment(
+            name,
+            size,
+            Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+        ));
+    }
     let e = stat_or_404(&s, &id, &q.path).await?;
     if !e.is_file {
         return Err(invalid(format!("{} is not a regular file", q.path)));
@@ -338,8 +347,16 @@ pub async fn download(
             tracing::warn!(error = %e, "download ended early");
         }
     });
-    let name: String = e
-        .name
+    Ok(attachment(
+        &e.name,
+        e.size,
+        Body::from_stream(tokio_util::io::ReaderStream::new(reader)),
+    ))
+}
+
+/// A download answer: octet-stream with its length and a safe file name.
+fn attachment(name: &str, size: u64, body: Body) -> Response {
+    let name: String = name
         .chars()
         .map(|c| {
             if c.is_ascii_graphic() && c != '"' && c != '\\' {
@@ -349,18 +366,18 @@ pub async fn download(
             }
         })
         .collect();
-    Ok((
+    (
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
-            (header::CONTENT_LENGTH, e.size.to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
             (
                 header::CONTENT_DISPOSITION,
                 format!("attachment; filename=\"{name}\""),
             ),
         ],
-        Body::from_stream(tokio_util::io::ReaderStream::new(reader)),
+        body,
     )
-        .into_response())
+        .into_response()
 }
 
 /// The multipart form of `POST /api/vms/{id}/upload` (documentation only: the handler streams it).
