@@ -223,6 +223,7 @@ impl Manager {
             restored_from: Some(snap.id.clone()),
             expires_at: None,
             timeout_action: TimeoutAction::Stop,
+            vmm: self.backend().0.into(),
         };
         let boot = Boot::Restore {
             state: &dir.join(STATE_FILE),
