@@ -49,6 +49,9 @@ pub struct BootParams {
     pub hostname: Option<String>,
     /// `bandsox.port=`: name of the virtio-serial port to serve on.
     pub port: String,
+    /// `bandsox.vsock=`: vsock port to serve on instead (Firecracker, which has no
+    /// virtio-serial).
+    pub vsock: Option<u32>,
 }
 
 impl Default for BootParams {
@@ -59,6 +62,7 @@ impl Default for BootParams {
             data: None,
             hostname: None,
             port: bandsox_protocol::SERIAL_PORT_NAME.to_owned(),
+            vsock: None,
         }
     }
 }
@@ -77,6 +81,7 @@ pub fn parse_cmdline(cmdline: &str) -> BootParams {
             "bandsox.data" => p.data = Some(value).filter(|v| !v.is_empty()),
             "bandsox.hostname" => p.hostname = Some(value).filter(|v| !v.is_empty()),
             "bandsox.port" if !value.is_empty() => p.port = value,
+            "bandsox.vsock" => p.vsock = value.parse().ok(),
             _ => {}
         }
     }
@@ -392,7 +397,7 @@ mod tests {
     fn cmdline_keys() {
         let p = parse_cmdline(
             "console=ttyS0 quiet panic=-1 bandsox.root=/dev/vdb bandsox.data=/dev/vdc \
-             bandsox.hostname=box-1 bandsox.port=org.test.port bandsox.unknown=1\n",
+             bandsox.hostname=box-1 bandsox.port=org.test.port bandsox.vsock=52 bandsox.unknown=1\n",
         );
         assert_eq!(
             p,
@@ -402,6 +407,7 @@ mod tests {
                 data: Some("/dev/vdc".into()),
                 hostname: Some("box-1".into()),
                 port: "org.test.port".into(),
+                vsock: Some(52),
             }
         );
         let d = parse_cmdline("console=ttyS0 bandsox.root= bandsox.data=");
