@@ -335,6 +335,7 @@ impl FirecrackerDriver {
             slow_api: ApiClient::new(&api_sock, self.config.snapshot_timeout),
             exit,
             config: self.config.clone(),
+            timings: StartTimings::default(),
         }
     }
 
@@ -354,6 +355,8 @@ impl FirecrackerDriver {
         };
         match ready {
             Ok(()) => {
+                let mut handle = handle;
+                handle.timings.api_ready = started.elapsed();
                 tracing::debug!(
                     pid = handle.pid,
                     ms = started.elapsed().as_millis() as u64,
@@ -479,47 +482,11 @@ impl VmmDriver for FirecrackerDriver {
     }
 
     async fn spawn(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, VmmError> {
-        let jail = self.jail(&spec.id)?;
-        if let Err(e) = self.prepare(spec, &jail) {
-            jail.remove();
-            return Err(e);
-        }
-        let handle = match self.start_process(spec, &jail).await {
-            Ok(h) => h,
-            Err(e) => {
-                jail.remove();
-                return Err(e);
-            }
-        };
-        if let Err(e) = self.configure(&handle, spec).await {
-            let _ = handle.kill().await;
-            return Err(e);
-        }
-        Ok(Box::new(handle))
+        Ok(Box::new(self.spawn_handle(spec).await?))
     }
 
     async fn restore(&self, spec: &VmSpec, state: &Path) -> Result<Box<dyn VmHandle>, VmmError> {
-        let jail = self.jail(&spec.id)?;
-        let prepared = self.prepare(spec, &jail).and_then(|()| {
-            jail.link(state, jail::LOAD_STATE)?;
-            jail.link(&mem_path(state), jail::LOAD_MEM)
-        });
-        if let Err(e) = prepared {
-            jail.remove();
-            return Err(e);
-        }
-        let handle = match self.start_process(spec, &jail).await {
-            Ok(h) => h,
-            Err(e) => {
-                jail.remove();
-                return Err(e);
-            }
-        };
-        if let Err(e) = self.load(&handle).await {
-            let _ = handle.kill().await;
-            return Err(VmmError::Migration(format!("restore: {e}")));
-        }
-        Ok(Box::new(handle))
+        Ok(Box::new(self.restore_handle(spec, state).await?))
     }
 
     async fn attach(&self, spec: &VmSpec, pid: u32) -> Result<Box<dyn VmHandle>, VmmError> {
@@ -550,6 +517,73 @@ impl VmmDriver for FirecrackerDriver {
     }
 }
 
+/// How long the phases of a start took (for benchmarks).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartTimings {
+    /// Process start until the API socket accepts connections.
+    pub api_ready: Duration,
+    /// Configuration and `InstanceStart` (cold boot) or `/snapshot/load` (restore).
+    pub configured: Duration,
+}
+
+impl FirecrackerDriver {
+    /// [`VmmDriver::spawn`] returning the concrete handle.
+    pub async fn spawn_handle(&self, spec: &VmSpec) -> Result<FirecrackerHandle, VmmError> {
+        let jail = self.jail(&spec.id)?;
+        if let Err(e) = self.prepare(spec, &jail) {
+            jail.remove();
+            return Err(e);
+        }
+        let handle = match self.start_process(spec, &jail).await {
+            Ok(h) => h,
+            Err(e) => {
+                jail.remove();
+                return Err(e);
+            }
+        };
+        let t = std::time::Instant::now();
+        if let Err(e) = self.configure(&handle, spec).await {
+            let _ = handle.kill().await;
+            return Err(e);
+        }
+        let mut handle = handle;
+        handle.timings.configured = t.elapsed();
+        Ok(handle)
+    }
+
+    /// [`VmmDriver::restore`] returning the concrete handle.
+    pub async fn restore_handle(
+        &self,
+        spec: &VmSpec,
+        state: &Path,
+    ) -> Result<FirecrackerHandle, VmmError> {
+        let jail = self.jail(&spec.id)?;
+        let prepared = self.prepare(spec, &jail).and_then(|()| {
+            jail.link(state, jail::LOAD_STATE)?;
+            jail.link(&mem_path(state), jail::LOAD_MEM)
+        });
+        if let Err(e) = prepared {
+            jail.remove();
+            return Err(e);
+        }
+        let handle = match self.start_process(spec, &jail).await {
+            Ok(h) => h,
+            Err(e) => {
+                jail.remove();
+                return Err(e);
+            }
+        };
+        let t = std::time::Instant::now();
+        if let Err(e) = self.load(&handle).await {
+            let _ = handle.kill().await;
+            return Err(VmmError::Migration(format!("restore: {e}")));
+        }
+        let mut handle = handle;
+        handle.timings.configured = t.elapsed();
+        Ok(handle)
+    }
+}
+
 /// Guest memory file written next to a saved state file.
 pub fn mem_path(state: &Path) -> PathBuf {
     let mut s = state.as_os_str().to_owned();
@@ -566,9 +600,15 @@ pub struct FirecrackerHandle {
     slow_api: ApiClient,
     exit: watch::Receiver<Option<VmmExit>>,
     config: Arc<FirecrackerConfig>,
+    timings: StartTimings,
 }
 
 impl FirecrackerHandle {
+    /// How long starting this VMM took.
+    pub fn timings(&self) -> StartTimings {
+        self.timings
+    }
+
     /// The VM's directory layout.
     pub fn jail(&self) -> &Jail {
         &self.jail
