@@ -493,22 +493,34 @@ async fn snapshot_load_refused_on_a_configured_process() {
 }
 
 /// Against the real binary: `BANDSOX_FIRECRACKER_BIN=/path/to/firecracker` (the jailer is
-/// found next to it or through `BANDSOX_JAILER_BIN`; `BANDSOX_FC_JAILER=0` runs without it),
-/// plus `BANDSOX_FC_TEST_KERNEL` and `BANDSOX_FC_TEST_INITRD` (an ELF vmlinux and an
-/// initramfs). Only the VMM's API is exercised: the guest need not boot.
+/// found next to it or through `BANDSOX_JAILER_BIN`; `BANDSOX_FC_JAILER=0` runs without it).
+/// The guest kernel and initramfs come from `BANDSOX_FC_TEST_KERNEL` and
+/// `BANDSOX_FC_TEST_INITRD`, else from an initialised storage root (`BANDSOX_STORAGE`, default
+/// `/var/lib/bandsox`: `kernels/vmlinux`, `kernels/initramfs.cpio`). Only the VMM's API is
+/// exercised: the guest need not boot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_firecracker_api() {
     let Some(bin) = std::env::var_os("BANDSOX_FIRECRACKER_BIN") else {
         eprintln!("skipped: BANDSOX_FIRECRACKER_BIN is not set (see docs/firecracker.md)");
         return;
     };
-    let (Some(kernel), Some(initrd)) = (
-        std::env::var_os("BANDSOX_FC_TEST_KERNEL"),
-        std::env::var_os("BANDSOX_FC_TEST_INITRD"),
-    ) else {
-        eprintln!("skipped: BANDSOX_FC_TEST_KERNEL and BANDSOX_FC_TEST_INITRD must name a vmlinux and an initramfs");
+    let storage = PathBuf::from(
+        std::env::var_os("BANDSOX_STORAGE").unwrap_or_else(|| "/var/lib/bandsox".into()),
+    );
+    let kernel = std::env::var_os("BANDSOX_FC_TEST_KERNEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| storage.join("kernels/vmlinux"));
+    let initrd = std::env::var_os("BANDSOX_FC_TEST_INITRD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| storage.join("kernels/initramfs.cpio"));
+    if !kernel.is_file() || !initrd.is_file() {
+        eprintln!(
+            "skipped: no guest kernel: set BANDSOX_FC_TEST_KERNEL and BANDSOX_FC_TEST_INITRD, or run `bandsox init` ({} / {} missing)",
+            kernel.display(),
+            initrd.display()
+        );
         return;
-    };
+    }
     let dir = tempfile::Builder::new()
         .prefix("fcreal")
         .tempdir_in("/tmp")
