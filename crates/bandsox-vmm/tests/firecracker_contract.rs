@@ -382,15 +382,19 @@ async fn plain_firecracker_without_the_jailer() {
     let h = driver.spawn(&spec).await.unwrap();
     assert!(!env.path("bin/jailer.argv").exists());
     echo_through_agent(h.as_ref()).await;
+    assert_eq!(driver.attach(&spec, h.pid()).await.unwrap().pid(), h.pid());
     h.pause().await.unwrap();
     h.save_state(&env.path("state")).await.unwrap();
     let spec2 = env.spec("plain2", &env.path("data.ext4"));
     let h2 = driver.restore(&spec2, &env.path("state")).await.unwrap();
     let pid = h.pid();
     h.kill().await.unwrap();
-    h2.kill().await.unwrap();
+    // A VMM that dies on its own is reaped and its directory removed too.
+    bandsox_vmm::kill_process(h2.pid());
+    assert!(h2.wait_exit(Duration::from_secs(5)).await.is_some());
     assert!(!bandsox_vmm::process_alive(pid));
     assert!(!env.path("jail/firecracker/plain").exists());
+    assert!(!env.path("jail/firecracker/plain2").exists());
     env.assert_no_violations();
 }
 

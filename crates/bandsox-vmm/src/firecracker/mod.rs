@@ -235,8 +235,8 @@ impl FirecrackerDriver {
             None => (
                 c.binary.clone(),
                 vec![
-                    "--id".into(),
-                    spec.id.clone(),
+                    // One word, like the jailer passes it: `attach` looks for `id=<id>`.
+                    format!("--id={}", spec.id),
                     "--api-sock".into(),
                     jail.path(jail::API_SOCK).display().to_string(),
                 ],
@@ -293,8 +293,9 @@ impl FirecrackerDriver {
                 detail: format!("no pid in {}", pid_file.display()),
             })?
         } else {
-            // Our child: reap it through tokio.
+            // Our child: reap it through tokio, then remove its directory.
             let (tx, rx) = watch::channel(None);
+            let dir = jail.clone();
             tokio::spawn(async move {
                 let exit = match child.wait().await {
                     Ok(s) => {
@@ -309,6 +310,7 @@ impl FirecrackerDriver {
                         signal: None,
                     },
                 };
+                dir.remove();
                 let _ = tx.send(Some(exit));
             });
             let handle = self.handle(spec, jail, child_pid, rx);
