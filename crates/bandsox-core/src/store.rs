@@ -555,6 +555,24 @@ mod tests {
     }
 
     #[test]
+    fn vms_from_before_the_vmm_column_are_qemu_vms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store
+            .conn()
+            .execute(
+                "INSERT INTO vms (id, name, image, image_digest, status, vcpu, mem_mib,
+                                  disk_size_mib, created_at, updated_at)
+                 VALUES ('old', 'n', 'i', 'd', 'stopped', 1, 128, 64, 1.0, 1.0)",
+                [],
+            )
+            .unwrap();
+        assert_eq!(store.get_vm("old").unwrap().unwrap().vmm, "qemu");
+        store.insert_vm(&vm("new", 2.0)).unwrap();
+        assert_eq!(store.get_vm("new").unwrap().unwrap().vmm, "firecracker");
+    }
+
+    #[test]
     fn vms_roundtrip_and_order() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db")).unwrap();
