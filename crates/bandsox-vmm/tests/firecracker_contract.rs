@@ -584,3 +584,33 @@ async fn real_firecracker_api() {
         .join("real-two")
         .exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vsock_connect_without_ok_fails_in_bounded_time() {
+    // The guest's vsock driver is not active: Firecracker neither answers nor closes.
+    let env = Env::new("", "CONNECT");
+    let mut c = FirecrackerConfig::new(env.fc.clone(), Some(env.jailer.clone()), env.path("jail"));
+    c.cgroup_base = env.path("cgroup");
+    c.vsock_connect_timeout = Duration::from_millis(300);
+    let driver = FirecrackerDriver::new(c);
+    let h = driver
+        .spawn(&env.spec("silent", &env.path("data.ext4")))
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    let err = h.connect_agent().await.unwrap_err();
+    assert!(matches!(err, VmmError::Timeout { .. }), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+    h.kill().await.unwrap();
+
+    // No listener in the guest: the stream closes without `OK`.
+    let env = Env::new("CONNECT", "");
+    let driver = env.driver(true);
+    let h = driver
+        .spawn(&env.spec("nolisten", &env.path("data.ext4")))
+        .await
+        .unwrap();
+    let err = h.connect_agent().await.unwrap_err();
+    assert!(err.to_string().contains("closed without OK"), "{err}");
+    h.kill().await.unwrap();
+}

@@ -370,20 +370,36 @@ impl Fake {
 
     fn bind_vsock(&self, uds: &str) -> Result<(), String> {
         let path = self.resolve(uds);
+        // `CONNECT` in FAKE_FC_HANG: no answer (the guest driver is not active yet);
+        // in FAKE_FC_FAIL: closed without `OK` (no listener in the guest).
+        let mode = if self.hang.as_deref() == Some("CONNECT") {
+            VsockMode::Hang
+        } else if self.fail.as_deref() == Some("CONNECT") {
+            VsockMode::Refuse
+        } else {
+            VsockMode::Echo
+        };
         let listener = UnixListener::bind(&path).map_err(|e| {
             format!("VsockUnixBackend: Error binding to the host-side Unix socket: {e}")
         })?;
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                std::thread::spawn(move || vsock_conn(conn));
+                std::thread::spawn(move || vsock_conn(conn, mode));
             }
         });
         Ok(())
     }
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum VsockMode {
+    Echo,
+    Hang,
+    Refuse,
+}
+
 /// Hybrid vsock: `CONNECT <port>\n` → `OK <hostport>\n`, then echo.
-fn vsock_conn(conn: UnixStream) {
+fn vsock_conn(conn: UnixStream, mode: VsockMode) {
     let mut reader = BufReader::new(conn.try_clone().expect("clone"));
     let mut out = conn;
     let mut line = String::new();
@@ -394,7 +410,11 @@ fn vsock_conn(conn: UnixStream) {
         .strip_prefix("CONNECT ")
         .and_then(|p| p.trim().parse::<u32>().ok())
         .is_some();
-    if !ok {
+    if !ok || mode == VsockMode::Refuse {
+        return;
+    }
+    if mode == VsockMode::Hang {
+        std::thread::park();
         return;
     }
     let _ = out.write_all(b"OK 1073741824\n");
