@@ -418,6 +418,25 @@ fn vsock_conn(conn: UnixStream, mode: VsockMode) {
         return;
     }
     let _ = out.write_all(b"OK 1073741824\n");
+    // With a host-run agent (`bandsox-agent --listen-unix`), the stream is spliced to it.
+    if let Some(agent) = std::env::var_os("FAKE_FC_AGENT_SOCK").filter(|a| !a.is_empty()) {
+        let Ok(upstream) = UnixStream::connect(agent) else {
+            return;
+        };
+        let (Ok(mut up_r), Ok(mut down_w)) = (upstream.try_clone(), out.try_clone()) else {
+            return;
+        };
+        let mut up_w = upstream;
+        let mut down_r = reader;
+        let t = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut up_r, &mut down_w);
+            let _ = down_w.shutdown(std::net::Shutdown::Both);
+        });
+        let _ = std::io::copy(&mut down_r, &mut up_w);
+        let _ = up_w.shutdown(std::net::Shutdown::Both);
+        let _ = t.join();
+        return;
+    }
     let mut buf = [0u8; 4096];
     loop {
         match reader.read(&mut buf) {
@@ -438,6 +457,18 @@ fn fault(msg: &str) -> Value {
 /// Writes the fake `firecracker` launcher and `jailer` into `bin`, baking in the fake's
 /// settings. Returns (firecracker, jailer).
 pub fn write_scripts(bin: &Path, log: &Path, fail: &str, hang: &str) -> (PathBuf, PathBuf) {
+    write_scripts_with_agent(bin, log, fail, hang, "")
+}
+
+/// Like [`write_scripts`]; the vsock stream goes to the agent listening on `agent` (a Unix
+/// socket) instead of being echoed.
+pub fn write_scripts_with_agent(
+    bin: &Path,
+    log: &Path,
+    fail: &str,
+    hang: &str,
+    agent: &str,
+) -> (PathBuf, PathBuf) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(bin).unwrap();
     let exe = std::env::current_exe().unwrap();
@@ -448,7 +479,7 @@ pub fn write_scripts(bin: &Path, log: &Path, fail: &str, hang: &str) -> (PathBuf
         &fc,
         format!(
             r#"#!/bin/sh
-export BANDSOX_FAKE_FC=1 FAKE_FC_LOG='{log}' FAKE_FC_FAIL='{fail}' FAKE_FC_HANG='{hang}'
+export BANDSOX_FAKE_FC=1 FAKE_FC_LOG='{log}' FAKE_FC_FAIL='{fail}' FAKE_FC_HANG='{hang}' FAKE_FC_AGENT_SOCK='{agent}'
 n=$#
 while [ $n -gt 0 ]; do set -- "$@" "fcarg:$1"; shift; n=$((n-1)); done
 exec '{exe}' --exact fake_fc_server --nocapture --test-threads=1 "$@"

@@ -12,7 +12,11 @@ pub struct ApiSpec {
 impl ApiSpec {
     /// The copy of the spec kept next to the tests.
     pub fn load() -> Self {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/firecracker-api.yaml");
+        // Also used by bandsox-core's tests, hence the path through `crates/`.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../bandsox-vmm/tests/firecracker-api.yaml"
+        );
         let text = std::fs::read_to_string(path).expect("read firecracker-api.yaml");
         let root: Yaml = serde_yaml::from_str(&text).expect("parse firecracker-api.yaml");
         assert_eq!(root["swagger"].as_str(), Some("2.0"));
