@@ -96,6 +96,17 @@ async fn manager_runs_a_vm_on_the_firecracker_backend() {
         VmStatus::Running
     );
 
+    // A snapshot holds Firecracker's state file and the guest memory next to it.
+    let snap = mgr.snapshot_vm(&vm.id, "s", None).await.unwrap();
+    let snap_dir = ts.root().join("snapshots").join(&snap.id);
+    assert!(snap_dir.join("state").is_file(), "{snap_dir:?}");
+    assert_eq!(
+        std::fs::metadata(snap_dir.join("state.mem")).unwrap().len(),
+        u64::from(vm.mem_mib) << 20
+    );
+    assert_eq!(mgr.get_vm(&vm.id).unwrap().status, VmStatus::Running);
+    mgr.delete_snapshot(&snap.id).unwrap();
+
     let pid = mgr.get_vm(&vm.id).unwrap().pid.unwrap();
     mgr.delete_vm(&vm.id).await.unwrap();
     assert!(
