@@ -371,7 +371,19 @@ pub fn uptime_ms() -> Option<u64> {
     Some((secs * 1000.0) as u64)
 }
 
-/// Syncs, kills every other process, remounts `/` read-only and powers off. Never returns.
+/// Set under Firecracker, which has no power-off device: the guest ends the VM with a
+/// keyboard-controller reset instead (`reboot=k` on its command line), on which Firecracker
+/// exits.
+static POWER_OFF_BY_RESET: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`power_off`] reset the machine instead (Firecracker).
+pub fn power_off_by_reset() {
+    POWER_OFF_BY_RESET.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Syncs, kills every other process, remounts `/` read-only and powers off (or resets, see
+/// [`power_off_by_reset`]). Never returns.
 pub fn power_off() -> ! {
     log!("powering off");
     sys::sync();
@@ -382,7 +394,11 @@ pub fn power_off() -> ! {
         log!("remount / read-only: {e}");
     }
     sys::sync();
-    let e = sys::power_off();
+    let e = if POWER_OFF_BY_RESET.load(std::sync::atomic::Ordering::Relaxed) {
+        sys::restart()
+    } else {
+        sys::power_off()
+    };
     log!("power off failed: {e}");
     loop {
         std::thread::sleep(Duration::from_secs(3600));
