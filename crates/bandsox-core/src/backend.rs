@@ -65,3 +65,20 @@ pub fn select_driver(choice: VmmChoice, storage: &Storage) -> Result<Arc<dyn Vmm
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_parse() {
+        assert_eq!(VmmChoice::parse("auto"), Some(VmmChoice::Auto));
+        assert_eq!(
+            VmmChoice::parse("firecracker"),
+            Some(VmmChoice::Firecracker)
+        );
+        assert_eq!(VmmChoice::parse("qemu"), Some(VmmChoice::Qemu));
+        assert_eq!(VmmChoice::parse("kvm"), None);
+        assert_eq!(VmmChoice::default(), VmmChoice::Auto);
+    }
+}
