@@ -105,6 +105,17 @@ async fn manager_runs_a_vm_on_the_firecracker_backend() {
         u64::from(vm.mem_mib) << 20
     );
     assert_eq!(mgr.get_vm(&vm.id).unwrap().status, VmStatus::Running);
+    // Snapshots are backend-specific: one without Firecracker's memory file is refused.
+    std::fs::remove_file(snap_dir.join("state.mem")).unwrap();
+    let err = mgr
+        .restore_snapshot(&snap.id, Default::default())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("was taken under qemu; this server runs firecracker"),
+        "{err}"
+    );
     mgr.delete_snapshot(&snap.id).unwrap();
 
     let pid = mgr.get_vm(&vm.id).unwrap().pid.unwrap();
