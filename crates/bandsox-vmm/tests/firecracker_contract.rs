@@ -326,6 +326,23 @@ async fn full_lifecycle_under_the_jailer() {
         std::fs::metadata(snap.join("state.mem")).unwrap().len(),
         256 << 20
     );
+    // Snapshot files are not the jail user's (a VMM must not change what clones map) and
+    // not world-readable (guest memory).
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    let root_user = unsafe { libc::geteuid() } == 0;
+    for f in ["state", "state.mem"] {
+        let m = std::fs::metadata(snap.join(f)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o640, "{f}");
+        if root_user {
+            assert_eq!((m.uid(), m.gid()), (0, 65534), "{f}");
+        }
+    }
+    // Read-only inputs are linked without being given away; the writable disk is.
+    if root_user {
+        assert_eq!(std::fs::metadata(env.path("base.ext4")).unwrap().uid(), 0);
+        assert_eq!(std::fs::metadata(&data).unwrap().uid(), 65534);
+    }
     // Nothing of the snapshot stays in the jail.
     assert!(!std::fs::read_dir(&root)
         .unwrap()

@@ -85,11 +85,40 @@ impl Jail {
         Ok(())
     }
 
-    /// Hard-links (or copies) `src` into the root as `name`, owned by the jail user.
+    /// Hard-links (or copies) `src` into the root as `name`, owned by the jail user: for
+    /// files the VMM writes (the VM's own disk, its logs).
     pub fn link(&self, src: &Path, name: &str) -> Result<(), VmmError> {
+        self.link_inner(src, name, false)?;
+        self.chown(&self.path(name))
+    }
+
+    /// Links a file the VMM only reads (kernel, initramfs, shared image disk, snapshot files)
+    /// **without** giving it to the jail user: a hard link shares the inode, and a shared
+    /// base image owned by the jail uid could be rewritten by any VMM. A file that others
+    /// cannot read is copied instead, and the private copy is given to the jail user.
+    pub fn link_read_only(&self, src: &Path, name: &str) -> Result<(), VmmError> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(src)?;
+        let mode = meta.permissions().mode();
+        let readable = mode & 0o004 != 0 || (mode & 0o040 != 0 && meta.gid() == self.gid);
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if readable || !root {
+            return self.link_inner(src, name, false);
+        }
+        self.link_inner(src, name, true)?;
+        self.chown(&self.path(name))
+    }
+
+    fn link_inner(&self, src: &Path, name: &str, copy: bool) -> Result<(), VmmError> {
         let dst = self.path(name);
         let _ = std::fs::remove_file(&dst);
-        if let Err(e) = std::fs::hard_link(src, &dst) {
+        let linked = if copy {
+            Err(io::Error::other("copy requested"))
+        } else {
+            std::fs::hard_link(src, &dst)
+        };
+        if let Err(e) = linked {
             tracing::debug!(src = %src.display(), error = %e, "hard link failed; copying");
             std::fs::copy(src, &dst).map_err(|e| {
                 VmmError::Io(io::Error::new(
@@ -98,7 +127,7 @@ impl Jail {
                 ))
             })?;
         }
-        self.chown(&dst)
+        Ok(())
     }
 
     /// Creates an empty file (log, metrics) owned by the jail user, hard-linked to `outside`
@@ -110,6 +139,20 @@ impl Jail {
             .open(outside)?;
         self.chown(outside)?;
         self.link(outside, name)
+    }
+
+    /// Makes a file the VMM wrote (a snapshot) read-only for the jail: owned by us, readable
+    /// by the jail group only (guest memory is private), so later restores can hard-link it
+    /// without any VMM being able to change it.
+    pub fn seal(&self, p: &Path) -> Result<(), VmmError> {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        if euid == 0 {
+            std::os::unix::fs::chown(p, Some(0), Some(self.gid))?;
+        }
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o640))?;
+        Ok(())
     }
 
     fn chown(&self, p: &Path) -> Result<(), VmmError> {

@@ -208,10 +208,14 @@ impl FirecrackerDriver {
     /// Links the boot files and disks into a fresh jail.
     fn prepare(&self, spec: &VmSpec, jail: &Jail) -> Result<(), VmmError> {
         jail.create()?;
-        jail.link(&spec.kernel, jail::KERNEL)?;
-        jail.link(&spec.initramfs, jail::INITRD)?;
+        jail.link_read_only(&spec.kernel, jail::KERNEL)?;
+        jail.link_read_only(&spec.initramfs, jail::INITRD)?;
         for (i, d) in spec.disks.iter().enumerate() {
-            jail.link(&d.path, &jail::drive_name(i))?;
+            if d.read_only {
+                jail.link_read_only(&d.path, &jail::drive_name(i))?;
+            } else {
+                jail.link(&d.path, &jail::drive_name(i))?;
+            }
         }
         jail.log_file(&spec.run_dir.join("firecracker.log"), jail::LOG)?;
         jail.log_file(&spec.run_dir.join("firecracker.metrics"), jail::METRICS)?;
@@ -561,8 +565,8 @@ impl FirecrackerDriver {
     ) -> Result<FirecrackerHandle, VmmError> {
         let jail = self.jail(&spec.id)?;
         let prepared = self.prepare(spec, &jail).and_then(|()| {
-            jail.link(state, jail::LOAD_STATE)?;
-            jail.link(&mem_path(state), jail::LOAD_MEM)
+            jail.link_read_only(state, jail::LOAD_STATE)?;
+            jail.link_read_only(&mem_path(state), jail::LOAD_MEM)
         });
         if let Err(e) = prepared {
             jail.remove();
@@ -744,7 +748,9 @@ impl VmHandle for FirecrackerHandle {
         let (state_in, mem_in) = (self.jail.path(&state_name), self.jail.path(&mem_name));
         let moved = created.and_then(|()| {
             move_file(&state_in, path)?;
-            move_file(&mem_in, &mem_path(path))
+            move_file(&mem_in, &mem_path(path))?;
+            self.jail.seal(path)?;
+            self.jail.seal(&mem_path(path))
         });
         if moved.is_err() {
             let _ = std::fs::remove_file(&state_in);
