@@ -49,6 +49,9 @@ pub struct BootParams {
     pub hostname: Option<String>,
     /// `bandsox.port=`: name of the virtio-serial port to serve on.
     pub port: String,
+    /// `bandsox.vsock=`: vsock port to serve on instead (Firecracker, which has no
+    /// virtio-serial).
+    pub vsock: Option<u32>,
 }
 
 impl Default for BootParams {
@@ -59,6 +62,7 @@ impl Default for BootParams {
             data: None,
             hostname: None,
             port: bandsox_protocol::SERIAL_PORT_NAME.to_owned(),
+            vsock: None,
         }
     }
 }
@@ -77,6 +81,7 @@ pub fn parse_cmdline(cmdline: &str) -> BootParams {
             "bandsox.data" => p.data = Some(value).filter(|v| !v.is_empty()),
             "bandsox.hostname" => p.hostname = Some(value).filter(|v| !v.is_empty()),
             "bandsox.port" if !value.is_empty() => p.port = value,
+            "bandsox.vsock" => p.vsock = value.parse().ok(),
             _ => {}
         }
     }
@@ -366,7 +371,19 @@ pub fn uptime_ms() -> Option<u64> {
     Some((secs * 1000.0) as u64)
 }
 
-/// Syncs, kills every other process, remounts `/` read-only and powers off. Never returns.
+/// Set under Firecracker, which has no power-off device: the guest ends the VM with a
+/// keyboard-controller reset instead (`reboot=k` on its command line), on which Firecracker
+/// exits.
+static POWER_OFF_BY_RESET: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`power_off`] reset the machine instead (Firecracker).
+pub fn power_off_by_reset() {
+    POWER_OFF_BY_RESET.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Syncs, kills every other process, remounts `/` read-only and powers off (or resets, see
+/// [`power_off_by_reset`]). Never returns.
 pub fn power_off() -> ! {
     log!("powering off");
     sys::sync();
@@ -377,7 +394,11 @@ pub fn power_off() -> ! {
         log!("remount / read-only: {e}");
     }
     sys::sync();
-    let e = sys::power_off();
+    let e = if POWER_OFF_BY_RESET.load(std::sync::atomic::Ordering::Relaxed) {
+        sys::restart()
+    } else {
+        sys::power_off()
+    };
     log!("power off failed: {e}");
     loop {
         std::thread::sleep(Duration::from_secs(3600));
@@ -392,7 +413,7 @@ mod tests {
     fn cmdline_keys() {
         let p = parse_cmdline(
             "console=ttyS0 quiet panic=-1 bandsox.root=/dev/vdb bandsox.data=/dev/vdc \
-             bandsox.hostname=box-1 bandsox.port=org.test.port bandsox.unknown=1\n",
+             bandsox.hostname=box-1 bandsox.port=org.test.port bandsox.vsock=52 bandsox.unknown=1\n",
         );
         assert_eq!(
             p,
@@ -402,6 +423,7 @@ mod tests {
                 data: Some("/dev/vdc".into()),
                 hostname: Some("box-1".into()),
                 port: "org.test.port".into(),
+                vsock: Some(52),
             }
         );
         let d = parse_cmdline("console=ttyS0 bandsox.root= bandsox.data=");

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::log::log;
 use crate::server::{Agent, AgentConfig, ShutdownAction};
-use crate::transport::{Connector, SerialConnector, UnixConnector};
+use crate::transport::{Connector, SerialConnector, UnixConnector, VsockConnector};
 use crate::util::panic_message;
 
 const USAGE: &str = "\
@@ -66,6 +66,32 @@ fn run_pid1(started: Instant) -> ! {
     });
     let mut announced = false;
     let port_wait = Instant::now();
+    if let Some(port) = params.vsock {
+        // Only Firecracker gives the guest a vsock port; it has no power-off device.
+        boot::power_off_by_reset();
+        loop {
+            let mut connector = match VsockConnector::bind(port) {
+                Ok(c) => c,
+                Err(e) => {
+                    log!("vsock port {port}: {e}; retrying");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if !announced {
+                announced = true;
+                log!(
+                    "ready in {} ms (kernel uptime {} ms; {} port={}), serving on vsock port {port}",
+                    started.elapsed().as_millis(),
+                    boot::uptime_ms().unwrap_or(0),
+                    timings.summary(),
+                    port_wait.elapsed().as_millis(),
+                );
+            }
+            serve_guarded(&agent, &mut connector);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     loop {
         let Some(path) = transport::wait_virtio_port(&params.port, Duration::from_secs(10)) else {
             log!(

@@ -116,6 +116,13 @@ pub fn power_off() -> io::Error {
     io::Error::last_os_error()
 }
 
+/// Resets the machine (`reboot(RB_AUTOBOOT)`). Returns only on failure.
+pub fn restart() -> io::Error {
+    // SAFETY: reboot with a valid command has no memory-safety preconditions.
+    unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    io::Error::last_os_error()
+}
+
 /// `kill(2)`. A negative `pid` addresses a process group, -1 every process but PID 1.
 pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
     // SAFETY: kill has no memory-safety preconditions.

@@ -7,6 +7,9 @@
 //!   is connected, so the fd is non-blocking and a write that finds the port hung up fails
 //!   instead of waiting (the frame is dropped rather than delivered, half-written, to the next
 //!   host).
+//! - [`VsockConnector`]: a listening `AF_VSOCK` socket (Firecracker: the host reaches it
+//!   through the VMM's hybrid vsock Unix socket with `CONNECT <port>`). Each accepted
+//!   connection is one session.
 //! - [`UnixConnector`]: a listening Unix socket, for running the agent outside a VM (tests, host
 //!   development).
 
@@ -177,6 +180,77 @@ impl Connector for UnixConnector {
             reader: Box::new(stream),
             writer: Box::new(writer),
         }))
+    }
+}
+
+/// A listening vsock socket on `port` of any local CID.
+pub struct VsockConnector {
+    fd: OwnedFd,
+}
+
+impl VsockConnector {
+    pub fn bind(port: u32) -> io::Result<Self> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: socket() has no memory preconditions; the result is checked.
+        let raw =
+            unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_vm is plain old data; zeroed is a valid value.
+        let mut addr: libc::sockaddr_vm = unsafe { std::mem::zeroed() };
+        addr.svm_family = libc::AF_VSOCK as libc::sa_family_t;
+        addr.svm_port = port;
+        addr.svm_cid = libc::VMADDR_CID_ANY;
+        // SAFETY: `addr` is a valid sockaddr_vm and its size is passed.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_vm).cast(),
+                std::mem::size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: listen on our own socket.
+        if unsafe { libc::listen(fd.as_raw_fd(), 16) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { fd })
+    }
+}
+
+impl Connector for VsockConnector {
+    fn connect(&mut self) -> io::Result<Option<Connection>> {
+        use std::os::fd::FromRawFd;
+        loop {
+            // SAFETY: accept4 with null address pointers only returns a descriptor.
+            let raw = unsafe {
+                libc::accept4(
+                    self.fd.as_raw_fd(),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            if raw < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            // SAFETY: `raw` is a fresh descriptor we own.
+            let stream = unsafe { std::fs::File::from_raw_fd(raw) };
+            let writer = stream.try_clone()?;
+            return Ok(Some(Connection {
+                reader: Box::new(stream),
+                writer: Box::new(writer),
+            }));
+        }
     }
 }
 

@@ -86,6 +86,9 @@ pub struct VmInfo {
     /// Unix seconds at which `timeout_action` runs.
     pub expires_at: Option<f64>,
     pub timeout_action: String,
+    /// VMM backend the VM runs under (`firecracker`, `qemu`).
+    #[serde(default)]
+    pub vmm: String,
 }
 
 /// `POST /api/vms/{id}/snapshot`.

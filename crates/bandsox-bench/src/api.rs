@@ -115,6 +115,7 @@ fn stopped_record(i: usize) -> VmRecord {
         restored_from: None,
         expires_at: None,
         timeout_action: TimeoutAction::Stop,
+        vmm: "qemu".into(),
     }
 }
 

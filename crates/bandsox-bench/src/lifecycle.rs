@@ -1,6 +1,9 @@
 //! `bench/lifecycle`: cold boot -> first exec next to restore -> first exec (goal: restore
 //! <= 0.15x cold boot), pause and resume latency, snapshot time for a 256 MiB and a 1 GiB
-//! guest, and the wall time of 5 concurrent clones of one snapshot.
+//! guest, and the wall time of 5 concurrent clones of one snapshot. When a Firecracker
+//! binary is found, a Firecracker column follows, measured at the VMM API (spawn -> API
+//! ready, configure + InstanceStart, snapshot create of a 256 MiB guest, load -> running):
+//! the guest need not boot, so it also runs where KVM cannot run ordinary guests.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,8 +18,9 @@ use crate::util::{median, row_ms as row};
 pub async fn run(runs: usize) -> Result<()> {
     crate::util::in_scratch("lifecycle", |work| async move {
         let storage = crate::util::prepare_storage(&work)?;
-        let mgr = Manager::open(ManagerConfig::new(storage)).await?;
-        measure(&mgr, runs).await
+        let mgr = Manager::open(ManagerConfig::new(storage.clone())).await?;
+        measure(&mgr, runs).await?;
+        firecracker_api(&work, &storage, runs).await
     })
     .await
 }
@@ -161,5 +165,80 @@ async fn measure(mgr: &Arc<Manager>, runs: usize) -> Result<()> {
         "ratio restore/cold: {:.2}x (goal <= 0.15x)",
         mr.as_secs_f64() / mc.as_secs_f64()
     );
+    Ok(())
+}
+
+/// The Firecracker column, at the VMM API level.
+async fn firecracker_api(
+    work: &std::path::Path,
+    storage: &bandsox_core::Storage,
+    runs: usize,
+) -> Result<()> {
+    use bandsox_vmm::firecracker::{find_firecracker, FirecrackerConfig, FirecrackerDriver};
+    use bandsox_vmm::{Disk, VmHandle, VmSpec};
+
+    if find_firecracker().is_none() {
+        println!("firecracker: not available (set BANDSOX_FIRECRACKER_BIN or install it; see docs/firecracker.md)");
+        return Ok(());
+    }
+    let driver = FirecrackerDriver::new(FirecrackerConfig::from_env(work.join("jail"))?);
+    let (kernel, initramfs) = bandsox_image::assets::kernel_paths(storage.root())?;
+    let spec = |id: String| -> Result<VmSpec> {
+        let run_dir = work.join("fc").join(&id);
+        std::fs::create_dir_all(&run_dir)?;
+        let disk = run_dir.join("disk.img");
+        std::fs::File::create(&disk)?.set_len(64 << 20)?;
+        Ok(VmSpec {
+            id,
+            run_dir,
+            vcpu: 1,
+            mem_mib: 256,
+            kernel: kernel.clone(),
+            initramfs: initramfs.clone(),
+            kernel_args: vec![],
+            disks: vec![Disk {
+                path: disk,
+                read_only: false,
+            }],
+        })
+    };
+    let (mut ready, mut start, mut create, mut load) = (vec![], vec![], vec![], vec![]);
+    for i in 0..runs {
+        let h = driver.spawn_handle(&spec(format!("fc-bench-{i}"))?).await?;
+        ready.push(h.timings().api_ready);
+        start.push(h.timings().configured);
+        h.pause().await?;
+        let state = work.join("fc").join(format!("state-{i}"));
+        let t = Instant::now();
+        h.save_state(&state).await?;
+        create.push(t.elapsed());
+        h.kill().await?;
+        let r = driver
+            .restore_handle(&spec(format!("fc-bench-r{i}"))?, &state)
+            .await?;
+        load.push(r.timings().configured);
+        r.kill().await?;
+        let _ = std::fs::remove_file(&state);
+        let _ = std::fs::remove_file(bandsox_vmm::firecracker::mem_path(&state));
+    }
+    println!("bench/lifecycle  backend=firecracker (VMM API level) runs={runs}");
+    println!("| measurement | median ms | min ms | max ms |");
+    println!("| --- | --- | --- | --- |");
+    row(
+        "firecracker: spawn -> API ready",
+        median(&mut ready),
+        &ready,
+    );
+    row(
+        "firecracker: configure + InstanceStart",
+        median(&mut start),
+        &start,
+    );
+    row(
+        "firecracker: snapshot create, 256 MiB",
+        median(&mut create),
+        &create,
+    );
+    row("firecracker: load -> running", median(&mut load), &load);
     Ok(())
 }

@@ -28,6 +28,8 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, Semaphore};
 
+use bandsox_vmm::VmHandle;
+
 use crate::error::{CoreError, Result};
 
 /// How often the host repeats its hello while the guest is still booting.
@@ -90,6 +92,33 @@ impl AgentClient {
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
+        Self::handshake(stream, deadline).await
+    }
+
+    /// Opens the agent channel of a VMM handle ([`VmHandle::connect_agent`]: a plain Unix
+    /// socket for QEMU, a vsock `CONNECT` for Firecracker) and performs the hello handshake,
+    /// retrying until `timeout` while the guest agent is not listening yet.
+    pub async fn connect_handle(handle: &dyn VmHandle, timeout: Duration) -> Result<Self> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let stream = loop {
+            match handle.connect_agent().await {
+                Ok(s) => break s,
+                Err(e)
+                    if tokio::time::Instant::now() >= deadline
+                        || handle.exit_status().is_some() =>
+                {
+                    return Err(CoreError::Agent(format!(
+                        "cannot connect to the agent via {}: {e}",
+                        handle.agent_socket().display()
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        Self::handshake(stream, deadline).await
+    }
+
+    async fn handshake(stream: UnixStream, deadline: tokio::time::Instant) -> Result<Self> {
         let (mut reader, writer) = stream.into_split();
         let routes: Routes = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));

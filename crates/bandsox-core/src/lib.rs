@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod auth;
+pub mod backend;
 pub mod build;
 pub mod error;
 pub mod guest;
@@ -17,6 +18,7 @@ pub(crate) mod sys;
 pub mod ttl;
 
 pub use agent::{AgentClient, ExecOutput};
+pub use backend::{select_driver, VmmChoice};
 pub use error::{CoreError, Result};
 pub use manager::{CreateVm, Limits, Manager, ManagerConfig};
 pub use storage::Storage;

@@ -12,11 +12,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bandsox_protocol::{ExecRequest, ReplyBody, Request};
-use bandsox_vmm::qemu::QemuDriver;
 use bandsox_vmm::{Disk, VmHandle, VmSpec, VmmDriver};
 use tokio::sync::{watch, Mutex};
 
 use crate::agent::{AgentClient, ExecOutput};
+use crate::backend::VmmChoice;
 use crate::error::{CoreError, Result};
 use crate::images;
 use crate::storage::{new_id, validate_id, Storage};
@@ -234,10 +234,11 @@ pub struct Manager {
 }
 
 impl Manager {
-    /// Opens the storage root with the QEMU backend and reconciles recorded VMs with the
+    /// Opens the storage root with the backend `BANDSOX_VMM` names (default `auto`:
+    /// Firecracker where it can run, else QEMU) and reconciles recorded VMs with the
     /// processes that actually exist.
     pub async fn open(config: ManagerConfig) -> Result<Arc<Self>> {
-        let driver = Arc::new(QemuDriver::new()?);
+        let driver = crate::backend::select_driver(VmmChoice::from_env()?, &config.storage)?;
         Self::with_driver(config, driver).await
     }
 
@@ -314,6 +315,13 @@ impl Manager {
         let pid = vm
             .pid
             .ok_or_else(|| CoreError::Conflict("no VMM process recorded".into()))?;
+        if vm.vmm != self.driver.name() {
+            return Err(CoreError::Conflict(format!(
+                "the VM runs under {} but this server uses {}",
+                vm.vmm,
+                self.driver.name()
+            )));
+        }
         let spec = self.vm_spec(vm, PathBuf::new(), PathBuf::new())?;
         let handle: Arc<dyn VmHandle> = Arc::from(self.driver.attach(&spec, pid).await?);
         let entry = self.register(&vm.id);
@@ -322,7 +330,7 @@ impl Manager {
             // A server killed in the middle of a snapshot leaves the VM paused: continue it.
             handle.resume().await?;
             let agent =
-                AgentClient::connect(&handle.agent_socket(), Duration::from_secs(10)).await?;
+                AgentClient::connect_handle(handle.as_ref(), Duration::from_secs(10)).await?;
             *entry.agent.lock().await = Some(agent);
         }
         entry.ready.send_replace(Readiness::Ready);
@@ -341,13 +349,25 @@ impl Manager {
             return;
         };
         let needle = dir.as_os_str().as_encoded_bytes();
-        if cmdline.windows(needle.len()).any(|w| w == needle) {
+        // QEMU names the VM directory; Firecracker runs with `--id=<id>`.
+        let fc_needle = format!("id={}\0", vm.id);
+        let fc_needle = fc_needle.as_bytes();
+        let ours = cmdline.windows(needle.len()).any(|w| w == needle)
+            || cmdline.windows(fc_needle.len()).any(|w| w == fc_needle);
+        if ours {
             bandsox_vmm::kill_process(pid);
             for _ in 0..100 {
                 if !bandsox_vmm::process_alive(pid) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(10));
+            }
+            // A Firecracker VM's jail (`<storage>/jail/<exec-name>/<id>`) is the driver's to
+            // remove, but the driver that made it is gone.
+            if let Ok(execs) = std::fs::read_dir(self.storage.root().join("jail")) {
+                for e in execs.flatten() {
+                    let _ = std::fs::remove_dir_all(e.path().join(&vm.id));
+                }
             }
         }
     }
@@ -404,6 +424,7 @@ impl Manager {
             // Counted from the moment the VM is ready; set below.
             expires_at: None,
             timeout_action: req.timeout_action,
+            vmm: self.driver.name().into(),
         };
         let vm = self.create_from(record, Boot::Cold).await?;
         if req.timeout_s > 0 {
@@ -601,8 +622,7 @@ impl Manager {
         self.store
             .set_vm_state(&vm.id, VmStatus::Creating, Some(handle.pid()), None)?;
         let timeout = self.config.boot_timeout;
-        let socket = handle.agent_socket();
-        let connect = AgentClient::connect(&socket, timeout);
+        let connect = AgentClient::connect_handle(handle.as_ref(), timeout);
         // Stop waiting as soon as the VMM dies: a guest that panics does not need the whole
         // timeout to be reported.
         let agent = tokio::select! {
@@ -695,7 +715,7 @@ impl Manager {
             _ => {
                 let handle = entry.handle().ok_or_else(|| not_running(&vm))?;
                 let a =
-                    AgentClient::connect(&handle.agent_socket(), Duration::from_secs(10)).await?;
+                    AgentClient::connect_handle(handle.as_ref(), Duration::from_secs(10)).await?;
                 *slot = Some(a.clone());
                 Ok(a)
             }

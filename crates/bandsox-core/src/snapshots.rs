@@ -202,6 +202,18 @@ impl Manager {
                 )));
             }
         }
+        // Firecracker writes the guest memory next to the state (`state.mem`); QEMU does not.
+        let written_by = if dir.join(format!("{STATE_FILE}.mem")).is_file() {
+            "firecracker"
+        } else {
+            "qemu"
+        };
+        let backend = self.backend().0;
+        if written_by != backend {
+            return Err(CoreError::Conflict(format!(
+                "snapshot {id} was taken under {written_by}; this server runs {backend}"
+            )));
+        }
         self.check_free_space(snap.disk_size_mib)?;
         let vm_id = new_id();
         let t = now();
@@ -223,6 +235,7 @@ impl Manager {
             restored_from: Some(snap.id.clone()),
             expires_at: None,
             timeout_action: TimeoutAction::Stop,
+            vmm: self.backend().0.into(),
         };
         let boot = Boot::Restore {
             state: &dir.join(STATE_FILE),

@@ -79,6 +79,10 @@ CREATE TABLE sessions (
     expires_at  REAL NOT NULL
 );
 "#,
+    // The VMM backend each VM runs under (rows from before this are QEMU VMs).
+    r#"
+ALTER TABLE vms ADD COLUMN vmm TEXT NOT NULL DEFAULT 'qemu';
+"#,
 ];
 
 /// Lifecycle state of a VM. Transitions: `creating -> running <-> paused -> stopped`,
@@ -146,6 +150,8 @@ pub struct VmRecord {
     /// Unix seconds at which `timeout_action` runs; `None` = no timeout.
     pub expires_at: Option<f64>,
     pub timeout_action: TimeoutAction,
+    /// VMM backend the VM runs under (`firecracker`, `qemu`).
+    pub vmm: String,
 }
 
 /// What happens to a VM when its timeout expires.
@@ -245,8 +251,8 @@ impl Store {
         self.conn().execute(
             "INSERT INTO vms (id, name, image, image_digest, status, vcpu, mem_mib, disk_size_mib,
                               created_at, updated_at, pid, error, metadata, env_vars,
-                              restored_from, expires_at, timeout_action)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+                              restored_from, expires_at, timeout_action, vmm)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
             params![
                 vm.id,
                 vm.name,
@@ -265,6 +271,7 @@ impl Store {
                 vm.restored_from,
                 vm.expires_at,
                 vm.timeout_action.as_str(),
+                vm.vmm,
             ],
         )?;
         Ok(())
@@ -454,7 +461,7 @@ impl Store {
 /// The columns [`vm_from_row`] reads, in its order (positional access: listing 1 000 VMs is
 /// on the API's hot path, and looking columns up by name costs more than the query).
 const VM_COLUMNS: &str = "id, name, image, image_digest, status, vcpu, mem_mib, disk_size_mib, \
-    created_at, updated_at, pid, error, metadata, env_vars, restored_from, expires_at, timeout_action";
+    created_at, updated_at, pid, error, metadata, env_vars, restored_from, expires_at, timeout_action, vmm";
 
 fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<VmRecord> {
     let status: String = r.get(4)?;
@@ -478,6 +485,7 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<VmRecord> {
         restored_from: r.get(14)?,
         expires_at: r.get(15)?,
         timeout_action: TimeoutAction::parse(&r.get::<_, String>(16)?).unwrap_or_default(),
+        vmm: r.get(17)?,
     })
 }
 
@@ -542,7 +550,26 @@ mod tests {
             restored_from: None,
             expires_at: None,
             timeout_action: TimeoutAction::Stop,
+            vmm: "firecracker".into(),
         }
+    }
+
+    #[test]
+    fn vms_from_before_the_vmm_column_are_qemu_vms() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        store
+            .conn()
+            .execute(
+                "INSERT INTO vms (id, name, image, image_digest, status, vcpu, mem_mib,
+                                  disk_size_mib, created_at, updated_at)
+                 VALUES ('old', 'n', 'i', 'd', 'stopped', 1, 128, 64, 1.0, 1.0)",
+                [],
+            )
+            .unwrap();
+        assert_eq!(store.get_vm("old").unwrap().unwrap().vmm, "qemu");
+        store.insert_vm(&vm("new", 2.0)).unwrap();
+        assert_eq!(store.get_vm("new").unwrap().unwrap().vmm, "firecracker");
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! Virtual machine monitors behind one trait.
 //!
 //! [`VmmDriver`] starts a VM from a [`VmSpec`] and returns a [`VmHandle`] that owns the VMM
-//! process: pause/resume, kill, exit status, and the path of the agent channel (a Unix socket
-//! carrying one byte stream to the guest agent). [`qemu`] is the QEMU `microvm` backend used
-//! wherever Firecracker cannot run; the Firecracker backend joins it behind the same trait.
+//! process: pause/resume, kill, exit status, and the agent channel (one byte stream to the guest
+//! agent, opened with [`VmHandle::connect_agent`]). [`firecracker`] is the production backend
+//! (jailer, REST API, vsock); [`qemu`] is the QEMU `microvm` backend used wherever Firecracker
+//! cannot run.
 
 use std::path::{Path, PathBuf};
 
+pub mod firecracker;
 pub mod qemu;
 mod sys;
 
@@ -107,8 +109,15 @@ pub trait VmmDriver: Send + Sync {
 #[async_trait::async_trait]
 pub trait VmHandle: Send + Sync {
     fn pid(&self) -> u32;
-    /// Unix socket carrying the agent byte stream.
+    /// Unix socket of the agent channel (QEMU: carries the stream directly; Firecracker: the
+    /// hybrid vsock socket that needs a `CONNECT` first).
     fn agent_socket(&self) -> PathBuf;
+    /// Opens a byte stream to the guest agent. The default connects to [`Self::agent_socket`];
+    /// Firecracker connects to its hybrid vsock socket and forwards to the agent's port. Fails
+    /// (retry later) while the guest agent does not listen yet.
+    async fn connect_agent(&self) -> Result<tokio::net::UnixStream, VmmError> {
+        Ok(tokio::net::UnixStream::connect(self.agent_socket()).await?)
+    }
     /// Stops the vCPUs.
     async fn pause(&self) -> Result<(), VmmError>;
     /// Resumes the vCPUs.

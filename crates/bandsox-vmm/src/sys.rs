@@ -28,3 +28,57 @@ pub fn is_zombie(pid: u32) -> bool {
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
         .unwrap_or(false)
 }
+
+/// Makes this process the reaper of its orphaned descendants (`PR_SET_CHILD_SUBREAPER`), so a
+/// VMM whose launcher exits (the jailer under `--new-pid-ns`) stays reapable by us.
+pub fn become_subreaper() {
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and touches no memory.
+    unsafe {
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+}
+
+/// Result of a non-blocking reap attempt.
+pub enum Reap {
+    /// Exited with this code or signal, and is reaped.
+    Exited(Option<i32>, Option<i32>),
+    Running,
+    /// Not our child (someone else reaps it).
+    NotOurs,
+}
+
+/// `waitpid(pid, WNOHANG)`.
+pub fn try_reap(pid: u32) -> Reap {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return Reap::NotOurs;
+    };
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid writes only to `status`, a valid local.
+    let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+    match rc {
+        0 => Reap::Running,
+        r if r == pid => {
+            if libc::WIFEXITED(status) {
+                Reap::Exited(Some(libc::WEXITSTATUS(status)), None)
+            } else if libc::WIFSIGNALED(status) {
+                Reap::Exited(None, Some(libc::WTERMSIG(status)))
+            } else {
+                Reap::Running
+            }
+        }
+        _ => Reap::NotOurs,
+    }
+}
+
+/// True when the running kernel is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
+}

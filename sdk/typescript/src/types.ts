@@ -32,6 +32,8 @@ export interface VmInfo {
   /** Unix seconds when the timeout action runs; null without a timeout. */
   expires_at?: number | null;
   timeout_action?: string | null;
+  /** VMM backend the VM runs under: "firecracker" or "qemu". */
+  vmm?: string;
   [key: string]: unknown;
 }
 

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bandsox_core::{Limits, Manager, ManagerConfig};
+use bandsox_core::{Limits, Manager, ManagerConfig, VmmChoice};
 use bandsox_server::ServeOptions;
 use clap::Args;
 
@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Requests that may run at once on one VM; more answer 429 `too_many_operations`.
     #[arg(long, default_value_t = bandsox_server::limits::DEFAULT_MAX_OPS_PER_VM)]
     max_ops_per_vm: usize,
+    /// VMM backend: `auto` (Firecracker when its binary is found and KVM runs ordinary
+    /// guests, else QEMU), `firecracker` or `qemu` [env: BANDSOX_VMM] [default: auto].
+    #[arg(long, value_parser = ["auto", "firecracker", "qemu"])]
+    vmm: Option<String>,
 }
 
 /// Serves on `host` (default 127.0.0.1; without authentication only loopback addresses are
@@ -69,7 +73,16 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
             max_disk_mib: a.max_disk_mib,
             max_vms: a.max_vms,
         };
-        let manager = Manager::open(config).await.map_err(core_error)?;
+        let choice = match a.vmm.as_deref() {
+            Some(v) => VmmChoice::parse(v).unwrap_or_default(),
+            None => VmmChoice::from_env().map_err(core_error)?,
+        };
+        let driver = bandsox_core::select_driver(choice, &config.storage).map_err(core_error)?;
+        let manager = Manager::with_driver(config, driver)
+            .await
+            .map_err(core_error)?;
+        let (vmm, accelerator) = manager.backend();
+        tracing::info!(vmm, accelerator, "VMM backend");
         let opts = ServeOptions {
             addr: SocketAddr::new(host, port),
             insecure_no_auth: a.insecure_no_auth,

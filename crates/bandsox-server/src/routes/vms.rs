@@ -479,5 +479,6 @@ fn vm_info(vm: VmRecord) -> VmInfo {
         restored_from: vm.restored_from,
         expires_at: vm.expires_at,
         timeout_action: vm.timeout_action.as_str().into(),
+        vmm: vm.vmm,
     }
 }

@@ -479,7 +479,7 @@ fn socket_path(dir: &Path, name: &str) -> Result<PathBuf, VmmError> {
     Ok(p)
 }
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
+pub(crate) fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
         .map(|d| d.join(name))
