@@ -79,6 +79,16 @@ CREATE TABLE sessions (
     expires_at  REAL NOT NULL
 );
 "#,
+    r#"
+CREATE TABLE vm_networks (
+    vm_id  TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+    lease  INTEGER UNIQUE
+);
+CREATE TABLE snapshot_networks (
+    snapshot_id  TEXT PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE,
+    nic          INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Lifecycle state of a VM. Transitions: `creating -> running <-> paused -> stopped`,

@@ -28,3 +28,18 @@ pub fn is_zombie(pid: u32) -> bool {
         .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
         .unwrap_or(false)
 }
+
+/// Makes the child of `cmd` join the network namespace open as `ns` right before `exec`.
+pub fn join_netns_before_exec(cmd: &mut tokio::process::Command, ns: std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the closure runs in the forked child before exec and only calls setns(2), which
+    // is async-signal-safe; `ns` is moved into the closure, so its fd stays open until then.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

@@ -38,6 +38,10 @@ pub struct ServeArgs {
     /// Requests that may run at once on one VM; more answer 429 `too_many_operations`.
     #[arg(long, default_value_t = bandsox_server::limits::DEFAULT_MAX_OPS_PER_VM)]
     max_ops_per_vm: usize,
+    /// Nameservers for guests, comma-separated IPv4 addresses [default: the host's
+    /// non-loopback resolvers, else 1.1.1.1,8.8.8.8].
+    #[arg(long, value_delimiter = ',')]
+    dns: Vec<std::net::Ipv4Addr>,
 }
 
 /// Serves on `host` (default 127.0.0.1; without authentication only loopback addresses are
@@ -69,6 +73,9 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
             max_disk_mib: a.max_disk_mib,
             max_vms: a.max_vms,
         };
+        if !a.dns.is_empty() {
+            config.dns = a.dns;
+        }
         let manager = Manager::open(config).await.map_err(core_error)?;
         let opts = ServeOptions {
             addr: SocketAddr::new(host, port),

@@ -98,7 +98,7 @@ pub async fn list(
         .into_iter()
         .skip(q.offset.unwrap_or(0))
         .take(q.limit.unwrap_or(usize::MAX))
-        .map(vm_info)
+        .map(|v| vm_info(&s.manager, v))
         .collect();
     Ok(([("x-total-count", total.to_string())], Json(out)))
 }
@@ -123,6 +123,7 @@ pub async fn create(
     create.mem_mib = req.mem_mib;
     create.disk_size_mib = req.disk_size_mib;
     create.force_rebuild = req.force_rebuild;
+    create.enable_networking = req.enable_networking;
     create.env_vars = req.env_vars.unwrap_or_default();
     create.metadata = req.metadata.unwrap_or_else(|| serde_json::json!({}));
     create.timeout_s = req.timeout_s;
@@ -148,7 +149,7 @@ pub async fn create(
     responses((status = 200, description = "success", body = VmInfo))
 )]
 pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<VmInfo>> {
-    Ok(Json(vm_info(s.manager.get_vm(&id)?)))
+    Ok(Json(vm_info(&s.manager, s.manager.get_vm(&id)?)))
 }
 
 #[utoipa::path(
@@ -338,11 +339,10 @@ pub async fn set_metadata(
     body: Result<Json<MetadataRequest>, JsonRejection>,
 ) -> ApiResult<Json<VmInfo>> {
     let Json(req) = body?;
-    Ok(Json(vm_info(s.manager.update_vm(
-        &id,
-        None,
-        Some(&req.metadata),
-    )?)))
+    Ok(Json(vm_info(
+        &s.manager,
+        s.manager.update_vm(&id, None, Some(&req.metadata))?,
+    )))
 }
 
 #[utoipa::path(
@@ -362,11 +362,10 @@ pub async fn set_timeout(
 ) -> ApiResult<Json<VmInfo>> {
     let Json(req) = body?;
     let action = parse_action(req.action.as_deref())?;
-    Ok(Json(vm_info(s.manager.set_timeout(
-        &id,
-        req.timeout_s,
-        action,
-    )?)))
+    Ok(Json(vm_info(
+        &s.manager,
+        s.manager.set_timeout(&id, req.timeout_s, action)?,
+    )))
 }
 
 #[utoipa::path(
@@ -385,7 +384,10 @@ pub async fn extend(
     body: Result<Json<ExtendRequest>, JsonRejection>,
 ) -> ApiResult<Json<VmInfo>> {
     let Json(req) = body?;
-    Ok(Json(vm_info(s.manager.extend_timeout(&id, req.seconds)?)))
+    Ok(Json(vm_info(
+        &s.manager,
+        s.manager.extend_timeout(&id, req.seconds)?,
+    )))
 }
 
 fn parse_action(a: Option<&str>) -> ApiResult<Option<TimeoutAction>> {
@@ -436,7 +438,12 @@ fn looks_secret(name: &str) -> bool {
     .any(|s| n.contains(s))
 }
 
-fn vm_info(vm: VmRecord) -> VmInfo {
+fn vm_info(m: &bandsox_core::Manager, vm: VmRecord) -> VmInfo {
+    let network_config = m
+        .vm_network(&vm.id)
+        .ok()
+        .flatten()
+        .map(|n| n.config_json(&vm.id));
     let env_vars: BTreeMap<String, String> = vm
         .env_vars
         .into_iter()
@@ -465,7 +472,7 @@ fn vm_info(vm: VmRecord) -> VmInfo {
         error: vm.error,
         metadata: vm.metadata,
         env_vars,
-        network_config: None,
+        network_config,
         vsock_config: None,
         restored_from: vm.restored_from,
         expires_at: vm.expires_at,
