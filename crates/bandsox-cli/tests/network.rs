@@ -222,6 +222,63 @@ fn guest_http_isolation_egress_clones_and_cleanup() {
     std::io::Read::read_to_end(&mut r.into_reader(), &mut got).unwrap();
     assert_eq!(got, bytes);
 
+    // An upgrade passes through the proxy: a guest server that answers 101 and then echoes.
+    let script = "#!/bin/sh\nwhile read -r l; do case \"$l\" in \"\"|\"$(printf '\\r')\") break;; esac; done\nprintf 'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: echo\\r\\nConnection: Upgrade\\r\\n\\r\\n'\nexec cat\n";
+    let (st, _) = post(
+        &format!("{vm_a}/write-file"),
+        json!({"path": "/up.sh", "content": script}),
+    );
+    assert_eq!(st, 200);
+    let (code, out) = exec(
+        &vm_a,
+        "chmod +x /up.sh && (nc -l -p 9100 -e /up.sh </dev/null >/dev/null 2>&1 &)",
+    );
+    assert_eq!(code, 0, "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    {
+        use std::io::{BufRead, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        write!(
+            s,
+            "GET /api/vms/{a}/ports/9100/echo HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+        )
+        .unwrap();
+        let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("HTTP/1.1 101"), "{line}");
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+        }
+        s.write_all(b"ping through the proxy\n").unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert_eq!(line, "ping through the proxy\n");
+    }
+
+    // A large answer: /http refuses to buffer it, the proxy streams it whole.
+    let (code, out) = exec(&vm_a, "dd if=/dev/zero of=/www/huge bs=1M count=70 2>&1");
+    assert_eq!(code, 0, "{out}");
+    let (st, r) = post(
+        &format!("{vm_a}/http"),
+        json!({"port": 8080, "path": "/huge"}),
+    );
+    assert_eq!(
+        (st, r["code"].as_str()),
+        (502, Some("response_too_large")),
+        "{r}"
+    );
+    let resp = ureq::get(&format!("{vm_a}/ports/8080/huge"))
+        .call()
+        .unwrap();
+    let n = std::io::copy(&mut resp.into_reader(), &mut std::io::sink()).unwrap();
+    assert_eq!(n, 70 << 20);
+
     // Bad input.
     for p in [0u32, 65536, 70000] {
         let (st, r) = post(&format!("{vm_a}/http"), json!({"port": p}));
@@ -330,8 +387,41 @@ fn guest_http_isolation_egress_clones_and_cleanup() {
     // The source still serves too.
     assert_eq!(proxy_get(&format!("{vm_a}/ports/8080/index.html")).0, 200);
 
+    // A clone restored with networking off keeps its NIC but has no way in or out.
+    let (st, r) = post(
+        &format!("{base}/snapshots/{snap_id}/restore"),
+        json!({"enable_networking": false}),
+    );
+    assert_eq!(st, 200, "{r}");
+    let dark = r["id"].as_str().unwrap().to_owned();
+    let nc = info(&base, &dark)["network_config"].clone();
+    assert_eq!(
+        (nc["enabled"].as_bool(), nc["guest_ip"].is_null()),
+        (Some(false), true),
+        "{nc}"
+    );
+    let (st, _) = post(&format!("{base}/vms/{dark}/http"), json!({"port": 8080}));
+    assert_eq!(st, 409);
+    unreachable_from(&format!("{base}/vms/{dark}"), "198.51.100.2", 80);
+
+    // Stop tears the namespace down; start brings it back with the same address.
+    let (st, _) = post(&format!("{vm_b}/stop"), json!({}));
+    assert_eq!(st, 200);
+    assert!(!std::path::Path::new(&format!("/run/netns/bsx-{b}")).exists());
+    let (st, _) = post(&format!("{vm_b}/start"), json!({}));
+    assert_eq!(st, 200);
+    assert_eq!(
+        info(&base, &b)["network_config"]["guest_ip"],
+        ib["guest_ip"]
+    );
+    serve_page(&vm_b, "hello-b-again");
+    assert_eq!(
+        proxy_get(&format!("{vm_b}/ports/8080/index.html")),
+        (200, "hello-b-again\n".to_owned())
+    );
+
     // Delete everything: nothing of ours remains.
-    let all: Vec<String> = [a.clone(), b.clone(), off.clone()]
+    let all: Vec<String> = [a.clone(), b.clone(), off.clone(), dark.clone()]
         .into_iter()
         .chain(clones.iter().cloned())
         .collect();
