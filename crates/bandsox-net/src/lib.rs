@@ -24,6 +24,8 @@ use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
+mod sys;
+
 /// The address every guest has on its `eth0`.
 pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 2);
 /// The guest's gateway (the TAP's address inside the namespace).
@@ -182,21 +184,14 @@ impl HostLock {
             .truncate(false)
             .write(true)
             .open(LOCK_FILE)?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock takes an open fd we own and an integer flag.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
+        sys::flock(&f, true)?;
         Ok(Self(f))
     }
 }
 
 impl Drop for HostLock {
     fn drop(&mut self) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: as above; the fd is still open.
-        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+        let _ = sys::flock(&self.0, false);
     }
 }
 
