@@ -14,6 +14,9 @@ use tokio::net::TcpStream;
 
 use crate::util::median;
 
+/// 100 MiB downloads per path.
+const DOWNLOADS: usize = 7;
+
 pub async fn run(runs: usize) -> Result<()> {
     crate::util::in_scratch("net", |work| async move {
         let storage = crate::util::prepare_storage(&work)?;
@@ -111,7 +114,7 @@ async fn measure(mgr: &std::sync::Arc<Manager>, id: &str, runs: usize) -> Result
         p_lat.push(fetch(server, &proxy_req("small")).await?.0);
     }
     let (mut d_tp, mut p_tp) = (Vec::new(), Vec::new());
-    for _ in 0..3 {
+    for _ in 0..DOWNLOADS {
         let (t, n) = fetch(direct, &direct_req("big")).await?;
         if n != 100 << 20 {
             bail!("direct download got {n} bytes");
@@ -127,7 +130,7 @@ async fn measure(mgr: &std::sync::Arc<Manager>, id: &str, runs: usize) -> Result
     let (dl, pl) = (median(&mut d_lat), median(&mut p_lat));
     let (dt, pt) = (median(&mut d_tp), median(&mut p_tp));
     let mibs = |d: Duration| 100.0 / d.as_secs_f64();
-    println!("backend {mgr_backend}, accel {accel}; {runs} small GETs and 3 downloads of 100 MiB per path, alternating\n");
+    println!("backend {mgr_backend}, accel {accel}; {runs} small GETs and {DOWNLOADS} downloads of 100 MiB per path, alternating\n");
     println!("| measurement | direct | proxy | ratio |");
     println!("| --- | --- | --- | --- |");
     println!(
