@@ -52,6 +52,31 @@ pub struct BootParams {
     /// `bandsox.vsock=`: vsock port to serve on instead (Firecracker, which has no
     /// virtio-serial).
     pub vsock: Option<u32>,
+    /// `bandsox.net=<ip>/<prefix>,<gateway>`: configuration of `eth0`.
+    pub net: Option<NetParams>,
+    /// `bandsox.dns=<ip>,<ip>`: nameservers for `/etc/resolv.conf`.
+    pub dns: Vec<std::net::Ipv4Addr>,
+}
+
+/// The guest's IPv4 configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetParams {
+    pub ip: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: std::net::Ipv4Addr,
+}
+
+impl NetParams {
+    fn parse(v: &str) -> Option<Self> {
+        let (cidr, gw) = v.split_once(',')?;
+        let (ip, prefix) = cidr.split_once('/')?;
+        let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32)?;
+        Some(Self {
+            ip: ip.parse().ok()?,
+            prefix,
+            gateway: gw.parse().ok()?,
+        })
+    }
 }
 
 impl Default for BootParams {
@@ -63,6 +88,8 @@ impl Default for BootParams {
             hostname: None,
             port: bandsox_protocol::SERIAL_PORT_NAME.to_owned(),
             vsock: None,
+            net: None,
+            dns: Vec::new(),
         }
     }
 }
@@ -82,6 +109,10 @@ pub fn parse_cmdline(cmdline: &str) -> BootParams {
             "bandsox.hostname" => p.hostname = Some(value).filter(|v| !v.is_empty()),
             "bandsox.port" if !value.is_empty() => p.port = value,
             "bandsox.vsock" => p.vsock = value.parse().ok(),
+            "bandsox.net" => p.net = NetParams::parse(&value),
+            "bandsox.dns" => {
+                p.dns = value.split(',').filter_map(|a| a.parse().ok()).collect();
+            }
             _ => {}
         }
     }
@@ -247,6 +278,14 @@ fn after_switch(params: &BootParams) {
     if let Err(e) = sys::interface_up("lo") {
         log!("bring up lo: {e}");
     }
+    if let Some(net) = params.net {
+        if let Err(e) = configure_eth0(net) {
+            log!("configure eth0: {e}");
+        }
+    }
+    if !params.dns.is_empty() {
+        write_resolv_conf(&params.dns);
+    }
     let hostname = params.hostname.clone().or_else(|| {
         fs::read_to_string("/etc/hostname")
             .ok()
@@ -255,6 +294,32 @@ fn after_switch(params: &BootParams) {
     });
     if let Err(e) = sys::sethostname(hostname.as_deref().unwrap_or("localhost")) {
         log!("set hostname: {e}");
+    }
+}
+
+/// Configures `eth0` (the VM's only NIC) from `bandsox.net`. The device appears when
+/// `virtio_net` probes it, which can lag module loading a little.
+fn configure_eth0(net: NetParams) -> std::io::Result<()> {
+    let mut tries = 0;
+    while !Path::new("/sys/class/net/eth0").exists() && tries < 100 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        tries += 1;
+    }
+    sys::set_ipv4("eth0", net.ip, net.prefix)?;
+    sys::interface_up("eth0")?;
+    sys::add_default_route("eth0", net.gateway)
+}
+
+/// Writes `/etc/resolv.conf` in the VM's (overlay) root, replacing a symlink the image had.
+fn write_resolv_conf(dns: &[std::net::Ipv4Addr]) {
+    let path = Path::new("/etc/resolv.conf");
+    if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+        let _ = fs::remove_file(path);
+    }
+    let _ = fs::create_dir_all("/etc");
+    let text: String = dns.iter().map(|a| format!("nameserver {a}\n")).collect();
+    if let Err(e) = fs::write(path, text) {
+        log!("write /etc/resolv.conf: {e}");
     }
 }
 
@@ -424,8 +489,21 @@ mod tests {
                 hostname: Some("box-1".into()),
                 port: "org.test.port".into(),
                 vsock: Some(52),
+                net: None,
+                dns: Vec::new(),
             }
         );
+        let n = parse_cmdline("bandsox.net=172.31.0.2/24,172.31.0.1 bandsox.dns=1.1.1.1,x,8.8.8.8");
+        assert_eq!(
+            n.net,
+            Some(NetParams {
+                ip: "172.31.0.2".parse().unwrap(),
+                prefix: 24,
+                gateway: "172.31.0.1".parse().unwrap(),
+            })
+        );
+        assert_eq!(n.dns.len(), 2);
+        assert_eq!(parse_cmdline("bandsox.net=1.2.3.4/40,1.1.1.1").net, None);
         let d = parse_cmdline("console=ttyS0 bandsox.root= bandsox.data=");
         assert_eq!(module_name("virtio-rng.ko"), "virtio_rng");
         assert_eq!(virtio_device_for("virtio_rng"), Some(4));

@@ -254,6 +254,93 @@ pub fn interface_up(name: &str) -> io::Result<()> {
     check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) }).map(drop)
 }
 
+/// `ifreq` carrying an IPv4 `sockaddr_in` (`SIOCSIFADDR`, `SIOCSIFNETMASK`), 40 bytes.
+#[repr(C)]
+struct IfreqAddr {
+    name: [u8; libc::IFNAMSIZ],
+    addr: libc::sockaddr_in,
+    _pad: [u8; 8],
+}
+
+fn sockaddr_v4(ip: std::net::Ipv4Addr) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn inet_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket takes integer arguments only.
+    let raw =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: socket succeeded, so `raw` is an open fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Gives interface `name` the IPv4 address `ip/prefix` (like `ip addr add`).
+pub fn set_ipv4(name: &str, ip: std::net::Ipv4Addr, prefix: u8) -> io::Result<()> {
+    if name.is_empty() || name.len() >= libc::IFNAMSIZ || prefix > 32 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad interface address",
+        ));
+    }
+    let sock = inet_socket()?;
+    let mut req = IfreqAddr {
+        name: [0; libc::IFNAMSIZ],
+        addr: sockaddr_v4(ip),
+        _pad: [0; 8],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: SIOCSIFADDR reads a valid ifreq holding a sockaddr_in.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFADDR, &req) })?;
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(prefix))
+    };
+    req.addr = sockaddr_v4(std::net::Ipv4Addr::from(mask));
+    // SAFETY: as above, with the netmask.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFNETMASK, &req) }).map(drop)
+}
+
+/// Adds the default route via `gateway` on interface `name`.
+pub fn add_default_route(name: &str, gateway: std::net::Ipv4Addr) -> io::Result<()> {
+    let sock = inet_socket()?;
+    let dev = cstring(name)?;
+    // SAFETY: rtentry is plain data; all-zero is a valid (empty) value.
+    let mut rt: libc::rtentry = unsafe { std::mem::zeroed() };
+    let any = sockaddr_v4(std::net::Ipv4Addr::UNSPECIFIED);
+    let gw = sockaddr_v4(gateway);
+    // SAFETY: sockaddr_in and sockaddr have the same size; we copy the bytes of one into the
+    // other (the kernel reads them as sockaddr_in because the family is AF_INET).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            (&raw const any).cast::<u8>(),
+            (&raw mut rt.rt_dst).cast::<u8>(),
+            std::mem::size_of::<libc::sockaddr>(),
+        );
+        std::ptr::copy_nonoverlapping(
+            (&raw const any).cast::<u8>(),
+            (&raw mut rt.rt_genmask).cast::<u8>(),
+            std::mem::size_of::<libc::sockaddr>(),
+        );
+        std::ptr::copy_nonoverlapping(
+            (&raw const gw).cast::<u8>(),
+            (&raw mut rt.rt_gateway).cast::<u8>(),
+            std::mem::size_of::<libc::sockaddr>(),
+        );
+    }
+    rt.rt_flags = (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort;
+    rt.rt_dev = dev.as_ptr().cast_mut();
+    // SAFETY: SIOCADDRT reads a valid rtentry whose rt_dev points at a live C string.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCADDRT, &rt) }).map(drop)
+}
+
 /// Identity a child switches to before `exec`.
 #[derive(Debug, Clone)]
 pub struct ChildIdentity {

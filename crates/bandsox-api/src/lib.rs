@@ -234,3 +234,52 @@ pub struct Problem {
 
 /// Media type of [`Problem`] bodies.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// `POST /api/vms/{id}/http`: one HTTP request to a port inside the VM (BandSox shape).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HttpProxyRequest {
+    /// TCP port inside the VM, 1 to 65535.
+    pub port: u32,
+    #[serde(default = "default_http_path")]
+    pub path: String,
+    #[serde(default = "default_http_method")]
+    pub method: String,
+    #[serde(default)]
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Request body as text.
+    #[serde(default)]
+    pub body: Option<String>,
+    /// Extension: request body as base64 (binary-safe); exclusive with `body` and `json_body`.
+    #[serde(default)]
+    pub body_base64: Option<String>,
+    /// Sent as JSON with `Content-Type: application/json`.
+    #[serde(default)]
+    pub json_body: Option<serde_json::Value>,
+    /// Seconds to wait for the answer.
+    #[serde(default = "default_http_timeout")]
+    pub timeout: f64,
+}
+
+fn default_http_path() -> String {
+    "/".into()
+}
+
+fn default_http_method() -> String {
+    "GET".into()
+}
+
+fn default_http_timeout() -> f64 {
+    30.0
+}
+
+/// The guest's answer to [`HttpProxyRequest`].
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HttpProxyResponse {
+    pub status_code: u16,
+    pub headers: BTreeMap<String, String>,
+    /// The body as text (invalid UTF-8 replaced; see `body_base64`).
+    pub body: String,
+    /// Extension: the exact body as base64, present when the body is not valid UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub body_base64: Option<String>,
+}

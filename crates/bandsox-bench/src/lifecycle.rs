@@ -200,6 +200,7 @@ async fn firecracker_api(
                 path: disk,
                 read_only: false,
             }],
+            network: None,
         })
     };
     let (mut ready, mut start, mut create, mut load) = (vec![], vec![], vec![], vec![]);

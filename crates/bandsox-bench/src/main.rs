@@ -13,6 +13,7 @@ mod agent;
 mod api;
 mod create;
 mod lifecycle;
+mod net;
 mod util;
 
 use util::{median, row};
@@ -34,7 +35,8 @@ async fn main() -> Result<()> {
         Some("lifecycle") => lifecycle::run(runs.max(5)).await,
         Some("agent") => agent::run().await,
         Some("api") => api::run(runs.max(200)).await,
-        _ => bail!("usage: bandsox-bench boot|create|lifecycle|agent|api [--runs N]"),
+        Some("net") => net::run(runs.max(20)).await,
+        _ => bail!("usage: bandsox-bench boot|create|lifecycle|agent|api|net [--runs N]"),
     }
 }
 

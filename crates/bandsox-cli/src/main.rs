@@ -94,6 +94,9 @@ enum Command {
     Terminal { vm: String },
     /// Boot a stopped VM again.
     Start { vm: String },
+    /// Remove bandsox network namespaces, interfaces and nftables rules that belong to no
+    /// live VM (run as root on the server's host; never touches anything not named by bandsox).
+    Cleanup(commands::cleanup::CleanupArgs),
     /// Stop and start a VM.
     Restart { vm: String },
     /// Add seconds to a VM's timeout.
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init(a) => commands::init::run(a),
         Command::Serve(a) => commands::serve::run(a, cli.host.as_deref(), cli.port),
+        Command::Cleanup(a) => commands::cleanup::run(a),
         Command::Create(a) => commands::vm::create(&url, a),
         Command::Exec(a) => commands::vm::exec(&url, a),
         Command::Vm(c) => commands::vm::run(&url, c),

@@ -45,6 +45,9 @@ pub enum CoreError {
     Db(#[from] rusqlite::Error),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// Setting up or tearing down VM networking failed.
+    #[error("network: {0}")]
+    Network(String),
 }
 
 impl CoreError {
@@ -76,6 +79,7 @@ impl CoreError {
             Self::Image(e) => image_code(e),
             Self::Db(_) => "database_error",
             Self::Io(_) => "io_error",
+            Self::Network(_) => "network_error",
         }
     }
 

@@ -11,6 +11,7 @@ pub mod guest;
 pub mod images;
 pub mod init;
 pub mod manager;
+pub mod network;
 pub mod snapshots;
 pub mod storage;
 pub mod store;

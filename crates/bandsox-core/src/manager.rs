@@ -76,6 +76,8 @@ pub struct ManagerConfig {
     /// How long a VM may take from VMM start to agent hello.
     pub boot_timeout: Duration,
     pub limits: Limits,
+    /// Nameservers written to guests' `/etc/resolv.conf` (`bandsox serve --dns`).
+    pub dns: Vec<std::net::Ipv4Addr>,
 }
 
 impl ManagerConfig {
@@ -84,6 +86,7 @@ impl ManagerConfig {
             storage,
             boot_timeout: Duration::from_secs(90),
             limits: Limits::default(),
+            dns: bandsox_net::default_resolvers(),
         }
     }
 }
@@ -125,6 +128,8 @@ pub struct CreateVm {
     pub timeout_action: crate::store::TimeoutAction,
     /// Re-pull (registry images) and rebuild the base disk even when cached.
     pub force_rebuild: bool,
+    /// A NIC with NATed egress, reachable from the host (BandSox default: true).
+    pub enable_networking: bool,
 }
 
 impl CreateVm {
@@ -141,6 +146,7 @@ impl CreateVm {
             timeout_s: 0,
             timeout_action: crate::store::TimeoutAction::Stop,
             force_rebuild: false,
+            enable_networking: true,
         }
     }
 
@@ -288,9 +294,14 @@ impl Manager {
         self.sweep_snapshot_dirs()?;
         for vm in self.store.list_vms()? {
             match vm.status {
-                VmStatus::Stopped | VmStatus::Failed => continue,
+                VmStatus::Stopped | VmStatus::Failed => {
+                    // A crash may have left its namespace behind.
+                    self.net_down_blocking(&vm.id);
+                    continue;
+                }
                 VmStatus::Creating => {
                     self.kill_orphan(&vm);
+                    self.net_down_blocking(&vm.id);
                     let _ = std::fs::remove_dir_all(self.storage.vm_dir(&vm.id)?);
                     self.store.delete_vm(&vm.id)?;
                 }
@@ -299,6 +310,7 @@ impl Manager {
                         tracing::warn!(vm = %vm.id, error = %e, "could not re-attach; marking the VM stopped");
                         self.unregister(&vm.id);
                         self.kill_orphan(&vm);
+                        self.net_down_blocking(&vm.id);
                         self.remove_sockets(&vm.id);
                         let msg = format!("lost while the server was down: {e}");
                         self.store
@@ -426,7 +438,12 @@ impl Manager {
             timeout_action: req.timeout_action,
             vmm: self.driver.name().into(),
         };
-        let vm = self.create_from(record, Boot::Cold).await?;
+        let net = if req.enable_networking {
+            crate::network::NetChoice::Enabled
+        } else {
+            crate::network::NetChoice::None
+        };
+        let vm = self.create_from(record, Boot::Cold, net).await?;
         if req.timeout_s > 0 {
             return self.set_timeout(&vm.id, req.timeout_s, Some(req.timeout_action));
         }
@@ -438,12 +455,18 @@ impl Manager {
         self: &Arc<Self>,
         record: VmRecord,
         boot: Boot<'_>,
+        net: crate::network::NetChoice,
     ) -> Result<VmRecord> {
         let id = record.id.clone();
         let dir = self.storage.vm_dir(&id)?;
         let entry = self.register(&id);
         let _guard = entry.lifecycle.lock().await;
         if let Err(e) = self.admit(&record) {
+            self.unregister(&id);
+            return Err(e);
+        }
+        if let Err(e) = self.assign_network(&id, net) {
+            let _ = self.store.delete_vm(&id);
             self.unregister(&id);
             return Err(e);
         }
@@ -544,6 +567,27 @@ impl Manager {
                 id: format!("{} (base disk {} is missing)", vm.image, base.display()),
             });
         }
+        let net = self.vm_network(&vm.id)?;
+        let mut kernel_args = vec![
+            // Freed guest pages are zeroed, so snapshots carry them as zero pages: smaller
+            // state files and faster restores.
+            "init_on_free=1".into(),
+            "bandsox.root=/dev/vda".into(),
+            "bandsox.data=/dev/vdb".into(),
+            format!("bandsox.hostname={}", hostname_for(&vm.id)),
+        ];
+        let network = match net {
+            None => None,
+            Some(_) => {
+                kernel_args.extend(bandsox_net::kernel_args(&self.config.dns));
+                Some(bandsox_vmm::NetSpec {
+                    netns: bandsox_net::netns_name(&vm.id)
+                        .map_err(|e| CoreError::Network(e.to_string()))?,
+                    tap: bandsox_net::TAP_NAME.into(),
+                    guest_mac: bandsox_net::GUEST_MAC.into(),
+                })
+            }
+        };
         Ok(VmSpec {
             id: vm.id.clone(),
             run_dir: dir.clone(),
@@ -551,14 +595,8 @@ impl Manager {
             mem_mib: vm.mem_mib,
             kernel,
             initramfs,
-            kernel_args: vec![
-                // Freed guest pages are zeroed, so snapshots carry them as zero pages: smaller
-                // state files and faster restores.
-                "init_on_free=1".into(),
-                "bandsox.root=/dev/vda".into(),
-                "bandsox.data=/dev/vdb".into(),
-                format!("bandsox.hostname={}", hostname_for(&vm.id)),
-            ],
+            kernel_args,
+            network,
             disks: vec![
                 Disk {
                     path: base,
@@ -601,6 +639,7 @@ impl Manager {
                 *entry.agent.lock().await = None;
                 entry.ready.send_replace(Readiness::Gone(e.to_string()));
                 self.remove_sockets(&vm.id);
+                self.net_down(&vm.id).await;
                 Err(e)
             }
         }
@@ -614,6 +653,7 @@ impl Manager {
             } => (kernel.to_path_buf(), initramfs.to_path_buf()),
         };
         let spec = self.vm_spec(vm, kernel, initramfs)?;
+        self.net_up(&vm.id).await?;
         let handle: Arc<dyn VmHandle> = Arc::from(match boot {
             Boot::Cold => self.driver.spawn(&spec).await?,
             Boot::Restore { state, .. } => self.driver.restore(&spec, state).await?,
@@ -669,6 +709,7 @@ impl Manager {
             *entry.agent.lock().await = None;
             entry.set_handle(None);
             mgr.remove_sockets(&entry.id);
+            mgr.net_down(&entry.id).await;
             let mut vms = mgr.vms.write().unwrap_or_else(|p| p.into_inner());
             if vms.get(&entry.id).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
                 vms.remove(&entry.id);
@@ -863,6 +904,7 @@ impl Manager {
         }
         entry.set_handle(None);
         self.remove_sockets(&entry.id);
+        self.net_down(&entry.id).await;
         Ok(())
     }
 
@@ -875,6 +917,7 @@ impl Manager {
         } else if vm.pid.is_some() {
             self.kill_orphan(&vm);
         }
+        self.net_down(id).await;
         let dir = self.storage.vm_dir(id)?;
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}

@@ -29,6 +29,9 @@ pub struct RestoreOptions {
     pub name: Option<String>,
     pub metadata: Option<serde_json::Value>,
     pub env_vars: Option<std::collections::BTreeMap<String, String>>,
+    /// Networking for the restored VM (default true). A snapshot of a VM with a NIC keeps
+    /// its NIC either way (the saved devices must match); off means the NIC leads nowhere.
+    pub enable_networking: Option<bool>,
 }
 
 fn snapshot_not_found(id: &str) -> CoreError {
@@ -130,6 +133,7 @@ impl Manager {
             std::fs::write(tmp.join("snapshot.json"), json)?;
             std::fs::rename(&tmp, self.snapshot_dir(&id)?)?;
             self.store().insert_snapshot(&record)?;
+            self.set_snapshot_nic(&record.id, self.vm_network(vm_id)?.is_some())?;
             Ok::<_, CoreError>(record)
         })();
         if finished.is_err() {
@@ -243,7 +247,16 @@ impl Manager {
             initramfs: &dir.join(INITRAMFS_FILE),
             disk: &dir.join(DISK_FILE),
         };
-        self.create_from(record, boot).await
+        use crate::network::NetChoice;
+        let net = match (
+            self.snapshot_has_nic(&snap.id)?,
+            opts.enable_networking.unwrap_or(true),
+        ) {
+            (false, _) => NetChoice::None,
+            (true, true) => NetChoice::Enabled,
+            (true, false) => NetChoice::Isolated,
+        };
+        self.create_from(record, boot, net).await
     }
 
     /// Removes snapshot directories that a crash left half-written, and directories without

@@ -83,6 +83,16 @@ CREATE TABLE sessions (
     r#"
 ALTER TABLE vms ADD COLUMN vmm TEXT NOT NULL DEFAULT 'qemu';
 "#,
+    r#"
+CREATE TABLE vm_networks (
+    vm_id  TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+    lease  INTEGER UNIQUE
+);
+CREATE TABLE snapshot_networks (
+    snapshot_id  TEXT PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE,
+    nic          INTEGER NOT NULL
+);
+"#,
 ];
 
 /// Lifecycle state of a VM. Transitions: `creating -> running <-> paused -> stopped`,

@@ -30,6 +30,7 @@ use crate::{auth, routes};
         routes::files::remove, routes::files::rename, routes::files::edit,
         routes::files::write_batch, routes::files::upload, routes::files::download,
         routes::files::exec_python,
+        routes::net::http, routes::net::proxy, routes::net::proxy_root, routes::net::proxy_root_slash,
         routes::commands::start, routes::commands::list, routes::commands::get,
         routes::commands::logs, routes::commands::wait, routes::commands::kill,
         routes::commands::stdin,
@@ -83,6 +84,9 @@ impl Modify for Conventions {
                 &mut item.post,
                 &mut item.put,
                 &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+                &mut item.options,
             ]
             .into_iter()
             .flatten()

@@ -67,6 +67,17 @@ pub struct VmSpec {
     /// Extra kernel arguments (`key=value`) for the guest agent.
     pub kernel_args: Vec<String>,
     pub disks: Vec<Disk>,
+    /// A NIC backed by a TAP inside a network namespace; `None`: no NIC.
+    pub network: Option<NetSpec>,
+}
+
+/// The VM's NIC: the VMM runs inside network namespace `netns` and opens TAP `tap` there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    /// Name under `/run/netns`.
+    pub netns: String,
+    pub tap: String,
+    pub guest_mac: String,
 }
 
 /// How a VMM process ended.

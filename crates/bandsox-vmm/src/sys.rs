@@ -82,3 +82,18 @@ pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
     (ma, mi) >= (major, minor)
 }
+
+/// Makes the child of `cmd` join the network namespace open as `ns` right before `exec`.
+pub fn join_netns_before_exec(cmd: &mut tokio::process::Command, ns: std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the closure runs in the forked child before exec and only calls setns(2), which
+    // is async-signal-safe; `ns` is moved into the closure, so its fd stays open until then.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

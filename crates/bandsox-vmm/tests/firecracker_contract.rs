@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bandsox_vmm::firecracker::{FirecrackerConfig, FirecrackerDriver};
-use bandsox_vmm::{Disk, VmHandle, VmSpec, VmmDriver, VmmError};
+use bandsox_vmm::{Disk, NetSpec, VmHandle, VmSpec, VmmDriver, VmmError};
 use common::validator::ApiSpec;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,6 +86,7 @@ impl Env {
                     read_only: false,
                 },
             ],
+            network: None,
         }
     }
 
@@ -222,7 +223,14 @@ async fn full_lifecycle_under_the_jailer() {
     let env = Env::new("", "");
     let driver = env.driver(true);
     let data = env.path("data.ext4");
-    let spec = env.spec("vm-one", &data);
+    // A networked VM: the jailer enters its namespace, Firecracker gets its TAP.
+    let net = NetSpec {
+        netns: "bsx-vm-one".into(),
+        tap: "tap0".into(),
+        guest_mac: "06:00:ac:1f:00:02".into(),
+    };
+    let mut spec = env.spec("vm-one", &data);
+    spec.network = Some(net.clone());
     let h = driver.spawn(&spec).await.unwrap();
     let jail_dir = env.path("jail/firecracker/vm-one");
     let root = jail_dir.join("root");
@@ -255,6 +263,7 @@ async fn full_lifecycle_under_the_jailer() {
         ["--cgroup-version", "2"],
         ["--uid", "65534"],
         ["--gid", "65534"],
+        ["--netns", "/run/netns/bsx-vm-one"],
     ] {
         assert!(
             argv.windows(2).any(|w| w == pair),
@@ -276,8 +285,13 @@ async fn full_lifecycle_under_the_jailer() {
             "PUT /drives/drive1",
             "PUT /vsock",
             "PUT /entropy",
+            "PUT /network-interfaces/eth0",
             "PUT /actions"
         ]
+    );
+    assert_eq!(
+        find(&reqs, "PUT /network-interfaces/eth0")["body"],
+        json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:1f:00:02"})
     );
     assert!(reqs.iter().all(|r| r["status"] == 204), "{reqs:?}");
     let m = &find(&reqs, "PUT /machine-config")["body"];
@@ -352,7 +366,11 @@ async fn full_lifecycle_under_the_jailer() {
     // Load into a new jail while the original still runs.
     let data2 = env.path("data2.ext4");
     std::fs::copy(&data, &data2).unwrap();
-    let spec2 = env.spec("vm-two", &data2);
+    let mut spec2 = env.spec("vm-two", &data2);
+    spec2.network = Some(NetSpec {
+        netns: "bsx-vm-two".into(),
+        ..net
+    });
     let h2 = driver.restore(&spec2, &snap.join("state")).await.unwrap();
     let reqs = env.requests();
     let load = find(&reqs, "PUT /snapshot/load");
@@ -363,6 +381,10 @@ async fn full_lifecycle_under_the_jailer() {
         json!({"backend_type": "File", "backend_path": "load.mem"})
     );
     assert_eq!(body["vsock_override"], json!({"uds_path": "v.sock"}));
+    assert_eq!(
+        body["network_overrides"],
+        json!([{"iface_id": "eth0", "host_dev_name": "tap0"}])
+    );
     assert_eq!(body["resume_vm"], true);
     assert_ne!(h2.pid(), h.pid());
     echo_through_agent(h2.as_ref()).await;
@@ -569,6 +591,7 @@ async fn real_firecracker_api() {
                 path: disk,
                 read_only: false,
             }],
+            network: None,
         }
     };
     let spec = mk("real-one");

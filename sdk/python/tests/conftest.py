@@ -85,6 +85,14 @@ def _kill_naming(needle: str) -> None:
                 pass
 
 
+def _remove_vm_namespaces(storage: Path) -> None:
+    """Deletes the network namespaces (`bsx-<id>`) of VMs killed above."""
+    vms = Path(storage) / "vms"
+    for d in vms.iterdir() if vms.is_dir() else []:
+        if Path(f"/run/netns/bsx-{d.name}").exists():
+            subprocess.run(["ip", "netns", "delete", f"bsx-{d.name}"], check=False)
+
+
 @dataclass
 class Server:
     url: str
@@ -153,6 +161,7 @@ def _start_server(prefix: str, auth: bool) -> Iterator[Server]:
                 proc.kill()
                 proc.wait()
         _kill_naming(str(storage))
+        _remove_vm_namespaces(storage)
         shutil.rmtree(storage, ignore_errors=True)
 
 

@@ -83,10 +83,14 @@ def test_exec_python_without_python_in_the_image(vm: MicroVM):
     assert vm.exec_python("print(1)", on_stdout=seen.append, on_stderr=seen.append) == -1
 
 
-def test_send_http_request_is_unsupported_without_networking(vm: MicroVM):
-    with pytest.raises(errors.UnsupportedError) as ei:
-        vm.send_http_request(8080, "/health")
-    assert ei.value.code == "unsupported"
+def test_send_http_request_reaches_a_server_in_the_guest(vm: MicroVM):
+    # The VM has networking (the default): busybox httpd answers through POST /http.
+    assert vm.exec_command("mkdir -p /www && echo ok > /www/health && httpd -p 8080 -h /www") == 0
+    r = vm.send_http_request(8080, "/health")
+    assert r["status_code"] == 200 and r["body"] == "ok\n"
+    with pytest.raises(errors.BandSoxError) as ei:
+        vm.send_http_request(9, "/", timeout=2)
+    assert ei.value.status_code == 502 and ei.value.code == "guest_unreachable"
 
 
 def test_list_vms_filters_and_total(bs: BandSox, vm: MicroVM):

@@ -71,6 +71,19 @@ export function killNaming(needle: string): void {
   }
 }
 
+/** Deletes the network namespaces (`bsx-<id>`) of the VMs of `storage` (killed above). */
+export function removeVmNamespaces(storage: string): void {
+  let ids: string[] = [];
+  try {
+    ids = readdirSync(join(storage, "vms"));
+  } catch {
+    return;
+  }
+  for (const id of ids) {
+    if (existsSync(`/run/netns/bsx-${id}`)) spawnSync("ip", ["netns", "delete", `bsx-${id}`]);
+  }
+}
+
 export interface LiveServer {
   url: string;
   storage: string;
@@ -94,6 +107,7 @@ export async function startServer(opts: { auth?: boolean; prefix?: string } = {}
       clearTimeout(t);
     }
     killNaming(storage);
+    removeVmNamespaces(storage);
     rmSync(storage, { recursive: true, force: true });
   };
   try {

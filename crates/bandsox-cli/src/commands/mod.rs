@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod auth;
+pub mod cleanup;
 pub mod cp;
 pub mod durable;
 pub mod image;

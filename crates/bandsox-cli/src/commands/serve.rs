@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// guests, else QEMU), `firecracker` or `qemu` [env: BANDSOX_VMM] [default: auto].
     #[arg(long, value_parser = ["auto", "firecracker", "qemu"])]
     vmm: Option<String>,
+    /// Nameservers for guests, comma-separated IPv4 addresses [default: the host's
+    /// non-loopback resolvers, else 1.1.1.1,8.8.8.8].
+    #[arg(long, value_delimiter = ',')]
+    dns: Vec<std::net::Ipv4Addr>,
 }
 
 /// Serves on `host` (default 127.0.0.1; without authentication only loopback addresses are
@@ -73,6 +77,9 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
             max_disk_mib: a.max_disk_mib,
             max_vms: a.max_vms,
         };
+        if !a.dns.is_empty() {
+            config.dns = a.dns;
+        }
         let choice = match a.vmm.as_deref() {
             Some(v) => VmmChoice::parse(v).unwrap_or_default(),
             None => VmmChoice::from_env().map_err(core_error)?,

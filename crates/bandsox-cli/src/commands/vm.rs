@@ -37,6 +37,9 @@ pub struct CreateArgs {
     /// What happens at the timeout: stop, pause or delete.
     #[arg(long, default_value = "stop", value_parser = ["stop", "pause", "delete"])]
     timeout_action: String,
+    /// Give the VM no network interface at all.
+    #[arg(long)]
+    no_network: bool,
     /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
@@ -116,7 +119,7 @@ pub fn create(url: &str, a: CreateArgs) -> CliResult {
         name: a.name,
         vcpu: a.vcpu,
         mem_mib: a.mem_mib,
-        enable_networking: true,
+        enable_networking: !a.no_network,
         force_rebuild: false,
         disk_size_mib: a.disk_size_mib,
         env_vars: (!a.env.is_empty()).then(|| a.env.into_iter().collect::<BTreeMap<_, _>>()),

@@ -132,5 +132,22 @@ impl Drop for TestRoot {
                 }
             }
         }
+        remove_vm_namespaces(self.dir.path());
+    }
+}
+
+/// Deletes the network namespaces (`bsx-<id>`) of this root's VMs that a failed test left.
+pub fn remove_vm_namespaces(root: &Path) {
+    for e in std::fs::read_dir(root.join("vms"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let ns = format!("bsx-{}", e.file_name().to_string_lossy());
+        if Path::new("/run/netns").join(&ns).exists() {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", &ns])
+                .status();
+        }
     }
 }

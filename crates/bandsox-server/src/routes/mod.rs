@@ -4,6 +4,7 @@ pub mod build;
 pub mod commands;
 pub mod files;
 pub mod images;
+pub mod net;
 pub mod snapshots;
 pub mod socket;
 pub mod vms;
@@ -88,6 +89,19 @@ fn routes() -> Router<AppState> {
         .route("/api/projects", get(vms::list))
         .route("/api/vms/{id}", get(vms::get).delete(vms::delete))
         .route("/api/vms/{id}/exec", post(vms::exec))
+        .route("/api/vms/{id}/http", post(net::http))
+        .route(
+            "/api/vms/{id}/ports/{port}",
+            axum::routing::any(net::proxy_root),
+        )
+        .route(
+            "/api/vms/{id}/ports/{port}/",
+            axum::routing::any(net::proxy_root_slash),
+        )
+        .route(
+            "/api/vms/{id}/ports/{port}/{*path}",
+            axum::routing::any(net::proxy),
+        )
         .route("/api/vms/{id}/stop", post(vms::stop))
         .route("/api/vms/{id}/pause", post(vms::pause))
         .route("/api/vms/{id}/resume", post(vms::resume))

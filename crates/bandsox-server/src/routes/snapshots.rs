@@ -81,7 +81,10 @@ pub async fn restore(
     Path(id): Path<String>,
     body: Option<Json<RestoreRequest>>,
 ) -> ApiResult<Json<CreateVmResponse>> {
-    let req = body.map(|Json(r)| r).unwrap_or_default();
+    let req = body.map(|Json(r)| r).unwrap_or_else(|| RestoreRequest {
+        enable_networking: true,
+        ..Default::default()
+    });
     let vm = s
         .manager
         .restore_snapshot(
@@ -90,6 +93,7 @@ pub async fn restore(
                 name: req.name,
                 metadata: req.metadata,
                 env_vars: req.env_vars,
+                enable_networking: Some(req.enable_networking),
             },
         )
         .await?;

@@ -107,7 +107,7 @@ pub async fn list(
         .into_iter()
         .skip(q.offset.unwrap_or(0))
         .take(q.limit.unwrap_or(usize::MAX))
-        .map(vm_info)
+        .map(|v| vm_info(&s.manager, v))
         .collect();
     Ok(([("x-total-count", total.to_string())], Json(out)))
 }
@@ -132,6 +132,7 @@ pub async fn create(
     create.mem_mib = req.mem_mib;
     create.disk_size_mib = req.disk_size_mib;
     create.force_rebuild = req.force_rebuild;
+    create.enable_networking = req.enable_networking;
     create.env_vars = req.env_vars.unwrap_or_default();
     create.metadata = req.metadata.unwrap_or_else(|| serde_json::json!({}));
     create.timeout_s = req.timeout_s;
@@ -157,7 +158,7 @@ pub async fn create(
     responses((status = 200, description = "success", body = VmInfo))
 )]
 pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<VmInfo>> {
-    Ok(Json(vm_info(s.manager.get_vm(&id)?)))
+    Ok(Json(vm_info(&s.manager, s.manager.get_vm(&id)?)))
 }
 
 #[utoipa::path(
@@ -347,11 +348,10 @@ pub async fn set_metadata(
     body: Result<Json<MetadataRequest>, JsonRejection>,
 ) -> ApiResult<Json<VmInfo>> {
     let Json(req) = body?;
-    Ok(Json(vm_info(s.manager.update_vm(
-        &id,
-        None,
-        Some(&req.metadata),
-    )?)))
+    Ok(Json(vm_info(
+        &s.manager,
+        s.manager.update_vm(&id, None, Some(&req.metadata))?,
+    )))
 }
 
 #[utoipa::path(
@@ -371,11 +371,10 @@ pub async fn set_timeout(
 ) -> ApiResult<Json<VmInfo>> {
     let Json(req) = body?;
     let action = parse_action(req.action.as_deref())?;
-    Ok(Json(vm_info(s.manager.set_timeout(
-        &id,
-        req.timeout_s,
-        action,
-    )?)))
+    Ok(Json(vm_info(
+        &s.manager,
+        s.manager.set_timeout(&id, req.timeout_s, action)?,
+    )))
 }
 
 #[utoipa::path(
@@ -394,7 +393,10 @@ pub async fn extend(
     body: Result<Json<ExtendRequest>, JsonRejection>,
 ) -> ApiResult<Json<VmInfo>> {
     let Json(req) = body?;
-    Ok(Json(vm_info(s.manager.extend_timeout(&id, req.seconds)?)))
+    Ok(Json(vm_info(
+        &s.manager,
+        s.manager.extend_timeout(&id, req.seconds)?,
+    )))
 }
 
 fn parse_action(a: Option<&str>) -> ApiResult<Option<TimeoutAction>> {
@@ -445,7 +447,12 @@ fn looks_secret(name: &str) -> bool {
     .any(|s| n.contains(s))
 }
 
-fn vm_info(vm: VmRecord) -> VmInfo {
+fn vm_info(m: &bandsox_core::Manager, vm: VmRecord) -> VmInfo {
+    let network_config = m
+        .vm_network(&vm.id)
+        .ok()
+        .flatten()
+        .map(|n| n.config_json(&vm.id));
     let env_vars: BTreeMap<String, String> = vm
         .env_vars
         .into_iter()
@@ -474,7 +481,7 @@ fn vm_info(vm: VmRecord) -> VmInfo {
         error: vm.error,
         metadata: vm.metadata,
         env_vars,
-        network_config: None,
+        network_config,
         vsock_config: None,
         restored_from: vm.restored_from,
         expires_at: vm.expires_at,

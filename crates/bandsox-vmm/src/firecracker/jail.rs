@@ -199,6 +199,11 @@ pub struct JailerOptions {
     pub netns: Option<PathBuf>,
 }
 
+/// Where `ip netns` keeps the named network namespace `name`.
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new("/run/netns").join(name)
+}
+
 /// The jailer command line for `spec`: cgroup v2 limits from its vCPU count and memory size,
 /// a new PID namespace, and Firecracker's own arguments after `--`.
 pub fn jailer_args(
@@ -229,7 +234,12 @@ pub fn jailer_args(
         format!("memory.max={mem_bytes}"),
         "--new-pid-ns".into(),
     ];
-    if let Some(ns) = &opts.netns {
+    // The VM's own namespace (its TAP lives there), else the configured default.
+    let netns = match &spec.network {
+        Some(n) => Some(netns_path(&n.netns)),
+        None => opts.netns.clone(),
+    };
+    if let Some(ns) = netns {
         args.push("--netns".into());
         args.push(ns.display().to_string());
     }

@@ -47,6 +47,8 @@ pub const JAILER_BINARY: &str = "jailer";
 pub const AGENT_VSOCK_PORT: u32 = 52;
 /// Guest CID of every VM (each VM has its own vsock device and host socket).
 pub const GUEST_CID: u32 = 3;
+/// The guest network interface (the guest sees it as `eth0`).
+const NET_IFACE: &str = "eth0";
 
 /// Where Firecracker is looked for: `BANDSOX_FIRECRACKER_BIN`, then `PATH`, then
 /// `/usr/bin/firecracker`.
@@ -258,6 +260,12 @@ impl FirecrackerDriver {
         if let Some(cwd) = cwd {
             cmd.current_dir(cwd);
         }
+        if let (Some(n), None) = (&spec.network, &c.jailer) {
+            // Without the jailer the VMM joins the VM's namespace itself (the jailer does it
+            // with --netns).
+            let ns = std::fs::File::open(jail::netns_path(&n.netns))?;
+            crate::sys::join_netns_before_exec(&mut cmd, ns);
+        }
         let started = tokio::time::Instant::now();
         let mut child = cmd.spawn().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => VmmError::BinaryMissing {
@@ -434,6 +442,18 @@ impl FirecrackerDriver {
         )
         .await?;
         api.put("/entropy", &json!({}), "configure entropy").await?;
+        if let Some(n) = &spec.network {
+            api.put(
+                &format!("/network-interfaces/{NET_IFACE}"),
+                &json!({
+                    "iface_id": NET_IFACE,
+                    "host_dev_name": n.tap,
+                    "guest_mac": n.guest_mac,
+                }),
+                "configure network interface",
+            )
+            .await?;
+        }
         api.put(
             "/actions",
             &json!({ "action_type": "InstanceStart" }),
@@ -443,7 +463,7 @@ impl FirecrackerDriver {
     }
 
     /// Loads a snapshot into a fresh VMM and resumes it.
-    async fn load(&self, handle: &FirecrackerHandle) -> Result<(), VmmError> {
+    async fn load(&self, handle: &FirecrackerHandle, spec: &VmSpec) -> Result<(), VmmError> {
         let api = &handle.api;
         api.put(
             "/logger",
@@ -466,6 +486,11 @@ impl FirecrackerDriver {
             "track_dirty_pages": true,
             "resume_vm": true,
         });
+        if let Some(n) = &spec.network {
+            // The clone's TAP has the same name in its own namespace; naming it anyway keeps
+            // the load correct if the snapshot came from a VM whose TAP was named otherwise.
+            body["network_overrides"] = json!([{ "iface_id": NET_IFACE, "host_dev_name": n.tap }]);
+        }
         if crate::sys::kernel_at_least(5, 16) {
             // KVM_CLOCK_REALTIME: the guest clock jumps to now instead of snapshot time.
             body["clock_realtime"] = json!(true);
@@ -580,7 +605,7 @@ impl FirecrackerDriver {
             }
         };
         let t = std::time::Instant::now();
-        if let Err(e) = self.load(&handle).await {
+        if let Err(e) = self.load(&handle, spec).await {
             let _ = handle.kill().await;
             return Err(VmmError::Migration(format!("restore: {e}")));
         }
@@ -878,6 +903,7 @@ mod tests {
                 path: "/img/a.ext4".into(),
                 read_only: true,
             }],
+            network: None,
         }
     }
 

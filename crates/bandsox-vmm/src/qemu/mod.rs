@@ -147,6 +147,20 @@ impl QemuDriver {
                 bandsox_protocol::SERIAL_PORT_NAME
             ),
         ]);
+        if let Some(net) = &spec.network {
+            args.extend([
+                "-netdev".into(),
+                format!(
+                    "tap,id=net0,ifname={},script=no,downscript=no,vhost=off",
+                    escape_opt(&net.tap)
+                ),
+                "-device".into(),
+                format!(
+                    "virtio-net-device,netdev=net0,mac={}",
+                    escape_opt(&net.guest_mac)
+                ),
+            ]);
+        }
         Ok(args)
     }
 
@@ -280,6 +294,10 @@ impl QemuDriver {
             // Own process group: a Ctrl-C on the server's terminal must not kill the VMs.
             .process_group(0)
             .kill_on_drop(false);
+        if let Some(net) = &spec.network {
+            let ns = std::fs::File::open(Path::new("/run/netns").join(&net.netns))?;
+            crate::sys::join_netns_before_exec(&mut cmd, ns);
+        }
         let mut child = cmd.spawn().map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => VmmError::BinaryMissing {
                 binary: self.binary.display().to_string(),
@@ -512,6 +530,7 @@ mod tests {
                 path: "/img/a,b.ext4".into(),
                 read_only: true,
             }],
+            network: None,
         }
     }
 

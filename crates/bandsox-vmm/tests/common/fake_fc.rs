@@ -276,6 +276,11 @@ impl Fake {
                 pre_boot(&mut s)?;
                 Ok(None)
             }
+            // The real one opens the TAP here (in its namespace); the fake only checks order.
+            ("PUT", p) if p.starts_with("/network-interfaces/") => {
+                pre_boot(&mut s)?;
+                Ok(None)
+            }
             ("PUT", "/actions") => match b["action_type"].as_str() {
                 Some("InstanceStart") => {
                     if s.started || s.loaded {
