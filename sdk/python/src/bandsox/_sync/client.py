@@ -646,7 +646,8 @@ class MicroVM:
             sync_sleep(0.2)
 
     def get_guest_ip(self) -> Optional[str]:
-        """The guest's IP address; ``None`` while the server gives VMs no network."""
+        """The address the host reaches the guest at (``network_config.guest_ip``); ``None``
+        for a VM without networking."""
         net = self._info.get("network_config")
         if isinstance(net, dict):
             ip = net.get("guest_ip")
