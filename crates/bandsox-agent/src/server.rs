@@ -14,6 +14,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
@@ -27,7 +28,7 @@ use bandsox_protocol::{
 use crate::log::log;
 use crate::transport::Connector;
 use crate::util::{lock, panic_message};
-use crate::{cmds, exec, files, sys};
+use crate::{cmds, exec, files, sys, transport};
 
 /// Operations this agent knows; any other `op` is answered with `Unsupported`.
 const KNOWN_OPS: &[&str] = &[
@@ -109,7 +110,7 @@ impl Agent {
     /// Serves connections from `connector` until it reports no more.
     pub fn serve(self: &Arc<Self>, connector: &mut dyn Connector) -> io::Result<()> {
         while let Some(conn) = connector.connect()? {
-            let gen = self.outbox.attach(conn.writer);
+            let gen = self.outbox.attach(conn.writer, conn.splice_fd);
             self.session(conn.reader, gen);
             self.outbox.detach(gen);
             self.cancel_all();
@@ -367,6 +368,8 @@ struct Outbox {
 #[derive(Default)]
 struct OutboxInner {
     writer: Option<Box<dyn Write + Send>>,
+    /// The descriptor `writer` writes to, when data may be spliced into it.
+    splice_fd: Option<Arc<OwnedFd>>,
     gen: u64,
     /// Generation whose writes failed: its frames are dropped, a newer one tries again (the
     /// same virtio-serial fd works again once a host reconnects).
@@ -374,11 +377,18 @@ struct OutboxInner {
 }
 
 impl Outbox {
-    fn attach(&self, writer: Box<dyn Write + Send>) -> u64 {
+    fn attach(&self, writer: Box<dyn Write + Send>, splice_fd: Option<Arc<OwnedFd>>) -> u64 {
         let mut inner = lock(&self.inner);
         inner.gen += 1;
         inner.writer = Some(writer);
+        inner.splice_fd = splice_fd;
         inner.gen
+    }
+
+    /// True when generation `gen` is live and data can be spliced into its channel.
+    fn can_splice(&self, gen: u64) -> bool {
+        let inner = lock(&self.inner);
+        inner.gen == gen && inner.splice_fd.is_some()
     }
 
     /// Starts a new generation on the same writer; frames of older ones are dropped.
@@ -394,6 +404,7 @@ impl Outbox {
         let mut inner = lock(&self.inner);
         if inner.gen == gen {
             inner.writer = None;
+            inner.splice_fd = None;
         }
     }
 
@@ -411,6 +422,107 @@ impl Outbox {
             inner.failed_gen = Some(gen);
         }
     }
+
+    /// Writes `header` and then the `n` bytes waiting in the pipe `pipe` as one frame for
+    /// generation `gen`. With a splice descriptor the bytes go from the pipe to the channel
+    /// without passing through user memory (virtio-serial hands the pipe's pages to the
+    /// virtqueue); otherwise, or where splicing is unsupported, they are read into `scratch` and
+    /// written. The `n` bytes always leave the pipe, also when the frame is dropped.
+    fn send_from_pipe(
+        &self,
+        gen: u64,
+        header: &[u8],
+        pipe: BorrowedFd<'_>,
+        n: usize,
+        scratch: &mut Vec<u8>,
+    ) {
+        let mut guard = lock(&self.inner);
+        let inner = &mut *guard;
+        let mut left = n;
+        if inner.gen == gen && inner.failed_gen != Some(gen) {
+            if let Some(w) = inner.writer.as_mut() {
+                let r = write_from_pipe(w, &mut inner.splice_fd, header, pipe, &mut left, scratch);
+                if let Err(e) = r {
+                    log!("channel write failed ({e}); dropping output until the host reconnects");
+                    inner.failed_gen = Some(gen);
+                }
+            }
+        }
+        drop(guard);
+        if left > 0 {
+            if let Err(e) = read_pipe(pipe, left, scratch) {
+                log!("cannot drain the download pipe: {e}");
+            }
+        }
+    }
+}
+
+/// Writes `header`, then `*left` bytes from `pipe` (spliced into `splice_fd` when possible),
+/// counting `*left` down as bytes leave the pipe.
+fn write_from_pipe(
+    w: &mut Box<dyn Write + Send>,
+    splice_fd: &mut Option<Arc<OwnedFd>>,
+    header: &[u8],
+    pipe: BorrowedFd<'_>,
+    left: &mut usize,
+    scratch: &mut Vec<u8>,
+) -> io::Result<()> {
+    w.write_all(header)?;
+    if let Some(fd) = splice_fd.as_ref() {
+        while *left > 0 {
+            match sys::splice(pipe, fd.as_fd(), *left, libc::SPLICE_F_MOVE) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "download pipe ran dry",
+                    ))
+                }
+                Ok(k) => *left -= k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    transport::wait_writable(fd.as_fd())?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                    ) =>
+                {
+                    log!("channel does not take splice ({e}); copying instead");
+                    *splice_fd = None;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if *left > 0 {
+        read_pipe(pipe, *left, scratch)?;
+        *left = 0;
+        w.write_all(scratch)?;
+    }
+    w.flush()
+}
+
+/// Reads exactly `n` bytes from `pipe` into `buf` (replacing its contents).
+fn read_pipe(pipe: BorrowedFd<'_>, n: usize, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    buf.resize(n, 0);
+    let mut got = 0;
+    while got < n {
+        match sys::read(pipe, &mut buf[got..]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "download pipe ran dry",
+                ))
+            }
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Sends frames on one stream.
@@ -478,6 +590,28 @@ impl StreamTx {
                 .send(self.gen, &scratch[..frame::DATA_HEADER_LEN + n]);
         }
         Ok(n)
+    }
+
+    /// True when [`Self::data_from_pipe`] moves bytes without copying them through user memory.
+    pub fn can_splice(&self) -> bool {
+        self.agent.outbox.can_splice(self.gen)
+    }
+
+    /// Sends the `n` bytes (at most [`DATA_CHUNK_LEN`]) waiting in the pipe `pipe` on
+    /// `channel`; they leave the pipe whether or not the frame is delivered.
+    pub fn data_from_pipe(
+        &self,
+        channel: Channel,
+        pipe: BorrowedFd<'_>,
+        n: usize,
+        scratch: &mut Vec<u8>,
+    ) {
+        debug_assert!(n <= DATA_CHUNK_LEN);
+        let mut header = [0u8; frame::DATA_HEADER_LEN];
+        frame::write_data_header(&mut header, self.id, channel, n);
+        self.agent
+            .outbox
+            .send_from_pipe(self.gen, &header, pipe, n, scratch);
     }
 
     pub fn eof(&self, channel: Channel) {

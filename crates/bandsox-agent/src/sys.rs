@@ -438,6 +438,42 @@ pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
 }
 
+/// Sets the capacity of the pipe `fd` (`F_SETPIPE_SZ`); returns the capacity granted.
+pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
+    let size = libc::c_int::try_from(size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pipe size too large"))?;
+    // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory of ours.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size) }).map(|n| n as usize)
+}
+
+/// `splice(2)` of up to `len` bytes from `from` to `to`, both at their current file positions
+/// (one of them must be a pipe), with `SPLICE_F_*` `flags`. Returns the bytes moved (0 at end
+/// of input).
+pub fn splice(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    len: usize,
+    flags: libc::c_uint,
+) -> io::Result<usize> {
+    // SAFETY: null offsets make splice use (and advance) the descriptors' own file positions;
+    // no memory of ours is touched.
+    let n = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            flags,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -55,9 +55,12 @@ fn start() -> Client {
         base_env: crate::boot::base_env(),
         shutdown: ShutdownAction::Ignore,
     });
+    // Downloads are spliced into the socket, as they are into the serial port in a VM.
+    let splice_fd: std::os::fd::OwnedFd = theirs.try_clone().unwrap().into();
     let conn = Connection {
         reader: Box::new(theirs.try_clone().unwrap()),
         writer: Box::new(theirs),
+        splice_fd: Some(std::sync::Arc::new(splice_fd)),
     };
     std::thread::spawn(move || agent.serve(&mut OnceConnector(Some(conn))));
     ours.set_read_timeout(Some(Duration::from_secs(20)))
@@ -376,4 +379,29 @@ fn hello_starts_a_new_session() {
     let f = c.next_frame();
     assert_eq!((f.stream, f.kind), (ping, FrameKind::Reply));
     assert!(c.backlog.iter().all(|f| f.stream != id));
+}
+
+#[test]
+fn file_read_splices_whole_frames() {
+    let mut c = start();
+    let path = std::env::temp_dir().join(format!("bandsox-agent-read-{}", std::process::id()));
+    let data: Vec<u8> = (0..(3 << 20) + 12_345u32)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    // An unaligned start: frames span page boundaries of the pipe.
+    let offset = 1000usize;
+    let id = c.request(&format!(
+        r#"{{"op":"file_read","path":"{}","offset":{offset}}}"#,
+        path.display()
+    ));
+    let o = c.collect(id, true);
+    std::fs::remove_file(&path).unwrap();
+    assert!(
+        matches!(o.reply, Some(Reply::Ok(ReplyBody::FileRead { sent_bytes, truncated: false, .. })) if sent_bytes == (data.len() - offset) as u64),
+        "{:?}",
+        o.reply
+    );
+    assert_eq!(o.eofs, vec![Channel::Stdout]);
+    assert!(o.stdout == data[offset..], "downloaded bytes differ");
 }

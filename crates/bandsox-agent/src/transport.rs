@@ -15,7 +15,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +27,10 @@ use crate::sys;
 pub struct Connection {
     pub reader: Box<dyn Read + Send>,
     pub writer: Box<dyn Write + Send>,
+    /// The descriptor `writer` writes to, when bulk data may be `splice(2)`d into it directly
+    /// (a pipe's pages go to the device without a copy through user memory). A non-blocking
+    /// descriptor is waited on with `poll`, as [`SerialWriter`] does.
+    pub splice_fd: Option<Arc<OwnedFd>>,
 }
 
 /// Produces host connections, one at a time.
@@ -98,6 +102,7 @@ impl Connector for SerialConnector {
         Ok(Some(Connection {
             reader: Box::new(SerialReader(Arc::clone(&self.fd))),
             writer: Box::new(SerialWriter(Arc::clone(&self.fd))),
+            splice_fd: Some(Arc::clone(&self.fd)),
         }))
     }
 }
@@ -125,24 +130,25 @@ impl Read for SerialReader {
 
 struct SerialWriter(Arc<OwnedFd>);
 
+/// Waits until the non-blocking `fd` takes writes again; fails if the peer hung up.
+pub fn wait_writable(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut fds = [sys::pollfd(fd.as_raw_fd(), libc::POLLOUT)];
+    match sys::poll(&mut fds, -1) {
+        Ok(_) if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 => Err(io::Error::new(
+            io::ErrorKind::NotConnected,
+            "host disconnected from the serial port",
+        )),
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 impl Write for SerialWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         loop {
             match sys::write(self.0.as_fd(), buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let mut fds = [sys::pollfd(self.0.as_raw_fd(), libc::POLLOUT)];
-                    match sys::poll(&mut fds, -1) {
-                        Ok(_) if fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 => {
-                            return Err(io::Error::new(
-                                io::ErrorKind::NotConnected,
-                                "host disconnected from the serial port",
-                            ));
-                        }
-                        Ok(_) => {}
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e),
-                    }
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_writable(self.0.as_fd())?,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 other => return other,
             }
@@ -179,6 +185,7 @@ impl Connector for UnixConnector {
         Ok(Some(Connection {
             reader: Box::new(stream),
             writer: Box::new(writer),
+            splice_fd: None,
         }))
     }
 }
@@ -249,6 +256,7 @@ impl Connector for VsockConnector {
             return Ok(Some(Connection {
                 reader: Box::new(stream),
                 writer: Box::new(writer),
+                splice_fd: None,
             }));
         }
     }
