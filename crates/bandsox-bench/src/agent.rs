@@ -72,6 +72,9 @@ async fn measure(mgr: &Manager, id: &str) -> Result<()> {
         }
     }
     drop(raw);
+    // Echo ends when the guest sees the host hang up; a host that reconnects at once can
+    // be echoed to instead (QEMU's chardev reconnects before the guest polls the hangup).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     resync(mgr, id).await?;
 
     // Protocol ping.
