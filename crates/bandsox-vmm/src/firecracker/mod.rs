@@ -388,18 +388,7 @@ impl FirecrackerDriver {
     /// Configures a fresh VMM for a cold boot and starts the guest.
     async fn configure(&self, handle: &FirecrackerHandle, spec: &VmSpec) -> Result<(), VmmError> {
         let api = &handle.api;
-        api.put(
-            "/logger",
-            &json!({ "log_path": jail::LOG, "level": "Warning", "show_level": true }),
-            "configure logger",
-        )
-        .await?;
-        api.put(
-            "/metrics",
-            &json!({ "metrics_path": jail::METRICS }),
-            "configure metrics",
-        )
-        .await?;
+        logs_and_metrics(api).await?;
         api.put(
             "/machine-config",
             &json!({
@@ -465,18 +454,7 @@ impl FirecrackerDriver {
     /// Loads a snapshot into a fresh VMM and resumes it.
     async fn load(&self, handle: &FirecrackerHandle, spec: &VmSpec) -> Result<(), VmmError> {
         let api = &handle.api;
-        api.put(
-            "/logger",
-            &json!({ "log_path": jail::LOG, "level": "Warning", "show_level": true }),
-            "configure logger",
-        )
-        .await?;
-        api.put(
-            "/metrics",
-            &json!({ "metrics_path": jail::METRICS }),
-            "configure metrics",
-        )
-        .await?;
+        logs_and_metrics(api).await?;
         // Binding fails with EADDRINUSE when the socket file exists.
         let _ = std::fs::remove_file(handle.jail.path(jail::VSOCK));
         let mut body = json!({
@@ -883,6 +861,22 @@ fn tail(p: &Path) -> String {
     let data = std::fs::read(p).unwrap_or_default();
     let start = data.len().saturating_sub(1024);
     String::from_utf8_lossy(&data[start..]).trim().to_string()
+}
+
+/// The per-VM log and metrics files (in the jail), set first on every fresh VMM.
+async fn logs_and_metrics(api: &api::ApiClient) -> Result<(), VmmError> {
+    api.put(
+        "/logger",
+        &json!({ "log_path": jail::LOG, "level": "Warning", "show_level": true }),
+        "configure logger",
+    )
+    .await?;
+    api.put(
+        "/metrics",
+        &json!({ "metrics_path": jail::METRICS }),
+        "configure metrics",
+    )
+    .await
 }
 
 #[cfg(test)]
