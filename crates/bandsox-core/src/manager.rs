@@ -924,6 +924,11 @@ impl Manager {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
+        if let Ok(Some(net)) = self.vm_network(id) {
+            if let Some(lease) = net.lease {
+                bandsox_net::release_lease(lease, &dir);
+            }
+        }
         self.store.delete_vm(id)?;
         self.vms
             .write()

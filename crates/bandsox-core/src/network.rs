@@ -78,23 +78,20 @@ impl Manager {
                     rows.collect::<rusqlite::Result<_>>()?
                 };
                 used.sort_unstable();
-                let mut free = 0u32;
-                for u in used {
-                    if u == free {
-                        free += 1;
-                    } else if u > free {
-                        break;
-                    }
-                }
-                if free >= bandsox_net::POOL_SIZE {
-                    return Err(CoreError::LimitReached(
-                        "the VM address pool (10.231.0.0/16) is exhausted".into(),
-                    ));
-                }
-                tx.execute(
+                // Host-wide: other servers on this host hold leases too.
+                let owner = self.storage().vm_dir(vm_id)?;
+                let lease = bandsox_net::claim_lease(&used, &owner).map_err(|e| match e {
+                    bandsox_net::NetError::PoolExhausted => CoreError::LimitReached(e.to_string()),
+                    e => net_err(e),
+                })?;
+                let inserted = tx.execute(
                     "INSERT INTO vm_networks (vm_id, lease) VALUES (?1, ?2)",
-                    params![vm_id, free],
-                )?;
+                    params![vm_id, lease.index],
+                );
+                if let Err(e) = inserted {
+                    bandsox_net::release_lease(lease, &owner);
+                    return Err(e.into());
+                }
                 tx.commit()?;
                 Ok(())
             }

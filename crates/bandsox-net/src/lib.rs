@@ -22,6 +22,8 @@
 
 use std::io::Write;
 use std::net::Ipv4Addr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 mod sys;
@@ -67,6 +69,8 @@ pub enum NetError {
     InvalidName(String),
     #[error("lease {0} is outside the address pool (0..{POOL_SIZE})")]
     LeaseOutOfRange(u32),
+    #[error("the VM address pool (10.231.0.0/16) is exhausted on this host")]
+    PoolExhausted,
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -172,6 +176,59 @@ fn run(program: &'static str, args: &[&str], stdin: Option<&str>) -> Result<Stri
 
 fn ip(args: &[&str]) -> Result<String> {
     run("ip", args, None)
+}
+
+/// Host-wide lease claims: one file per lease in use by any bandsox server on this host (each
+/// server keeps its own database, so two of them must not hand out the same /30 and `bsxv<n>`).
+pub const CLAIMS_DIR: &str = "/run/bandsox-net/leases";
+/// A claim whose owner directory is gone is stale after this long (its server crashed before
+/// the VM was deleted, or a create failed half-way).
+const STALE_CLAIM: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Claims the lowest lease that is not in `taken` (this server's own records), not claimed by
+/// another server and not an existing host interface. The claim names `owner` (the VM's
+/// directory); [`release_lease`] drops it when the VM is deleted.
+pub fn claim_lease(taken: &[u32], owner: &Path) -> Result<Lease> {
+    let _lock = HostLock::acquire()?;
+    let dir = Path::new(CLAIMS_DIR);
+    std::fs::create_dir_all(dir)?;
+    for index in (0..POOL_SIZE).filter(|i| !taken.contains(i)) {
+        let lease = Lease { index };
+        let claim = dir.join(index.to_string());
+        if claim.exists() && !claim_is_stale(&claim) {
+            continue;
+        }
+        if Path::new("/sys/class/net").join(lease.host_if()).exists() {
+            continue;
+        }
+        std::fs::write(&claim, owner.as_os_str().as_encoded_bytes())?;
+        return Ok(lease);
+    }
+    Err(NetError::PoolExhausted)
+}
+
+/// Drops the claim of `lease` if `owner` holds it.
+pub fn release_lease(lease: Lease, owner: &Path) {
+    let claim = Path::new(CLAIMS_DIR).join(lease.index.to_string());
+    let Ok(_lock) = HostLock::acquire() else {
+        return;
+    };
+    if std::fs::read(&claim).is_ok_and(|c| c == owner.as_os_str().as_encoded_bytes()) {
+        let _ = std::fs::remove_file(&claim);
+    }
+}
+
+fn claim_is_stale(claim: &Path) -> bool {
+    let Ok(owner) = std::fs::read(claim) else {
+        return true;
+    };
+    let owner = Path::new(std::ffi::OsStr::from_bytes(&owner));
+    let old = std::fs::metadata(claim)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_CLAIM);
+    old && !owner.exists()
 }
 
 /// Holds [`LOCK_FILE`] (an exclusive `flock`) while alive.
