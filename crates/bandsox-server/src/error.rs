@@ -16,6 +16,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// 422 `invalid_input`: the request is well-formed but a value is not acceptable.
+    pub fn invalid(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", detail)
+    }
+
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
         Self {
             status,

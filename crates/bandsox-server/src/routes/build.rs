@@ -58,18 +58,18 @@ pub async fn from_dockerfile(
         let bytes = field.bytes().await.map_err(bad)?;
         if name == "dockerfile" {
             if bytes.len() > MAX_DOCKERFILE_BYTES {
-                return Err(invalid(format!(
+                return Err(ApiError::invalid(format!(
                     "the Dockerfile is larger than {MAX_DOCKERFILE_BYTES} bytes"
                 )));
             }
             dockerfile = Some(
                 String::from_utf8(bytes.to_vec())
-                    .map_err(|_| invalid("the Dockerfile is not UTF-8".into()))?,
+                    .map_err(|_| ApiError::invalid("the Dockerfile is not UTF-8"))?,
             );
             continue;
         }
         let text = std::str::from_utf8(&bytes)
-            .map_err(|_| invalid(format!("field `{name}` is not UTF-8")))?
+            .map_err(|_| ApiError::invalid(format!("field `{name}` is not UTF-8")))?
             .trim();
         match name.as_str() {
             "tag" if !text.is_empty() => tag = Some(text.to_owned()),
@@ -80,19 +80,19 @@ pub async fn from_dockerfile(
             "force_rebuild" => create.force_rebuild = boolean(&name, text)?,
             "env_vars" if !text.is_empty() => {
                 create.env_vars = serde_json::from_str(text).map_err(|e| {
-                    invalid(format!("env_vars must be a JSON object of strings: {e}"))
+                    ApiError::invalid(format!("env_vars must be a JSON object of strings: {e}"))
                 })?
             }
             "metadata" if !text.is_empty() => {
                 create.metadata = serde_json::from_str(text)
-                    .map_err(|e| invalid(format!("metadata must be JSON: {e}")))?
+                    .map_err(|e| ApiError::invalid(format!("metadata must be JSON: {e}")))?
             }
             // `mcp` (BandSox 3.5's MCP server settings) and unknown fields are ignored.
             _ => {}
         }
     }
-    let dockerfile =
-        dockerfile.ok_or_else(|| invalid("the multipart field `dockerfile` is required".into()))?;
+    let dockerfile = dockerfile
+        .ok_or_else(|| ApiError::invalid("the multipart field `dockerfile` is required"))?;
     // Everything about the VM is checked before the (long) build starts.
     s.manager.validate_create(&create)?;
     let image = s
@@ -158,20 +158,16 @@ pub async fn build_image(
     Ok((StatusCode::CREATED, Json(image)))
 }
 
-fn invalid(msg: String) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", msg)
-}
-
 fn number<T: std::str::FromStr>(name: &str, text: &str) -> ApiResult<T> {
     text.parse()
-        .map_err(|_| invalid(format!("field `{name}` must be a number, got `{text}`")))
+        .map_err(|_| ApiError::invalid(format!("field `{name}` must be a number, got `{text}`")))
 }
 
 fn boolean(name: &str, text: &str) -> ApiResult<bool> {
     match text.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Ok(true),
         "false" | "0" | "no" | "" => Ok(false),
-        _ => Err(invalid(format!(
+        _ => Err(ApiError::invalid(format!(
             "field `{name}` must be true or false, got `{text}`"
         ))),
     }

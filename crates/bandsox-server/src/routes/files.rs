@@ -52,10 +52,6 @@ fn root() -> String {
     "/".into()
 }
 
-fn invalid(detail: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", detail)
-}
-
 /// `GET /api/vms/{id}/read-file?path=` -> `{"path", "content"}` (UTF-8, invalid bytes
 /// replaced), plus `size`, `truncated` and `mime` (images and PDFs by content).
 #[utoipa::path(
@@ -142,7 +138,7 @@ fn decode_content(content: String, encoding: &str) -> ApiResult<Vec<u8>> {
                     )
                 })
         }
-        other => Err(invalid(format!(
+        other => Err(ApiError::invalid(format!(
             "encoding must be utf-8 or base64, got `{other}`"
         ))),
     }
@@ -337,7 +333,10 @@ pub async fn download(
     }
     let e = stat_or_404(&s, &id, &q.path).await?;
     if !e.is_file {
-        return Err(invalid(format!("{} is not a regular file", q.path)));
+        return Err(ApiError::invalid(format!(
+            "{} is not a regular file",
+            q.path
+        )));
     }
     let (mut writer, reader) = tokio::io::duplex(256 << 10);
     let mgr = s.manager.clone();
@@ -414,9 +413,9 @@ pub async fn upload(
         match field.name() {
             Some("remote_path") => remote_path = Some(field.text().await.map_err(bad)?),
             Some("file") => {
-                let path = remote_path
-                    .clone()
-                    .ok_or_else(|| invalid("send the `remote_path` field before `file`"))?;
+                let path = remote_path.clone().ok_or_else(|| {
+                    ApiError::invalid("send the `remote_path` field before `file`")
+                })?;
                 let stream = field.map_err(std::io::Error::other);
                 let mut reader = tokio_util::io::StreamReader::new(stream);
                 let opts = WriteOptions {
@@ -431,7 +430,7 @@ pub async fn upload(
             _ => {}
         }
     }
-    Err(invalid(
+    Err(ApiError::invalid(
         "multipart fields `remote_path` and `file` are required",
     ))
 }
@@ -648,7 +647,7 @@ pub async fn exec_python(
 ) -> ApiResult<Json<bandsox_core::guest::python::PythonResult>> {
     let Json(req) = body?;
     if req.timeout == 0 || req.timeout > 24 * 3600 {
-        return Err(invalid("timeout must be 1 to 86400 seconds"));
+        return Err(ApiError::invalid("timeout must be 1 to 86400 seconds"));
     }
     let r = s
         .manager

@@ -90,9 +90,7 @@ pub async fn pull(
         (Some(u), Some(p)) => opts.credentials = Some((u, p)),
         (None, None) => {}
         _ => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_input",
+            return Err(ApiError::invalid(
                 "give both `username` and `password`, or neither",
             ))
         }

@@ -54,11 +54,9 @@ fn unreachable(addr: SocketAddrV4, e: impl std::fmt::Display) -> ApiError {
 fn parse_port(raw: &str) -> ApiResult<u16> {
     match raw.parse::<u32>() {
         Ok(p) if (1..=65535).contains(&p) => Ok(p as u16),
-        _ => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_input",
-            format!("port must be 1 to 65535, got `{raw}`"),
-        )),
+        _ => Err(ApiError::invalid(format!(
+            "port must be 1 to 65535, got `{raw}`"
+        ))),
     }
 }
 
@@ -247,12 +245,11 @@ pub async fn http(
     let Json(req) = body?;
     let port = parse_port(&req.port.to_string())?;
     check_guest_path(&req.path)?;
-    let invalid = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_input", m);
     let method = Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| invalid(format!("invalid method `{}`", req.method)))?;
+        .map_err(|_| ApiError::invalid(format!("invalid method `{}`", req.method)))?;
     if !(req.timeout.is_finite() && req.timeout > 0.0) {
-        return Err(invalid(
-            "timeout must be a positive number of seconds".into(),
+        return Err(ApiError::invalid(
+            "timeout must be a positive number of seconds",
         ));
     }
     let wait = Duration::from_secs_f64(req.timeout.min(MAX_TIMEOUT.as_secs_f64()));
@@ -262,8 +259,8 @@ pub async fn http(
         req.json_body.is_some(),
     ];
     if given.iter().filter(|g| **g).count() > 1 {
-        return Err(invalid(
-            "give at most one of body, body_base64 and json_body".into(),
+        return Err(ApiError::invalid(
+            "give at most one of body, body_base64 and json_body",
         ));
     }
     let mut content_type = None;
@@ -272,10 +269,10 @@ pub async fn http(
     } else if let Some(b) = req.body_base64 {
         base64::engine::general_purpose::STANDARD
             .decode(b.as_bytes())
-            .map_err(|e| invalid(format!("body_base64 is not base64: {e}")))?
+            .map_err(|e| ApiError::invalid(format!("body_base64 is not base64: {e}")))?
     } else if let Some(j) = req.json_body {
         content_type = Some("application/json");
-        serde_json::to_vec(&j).map_err(|e| invalid(e.to_string()))?
+        serde_json::to_vec(&j).map_err(|e| ApiError::invalid(e.to_string()))?
     } else {
         Vec::new()
     };
@@ -283,14 +280,14 @@ pub async fn http(
     let uri: Uri = req
         .path
         .parse()
-        .map_err(|e| invalid(format!("invalid path: {e}")))?;
+        .map_err(|e| ApiError::invalid(format!("invalid path: {e}")))?;
     let mut builder = axum::http::Request::builder().method(method).uri(uri);
     let mut has_ct = false;
     for (k, v) in req.headers.unwrap_or_default() {
         let name = HeaderName::from_bytes(k.as_bytes())
-            .map_err(|_| invalid(format!("invalid header name `{k}`")))?;
-        let value =
-            HeaderValue::from_str(&v).map_err(|_| invalid(format!("invalid value of `{k}`")))?;
+            .map_err(|_| ApiError::invalid(format!("invalid header name `{k}`")))?;
+        let value = HeaderValue::from_str(&v)
+            .map_err(|_| ApiError::invalid(format!("invalid value of `{k}`")))?;
         if HOP_BY_HOP.contains(&name.as_str()) || name == header::HOST {
             continue;
         }
@@ -303,7 +300,7 @@ pub async fn http(
     builder = builder.header(header::HOST, addr.to_string());
     let request = builder
         .body(Body::from(bytes))
-        .map_err(|e| invalid(e.to_string()))?;
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     let deadline = tokio::time::Instant::now() + wait;
     let resp = send(addr, request, wait).await?;
     let status_code = resp.status().as_u16();
@@ -465,11 +462,7 @@ async fn proxy_inner(
                 .ok()
                 .and_then(|t| t.parse().ok())
                 .ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
-                        "invalid_input",
-                        "X-Bandsox-Timeout-Ms must be a number of milliseconds",
-                    )
+                    ApiError::invalid("X-Bandsox-Timeout-Ms must be a number of milliseconds")
                 })?;
             Duration::from_millis(ms.max(1)).min(MAX_TIMEOUT)
         }
@@ -502,13 +495,7 @@ async fn proxy_inner(
         .method(method)
         .uri(uri)
         .body(body)
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_input",
-                e.to_string(),
-            )
-        })?;
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
     *out.headers_mut() = headers;
     let mut resp = send(addr, out, wait).await?;
 

@@ -84,11 +84,7 @@ pub async fn list(
         match q.metadata_equals.as_deref() {
             None => None,
             Some(raw) => Some(serde_json::from_str(raw).map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_input",
-                    format!("metadata_equals must be a JSON object: {e}"),
-                )
+                ApiError::invalid(format!("metadata_equals must be a JSON object: {e}"))
             })?),
         };
     let vms = s.manager.list_vms()?;
@@ -178,11 +174,9 @@ pub async fn exec(
 ) -> ApiResult<Json<ExecResponse>> {
     let Json(req) = body?;
     if req.timeout == 0 || req.timeout > MAX_EXEC_TIMEOUT_S {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_input",
-            format!("timeout must be 1 to {MAX_EXEC_TIMEOUT_S} seconds"),
-        ));
+        return Err(ApiError::invalid(format!(
+            "timeout must be 1 to {MAX_EXEC_TIMEOUT_S} seconds"
+        )));
     }
     let exec = bandsox_protocol::ExecRequest {
         command: Some(req.command),
@@ -403,11 +397,9 @@ fn parse_action(a: Option<&str>) -> ApiResult<Option<TimeoutAction>> {
     match a {
         None => Ok(None),
         Some(a) => TimeoutAction::parse(a).map(Some).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_input",
-                format!("timeout action must be stop, pause or delete, got `{a}`"),
-            )
+            ApiError::invalid(format!(
+                "timeout action must be stop, pause or delete, got `{a}`"
+            ))
         }),
     }
 }
