@@ -538,18 +538,7 @@ pub struct StartTimings {
 impl FirecrackerDriver {
     /// [`VmmDriver::spawn`] returning the concrete handle.
     pub async fn spawn_handle(&self, spec: &VmSpec) -> Result<FirecrackerHandle, VmmError> {
-        let jail = self.jail(&spec.id)?;
-        if let Err(e) = self.prepare(spec, &jail) {
-            jail.remove();
-            return Err(e);
-        }
-        let handle = match self.start_process(spec, &jail).await {
-            Ok(h) => h,
-            Err(e) => {
-                jail.remove();
-                return Err(e);
-            }
-        };
+        let handle = self.start_jailed(spec, |_| Ok(())).await?;
         let t = std::time::Instant::now();
         if let Err(e) = self.configure(&handle, spec).await {
             let _ = handle.kill().await;
@@ -560,28 +549,39 @@ impl FirecrackerDriver {
         Ok(handle)
     }
 
+    /// A fresh jail with the VM's files (and whatever `extra` links in), and the VMM process
+    /// in it; the jail is removed again if any of that fails.
+    async fn start_jailed(
+        &self,
+        spec: &VmSpec,
+        extra: impl FnOnce(&Jail) -> Result<(), VmmError>,
+    ) -> Result<FirecrackerHandle, VmmError> {
+        let jail = self.jail(&spec.id)?;
+        if let Err(e) = self.prepare(spec, &jail).and_then(|()| extra(&jail)) {
+            jail.remove();
+            return Err(e);
+        }
+        match self.start_process(spec, &jail).await {
+            Ok(h) => Ok(h),
+            Err(e) => {
+                jail.remove();
+                Err(e)
+            }
+        }
+    }
+
     /// [`VmmDriver::restore`] returning the concrete handle.
     pub async fn restore_handle(
         &self,
         spec: &VmSpec,
         state: &Path,
     ) -> Result<FirecrackerHandle, VmmError> {
-        let jail = self.jail(&spec.id)?;
-        let prepared = self.prepare(spec, &jail).and_then(|()| {
-            jail.link_read_only(state, jail::LOAD_STATE)?;
-            jail.link_read_only(&mem_path(state), jail::LOAD_MEM)
-        });
-        if let Err(e) = prepared {
-            jail.remove();
-            return Err(e);
-        }
-        let handle = match self.start_process(spec, &jail).await {
-            Ok(h) => h,
-            Err(e) => {
-                jail.remove();
-                return Err(e);
-            }
-        };
+        let handle = self
+            .start_jailed(spec, |jail| {
+                jail.link_read_only(state, jail::LOAD_STATE)?;
+                jail.link_read_only(&mem_path(state), jail::LOAD_MEM)
+            })
+            .await?;
         let t = std::time::Instant::now();
         if let Err(e) = self.load(&handle, spec).await {
             let _ = handle.kill().await;
