@@ -97,10 +97,7 @@ impl Dockerfile {
                     }
                 }
                 "RUN" => {
-                    let argv = match json_array(rest) {
-                        Some(a) => a,
-                        None => shell.iter().cloned().chain([rest.to_owned()]).collect(),
-                    };
+                    let argv = exec_form(rest, &shell);
                     if rest.is_empty() || argv.is_empty() {
                         return Err(at("RUN needs a command".into()));
                     }
@@ -133,9 +130,7 @@ impl Dockerfile {
                     steps.push(Step::User(user));
                 }
                 "CMD" | "ENTRYPOINT" => {
-                    let argv = json_array(rest).unwrap_or_else(|| {
-                        shell.iter().cloned().chain([rest.to_owned()]).collect()
-                    });
+                    let argv = exec_form(rest, &shell);
                     steps.push(if instr == "CMD" {
                         Step::Cmd(argv)
                     } else {
@@ -194,7 +189,9 @@ impl Dockerfile {
                 Step::Env(k, v) => {
                     env.insert(k.clone(), v.clone());
                 }
-                Step::Workdir(d) => c["WorkingDir"] = json!(resolve_dir(&c, d)),
+                Step::Workdir(d) => {
+                    c["WorkingDir"] = json!(resolve_dir(c["WorkingDir"].as_str(), d));
+                }
                 Step::User(u) => c["User"] = json!(u),
                 Step::Cmd(a) => c["Cmd"] = json!(a),
                 Step::Entrypoint(a) => {
@@ -293,7 +290,7 @@ impl Manager {
                     env.insert(k.clone(), v.clone());
                 }
                 Step::Workdir(d) => {
-                    let dir = resolve_dir(&json!({ "WorkingDir": cwd }), d);
+                    let dir = resolve_dir(cwd.as_deref(), d);
                     self.run_step(
                         id,
                         vec!["mkdir".into(), "-p".into(), dir.clone()],
@@ -442,14 +439,11 @@ fn step_error(n: usize, what: &str, e: CoreError) -> CoreError {
 }
 
 /// `WORKDIR` relative to the current one, as Docker resolves it.
-fn resolve_dir(config: &Value, dir: &str) -> String {
+fn resolve_dir(current: Option<&str>, dir: &str) -> String {
     if dir.starts_with('/') {
         return dir.to_owned();
     }
-    let cur = config["WorkingDir"]
-        .as_str()
-        .filter(|s| !s.is_empty())
-        .unwrap_or("/");
+    let cur = current.filter(|s| !s.is_empty()).unwrap_or("/");
     format!("{}/{dir}", cur.trim_end_matches('/'))
 }
 
@@ -481,6 +475,12 @@ fn logical_lines(text: &str) -> Vec<(usize, String)> {
         out.push((start, cur.trim().to_owned()));
     }
     out
+}
+
+/// The argv of `RUN`/`CMD`/`ENTRYPOINT`: the exec form `["a", "b"]`, else the text run by
+/// the current `SHELL`.
+fn exec_form(s: &str, shell: &[String]) -> Vec<String> {
+    json_array(s).unwrap_or_else(|| shell.iter().cloned().chain([s.to_owned()]).collect())
 }
 
 /// The exec form `["a", "b"]`, if `s` is one.
