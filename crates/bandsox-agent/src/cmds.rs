@@ -25,7 +25,7 @@ use bandsox_protocol::{
 
 use crate::exec::{base_command, spawn_error};
 use crate::log::log;
-use crate::server::{Handler, StdinMsg};
+use crate::server::{Handler, StdinCredit, StdinMsg};
 use crate::util::lock;
 use crate::{reaper, sys};
 
@@ -512,6 +512,7 @@ pub fn stdin(cmd_id: &str, close: bool, h: Handler) -> Reply {
         log!("{cmd_id}: stdin nonblocking: {e}");
     }
     let mut written = 0u64;
+    let mut credit = StdinCredit::new(&h.tx);
     while let Ok(msg) = h.stdin_rx.recv() {
         let bytes = match msg {
             StdinMsg::Data(b) => b,
@@ -542,11 +543,7 @@ pub fn stdin(cmd_id: &str, close: bool, h: Handler) -> Reply {
             }
         }
         written += bytes.len() as u64;
-        if let Ok(n) = u32::try_from(bytes.len()) {
-            if n > 0 {
-                h.tx.credit(Channel::Stdin, n);
-            }
-        }
+        credit.consumed(bytes.len());
     }
     if close {
         let mut st = lock(&c.state);

@@ -25,7 +25,7 @@ use bandsox_protocol::{
 
 use crate::log::log;
 use crate::reaper;
-use crate::server::{ExecEvent, Handler, StdinMsg, StreamCtl, StreamTx};
+use crate::server::{ExecEvent, Handler, StdinCredit, StdinMsg, StreamCtl, StreamTx};
 use crate::sys;
 use crate::util::lock;
 
@@ -365,6 +365,7 @@ fn pump_stdin(fd: OwnedFd, rx: &Receiver<StdinMsg>, tx: &StreamTx, done: &Atomic
         log!("stdin pipe: {e}");
     }
     let mut broken = false;
+    let mut credit = StdinCredit::new(tx);
     while let Ok(msg) = rx.recv() {
         let bytes = match msg {
             StdinMsg::Data(bytes) => bytes,
@@ -373,11 +374,7 @@ fn pump_stdin(fd: OwnedFd, rx: &Receiver<StdinMsg>, tx: &StreamTx, done: &Atomic
         if !broken && !done.load(Ordering::Relaxed) {
             broken = write_all_nonblocking(&fd, &bytes, done).is_err();
         }
-        if let Ok(n) = u32::try_from(bytes.len()) {
-            if n > 0 {
-                tx.credit(Channel::Stdin, n);
-            }
-        }
+        credit.consumed(bytes.len());
     }
     drop(fd); // closes the program's stdin
 }

@@ -6,18 +6,18 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bandsox_protocol::frame::DATA_CHUNK_LEN;
+use bandsox_protocol::frame::BULK_CHUNK_LEN;
 use bandsox_protocol::{
     Channel, ErrorBody, ErrorCode, FileEntry, FileReadRequest, FileReadTextRequest,
     FileWriteBatchRequest, FileWriteRequest, Reply, ReplyBody,
 };
 
-use crate::server::{Handler, StdinMsg};
+use crate::server::{Handler, StdinCredit, StdinMsg};
 use crate::sys;
 
 /// Most entries one `FileList` reply carries.
@@ -26,6 +26,12 @@ pub const MAX_LIST_ENTRIES: usize = 20_000;
 pub const MAX_TEXT_BYTES: u64 = 2 << 20;
 /// Largest file `FileEdit` loads.
 pub const MAX_EDIT_BYTES: u64 = 64 << 20;
+
+/// Page size of the guest (x86_64): file mappings start at a multiple of it.
+const PAGE_SIZE: u64 = 4096;
+
+/// How much of a file a download maps at a time (pre-faulted in one go).
+pub const MAP_WINDOW_BYTES: u64 = 8 << 20;
 
 type OpResult = Result<ReplyBody, ErrorBody>;
 
@@ -136,36 +142,44 @@ fn read_inner(req: FileReadRequest, h: &Handler) -> OpResult {
     let limit = req.max_bytes.map_or(avail, |m| m.min(avail));
     let mut sent = 0u64;
     let mut scratch = Vec::new();
-    // Where the channel takes splice(2), the file's pages go through a pipe to the channel
-    // without being copied through user memory (the guest CPU is the bottleneck under TCG).
-    let mut pipe = (limit > 0 && h.tx.can_splice())
-        .then(sys::pipe)
-        .and_then(Result::ok);
-    if let Some((_, w)) = &pipe {
-        // Room for a whole frame even when it starts mid-page; at least 64 KiB by default.
-        let _ = sys::set_pipe_size(w.as_fd(), 2 * DATA_CHUNK_LEN);
-    }
+    // Where the channel has a descriptor of its own, the file is mapped (a window at a time)
+    // and its pages are written to the channel from the mapping: one copy, as for a raw
+    // writer, instead of read-then-write (under TCG the guest CPU is the bottleneck).
+    let mut map_ok = limit > 0 && h.tx.has_channel_fd();
+    let mut window: Option<(u64, sys::FileMap)> = None;
     // Files can grow while read: send what `limit` allowed at open time.
     while sent < limit {
-        let Some(window) = h.ctl.wait_window(Channel::Stdout) else {
+        let Some(credit) = h.ctl.wait_window(Channel::Stdout) else {
             return Err(ErrorBody::new(ErrorCode::Internal, "cancelled"));
         };
-        let want = (window as usize)
-            .min(DATA_CHUNK_LEN)
+        let want = (credit as usize)
+            .min(BULK_CHUNK_LEN)
             .min((limit - sent) as usize);
-        if let Some((r, w)) = &pipe {
-            match fill_pipe(&f, w.as_fd(), want) {
-                Ok(0) => break,
-                Ok(n) => {
-                    h.tx.data_from_pipe(Channel::Stdout, r.as_fd(), n, &mut scratch);
-                    h.ctl.consume(Channel::Stdout, n);
-                    sent += n as u64;
+        if map_ok {
+            let pos = start + sent;
+            let covered = window
+                .as_ref()
+                .is_some_and(|(at, m)| pos >= *at && pos + want as u64 <= *at + m.len() as u64);
+            if !covered {
+                window = None; // unmap before mapping the next window
+                let at = pos & !(PAGE_SIZE - 1);
+                let len = (start + limit - at).min(MAP_WINDOW_BYTES) as usize;
+                match sys::FileMap::new(f.as_fd(), at, len) {
+                    Ok(m) => window = Some((at, m)),
+                    // Not mappable (a device or pseudo file): read it instead.
+                    Err(_) => {
+                        map_ok = false;
+                        f.seek(SeekFrom::Start(pos))
+                            .map_err(|e| io_err("seek", &path, &e))?;
+                        continue;
+                    }
                 }
-                // This file does not splice: read it instead.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EAGAIN)) => {
-                    pipe = None;
-                }
-                Err(e) => return Err(io_err("read", &path, &e)),
+            }
+            if let Some((at, m)) = &window {
+                h.tx.data_from_map(Channel::Stdout, m, (pos - at) as usize, want)
+                    .map_err(|e| io_err("read", &path, &e))?;
+                h.ctl.consume(Channel::Stdout, want);
+                sent += want as u64;
             }
             continue;
         }
@@ -189,28 +203,6 @@ fn read_inner(req: FileReadRequest, h: &Handler) -> OpResult {
         truncated: start + sent < size,
         mime,
     })
-}
-
-/// Splices up to `want` bytes of `f` (from its file position) into the empty pipe `pipe`;
-/// returns how many (0 at end of file). Never blocks on a full pipe.
-fn fill_pipe(f: &fs::File, pipe: BorrowedFd<'_>, want: usize) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < want {
-        match sys::splice(
-            f.as_fd(),
-            pipe,
-            want - filled,
-            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-        ) {
-            Ok(0) => break,
-            Ok(k) => filled += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            // Send what is in the pipe; a lasting error shows up again on the next call.
-            Err(_) if filled > 0 => break,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 /// `FileReadText`: a window of lines, numbered once when asked.
@@ -318,16 +310,13 @@ fn receive(
     mut sink: impl FnMut(&[u8]) -> Result<(), ErrorBody>,
 ) -> Result<u64, ErrorBody> {
     let mut total = 0u64;
+    let mut credit = StdinCredit::new(&h.tx);
     loop {
         match h.stdin_rx.recv() {
             Ok(StdinMsg::Data(bytes)) => {
                 sink(&bytes)?;
                 total += bytes.len() as u64;
-                if let Ok(n) = u32::try_from(bytes.len()) {
-                    if n > 0 {
-                        h.tx.credit(Channel::Stdin, n);
-                    }
-                }
+                credit.consumed(bytes.len());
             }
             Ok(StdinMsg::Eof) => return Ok(total),
             Err(_) => {

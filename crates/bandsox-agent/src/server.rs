@@ -19,10 +19,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 
-use bandsox_protocol::frame::{self, DATA_CHUNK_LEN, INITIAL_WINDOW};
+use bandsox_protocol::frame::{self, CREDIT_BATCH_BYTES, DATA_CHUNK_LEN, INITIAL_WINDOW};
 use bandsox_protocol::{
-    Channel, ErrorBody, ErrorCode, Event, Frame, FrameKind, FrameReader, Hello, RawMode, Reply,
-    ReplyBody, Request, PROTOCOL_VERSION,
+    Channel, ErrorBody, ErrorCode, Event, Frame, FrameKind, FrameReader, Hello, PayloadPool,
+    RawMode, Reply, ReplyBody, Request, PROTOCOL_VERSION,
 };
 
 use crate::log::log;
@@ -96,6 +96,8 @@ pub struct Agent {
     pub config: AgentConfig,
     outbox: Outbox,
     streams: Mutex<HashMap<u32, Arc<StreamCtl>>>,
+    /// Buffers of large incoming payloads, recycled (see [`PayloadPool`]).
+    pool: PayloadPool,
 }
 
 impl Agent {
@@ -104,13 +106,14 @@ impl Agent {
             config,
             outbox: Outbox::default(),
             streams: Mutex::new(HashMap::new()),
+            pool: PayloadPool::default(),
         })
     }
 
     /// Serves connections from `connector` until it reports no more.
     pub fn serve(self: &Arc<Self>, connector: &mut dyn Connector) -> io::Result<()> {
         while let Some(conn) = connector.connect()? {
-            let gen = self.outbox.attach(conn.writer, conn.splice_fd);
+            let gen = self.outbox.attach(conn.writer, conn.channel_fd);
             self.session(conn.reader, gen);
             self.outbox.detach(gen);
             self.cancel_all();
@@ -120,7 +123,7 @@ impl Agent {
 
     /// Reads and dispatches frames until end of stream or a read error.
     fn session(self: &Arc<Self>, reader: Box<dyn Read + Send>, mut gen: u64) {
-        let mut frames = FrameReader::new(reader);
+        let mut frames = FrameReader::with_pool(reader, self.pool.clone());
         loop {
             let frame = match frames.read_frame() {
                 Ok(Some(f)) => f,
@@ -136,75 +139,145 @@ impl Agent {
                 }
             };
             if frame.kind == FrameKind::Request {
-                if let Ok(Request::Raw { mode }) = parse_request(&frame.payload) {
+                // Parsed once, here: a `Raw` request takes over this reading loop.
+                let request = parse_request(&frame.payload);
+                if let Ok(Request::Raw { mode }) = request {
                     let tx = StreamTx {
                         agent: Arc::clone(self),
                         id: frame.stream,
                         gen,
                     };
-                    tx.reply(&Reply::Ok(ReplyBody::Done));
-                    self.raw(frames.get_mut(), mode, gen);
+                    self.raw(frames.get_mut(), mode, &tx);
                     return;
                 }
+                self.open_stream(&mut gen, frame.stream, request);
+                continue;
             }
             self.dispatch(&mut gen, frame);
         }
     }
 
-    /// Benchmark floor: use the channel raw. `Echo` lasts until the host disconnects; `Sink`
-    /// and `Source` end when their bytes are through, and the session then reads frames again.
-    fn raw(&self, reader: &mut Box<dyn Read + Send>, mode: RawMode, gen: u64) {
-        let mut buf = vec![0u8; 256 << 10];
+    /// Benchmark floor: answers `tx`'s `Raw` request, then uses the channel raw. `Echo` lasts
+    /// until the host disconnects; the others end when their bytes are through. The session
+    /// then ends: the host reconnects for frames.
+    fn raw(&self, reader: &mut Box<dyn Read + Send>, mode: RawMode, tx: &StreamTx) {
+        let gen = tx.gen;
+        let mut buf = vec![0u8; frame::BULK_CHUNK_LEN];
         let mut read = |buf: &mut [u8]| loop {
             match reader.read(buf) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 other => return other.unwrap_or(0),
             }
         };
-        match mode {
-            RawMode::Echo => loop {
+        // Files are opened before the answer, so a bad path is an error reply, not a hang.
+        let file = match &mode {
+            RawMode::SinkFile { path, .. } => std::fs::File::create(path).map(Some),
+            RawMode::SourceFile { path } => std::fs::File::open(path).map(Some),
+            _ => Ok(None),
+        };
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => return tx.reply(&Reply::Error(io_error_body("raw file", &e))),
+        };
+        tx.reply(&Reply::Ok(ReplyBody::Done));
+        match (mode, file) {
+            (RawMode::Echo, _) => loop {
                 let n = read(&mut buf);
                 if n == 0 {
                     return;
                 }
                 self.outbox.send(gen, &buf[..n]);
             },
-            RawMode::Sink { bytes } => {
+            (RawMode::Sink { bytes }, _) => {
                 let mut left = bytes;
                 while left > 0 {
-                    let n = read(&mut buf[..(left.min(256 << 10)) as usize]);
+                    let want = left.min(buf.len() as u64) as usize;
+                    let n = read(&mut buf[..want]);
                     if n == 0 {
                         return;
                     }
                     left -= n as u64;
                 }
-                // Done: the next bytes belong to the next host (it may connect before this
-                // one's disconnect is visible), so go back to serving frames.
                 self.outbox.send(gen, b"k");
             }
-            RawMode::Source { bytes } => {
+            (RawMode::SinkFile { bytes, .. }, Some(mut f)) => {
+                let mut left = bytes;
+                while left > 0 {
+                    // Fill a chunk as the frame reader does, then write it.
+                    let want = left.min(buf.len() as u64) as usize;
+                    let mut got = 0;
+                    while got < want {
+                        let n = read(&mut buf[got..want]);
+                        if n == 0 {
+                            return;
+                        }
+                        got += n;
+                    }
+                    if let Err(e) = f.write_all(&buf[..want]) {
+                        log!("raw sink: {e}");
+                        return;
+                    }
+                    left -= want as u64;
+                }
+                self.outbox.send(gen, b"k");
+            }
+            (RawMode::Source { bytes }, _) => {
                 if read(&mut buf[..1]) == 0 {
                     return;
                 }
-                let chunk = vec![0x5au8; 64 << 10];
+                buf.fill(0x5a);
                 let mut left = bytes;
                 while left > 0 {
-                    let n = left.min(chunk.len() as u64) as usize;
-                    self.outbox.send(gen, &chunk[..n]);
+                    let n = left.min(buf.len() as u64) as usize;
+                    self.outbox.send(gen, &buf[..n]);
                     left -= n as u64;
                 }
             }
+            (RawMode::SourceFile { .. }, Some(f)) => {
+                if read(&mut buf[..1]) == 0 {
+                    return;
+                }
+                if let Err(e) = self.raw_source_file(gen, &f) {
+                    log!("raw source: {e}");
+                }
+            }
+            (RawMode::SinkFile { .. } | RawMode::SourceFile { .. }, None) => {}
         }
+    }
+
+    /// Writes all of `f` to the channel from a mapping of it, a window at a time and in
+    /// [`frame::BULK_CHUNK_LEN`] pieces: a download without frames.
+    fn raw_source_file(&self, gen: u64, f: &std::fs::File) -> io::Result<()> {
+        let size = f.metadata()?.len();
+        let mut at = 0u64;
+        while at < size {
+            let len = (size - at).min(files::MAP_WINDOW_BYTES);
+            let map = sys::FileMap::new(f.as_fd(), at, len as usize)?;
+            let mut off = 0;
+            while off < map.len() {
+                let n = (map.len() - off).min(frame::BULK_CHUNK_LEN);
+                self.outbox.send_from_map(gen, &[], &map, off, n)?;
+                off += n;
+            }
+            at += len;
+        }
+        Ok(())
     }
 
     fn dispatch(self: &Arc<Self>, gen: &mut u64, frame: Frame) {
         let id = frame.stream;
         match frame.kind {
-            FrameKind::Request => self.open_stream(gen, id, &frame.payload),
+            FrameKind::Request => {
+                let request = parse_request(&frame.payload);
+                self.open_stream(gen, id, request);
+            }
             FrameKind::Data => match frame.channel_payload().map(|(c, _)| c) {
                 Ok(Channel::Stdin) => {
                     if let Some(ctl) = self.stream(id) {
-                        ctl.push_stdin(StdinMsg::Data(DataBuf(frame.payload)));
+                        ctl.push_stdin(StdinMsg::Data(DataBuf {
+                            frame: frame.payload,
+                            pool: self.pool.clone(),
+                        }));
                     }
                 }
                 Ok(_) => {}
@@ -242,8 +315,7 @@ impl Agent {
         lock(&self.streams).get(&id).cloned()
     }
 
-    fn open_stream(self: &Arc<Self>, gen: &mut u64, id: u32, payload: &[u8]) {
-        let request = parse_request(payload);
+    fn open_stream(self: &Arc<Self>, gen: &mut u64, id: u32, request: Result<Request, ErrorBody>) {
         if matches!(request, Ok(Request::Hello(_))) {
             // A new host connection: forget everything opened before it.
             *gen = self.outbox.renew(*gen);
@@ -368,8 +440,8 @@ struct Outbox {
 #[derive(Default)]
 struct OutboxInner {
     writer: Option<Box<dyn Write + Send>>,
-    /// The descriptor `writer` writes to, when data may be spliced into it.
-    splice_fd: Option<Arc<OwnedFd>>,
+    /// The descriptor `writer` writes to, when file data may be written from a mapping.
+    channel_fd: Option<Arc<OwnedFd>>,
     gen: u64,
     /// Generation whose writes failed: its frames are dropped, a newer one tries again (the
     /// same virtio-serial fd works again once a host reconnects).
@@ -377,18 +449,18 @@ struct OutboxInner {
 }
 
 impl Outbox {
-    fn attach(&self, writer: Box<dyn Write + Send>, splice_fd: Option<Arc<OwnedFd>>) -> u64 {
+    fn attach(&self, writer: Box<dyn Write + Send>, channel_fd: Option<Arc<OwnedFd>>) -> u64 {
         let mut inner = lock(&self.inner);
         inner.gen += 1;
         inner.writer = Some(writer);
-        inner.splice_fd = splice_fd;
+        inner.channel_fd = channel_fd;
         inner.gen
     }
 
-    /// True when generation `gen` is live and data can be spliced into its channel.
-    fn can_splice(&self, gen: u64) -> bool {
+    /// True when generation `gen` is live and has a channel descriptor (see `channel_fd`).
+    fn has_channel_fd(&self, gen: u64) -> bool {
         let inner = lock(&self.inner);
-        inner.gen == gen && inner.splice_fd.is_some()
+        inner.gen == gen && inner.channel_fd.is_some()
     }
 
     /// Starts a new generation on the same writer; frames of older ones are dropped.
@@ -404,7 +476,7 @@ impl Outbox {
         let mut inner = lock(&self.inner);
         if inner.gen == gen {
             inner.writer = None;
-            inner.splice_fd = None;
+            inner.channel_fd = None;
         }
     }
 
@@ -423,106 +495,70 @@ impl Outbox {
         }
     }
 
-    /// Writes `header` and then the `n` bytes waiting in the pipe `pipe` as one frame for
-    /// generation `gen`. With a splice descriptor the bytes go from the pipe to the channel
-    /// without passing through user memory (virtio-serial hands the pipe's pages to the
-    /// virtqueue); otherwise, or where splicing is unsupported, they are read into `scratch` and
-    /// written. The `n` bytes always leave the pipe, also when the frame is dropped.
-    fn send_from_pipe(
+    /// Writes `header` and then `map[offset..offset + n]` as one frame for generation `gen`.
+    /// The channel's `write(2)` copies the file's pages straight into its buffers: one copy,
+    /// as for any bytes a raw writer sends. Returns an error only when the file shrank under
+    /// the mapping; the frame is then completed with zeros, so the channel stays in step.
+    fn send_from_map(
         &self,
         gen: u64,
         header: &[u8],
-        pipe: BorrowedFd<'_>,
+        map: &sys::FileMap,
+        offset: usize,
         n: usize,
-        scratch: &mut Vec<u8>,
-    ) {
+    ) -> io::Result<()> {
         let mut guard = lock(&self.inner);
         let inner = &mut *guard;
-        let mut left = n;
-        if inner.gen == gen && inner.failed_gen != Some(gen) {
-            if let Some(w) = inner.writer.as_mut() {
-                let r = write_from_pipe(w, &mut inner.splice_fd, header, pipe, &mut left, scratch);
-                if let Err(e) = r {
-                    log!("channel write failed ({e}); dropping output until the host reconnects");
-                    inner.failed_gen = Some(gen);
-                }
-            }
+        if inner.gen != gen || inner.failed_gen == Some(gen) {
+            return Ok(());
         }
-        drop(guard);
-        if left > 0 {
-            if let Err(e) = read_pipe(pipe, left, scratch) {
-                log!("cannot drain the download pipe: {e}");
+        let (Some(w), Some(fd)) = (inner.writer.as_mut(), inner.channel_fd.as_ref()) else {
+            return Ok(());
+        };
+        match write_from_map(w, fd.as_fd(), header, map, offset, n) {
+            Ok(None) => Ok(()),
+            Ok(Some(source)) => Err(source),
+            Err(e) => {
+                log!("channel write failed ({e}); dropping output until the host reconnects");
+                inner.failed_gen = Some(gen);
+                Ok(())
             }
         }
     }
 }
 
-/// Writes `header`, then `*left` bytes from `pipe` (spliced into `splice_fd` when possible),
-/// counting `*left` down as bytes leave the pipe.
-fn write_from_pipe(
+/// Writes `header` and `map[offset..offset + n]` to the channel (`w`, whose descriptor is
+/// `fd`). `Err` is a channel failure; `Ok(Some(e))` means the mapped file shrank and the rest
+/// of the frame was sent as zeros.
+fn write_from_map(
     w: &mut Box<dyn Write + Send>,
-    splice_fd: &mut Option<Arc<OwnedFd>>,
+    fd: BorrowedFd<'_>,
     header: &[u8],
-    pipe: BorrowedFd<'_>,
-    left: &mut usize,
-    scratch: &mut Vec<u8>,
-) -> io::Result<()> {
+    map: &sys::FileMap,
+    offset: usize,
+    n: usize,
+) -> io::Result<Option<io::Error>> {
     w.write_all(header)?;
-    if let Some(fd) = splice_fd.as_ref() {
-        while *left > 0 {
-            match sys::splice(pipe, fd.as_fd(), *left, libc::SPLICE_F_MOVE) {
-                Ok(0) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "download pipe ran dry",
-                    ))
-                }
-                Ok(k) => *left -= k,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    transport::wait_writable(fd.as_fd())?;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
-                    ) =>
-                {
-                    log!("channel does not take splice ({e}); copying instead");
-                    *splice_fd = None;
-                    break;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    if *left > 0 {
-        read_pipe(pipe, *left, scratch)?;
-        *left = 0;
-        w.write_all(scratch)?;
-    }
-    w.flush()
-}
-
-/// Reads exactly `n` bytes from `pipe` into `buf` (replacing its contents).
-fn read_pipe(pipe: BorrowedFd<'_>, n: usize, buf: &mut Vec<u8>) -> io::Result<()> {
-    buf.clear();
-    buf.resize(n, 0);
-    let mut got = 0;
-    while got < n {
-        match sys::read(pipe, &mut buf[got..]) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "download pipe ran dry",
-                ))
-            }
-            Ok(k) => got += k,
+    let mut done = 0;
+    while done < n {
+        match sys::write_from_map(fd, map, offset + done, n - done) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(k) => done += k,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => transport::wait_writable(fd)?,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
+                let zeros = [0u8; 4096];
+                while done < n {
+                    let k = (n - done).min(zeros.len());
+                    w.write_all(&zeros[..k])?;
+                    done += k;
+                }
+                return Ok(Some(io::Error::other("the file shrank while it was read")));
+            }
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Sends frames on one stream.
@@ -566,7 +602,7 @@ impl StreamTx {
         self.agent.outbox.send(self.gen, scratch);
     }
 
-    /// Sends up to `max` bytes (at most [`DATA_CHUNK_LEN`]) that `fill` reads straight into the
+    /// Sends up to `max` bytes (at most [`frame::BULK_CHUNK_LEN`]) that `fill` reads straight into the
     /// frame (no copy). Returns what `fill` returned; nothing is sent for `Ok(0)` or an error.
     pub fn data_from(
         &self,
@@ -575,7 +611,7 @@ impl StreamTx {
         scratch: &mut Vec<u8>,
         fill: impl FnOnce(&mut [u8]) -> io::Result<usize>,
     ) -> io::Result<usize> {
-        debug_assert!(max <= DATA_CHUNK_LEN);
+        debug_assert!(max <= frame::BULK_CHUNK_LEN);
         let end = frame::DATA_HEADER_LEN + max;
         if scratch.len() < end {
             scratch.resize(end, 0);
@@ -592,26 +628,26 @@ impl StreamTx {
         Ok(n)
     }
 
-    /// True when [`Self::data_from_pipe`] moves bytes without copying them through user memory.
-    pub fn can_splice(&self) -> bool {
-        self.agent.outbox.can_splice(self.gen)
+    /// True when [`Self::data_from_map`] can be used on this stream.
+    pub fn has_channel_fd(&self) -> bool {
+        self.agent.outbox.has_channel_fd(self.gen)
     }
 
-    /// Sends the `n` bytes (at most [`DATA_CHUNK_LEN`]) waiting in the pipe `pipe` on
-    /// `channel`; they leave the pipe whether or not the frame is delivered.
-    pub fn data_from_pipe(
+    /// Sends `map[offset..offset + n]` (at most [`frame::BULK_CHUNK_LEN`]) as one data frame on
+    /// `channel`. Fails only when the mapped file shrank (see [`Outbox::send_from_map`]).
+    pub fn data_from_map(
         &self,
         channel: Channel,
-        pipe: BorrowedFd<'_>,
+        map: &sys::FileMap,
+        offset: usize,
         n: usize,
-        scratch: &mut Vec<u8>,
-    ) {
-        debug_assert!(n <= DATA_CHUNK_LEN);
+    ) -> io::Result<()> {
+        debug_assert!(n <= frame::BULK_CHUNK_LEN);
         let mut header = [0u8; frame::DATA_HEADER_LEN];
         frame::write_data_header(&mut header, self.id, channel, n);
         self.agent
             .outbox
-            .send_from_pipe(self.gen, &header, pipe, n, scratch);
+            .send_from_map(self.gen, &header, map, offset, n)
     }
 
     pub fn eof(&self, channel: Channel) {
@@ -638,14 +674,47 @@ pub enum StdinMsg {
 }
 
 /// The bytes of a `Data` frame, handed over without copying: its payload minus the channel
-/// byte.
-pub struct DataBuf(Vec<u8>);
+/// byte. The buffer goes back to the reader's pool when dropped.
+pub struct DataBuf {
+    frame: Vec<u8>,
+    pool: PayloadPool,
+}
 
 impl std::ops::Deref for DataBuf {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        self.0.get(1..).unwrap_or_default()
+        self.frame.get(1..).unwrap_or_default()
+    }
+}
+
+impl Drop for DataBuf {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.frame));
+    }
+}
+
+/// Credit for consumed stdin bytes, granted in batches of [`CREDIT_BATCH_BYTES`] (a credit frame
+/// per data frame is a channel write per frame).
+pub struct StdinCredit<'a> {
+    tx: &'a StreamTx,
+    pending: u32,
+}
+
+impl<'a> StdinCredit<'a> {
+    pub fn new(tx: &'a StreamTx) -> Self {
+        Self { tx, pending: 0 }
+    }
+
+    /// Records `n` consumed bytes; grants them once a batch is full.
+    pub fn consumed(&mut self, n: usize) {
+        self.pending = self
+            .pending
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
+        if self.pending >= CREDIT_BATCH_BYTES {
+            self.tx.credit(Channel::Stdin, self.pending);
+            self.pending = 0;
+        }
     }
 }
 

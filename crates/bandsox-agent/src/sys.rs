@@ -438,40 +438,130 @@ pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
     check(unsafe { libc::fchmod(fd.as_raw_fd(), mode as libc::mode_t) }).map(drop)
 }
 
-/// Sets the capacity of the pipe `fd` (`F_SETPIPE_SZ`); returns the capacity granted.
-pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
-    let size = libc::c_int::try_from(size)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pipe size too large"))?;
-    // SAFETY: F_SETPIPE_SZ takes an int argument and touches no memory of ours.
-    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size) }).map(|n| n as usize)
+/// A read-only shared mapping of part of a file. Its bytes are never touched from user space:
+/// they are only handed to `write(2)` ([`write_from_map`]), so a file that shrinks while
+/// mapped makes that write fail with `EFAULT` instead of raising `SIGBUS` in the agent.
+pub struct FileMap {
+    ptr: *mut libc::c_void,
+    len: usize,
 }
 
-/// `splice(2)` of up to `len` bytes from `from` to `to`, both at their current file positions
-/// (one of them must be a pipe), with `SPLICE_F_*` `flags`. Returns the bytes moved (0 at end
-/// of input).
-pub fn splice(
-    from: BorrowedFd<'_>,
-    to: BorrowedFd<'_>,
+// SAFETY: the mapping is plain memory owned by this value; no user-space reference to its
+// bytes is ever created, so moving it between threads is sound.
+unsafe impl Send for FileMap {}
+
+impl FileMap {
+    /// Maps `len` bytes of `fd` from `offset` (a multiple of the page size), read-only and
+    /// pre-faulted (`MAP_POPULATE`).
+    pub fn new(fd: BorrowedFd<'_>, offset: u64, len: usize) -> io::Result<Self> {
+        let off = libc::off_t::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
+        // SAFETY: a fresh mapping at an address of the kernel's choosing; it aliases no Rust
+        // memory. The result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                fd.as_raw_fd(),
+                off,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self { ptr, len })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly the mapping made in `new`, unmapped once.
+        unsafe { libc::munmap(self.ptr, self.len) };
+    }
+}
+
+/// `write(2)` once of `map[offset..offset + len]` to `fd`; returns the bytes written.
+pub fn write_from_map(
+    fd: BorrowedFd<'_>,
+    map: &FileMap,
+    offset: usize,
     len: usize,
-    flags: libc::c_uint,
 ) -> io::Result<usize> {
-    // SAFETY: null offsets make splice use (and advance) the descriptors' own file positions;
-    // no memory of ours is touched.
-    let n = unsafe {
-        libc::splice(
-            from.as_raw_fd(),
-            std::ptr::null_mut(),
-            to.as_raw_fd(),
-            std::ptr::null_mut(),
-            len,
-            flags,
-        )
-    };
+    if offset.checked_add(len).is_none_or(|end| end > map.len) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "range outside the mapping",
+        ));
+    }
+    // SAFETY: the range lies inside the mapping (checked above), which lives for the call; the
+    // kernel reads it and reports a vanished page as EFAULT.
+    let n = unsafe { libc::write(fd.as_raw_fd(), map.ptr.cast::<u8>().add(offset).cast(), len) };
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {
         Ok(n as usize)
     }
+}
+
+/// `fcntl` command and owner type of `F_SETOWN_EX` (not in the libc crate for glibc).
+const F_SETOWN_EX: libc::c_int = 15;
+const F_OWNER_TID: libc::c_int = 0;
+
+#[repr(C)]
+struct FOwnerEx {
+    kind: libc::c_int,
+    pid: libc::pid_t,
+}
+
+/// The set holding only `SIGIO`.
+fn sigio_set() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it fully.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGIO);
+        set
+    }
+}
+
+/// Makes `fd` signal readiness to the calling thread with `SIGIO` (`O_ASYNC`, owner = this
+/// thread), which blocks `SIGIO` so it stays pending for [`wait_sigio`].
+pub fn sigio_to_this_thread(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let set = sigio_set();
+    // SAFETY: `set` is an initialised sigset; the old mask is not wanted.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    let owner = FOwnerEx {
+        kind: F_OWNER_TID,
+        // SAFETY: gettid has no preconditions.
+        pid: unsafe { libc::gettid() },
+    };
+    // SAFETY: F_SETOWN_EX reads one f_owner_ex, which `owner` is (same layout).
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), F_SETOWN_EX, &owner) })?;
+    // SAFETY: flag changes on a borrowed, open fd.
+    let flags = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_ASYNC) }).map(drop)
+}
+
+/// Waits up to `timeout` for a pending or arriving `SIGIO` of this thread and consumes it.
+pub fn wait_sigio(timeout: std::time::Duration) {
+    let set = sigio_set();
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+    };
+    // SAFETY: `set` and `ts` are initialised; no siginfo is wanted. Timeouts and EINTR are
+    // fine: the caller tries its read again either way.
+    unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
 }
 
 #[cfg(test)]

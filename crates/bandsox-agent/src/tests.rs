@@ -29,6 +29,7 @@ struct Outcome {
     eofs: Vec<Channel>,
     started_pid: Option<u32>,
     stdin_credit: u64,
+    stdin_credit_frames: u32,
     reply: Option<Reply>,
 }
 
@@ -55,12 +56,12 @@ fn start() -> Client {
         base_env: crate::boot::base_env(),
         shutdown: ShutdownAction::Ignore,
     });
-    // Downloads are spliced into the socket, as they are into the serial port in a VM.
-    let splice_fd: std::os::fd::OwnedFd = theirs.try_clone().unwrap().into();
+    // Downloads are written to the socket from a file mapping, as to the serial port in a VM.
+    let channel_fd: std::os::fd::OwnedFd = theirs.try_clone().unwrap().into();
     let conn = Connection {
         reader: Box::new(theirs.try_clone().unwrap()),
         writer: Box::new(theirs),
-        splice_fd: Some(std::sync::Arc::new(splice_fd)),
+        channel_fd: Some(std::sync::Arc::new(channel_fd)),
     };
     std::thread::spawn(move || agent.serve(&mut OnceConnector(Some(conn))));
     ours.set_read_timeout(Some(Duration::from_secs(20)))
@@ -132,7 +133,10 @@ impl Client {
                     }
                 }
                 FrameKind::Eof => out.eofs.push(f.channel_payload().unwrap().0),
-                FrameKind::Credit => out.stdin_credit += u64::from(f.credit().unwrap().1),
+                FrameKind::Credit => {
+                    out.stdin_credit += u64::from(f.credit().unwrap().1);
+                    out.stdin_credit_frames += 1;
+                }
                 FrameKind::Event => {
                     let Event::Started { pid } = decode_json(&f.payload).unwrap() else {
                         panic!("expected started")
@@ -240,7 +244,7 @@ fn exec_errors() {
 fn exec_stdin_roundtrip_with_credit() {
     let mut c = start();
     let id = c.request(r#"{"op":"exec","argv":["cat"],"stdin":true}"#);
-    let payload = vec![b'x'; 200_000];
+    let payload = vec![b'x'; 600_000];
     for chunk in payload.chunks(60_000) {
         let mut out = Vec::new();
         frame::encode_data(&mut out, id, Channel::Stdin, chunk);
@@ -252,7 +256,10 @@ fn exec_stdin_roundtrip_with_credit() {
     let o = c.collect(id, true);
     assert_eq!(o.stdout.len(), payload.len());
     assert_eq!(o.exited().exit_code, Some(0));
+    // Credit comes back in batches of at least CREDIT_BATCH_BYTES; a smaller tail is never
+    // granted (the stream ended, nobody waits for it). 10 frames of 60 000: two batches of 5.
     assert_eq!(o.stdin_credit, payload.len() as u64);
+    assert_eq!(o.stdin_credit_frames, 2);
 }
 
 #[test]
@@ -382,14 +389,15 @@ fn hello_starts_a_new_session() {
 }
 
 #[test]
-fn file_read_splices_whole_frames() {
+fn file_read_sends_whole_frames_from_a_mapping() {
     let mut c = start();
     let path = std::env::temp_dir().join(format!("bandsox-agent-read-{}", std::process::id()));
-    let data: Vec<u8> = (0..(3 << 20) + 12_345u32)
+    // Larger than one mapping window, so the window moves.
+    let data: Vec<u8> = (0..(9 << 20) + 12_345u32)
         .map(|i| (i % 251) as u8)
         .collect();
     std::fs::write(&path, &data).unwrap();
-    // An unaligned start: frames span page boundaries of the pipe.
+    // An unaligned start: the mapping starts at the page below it.
     let offset = 1000usize;
     let id = c.request(&format!(
         r#"{{"op":"file_read","path":"{}","offset":{offset}}}"#,
@@ -404,4 +412,64 @@ fn file_read_splices_whole_frames() {
     );
     assert_eq!(o.eofs, vec![Channel::Stdout]);
     assert!(o.stdout == data[offset..], "downloaded bytes differ");
+}
+
+#[test]
+fn file_read_of_an_unmappable_file_falls_back_to_reading() {
+    // A sysfs attribute: a regular file with a size of a page that cannot be mapped.
+    let path = "/sys/kernel/uevent_seqnum";
+    let Ok(expected) = std::fs::read(path) else {
+        eprintln!("{path} is not readable here; skipping");
+        return;
+    };
+    let mut c = start();
+    let o = c.call(&format!(r#"{{"op":"file_read","path":"{path}"}}"#));
+    assert!(
+        matches!(o.reply, Some(Reply::Ok(ReplyBody::FileRead { .. }))),
+        "{:?}",
+        o.reply
+    );
+    // The counter may move between the two reads; the digits' shape is what matters.
+    assert!(o.stdout.len().abs_diff(expected.len()) <= 1);
+    assert!(o.stdout.ends_with(b"\n"));
+}
+
+#[test]
+fn file_read_of_a_file_that_shrinks_fails_and_keeps_the_channel_in_step() {
+    let mut c = start();
+    let path = std::env::temp_dir().join(format!("bandsox-agent-shrink-{}", std::process::id()));
+    std::fs::write(&path, vec![7u8; 20 << 20]).unwrap();
+    let id = c.request(&format!(
+        r#"{{"op":"file_read","path":"{}"}}"#,
+        path.display()
+    ));
+    // Take the first window's worth without granting credit: the agent then waits.
+    let mut got = 0usize;
+    while got < INITIAL_WINDOW as usize {
+        let f = c.frame_for(id);
+        assert_eq!(f.kind, FrameKind::Data);
+        got += f.channel_payload().unwrap().1.len();
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let mut credit = Vec::new();
+    frame::encode_credit(&mut credit, id, Channel::Stdout, INITIAL_WINDOW);
+    c.sock.write_all(&credit).unwrap();
+    let o = c.collect(id, true);
+    std::fs::remove_file(&path).unwrap();
+    match &o.reply {
+        Some(Reply::Error(e)) => assert!(e.message.contains("shrank"), "{e:?}"),
+        other => panic!("expected an error, got {other:?}"),
+    }
+    // Every frame was whole: the next request is understood.
+    let pong = c.call(r#"{"op":"ping"}"#);
+    assert!(
+        matches!(pong.reply, Some(Reply::Ok(ReplyBody::Pong))),
+        "{:?}",
+        pong.reply
+    );
 }

@@ -27,10 +27,10 @@ use crate::sys;
 pub struct Connection {
     pub reader: Box<dyn Read + Send>,
     pub writer: Box<dyn Write + Send>,
-    /// The descriptor `writer` writes to, when bulk data may be `splice(2)`d into it directly
-    /// (a pipe's pages go to the device without a copy through user memory). A non-blocking
-    /// descriptor is waited on with `poll`, as [`SerialWriter`] does.
-    pub splice_fd: Option<Arc<OwnedFd>>,
+    /// The descriptor `writer` writes to, when bulk data may be written to it straight from a
+    /// file mapping (`write(2)` then copies the file's pages into the device's buffers once).
+    /// A non-blocking descriptor is waited on with `poll`, as [`SerialWriter`] does.
+    pub channel_fd: Option<Arc<OwnedFd>>,
 }
 
 /// Produces host connections, one at a time.
@@ -99,22 +99,40 @@ impl Connector for SerialConnector {
             }
         }
         self.sessions += 1;
+        // The reader waits for input with SIGIO, not poll: the port's one wait queue is also
+        // woken each time the host takes a buffer the agent wrote, so a reader in poll() wakes
+        // (and context-switches) once per 32 KiB of a download. SIGIO comes only for input.
+        let sigio = sys::sigio_to_this_thread(self.fd.as_fd()).is_ok();
         Ok(Some(Connection {
-            reader: Box::new(SerialReader(Arc::clone(&self.fd))),
+            reader: Box::new(SerialReader {
+                fd: Arc::clone(&self.fd),
+                sigio,
+            }),
             writer: Box::new(SerialWriter(Arc::clone(&self.fd))),
-            splice_fd: Some(Arc::clone(&self.fd)),
+            channel_fd: Some(Arc::clone(&self.fd)),
         }))
     }
 }
 
-struct SerialReader(Arc<OwnedFd>);
+/// Reads the port; must be used on the thread that opened the connection (SIGIO goes there).
+struct SerialReader {
+    fd: Arc<OwnedFd>,
+    /// Input arrival is signalled with SIGIO (else: poll).
+    sigio: bool,
+}
+
+/// Longest wait for a SIGIO before reading again anyway.
+const SIGIO_WAIT: Duration = Duration::from_millis(100);
 
 impl Read for SerialReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            match sys::read(self.0.as_fd(), buf) {
+            match sys::read(self.fd.as_fd(), buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && self.sigio => {
+                    sys::wait_sigio(SIGIO_WAIT);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let mut fds = [sys::pollfd(self.0.as_raw_fd(), libc::POLLIN)];
+                    let mut fds = [sys::pollfd(self.fd.as_raw_fd(), libc::POLLIN)];
                     match sys::poll(&mut fds, -1) {
                         Ok(_) => {}
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -182,10 +200,11 @@ impl Connector for UnixConnector {
     fn connect(&mut self) -> io::Result<Option<Connection>> {
         let (stream, _) = self.listener.accept()?;
         let writer = stream.try_clone()?;
+        let fd = OwnedFd::from(stream.try_clone()?);
         Ok(Some(Connection {
             reader: Box::new(stream),
             writer: Box::new(writer),
-            splice_fd: None,
+            channel_fd: Some(Arc::new(fd)),
         }))
     }
 }
@@ -253,10 +272,11 @@ impl Connector for VsockConnector {
             // SAFETY: `raw` is a fresh descriptor we own.
             let stream = unsafe { std::fs::File::from_raw_fd(raw) };
             let writer = stream.try_clone()?;
+            let fd = OwnedFd::from(stream.try_clone()?);
             return Ok(Some(Connection {
                 reader: Box::new(stream),
                 writer: Box::new(writer),
-                splice_fd: None,
+                channel_fd: Some(Arc::new(fd)),
             }));
         }
     }

@@ -35,8 +35,7 @@ use crate::error::{CoreError, Result};
 /// How often the host repeats its hello while the guest is still booting.
 const HELLO_INTERVAL: Duration = Duration::from_millis(200);
 
-/// Consumed output bytes per channel after which the host grants credit back.
-pub const CREDIT_BATCH_BYTES: u32 = 256 << 10;
+pub use bandsox_protocol::frame::CREDIT_BATCH_BYTES;
 
 /// Where the reader task delivers one stream's frames.
 struct Route {
@@ -496,12 +495,12 @@ pub struct StreamSender {
 }
 
 impl StreamSender {
-    /// Sends bytes on a channel (stdin), in frames of at most [`frame::DATA_CHUNK_LEN`], each
+    /// Sends bytes on a channel (stdin), in frames of at most [`frame::BULK_CHUNK_LEN`], each
     /// only once the guest's window allows it. Fails when the stream has ended (its reply
     /// arrived: read it with [`AgentStream::next`]) or the connection dropped.
     pub async fn send_data(&self, ch: Channel, bytes: &[u8]) -> Result<()> {
-        let mut out = Vec::with_capacity(frame::DATA_CHUNK_LEN.min(bytes.len()) + 16);
-        for chunk in bytes.chunks(frame::DATA_CHUNK_LEN) {
+        let mut out = Vec::with_capacity(frame::BULK_CHUNK_LEN.min(bytes.len()) + 16);
+        for chunk in bytes.chunks(frame::BULK_CHUNK_LEN) {
             if ch == Channel::Stdin {
                 self.stdin_window
                     .acquire_many(chunk.len() as u32)

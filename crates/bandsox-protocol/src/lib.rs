@@ -12,7 +12,7 @@
 pub mod frame;
 pub mod message;
 
-pub use frame::{Channel, Frame, FrameDecoder, FrameKind, FrameReader};
+pub use frame::{Channel, Frame, FrameDecoder, FrameKind, FrameReader, PayloadPool};
 pub use message::*;
 
 /// Errors from decoding or encoding protocol frames.

@@ -114,7 +114,7 @@ pub enum Request {
 }
 
 /// What the agent does with the raw channel after a [`Request::Raw`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RawMode {
     /// Write every byte read straight back.
@@ -123,6 +123,12 @@ pub enum RawMode {
     Sink { bytes: u64 },
     /// Write `bytes` bytes (after reading one byte from the host as the start signal).
     Source { bytes: u64 },
+    /// Like `Sink`, but write the bytes into the file `path` (created or truncated), in the
+    /// chunks an upload uses: the floor of an upload to that file.
+    SinkFile { bytes: u64, path: String },
+    /// Like `Source`, but send the whole file `path` the way a download does (from a mapping
+    /// of it): the floor of a download of that file.
+    SourceFile { path: String },
 }
 
 /// A durable background command or PTY session.
@@ -548,6 +554,14 @@ mod tests {
                     mode: RawMode::Sink { bytes: 10 },
                 },
                 r#"{"op":"raw","mode":{"kind":"sink","bytes":10}}"#,
+            ),
+            (
+                Request::Raw {
+                    mode: RawMode::SourceFile {
+                        path: "/tmp/f".into(),
+                    },
+                },
+                r#"{"op":"raw","mode":{"kind":"source_file","path":"/tmp/f"}}"#,
             ),
         ];
         for (req, json) in shapes {

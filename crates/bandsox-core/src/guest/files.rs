@@ -217,7 +217,7 @@ impl Manager {
             .await?;
         let sender = stream.sender();
         let send = async {
-            let mut buf = vec![0u8; bandsox_protocol::frame::DATA_CHUNK_LEN];
+            let mut buf = vec![0u8; bandsox_protocol::frame::BULK_CHUNK_LEN];
             loop {
                 let n = reader.read(&mut buf).await?;
                 if n == 0 {
@@ -273,15 +273,15 @@ impl Manager {
         let sender = stream.sender();
         let send = async {
             // Coalesce small files into full frames.
-            let mut buf = Vec::with_capacity(bandsox_protocol::frame::DATA_CHUNK_LEN);
+            let mut buf = Vec::with_capacity(bandsox_protocol::frame::BULK_CHUNK_LEN);
             for (_, bytes, _) in files {
                 let mut rest = &bytes[..];
                 while !rest.is_empty() {
-                    let room = bandsox_protocol::frame::DATA_CHUNK_LEN - buf.len();
+                    let room = bandsox_protocol::frame::BULK_CHUNK_LEN - buf.len();
                     let take = room.min(rest.len());
                     buf.extend_from_slice(&rest[..take]);
                     rest = &rest[take..];
-                    if buf.len() == bandsox_protocol::frame::DATA_CHUNK_LEN {
+                    if buf.len() == bandsox_protocol::frame::BULK_CHUNK_LEN {
                         if sender.send_data(Channel::Stdin, &buf).await.is_err() {
                             return;
                         }
