@@ -21,6 +21,13 @@ pub fn kill_process(pid: u32) {
     }
 }
 
+/// True when the command line of process `pid` contains `needle` (how a driver recognises a
+/// VMM it started before a restart: its own socket path or VM id is in the arguments).
+pub fn cmdline_contains(pid: u32, needle: &[u8]) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
+}
+
 /// True when the process is a zombie (exited, not yet reaped by its parent).
 pub fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -499,11 +499,8 @@ impl VmmDriver for FirecrackerDriver {
     }
 
     async fn attach(&self, spec: &VmSpec, pid: u32) -> Result<Box<dyn VmHandle>, VmmError> {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map_err(|_| VmmError::NotOurProcess(pid))?;
         let needle = format!("id={}\0", spec.id);
-        let needle = needle.as_bytes();
-        if !cmdline.windows(needle.len()).any(|w| w == needle) {
+        if !crate::sys::cmdline_contains(pid, needle.as_bytes()) {
             return Err(VmmError::NotOurProcess(pid));
         }
         let jail = self.jail(&spec.id)?;

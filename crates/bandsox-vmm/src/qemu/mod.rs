@@ -210,11 +210,8 @@ impl VmmDriver for QemuDriver {
     }
 
     async fn attach(&self, spec: &VmSpec, pid: u32) -> Result<Box<dyn VmHandle>, VmmError> {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .map_err(|_| VmmError::NotOurProcess(pid))?;
-        let needle = spec.run_dir.join("qmp.sock");
-        let needle = needle.as_os_str().as_encoded_bytes();
-        if !cmdline.windows(needle.len()).any(|w| w == needle) {
+        let qmp = spec.run_dir.join("qmp.sock");
+        if !crate::sys::cmdline_contains(pid, qmp.as_os_str().as_encoded_bytes()) {
             return Err(VmmError::NotOurProcess(pid));
         }
         // Not our child: poll for its end (the process is reaped by whoever adopted it).
