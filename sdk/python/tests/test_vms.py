@@ -95,6 +95,20 @@ def test_send_http_request_reaches_a_server_in_the_guest(vm: MicroVM):
     assert ei.value.status_code == 502 and ei.value.code == "guest_unreachable"
 
 
+def test_send_http_request_sends_bytes_exactly(vm: MicroVM):
+    # A listener that records the raw request and never answers: the call times out (504),
+    # and the recorded request holds the body byte for byte.
+    # (nc shuts its side when its stdin ends, so stdin is a pipe that stays open.)
+    cmd = "(sleep 10 | nc -l -p 8081 > /tmp/req.bin 2>/dev/null &) ; sleep 0.3"
+    assert vm.exec_command(cmd) == 0
+    body = bytes(range(256))
+    with pytest.raises(errors.BandSoxError) as ei:
+        vm.send_http_request(8081, "/up", method="POST", data=body, timeout=2)
+    assert ei.value.status_code == 504
+    recorded = vm.read_bytes("/tmp/req.bin")
+    assert recorded is not None and recorded.endswith(body)
+
+
 def test_list_vms_filters_and_total(bs: BandSox, vm: MicroVM):
     ids = [v["id"] for v in bs.list_vms()]
     assert vm.vm_id in ids

@@ -174,7 +174,8 @@ export interface HttpRequestOptions {
   path?: string;
   method?: string;
   headers?: Record<string, string>;
-  body?: string;
+  /** A string is sent as UTF-8; bytes are sent exactly (as `body_base64`). */
+  body?: string | Uint8Array;
   json?: unknown;
   /** Seconds. */
   timeout?: number;

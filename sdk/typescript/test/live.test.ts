@@ -518,6 +518,14 @@ describe("errors", () => {
     // Nothing listens on port 9 in the guest: the server answers 502 guest_unreachable.
     const http = await rejectsWith(vm.sendHttpRequest({ port: 9, path: "/health", timeout: 2 }), BandSoxError);
     assert.deepEqual([http.statusCode, http.code], [502, "guest_unreachable"]);
+    // Bytes go out exactly: a listener records the request and never answers (504).
+    // (nc shuts its side when its stdin ends, so stdin is a pipe that stays open.)
+    await vm.execCommand("(sleep 10 | nc -l -p 8082 > /tmp/req.bin 2>/dev/null &) ; sleep 0.3");
+    const body = Uint8Array.from({ length: 256 }, (_, i) => i);
+    const hung = await rejectsWith(vm.sendHttpRequest({ port: 8082, method: "POST", body, timeout: 2 }), BandSoxError);
+    assert.equal(hung.statusCode, 504);
+    const recorded = await vm.readToBuffer("/tmp/req.bin");
+    assert.ok(recorded && recorded.subarray(recorded.length - 256).equals(Buffer.from(body)), "body sent byte for byte");
     const stream = await rejectsWith(bs.execStream("no-such-vm", { command: "true" }), VmNotFoundError);
     assert.equal(stream.code, "vm_not_found");
   });

@@ -1206,12 +1206,20 @@ class MicroVM:
         path: str = "/",
         method: str = "GET",
         headers: Optional[Mapping[str, str]] = None,
-        data: Optional[str] = None,
+        data: Optional[Union[str, bytes]] = None,
         json: Optional[Any] = None,
         timeout: int = 30,
     ) -> JsonDict:
         """Has the server send an HTTP request to the guest's ``port``; returns
-        ``{"status_code","headers","body"}``. Needs guest networking and the ``/http`` endpoint."""
+        ``{"status_code","headers","body"}`` (and ``body_base64`` when the answer is not
+        UTF-8). ``data`` as ``bytes`` is sent exactly (as ``body_base64``). Needs guest
+        networking and the ``/http`` endpoint."""
+        body: Optional[str] = None
+        body_base64: Optional[str] = None
+        if isinstance(data, (bytes, bytearray)):
+            body_base64 = base64.b64encode(bytes(data)).decode()
+        else:
+            body = data
         try:
             return self.manager._json(
                 "POST",
@@ -1222,7 +1230,8 @@ class MicroVM:
                         "path": path,
                         "method": method,
                         "headers": dict(headers) if headers is not None else None,
-                        "body": data,
+                        "body": body,
+                        "body_base64": body_base64,
                         "json_body": json,
                         "timeout": timeout,
                     }
