@@ -20,8 +20,8 @@ pub const HEADER_LEN: usize = 9;
 /// refuses it instead of allocating, so a corrupt length can never exhaust memory.
 pub const MAX_PAYLOAD_LEN: usize = 4 << 20;
 
-/// Largest chunk of raw bytes the sender puts in one [`FrameKind::Data`] frame of streamed
-/// output or input (exec, terminals, logs).
+/// Largest chunk of raw bytes the guest puts in one [`FrameKind::Data`] frame of streamed
+/// output (exec, terminals, logs).
 pub const DATA_CHUNK_LEN: usize = 64 << 10;
 
 /// Largest chunk of bulk data in one [`FrameKind::Data`] frame: file transfers both ways and
@@ -293,9 +293,10 @@ impl PayloadPool {
         v
     }
 
-    /// Hands `buf` back for reuse; small buffers are not worth keeping.
+    /// Hands `buf` back for reuse; small buffers are not worth keeping, and ones much larger
+    /// than a bulk frame are not kept either (a peer sending huge frames must not pin memory).
     pub fn give(&self, buf: Vec<u8>) {
-        if buf.len() < DIRECT_READ_LEN {
+        if buf.capacity() < DIRECT_READ_LEN || buf.capacity() > 2 * BULK_CHUNK_LEN {
             return;
         }
         let mut pool = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -419,6 +420,25 @@ impl<R: std::io::Read> FrameReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payload_pool_recycles_frame_sized_buffers_only() {
+        let pool = PayloadPool::default();
+        let a = pool.take(BULK_CHUNK_LEN + 1);
+        assert_eq!(a.len(), BULK_CHUNK_LEN + 1);
+        let ptr = a.as_ptr();
+        pool.give(a);
+        // The same memory comes back, at the length asked for.
+        let b = pool.take(1000);
+        assert_eq!((b.as_ptr(), b.len()), (ptr, 1000));
+        pool.give(b);
+        let c = pool.take(10);
+        assert_eq!(c.as_ptr(), ptr);
+        // Too small or far too large: not kept.
+        pool.give(vec![0; 100]);
+        pool.give(vec![0; 4 * BULK_CHUNK_LEN]);
+        assert!(pool.0.lock().unwrap().is_empty());
+    }
 
     /// A reader that hands out at most `step` bytes per read, like a virtio-serial port.
     struct Trickle<'a> {
