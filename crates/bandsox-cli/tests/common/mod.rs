@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../../../bandsox-core/tests/common/cleanup.rs"]
+mod cleanup;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_bandsox");
 
 pub fn agent_bin() -> PathBuf {
@@ -118,36 +121,6 @@ impl TestRoot {
 
 impl Drop for TestRoot {
     fn drop(&mut self) {
-        let needle = self.dir.path().as_os_str().as_encoded_bytes().to_vec();
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            if pid as u32 == std::process::id() {
-                continue;
-            }
-            if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-                if cmd.windows(needle.len()).any(|w| w == needle.as_slice()) {
-                    let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-                }
-            }
-        }
-        remove_vm_namespaces(self.dir.path());
-    }
-}
-
-/// Deletes the network namespaces (`bsx-<id>`) of this root's VMs that a failed test left.
-pub fn remove_vm_namespaces(root: &Path) {
-    for e in std::fs::read_dir(root.join("vms"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let ns = format!("bsx-{}", e.file_name().to_string_lossy());
-        if Path::new("/run/netns").join(&ns).exists() {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "delete", &ns])
-                .status();
-        }
+        cleanup::clean_root(self.dir.path());
     }
 }

@@ -12,6 +12,9 @@ use std::sync::OnceLock;
 use bandsox_core::init::{initialise, InitRequest};
 use bandsox_core::Storage;
 
+mod cleanup;
+pub use cleanup::processes_mentioning;
+
 /// The static guest agent: `BANDSOX_AGENT_BIN`, else cargo's static-target output.
 pub fn agent_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("BANDSOX_AGENT_BIN") {
@@ -66,33 +69,7 @@ impl Drop for TestStorage {
     /// VMMs outlive the manager by design (they survive server restarts), so a test that
     /// fails half-way would leave them running: kill whatever still names this root.
     fn drop(&mut self) {
-        kill_processes_mentioning(self.dir.path());
-        remove_vm_namespaces(self.dir.path());
-    }
-}
-
-/// Deletes the network namespaces (`bsx-<id>`) of this root's VMs that a failed test left.
-pub fn remove_vm_namespaces(root: &Path) {
-    for e in std::fs::read_dir(root.join("vms"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let ns = format!("bsx-{}", e.file_name().to_string_lossy());
-        if Path::new("/run/netns").join(&ns).exists() {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "delete", &ns])
-                .status();
-        }
-    }
-}
-
-/// SIGKILLs every process whose command line contains `needle`.
-pub fn kill_processes_mentioning(needle: &Path) {
-    for pid in processes_mentioning(needle) {
-        let _ = std::process::Command::new("kill")
-            .args(["-9", &pid.to_string()])
-            .status();
+        cleanup::clean_root(self.dir.path());
     }
 }
 
@@ -148,24 +125,4 @@ pub fn assert_storage_clean(root: &Path) {
     );
     let left: Vec<_> = std::fs::read_dir(root.join("vms")).unwrap().collect();
     assert!(left.is_empty(), "VM directories left: {left:?}");
-}
-
-/// Pids whose command line contains `needle`.
-pub fn processes_mentioning(needle: &Path) -> Vec<u32> {
-    let needle = needle.as_os_str().as_encoded_bytes();
-    let mut pids = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if pid == std::process::id() {
-            continue;
-        }
-        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
-            if cmd.windows(needle.len()).any(|w| w == needle) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
 }
