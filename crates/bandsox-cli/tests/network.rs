@@ -261,6 +261,67 @@ fn guest_http_isolation_egress_clones_and_cleanup() {
         assert_eq!(line, "ping through the proxy\n");
     }
 
+    // A real WebSocket through the proxy. The guest server (busybox sh under `nc -e`) computes
+    // Sec-WebSocket-Accept from the client's key, which tungstenite checks; it sends one text
+    // frame, records the client's masked frame and closes. The test unmasks what it recorded.
+    let script = r#"#!/bin/sh
+key=""
+while read -r l; do
+  l=$(printf '%s' "$l" | tr -d '\r')
+  [ -z "$l" ] && break
+  case "$l" in [Ss]ec-[Ww]eb[Ss]ocket-[Kk]ey:*) key=$(printf '%s' "${l#*:}" | tr -d ' ') ;; esac
+done
+hex=$(printf '%s258EAFA5-E914-47DA-95CA-C5AB0DC85B11' "$key" | sha1sum | cut -d' ' -f1)
+acc=$(printf "$(printf '%s' "$hex" | sed 's/../\\x&/g')" | base64)
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n' "$acc"
+printf '\201\005hello'
+head -c 10 > /tmp/ws.bin
+printf '\210\000'
+"#;
+    let (st, _) = post(
+        &format!("{vm_a}/write-file"),
+        json!({"path": "/ws.sh", "content": script}),
+    );
+    assert_eq!(st, 200);
+    let (code, out) = exec(
+        &vm_a,
+        "chmod +x /ws.sh && (nc -l -p 9101 -e /ws.sh </dev/null >/dev/null 2>&1 &)",
+    );
+    assert_eq!(code, 0, "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    {
+        use tungstenite::Message;
+        let url = format!("ws://127.0.0.1:{port}/api/vms/{a}/ports/9101/ws");
+        let (mut ws, resp) = tungstenite::connect(url.as_str()).expect("WebSocket handshake");
+        assert_eq!(resp.status().as_u16(), 101);
+        match ws.read().unwrap() {
+            Message::Text(t) => assert_eq!(t.as_str(), "hello"),
+            other => panic!("expected the guest's text frame, got {other:?}"),
+        }
+        ws.send(Message::Text("ping".into())).unwrap();
+        loop {
+            match ws.read() {
+                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    }
+    let (code, out) = exec(&vm_a, "od -An -v -tx1 /tmp/ws.bin");
+    assert_eq!(code, 0, "{out}");
+    let raw: Vec<u8> = out
+        .split_whitespace()
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    // FIN + text, masked length 4, the mask, then the masked payload.
+    assert_eq!(raw.len(), 10, "{out}");
+    assert_eq!((raw[0], raw[1]), (0x81, 0x80 | 4));
+    let unmasked: Vec<u8> = raw[6..]
+        .iter()
+        .enumerate()
+        .map(|(i, b)| b ^ raw[2 + i % 4])
+        .collect();
+    assert_eq!(unmasked, b"ping");
+
     // A large answer: /http refuses to buffer it, the proxy streams it whole.
     let (code, out) = exec(&vm_a, "dd if=/dev/zero of=/www/huge bs=1M count=70 2>&1");
     assert_eq!(code, 0, "{out}");
