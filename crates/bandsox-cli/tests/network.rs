@@ -44,6 +44,22 @@ fn post(url: &str, body: Value) -> (u16, Value) {
     )
 }
 
+/// Writes `script` to `path` in the VM and serves one connection on `port` with it
+/// (`nc -l -e`: the script's stdin and stdout are the connection).
+fn serve_script(vm: &str, path: &str, port: u16, script: &str) {
+    let (st, _) = post(
+        &format!("{vm}/write-file"),
+        json!({"path": path, "content": script}),
+    );
+    assert_eq!(st, 200);
+    let (code, out) = exec(
+        vm,
+        &format!("chmod +x {path} && (nc -l -p {port} -e {path} </dev/null >/dev/null 2>&1 &)"),
+    );
+    assert_eq!(code, 0, "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 fn exec(vm: &str, command: &str) -> (i64, String) {
     let (st, r) = post(
         &format!("{vm}/exec"),
@@ -224,17 +240,7 @@ fn guest_http_isolation_egress_clones_and_cleanup() {
 
     // An upgrade passes through the proxy: a guest server that answers 101 and then echoes.
     let script = "#!/bin/sh\nwhile read -r l; do case \"$l\" in \"\"|\"$(printf '\\r')\") break;; esac; done\nprintf 'HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: echo\\r\\nConnection: Upgrade\\r\\n\\r\\n'\nexec cat\n";
-    let (st, _) = post(
-        &format!("{vm_a}/write-file"),
-        json!({"path": "/up.sh", "content": script}),
-    );
-    assert_eq!(st, 200);
-    let (code, out) = exec(
-        &vm_a,
-        "chmod +x /up.sh && (nc -l -p 9100 -e /up.sh </dev/null >/dev/null 2>&1 &)",
-    );
-    assert_eq!(code, 0, "{out}");
-    std::thread::sleep(Duration::from_millis(300));
+    serve_script(&vm_a, "/up.sh", 9100, script);
     {
         use std::io::{BufRead, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -278,17 +284,7 @@ printf '\201\005hello'
 head -c 10 > /tmp/ws.bin
 printf '\210\000'
 "#;
-    let (st, _) = post(
-        &format!("{vm_a}/write-file"),
-        json!({"path": "/ws.sh", "content": script}),
-    );
-    assert_eq!(st, 200);
-    let (code, out) = exec(
-        &vm_a,
-        "chmod +x /ws.sh && (nc -l -p 9101 -e /ws.sh </dev/null >/dev/null 2>&1 &)",
-    );
-    assert_eq!(code, 0, "{out}");
-    std::thread::sleep(Duration::from_millis(300));
+    serve_script(&vm_a, "/ws.sh", 9101, script);
     {
         use tungstenite::Message;
         let url = format!("ws://127.0.0.1:{port}/api/vms/{a}/ports/9101/ws");
