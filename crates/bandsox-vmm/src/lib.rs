@@ -87,6 +87,34 @@ pub struct VmmExit {
     pub signal: Option<i32>,
 }
 
+impl VmmExit {
+    /// An end whose status could not be read (the process was not our child).
+    pub const UNKNOWN: VmmExit = VmmExit {
+        code: None,
+        signal: None,
+    };
+}
+
+/// Where a driver's watcher task publishes how its VMM process ended (`None` while it runs).
+/// Both drivers' handles answer [`VmHandle::wait`], [`VmHandle::wait_exit`] and
+/// [`VmHandle::exit_status`] from it.
+pub(crate) type ExitRx = tokio::sync::watch::Receiver<Option<VmmExit>>;
+
+/// Waits until `rx` reports the exit, at most `timeout` when given. A watcher that went away
+/// without reporting leaves whatever it last published.
+pub(crate) async fn wait_for_exit(
+    rx: &ExitRx,
+    timeout: Option<std::time::Duration>,
+) -> Option<VmmExit> {
+    let mut rx = rx.clone();
+    let seen = async { rx.wait_for(|s| s.is_some()).await.ok()?.clone() };
+    let seen = match timeout {
+        Some(t) => tokio::time::timeout(t, seen).await.ok().flatten(),
+        None => seen.await,
+    };
+    seen.or_else(|| rx.borrow().clone())
+}
+
 impl std::fmt::Display for VmmExit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.code, self.signal) {

@@ -317,10 +317,7 @@ impl FirecrackerDriver {
                             signal: s.signal(),
                         }
                     }
-                    Err(_) => VmmExit {
-                        code: None,
-                        signal: None,
-                    },
+                    Err(_) => VmmExit::UNKNOWN,
                 };
                 dir.remove();
                 let _ = tx.send(Some(exit));
@@ -338,7 +335,7 @@ impl FirecrackerDriver {
         spec: &VmSpec,
         jail: &Jail,
         pid: u32,
-        exit: watch::Receiver<Option<VmmExit>>,
+        exit: crate::ExitRx,
     ) -> FirecrackerHandle {
         let api_sock = jail.path(jail::API_SOCK);
         FirecrackerHandle {
@@ -604,7 +601,7 @@ pub struct FirecrackerHandle {
     run_dir: PathBuf,
     api: ApiClient,
     slow_api: ApiClient,
-    exit: watch::Receiver<Option<VmmExit>>,
+    exit: crate::ExitRx,
     config: Arc<FirecrackerConfig>,
     timings: StartTimings,
 }
@@ -779,32 +776,13 @@ impl VmHandle for FirecrackerHandle {
     }
 
     async fn wait(&self) -> VmmExit {
-        let mut rx = self.exit.clone();
-        let seen = rx
-            .wait_for(|s| s.is_some())
+        crate::wait_for_exit(&self.exit, None)
             .await
-            .map(|v| v.clone())
-            .ok()
-            .flatten();
-        seen.or_else(|| self.exit_status()).unwrap_or(VmmExit {
-            code: None,
-            signal: None,
-        })
+            .unwrap_or(VmmExit::UNKNOWN)
     }
 
     async fn wait_exit(&self, timeout: Duration) -> Option<VmmExit> {
-        let mut rx = self.exit.clone();
-        let seen = tokio::time::timeout(timeout, async {
-            rx.wait_for(|s| s.is_some())
-                .await
-                .map(|v| v.clone())
-                .ok()
-                .flatten()
-        })
-        .await
-        .ok()
-        .flatten();
-        seen.or_else(|| self.exit_status())
+        crate::wait_for_exit(&self.exit, Some(timeout)).await
     }
 
     fn exit_status(&self) -> Option<VmmExit> {
@@ -815,7 +793,7 @@ impl VmHandle for FirecrackerHandle {
 /// Watches a VMM that is not a tokio child (jailed, or attached after a restart): reaps it
 /// when it is ours (we are its subreaper), else polls until it is gone. Removes the jail once
 /// the process has ended.
-fn watch_pid(pid: u32, jail: Jail) -> watch::Receiver<Option<VmmExit>> {
+fn watch_pid(pid: u32, jail: Jail) -> crate::ExitRx {
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         let exit = loop {
@@ -824,10 +802,7 @@ fn watch_pid(pid: u32, jail: Jail) -> watch::Receiver<Option<VmmExit>> {
                 crate::sys::Reap::Running => {}
                 crate::sys::Reap::NotOurs => {
                     if !crate::sys::process_alive(pid) || crate::sys::is_zombie(pid) {
-                        break VmmExit {
-                            code: None,
-                            signal: None,
-                        };
+                        break VmmExit::UNKNOWN;
                     }
                 }
             }

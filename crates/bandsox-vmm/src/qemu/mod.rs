@@ -220,10 +220,7 @@ impl VmmDriver for QemuDriver {
             while crate::sys::process_alive(pid) && !crate::sys::is_zombie(pid) {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            let _ = exit_tx.send(Some(VmmExit {
-                code: None,
-                signal: None,
-            }));
+            let _ = exit_tx.send(Some(VmmExit::UNKNOWN));
         });
         let handle = QemuHandle {
             pid,
@@ -317,10 +314,7 @@ impl QemuDriver {
                         signal: s.signal(),
                     }
                 }
-                Err(_) => VmmExit {
-                    code: None,
-                    signal: None,
-                },
+                Err(_) => VmmExit::UNKNOWN,
             };
             let _ = exit_tx.send(Some(exit));
         });
@@ -368,7 +362,7 @@ fn shell_quote(s: &str) -> String {
 pub struct QemuHandle {
     pid: u32,
     run_dir: PathBuf,
-    exit: watch::Receiver<Option<VmmExit>>,
+    exit: crate::ExitRx,
     qmp: Arc<Mutex<Option<Qmp>>>,
 }
 
@@ -447,33 +441,13 @@ impl VmHandle for QemuHandle {
     }
 
     async fn wait(&self) -> VmmExit {
-        let mut rx = self.exit.clone();
-        let unknown = VmmExit {
-            code: None,
-            signal: None,
-        };
-        let seen = rx
-            .wait_for(|s| s.is_some())
+        crate::wait_for_exit(&self.exit, None)
             .await
-            .map(|v| v.clone())
-            .ok()
-            .flatten();
-        seen.or_else(|| self.exit_status()).unwrap_or(unknown)
+            .unwrap_or(VmmExit::UNKNOWN)
     }
 
     async fn wait_exit(&self, timeout: Duration) -> Option<VmmExit> {
-        let mut rx = self.exit.clone();
-        let seen = tokio::time::timeout(timeout, async {
-            rx.wait_for(|s| s.is_some())
-                .await
-                .map(|v| v.clone())
-                .ok()
-                .flatten()
-        })
-        .await
-        .ok()
-        .flatten();
-        seen.or_else(|| self.exit_status())
+        crate::wait_for_exit(&self.exit, Some(timeout)).await
     }
 
     fn exit_status(&self) -> Option<VmmExit> {
