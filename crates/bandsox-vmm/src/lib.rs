@@ -115,6 +115,20 @@ pub(crate) async fn wait_for_exit(
     seen.or_else(|| rx.borrow().clone())
 }
 
+/// SIGKILLs `pid` unless `rx` already reports its exit, then waits up to 10 s for the report.
+pub(crate) async fn kill_and_wait(pid: u32, rx: &ExitRx) -> Result<(), VmmError> {
+    if rx.borrow().is_none() {
+        sys::kill_process(pid);
+    }
+    match wait_for_exit(rx, Some(std::time::Duration::from_secs(10))).await {
+        Some(_) => Ok(()),
+        None => Err(VmmError::Timeout {
+            operation: "kill",
+            timeout_ms: 10_000,
+        }),
+    }
+}
+
 impl std::fmt::Display for VmmExit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.code, self.signal) {

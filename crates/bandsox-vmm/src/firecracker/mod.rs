@@ -760,19 +760,10 @@ impl VmHandle for FirecrackerHandle {
     }
 
     async fn kill(&self) -> Result<(), VmmError> {
-        if self.exit_status().is_none() {
-            // SIGTERM is ignored by Firecracker as PID 1 of its namespace.
-            crate::sys::kill_process(self.pid);
-        }
-        let exited = self.wait_exit(Duration::from_secs(10)).await;
+        // SIGKILL: SIGTERM is ignored by Firecracker as PID 1 of its namespace.
+        let killed = crate::kill_and_wait(self.pid, &self.exit).await;
         self.jail.remove();
-        match exited {
-            Some(_) => Ok(()),
-            None => Err(VmmError::Timeout {
-                operation: "kill",
-                timeout_ms: 10_000,
-            }),
-        }
+        killed
     }
 
     async fn wait(&self) -> VmmExit {

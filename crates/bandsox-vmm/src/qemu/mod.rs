@@ -428,16 +428,7 @@ impl VmHandle for QemuHandle {
     }
 
     async fn kill(&self) -> Result<(), VmmError> {
-        if self.exit_status().is_none() {
-            crate::sys::kill_process(self.pid);
-        }
-        match self.wait_exit(Duration::from_secs(10)).await {
-            Some(_) => Ok(()),
-            None => Err(VmmError::Timeout {
-                operation: "kill",
-                timeout_ms: 10_000,
-            }),
-        }
+        crate::kill_and_wait(self.pid, &self.exit).await
     }
 
     async fn wait(&self) -> VmmExit {
