@@ -217,6 +217,10 @@ pub struct VersionInfo {
     pub version: String,
     pub backend: String,
     pub accelerator: String,
+    /// Base URL of the guest port proxy listener (`{proxy_url}/api/vms/{id}/ports/{port}/`),
+    /// absent when the server runs none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_url: Option<String>,
 }
 
 /// RFC 9457 problem details. `detail` is what BandSox clients read; `code` is stable.

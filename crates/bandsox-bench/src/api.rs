@@ -138,13 +138,12 @@ async fn measure(mgr: &Arc<Manager>, n: usize) -> Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = bandsox_server::router(bandsox_server::AppState::new(mgr.clone()));
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .await
-    });
+    tokio::spawn(bandsox_server::listen::serve_until(
+        listener,
+        app,
+        bandsox_server::ConnLimits::default(),
+        std::future::pending(),
+    ));
     let mut c = Conn::connect(addr).await?;
 
     // Warm up, and check the answers are what we think they are.

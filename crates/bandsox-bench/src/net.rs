@@ -90,14 +90,13 @@ async fn measure(mgr: &std::sync::Arc<Manager>, id: &str, runs: usize) -> Result
     let direct: SocketAddr = mgr.guest_endpoint(id, 8080).await?.into();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let server = listener.local_addr()?;
-    let app = bandsox_server::router(bandsox_server::AppState::new(mgr.clone()));
-    tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await;
-    });
+    let app = bandsox_server::proxy_router(bandsox_server::AppState::new(mgr.clone()));
+    tokio::spawn(bandsox_server::listen::serve_until(
+        listener,
+        app,
+        bandsox_server::ConnLimits::default(),
+        std::future::pending(),
+    ));
     let direct_req = |p: &str| format!("GET /{p} HTTP/1.0\r\nHost: guest\r\n\r\n");
     let proxy_req = |p: &str| {
         format!("GET /api/vms/{id}/ports/8080/{p} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")

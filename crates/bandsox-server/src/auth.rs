@@ -4,8 +4,15 @@
 //!   refuses requests whose `Host` is not a loopback name (DNS rebinding).
 //! - With auth initialised every `/api` route except login/logout/check needs an API key
 //!   (`Authorization: Bearer bsx_...`) or a session (`bandsox_session` cookie, or its token
-//!   as a bearer). Cookie-authenticated writes must come from the server's own origin (CSRF).
-//! - Login is rate limited per client address (10 attempts a minute).
+//!   as a bearer). WebSocket handshakes may carry the token in a `bandsox.auth.<base64url>`
+//!   subprotocol (or, for old clients, `?token=`), and only they may.
+//! - In both modes, writes and WebSocket upgrades must pass [`crate::origin`]'s check.
+//! - Login is rate limited: 10 failed attempts a minute per client address (per /64 for
+//!   IPv6).
+//!
+//! The guard leaves the request's [`Credential`] in its extensions; long-lived sockets keep
+//! it and check it again before each operation, so a revoked key or ended session stops
+//! working on sockets that were opened with it.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -14,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use bandsox_core::Manager;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ApiError, ApiResult};
@@ -25,19 +33,36 @@ use crate::routes::AppState;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "bandsox_session";
+/// Prefix of the subprotocol that carries a token in a WebSocket handshake.
+pub const AUTH_PROTOCOL_PREFIX: &str = "bandsox.auth.";
 const LOGIN_ATTEMPTS: usize = 10;
 const LOGIN_WINDOW: Duration = Duration::from_secs(60);
 
-/// Failed-login bookkeeping per client address, pruned as it goes.
+/// Failed-login bookkeeping per client network, pruned as it goes.
 #[derive(Default)]
 pub struct LoginLimiter {
-    attempts: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+}
+
+/// The unit a limit applies to: the address for IPv4, its /64 for IPv6 (one host usually
+/// holds a whole /64).
+fn limit_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
 }
 
 impl LoginLimiter {
-    /// Records an attempt; false when the address is over its limit.
-    fn allow(&self, ip: IpAddr) -> bool {
-        let mut map = self.attempts.lock().unwrap_or_else(|p| p.into_inner());
+    /// The table, without failures older than the window.
+    fn recent(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, VecDeque<Instant>>> {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
         map.retain(|_, q| {
             while q
@@ -48,18 +73,67 @@ impl LoginLimiter {
             }
             !q.is_empty()
         });
-        let q = map.entry(ip).or_default();
-        if q.len() >= LOGIN_ATTEMPTS {
-            return false;
-        }
-        q.push_back(now);
-        true
+        map
+    }
+
+    /// False when the client's network failed too often lately (checked before a login).
+    fn allow(&self, ip: IpAddr) -> bool {
+        let key = limit_key(ip);
+        self.recent().get(&key).map_or(0, VecDeque::len) < LOGIN_ATTEMPTS
+    }
+
+    /// Records a failed login.
+    fn failed(&self, ip: IpAddr) {
+        let key = limit_key(ip);
+        self.recent()
+            .entry(key)
+            .or_default()
+            .push_back(Instant::now());
     }
 }
 
-fn unauthorized() -> ApiError {
-    let mut e = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized");
-    e.hint = Some("send `Authorization: Bearer <api key>` (see `bandsox auth create-key`)");
+/// What a request authenticated with.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    /// Authentication is not initialised.
+    Open,
+    /// A route anyone may call (login, logout, check, the spec) while auth is on.
+    Public,
+    /// An API key or a session token (bearer, cookie or WebSocket subprotocol).
+    Token(String),
+}
+
+impl Credential {
+    /// True while the credential still grants access (the key is not revoked, the session
+    /// has not ended, or auth is still off).
+    pub fn still_valid(&self, manager: &Manager) -> bool {
+        let store = manager.store();
+        match self {
+            Credential::Open => store.auth_enabled().is_ok_and(|on| !on),
+            Credential::Public => false,
+            Credential::Token(t) => store.authenticate(t).is_ok_and(|p| p.is_some()),
+        }
+    }
+}
+
+fn missing_credentials() -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this server requires an API key and none was sent",
+    );
+    e.hint = Some("set BANDSOX_API_KEY (or save a key with `bandsox auth init` on the server host); send it as `Authorization: Bearer <key>`");
+    e
+}
+
+fn invalid_credentials() -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "the API key or session is not valid (mistyped, revoked or expired)",
+    );
+    e.hint =
+        Some("check BANDSOX_API_KEY; an administrator can list keys with `bandsox auth list-keys`");
     e
 }
 
@@ -96,37 +170,36 @@ fn is_loopback_name(name: &str) -> bool {
     name == "localhost" || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-/// True when the `Origin` (if any) is this server (same host and port as `Host`).
-fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
-        return true; // not a browser cross-site request
+/// True for paths whose handlers answer WebSocket handshakes: the three VM sockets and, on
+/// the proxy listener, the port proxy.
+fn is_websocket_route(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/api/vms/") else {
+        return false;
     };
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
-    origin
-        .split_once("://")
-        .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
+    let mut parts = rest.splitn(3, '/');
+    let (_id, op) = (parts.next(), parts.next());
+    matches!(op, Some("terminal" | "exec-stream" | "socket"))
+        || (op == Some("ports") && parts.next().is_some())
 }
 
-/// For WebSocket upgrades (browsers cannot set headers): the token from a
-/// `bandsox.auth.<base64url token>` subprotocol, or from `?token=` (accepted for old clients;
-/// URLs are never logged).
+/// For WebSocket handshakes to WebSocket routes only (browsers cannot set headers there):
+/// the token from a `bandsox.auth.<base64url token>` subprotocol, or from `?token=` (for old
+/// clients; URLs are never logged).
 fn websocket_token(req: &Request) -> Option<String> {
-    let headers = req.headers();
-    let is_ws = headers
-        .get(header::UPGRADE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-    if !is_ws {
+    if !crate::origin::is_websocket_upgrade(req) || !is_websocket_route(req.uri().path()) {
         return None;
     }
-    let from_protocol = headers
+    let from_protocol = req
+        .headers()
         .get_all(header::SEC_WEBSOCKET_PROTOCOL)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .find_map(|p| p.trim().strip_prefix("bandsox.auth.").map(str::to_owned))
+        .find_map(|p| {
+            p.trim()
+                .strip_prefix(AUTH_PROTOCOL_PREFIX)
+                .map(str::to_owned)
+        })
         .and_then(|b64| {
             use base64::Engine;
             let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -142,24 +215,46 @@ fn websocket_token(req: &Request) -> Option<String> {
     })
 }
 
-/// Middleware on every route.
-pub async fn guard(State(s): State<AppState>, req: Request, next: Next) -> Response {
+/// Middleware on every route: authentication, then the origin policy. The request goes on
+/// with its [`Credential`] in its extensions.
+pub async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     match check(&s, &req) {
-        Ok(()) => next.run(req).await,
+        Ok(cred) => {
+            req.extensions_mut().insert(cred);
+            next.run(req).await
+        }
         Err(e) => e.into_response(),
     }
 }
 
-fn check(s: &AppState, req: &Request) -> ApiResult<()> {
+/// Middleware of the proxy listener: authentication only. Guest pages on it have their own
+/// origin and talk to their own backend, so the API's origin policy does not apply.
+pub async fn proxy_guard(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    match authenticate(&s, &req) {
+        Ok(cred) => {
+            req.extensions_mut().insert(cred);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn check(s: &AppState, req: &Request) -> ApiResult<Credential> {
+    let cred = authenticate(s, req)?;
+    crate::origin::check(req, s.public_origin.as_deref())?;
+    Ok(cred)
+}
+
+fn authenticate(s: &AppState, req: &Request) -> ApiResult<Credential> {
     let headers = req.headers();
-    let enabled = s.manager.store().auth_enabled()?;
-    if !enabled {
+    let store = s.manager.store();
+    if !store.auth_enabled()? {
         if s.insecure_no_auth {
-            return Ok(());
+            return Ok(Credential::Open);
         }
         // Open server: loopback only, and only under a loopback name.
         return match host_name(headers) {
-            Some(h) if is_loopback_name(&h) => Ok(()),
+            Some(h) if is_loopback_name(&h) => Ok(Credential::Open),
             _ => Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden_host",
@@ -172,35 +267,18 @@ fn check(s: &AppState, req: &Request) -> ApiResult<()> {
         path,
         "/api/auth/login" | "/api/auth/logout" | "/api/auth/check" | "/api/openapi.json"
     ) {
-        return Ok(());
+        return Ok(Credential::Public);
     }
-    if let Some(token) = websocket_token(req) {
-        return match s.manager.store().authenticate(&token)? {
-            Some(_) => Ok(()),
-            None => Err(unauthorized()),
-        };
+    let token = websocket_token(req)
+        .or_else(|| bearer(headers).map(str::to_owned))
+        .or_else(|| cookie(headers, SESSION_COOKIE).map(str::to_owned));
+    let Some(token) = token else {
+        return Err(missing_credentials());
+    };
+    match store.authenticate(&token)? {
+        Some(_) => Ok(Credential::Token(token)),
+        None => Err(invalid_credentials()),
     }
-    if let Some(token) = bearer(headers) {
-        return match s.manager.store().authenticate(token)? {
-            Some(_) => Ok(()),
-            None => Err(unauthorized()),
-        };
-    }
-    if let Some(token) = cookie(headers, SESSION_COOKIE) {
-        if !s.manager.store().check_session(token)? {
-            return Err(unauthorized());
-        }
-        let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-        if write && !same_origin(headers) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "cross_origin",
-                "cookie-authenticated writes must come from the server's own origin",
-            ));
-        }
-        return Ok(());
-    }
-    Err(unauthorized())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -227,7 +305,6 @@ pub struct LoginResponse {
 pub async fn login(
     State(s): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
     body: Result<Json<LoginRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(req) = body?;
@@ -240,13 +317,18 @@ pub async fn login(
         ));
     }
     if !s.login_limiter.allow(peer.ip()) {
-        return Err(ApiError::new(
+        let mut resp = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
-            "too many login attempts; try again in a minute",
-        ));
+            "too many failed logins from this address; try again in a minute",
+        )
+        .into_response();
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("60"));
+        return Ok(resp);
     }
     if !store.verify_password(&req.password)? {
+        s.login_limiter.failed(peer.ip());
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -254,9 +336,7 @@ pub async fn login(
         ));
     }
     let token = store.create_session()?;
-    let secure = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes() == b"https");
+    let secure = s.secure_cookies;
     let cookie = format!(
         "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}{}",
         bandsox_core::auth::SESSION_TTL_S as u64,
@@ -285,6 +365,7 @@ pub async fn logout(State(s): State<AppState>, headers: HeaderMap) -> ApiResult<
     let token = bearer(&headers).or_else(|| cookie(&headers, SESSION_COOKIE));
     if let Some(t) = token {
         s.manager.store().end_session(t)?;
+        s.credentials_changed();
     }
     let clear = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
     Ok((
@@ -375,6 +456,7 @@ pub async fn revoke_key(
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     s.manager.store().revoke_api_key(&id)?;
+    s.credentials_changed();
     Ok(Json(serde_json::json!({ "status": "revoked" })))
 }
 
@@ -383,30 +465,87 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limiter_allows_ten_a_minute_per_address() {
+    fn limiter_counts_failures_per_network() {
         let l = LoginLimiter::default();
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         for _ in 0..10 {
             assert!(l.allow(a));
+            l.failed(a);
         }
         assert!(!l.allow(a));
         assert!(l.allow(b));
+        // One /64 is one client.
+        let v6a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let v6b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let v6c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        for _ in 0..10 {
+            l.failed(v6a);
+        }
+        assert!(!l.allow(v6b));
+        assert!(l.allow(v6c));
     }
 
     #[test]
-    fn origin_and_host_checks() {
+    fn successes_are_not_counted() {
+        let l = LoginLimiter::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        for _ in 0..50 {
+            assert!(l.allow(a));
+        }
+    }
+
+    #[test]
+    fn host_checks() {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, "127.0.0.1:8000".parse().unwrap());
-        assert!(same_origin(&h));
-        h.insert(header::ORIGIN, "http://127.0.0.1:8000".parse().unwrap());
-        assert!(same_origin(&h));
-        h.insert(header::ORIGIN, "http://evil.example".parse().unwrap());
-        assert!(!same_origin(&h));
         assert_eq!(host_name(&h).as_deref(), Some("127.0.0.1"));
         h.insert(header::HOST, "[::1]:8000".parse().unwrap());
         assert!(is_loopback_name(&host_name(&h).unwrap()));
         h.insert(header::HOST, "rebind.example:8000".parse().unwrap());
         assert!(!is_loopback_name(&host_name(&h).unwrap()));
+    }
+
+    fn ws_request(path: &str, protocol: Option<&str>) -> Request {
+        let mut b = Request::builder()
+            .uri(path)
+            .header("host", "127.0.0.1")
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade");
+        if let Some(p) = protocol {
+            b = b.header("sec-websocket-protocol", p);
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn tokens_in_handshakes_only_reach_websocket_routes() {
+        use base64::Engine;
+        let proto = format!(
+            "bandsox.socket, {AUTH_PROTOCOL_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("bsx_k")
+        );
+        assert_eq!(
+            websocket_token(&ws_request("/api/vms/a/socket", Some(&proto))).as_deref(),
+            Some("bsx_k")
+        );
+        assert_eq!(
+            websocket_token(&ws_request("/api/vms/a/terminal?token=t", None)).as_deref(),
+            Some("t")
+        );
+        assert_eq!(
+            websocket_token(&ws_request("/api/vms/a/ports/80/x?token=t", None)).as_deref(),
+            Some("t")
+        );
+        // A REST route with an Upgrade header does not take `?token=`.
+        assert_eq!(websocket_token(&ws_request("/api/vms?token=t", None)), None);
+        assert_eq!(
+            websocket_token(&ws_request("/api/auth/keys?token=t", None)),
+            None
+        );
+        assert_eq!(
+            websocket_token(&ws_request("/api/vms/a/exec?token=t", None)),
+            None
+        );
     }
 }

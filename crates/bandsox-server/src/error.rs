@@ -70,14 +70,91 @@ impl From<CoreError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
-        let status = match r {
-            JsonRejection::MissingJsonContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            JsonRejection::BytesRejection(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            JsonRejection::JsonSyntaxError(_) => StatusCode::BAD_REQUEST,
-            _ => StatusCode::UNPROCESSABLE_ENTITY,
+        if is_body_timeout(&r) {
+            return Self::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the request body stalled; the server stopped waiting for it",
+            );
+        }
+        let (status, code) = match r.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            StatusCode::BAD_REQUEST => (StatusCode::BAD_REQUEST, "invalid_body"),
+            _ => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_body"),
         };
-        Self::new(status, "invalid_body", r.body_text())
+        Self::new(status, code, r.body_text())
     }
+}
+
+/// True when a body failed because it stalled (see `listen`'s body idle timeout).
+fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The stable code of an error status that carries no code of ours.
+fn code_of(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "route_not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "body_timeout",
+        StatusCode::LENGTH_REQUIRED => "length_required",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_input",
+        StatusCode::UPGRADE_REQUIRED => "upgrade_required",
+        s if s.is_server_error() => "internal",
+        _ => "error",
+    }
+}
+
+/// Longest plain-text error body carried over into a problem's `detail`.
+const PLAIN_DETAIL_BYTES: usize = 1024;
+
+/// Middleware: an error answer that is not problem+json yet (axum's own rejections of a
+/// query string, a multipart body, a WebSocket handshake, a path…) becomes one, with its
+/// status and its text as the detail.
+pub async fn problems_only(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(PROBLEM_CONTENT_TYPE.as_bytes()));
+    if is_problem {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, PLAIN_DETAIL_BYTES * 4).await {
+        Ok(b) => String::from_utf8_lossy(&b[..b.len().min(PLAIN_DETAIL_BYTES)]).into_owned(),
+        Err(_) => String::new(),
+    };
+    let detail = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_owned()
+    } else {
+        text.trim().to_owned()
+    };
+    let mut out = ApiError::new(status, code_of(status), detail).into_response();
+    // Keep what the client needs to act on (Allow, Retry-After, WWW-Authenticate, ...).
+    for (k, v) in &parts.headers {
+        if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
+            out.headers_mut().insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 impl ApiError {

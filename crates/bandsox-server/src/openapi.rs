@@ -30,7 +30,7 @@ use crate::{auth, routes};
         routes::files::remove, routes::files::rename, routes::files::edit,
         routes::files::write_batch, routes::files::upload, routes::files::download,
         routes::files::exec_python,
-        routes::net::http, routes::net::proxy, routes::net::proxy_root, routes::net::proxy_root_slash,
+        routes::proxy::http, routes::proxy::proxy,
         routes::commands::start, routes::commands::list, routes::commands::get,
         routes::commands::logs, routes::commands::wait, routes::commands::kill,
         routes::commands::stdin,

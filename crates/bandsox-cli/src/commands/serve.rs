@@ -46,6 +46,31 @@ pub struct ServeArgs {
     /// non-loopback resolvers, else 1.1.1.1,8.8.8.8].
     #[arg(long, value_delimiter = ',')]
     dns: Vec<std::net::Ipv4Addr>,
+    /// Port of the guest port proxy (`/api/vms/ID/ports/PORT/...`), a listener of its own so
+    /// guest pages never share the API's origin; 0 picks a free port [default: --port + 1].
+    #[arg(long)]
+    proxy_port: Option<u16>,
+    /// Run no guest port proxy.
+    #[arg(long, conflicts_with = "proxy_port")]
+    no_proxy: bool,
+    /// The URL clients reach this server under when it is not the listen address (behind a
+    /// TLS proxy), e.g. https://bandsox.example.com: its origin counts as the server's own,
+    /// and https marks the session cookie Secure.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// The URL clients reach the guest proxy under, when it is not http://HOST:PROXY_PORT.
+    #[arg(long)]
+    public_proxy_url: Option<String>,
+    /// Most connections open at once on each listener; more are closed at once.
+    #[arg(long, default_value_t = bandsox_server::ConnLimits::default().max_connections)]
+    max_connections: usize,
+    /// Milliseconds a client may take to send a request's headers (also closes idle
+    /// keep-alive connections).
+    #[arg(long, default_value_t = bandsox_server::ConnLimits::default().header_timeout.as_millis() as u64)]
+    header_timeout_ms: u64,
+    /// Milliseconds a request body may stall before the request fails with 408.
+    #[arg(long, default_value_t = bandsox_server::ConnLimits::default().body_idle_timeout.as_millis() as u64)]
+    body_timeout_ms: u64,
 }
 
 /// Serves on `host` (default 127.0.0.1; without authentication only loopback addresses are
@@ -90,10 +115,20 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
             .map_err(core_error)?;
         let (vmm, accelerator) = manager.backend();
         tracing::info!(vmm, accelerator, "VMM backend");
-        let opts = ServeOptions {
-            addr: SocketAddr::new(host, port),
-            insecure_no_auth: a.insecure_no_auth,
-            max_ops_per_vm: a.max_ops_per_vm,
+        let mut opts = ServeOptions::new(SocketAddr::new(host, port));
+        opts.insecure_no_auth = a.insecure_no_auth;
+        opts.max_ops_per_vm = a.max_ops_per_vm;
+        opts.proxy_port = if a.no_proxy {
+            None
+        } else {
+            Some(a.proxy_port.unwrap_or_else(|| port.wrapping_add(1)))
+        };
+        opts.public_url = a.public_url;
+        opts.public_proxy_url = a.public_proxy_url;
+        opts.conn = bandsox_server::ConnLimits {
+            header_timeout: std::time::Duration::from_millis(a.header_timeout_ms.max(1)),
+            body_idle_timeout: std::time::Duration::from_millis(a.body_timeout_ms.max(1)),
+            max_connections: a.max_connections.max(1),
         };
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -217,7 +217,7 @@ fn exec_streamed(
     let mut sock = crate::ws::connect(
         client,
         &format!("/api/vms/{}/exec-stream", segment(vm)),
-        &[],
+        &["bandsox.exec"],
         None,
     )?;
     let start = serde_json::json!({

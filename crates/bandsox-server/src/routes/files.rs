@@ -411,7 +411,7 @@ pub async fn upload(
     };
     while let Some(field) = form.next_field().await.map_err(bad)? {
         match field.name() {
-            Some("remote_path") => remote_path = Some(field.text().await.map_err(bad)?),
+            Some("remote_path") => remote_path = Some(small_text(field).await?),
             Some("file") => {
                 let path = remote_path.clone().ok_or_else(|| {
                     ApiError::invalid("send the `remote_path` field before `file`")
@@ -433,6 +433,29 @@ pub async fn upload(
     Err(ApiError::invalid(
         "multipart fields `remote_path` and `file` are required",
     ))
+}
+
+/// Longest text field of an upload form (a guest path).
+const MAX_FORM_TEXT: usize = 16 << 10;
+
+/// A small text field of a streamed form, refused beyond [`MAX_FORM_TEXT`] (the form as a
+/// whole has no size limit, so no field may be read into memory unbounded).
+async fn small_text(mut field: axum::extract::multipart::Field<'_>) -> ApiResult<String> {
+    let mut buf = Vec::new();
+    while let Some(chunk) = field
+        .chunk()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", e.body_text()))?
+    {
+        if buf.len() + chunk.len() > MAX_FORM_TEXT {
+            return Err(ApiError::invalid(format!(
+                "form field `{}` is longer than {MAX_FORM_TEXT} bytes",
+                field.name().unwrap_or_default()
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf).map_err(|_| ApiError::invalid("form fields must be UTF-8"))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -4,7 +4,7 @@ pub mod build;
 pub mod commands;
 pub mod files;
 pub mod images;
-pub mod net;
+pub mod proxy;
 pub mod snapshots;
 pub mod socket;
 pub mod vms;
@@ -13,7 +13,7 @@ pub mod ws;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post, put};
+use axum::routing::{any, get, post, put};
 use axum::Router;
 use bandsox_core::Manager;
 
@@ -28,6 +28,45 @@ pub struct AppState {
     pub insecure_no_auth: bool,
     /// Concurrent operations per VM (`--max-ops-per-vm`).
     pub vm_ops: Arc<crate::limits::OpLimiter>,
+    /// Bytes of request bodies being buffered at once, across all requests.
+    pub body_budget: Arc<crate::limits::BodyBudget>,
+    /// The origin of `--public-url` (`https://host[:port]`), also accepted as our own.
+    pub public_origin: Option<String>,
+    /// Whether the session cookie is marked `Secure` (the public URL is https).
+    pub secure_cookies: bool,
+    /// Where guest ports are served: the proxy listener.
+    pub proxy: ProxyAddress,
+    /// Bumped whenever a key is revoked, a session ends or the password changes: open
+    /// sockets check their credential again.
+    pub credentials_epoch: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// The address of the guest proxy listener, as clients should use it.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyAddress {
+    /// Its port on this host (0 when there is no proxy listener).
+    pub port: u16,
+    /// `--public-proxy-url`, when it is reached through another name.
+    pub public_url: Option<String>,
+}
+
+impl ProxyAddress {
+    /// The base URL of the proxy for a client that reached the API under `host` (the
+    /// request's `Host`): the public URL, else the same host name on the proxy port.
+    pub fn base_url(&self, host: Option<&str>) -> Option<String> {
+        if let Some(u) = &self.public_url {
+            return Some(u.trim_end_matches('/').to_owned());
+        }
+        if self.port == 0 {
+            return None;
+        }
+        let host = host.unwrap_or("127.0.0.1");
+        let name = match host.strip_prefix('[') {
+            Some(v6) => format!("[{}]", v6.split(']').next().unwrap_or("")),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h).to_owned(),
+        };
+        Some(format!("http://{name}:{}", self.port))
+    }
 }
 
 impl AppState {
@@ -37,21 +76,51 @@ impl AppState {
             login_limiter: Arc::default(),
             insecure_no_auth: false,
             vm_ops: Arc::default(),
+            body_budget: Arc::default(),
+            public_origin: None,
+            secure_cookies: false,
+            proxy: ProxyAddress::default(),
+            credentials_epoch: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
+    }
+
+    /// Tells open sockets to check their credentials again.
+    pub fn credentials_changed(&self) {
+        self.credentials_epoch.send_modify(|e| *e += 1);
     }
 }
 
-/// Body limit of routes that carry file content as JSON: 256 MiB decoded, base64-encoded.
-fn big_json() -> DefaultBodyLimit {
-    DefaultBodyLimit::max(350 << 20)
-}
-
-/// The whole API: authentication first, then the per-VM operation limit, then the routes.
+/// The API (and the dashboard) on its listener. From the outside in: default security
+/// headers, problem+json for every error, authentication and the origin policy, body caps and
+/// budget, the per-VM operation limit, then the routes.
 pub fn router(state: AppState) -> Router {
     limited(&state)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,
+        ))
+        .layer(axum::middleware::from_fn(crate::error::problems_only))
+        .layer(axum::middleware::from_fn(crate::headers::api_defaults))
+        .with_state(state)
+}
+
+/// The guest port proxy on its own listener (another origin): authentication and the per-VM
+/// limit, then the proxy. Guest answers pass through as they are (plus the sandbox policy).
+pub fn proxy_router(state: AppState) -> Router {
+    let proxied = || axum::routing::any(proxy::proxy);
+    Router::new()
+        .route("/api/vms/{id}/ports/{port}", proxied())
+        .route("/api/vms/{id}/ports/{port}/", proxied())
+        .route("/api/vms/{id}/ports/{port}/{*path}", proxied())
+        .fallback(vms::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::per_vm,
+        ))
+        .layer(DefaultBodyLimit::disable())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::proxy_guard,
         ))
         .with_state(state)
 }
@@ -59,14 +128,22 @@ pub fn router(state: AppState) -> Router {
 /// The API for requests that were already authenticated (operations on a persistent socket):
 /// the same routes and limits, without the guard.
 pub(crate) fn routes_for(state: AppState) -> Router {
-    limited(&state).with_state(state)
+    limited(&state)
+        .layer(axum::middleware::from_fn(crate::error::problems_only))
+        .with_state(state)
 }
 
 fn limited(state: &AppState) -> Router<AppState> {
-    routes().layer(axum::middleware::from_fn_with_state(
-        state.clone(),
-        crate::limits::per_vm,
-    ))
+    routes()
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::per_vm,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::limits::bodies,
+        ))
+        .layer(DefaultBodyLimit::disable())
 }
 
 fn routes() -> Router<AppState> {
@@ -89,19 +166,10 @@ fn routes() -> Router<AppState> {
         .route("/api/projects", get(vms::list))
         .route("/api/vms/{id}", get(vms::get).delete(vms::delete))
         .route("/api/vms/{id}/exec", post(vms::exec))
-        .route("/api/vms/{id}/http", post(net::http))
-        .route(
-            "/api/vms/{id}/ports/{port}",
-            axum::routing::any(net::proxy_root),
-        )
-        .route(
-            "/api/vms/{id}/ports/{port}/",
-            axum::routing::any(net::proxy_root_slash),
-        )
-        .route(
-            "/api/vms/{id}/ports/{port}/{*path}",
-            axum::routing::any(net::proxy),
-        )
+        .route("/api/vms/{id}/http", post(proxy::http))
+        .route("/api/vms/{id}/ports/{port}", any(proxy::elsewhere))
+        .route("/api/vms/{id}/ports/{port}/", any(proxy::elsewhere))
+        .route("/api/vms/{id}/ports/{port}/{*path}", any(proxy::elsewhere))
         .route("/api/vms/{id}/stop", post(vms::stop))
         .route("/api/vms/{id}/pause", post(vms::pause))
         .route("/api/vms/{id}/resume", post(vms::resume))
@@ -113,14 +181,8 @@ fn routes() -> Router<AppState> {
         .route("/api/vms/{id}/extend", post(vms::extend))
         .route("/api/vms/{id}/snapshot", post(snapshots::create))
         .route("/api/vms/{id}/read-file", get(files::read_file))
-        .route(
-            "/api/vms/{id}/write-file",
-            post(files::write_file).layer(big_json()),
-        )
-        .route(
-            "/api/vms/{id}/append-file",
-            post(files::append_file).layer(big_json()),
-        )
+        .route("/api/vms/{id}/write-file", post(files::write_file))
+        .route("/api/vms/{id}/append-file", post(files::append_file))
         .route("/api/vms/{id}/file-info", get(files::file_info))
         .route("/api/vms/{id}/files", get(files::list))
         .route("/api/vms/{id}/files/stat", get(files::stat))
@@ -128,14 +190,8 @@ fn routes() -> Router<AppState> {
         .route("/api/vms/{id}/files/remove", post(files::remove))
         .route("/api/vms/{id}/files/rename", post(files::rename))
         .route("/api/vms/{id}/files/edit", post(files::edit))
-        .route(
-            "/api/vms/{id}/files/write-batch",
-            post(files::write_batch).layer(big_json()),
-        )
-        .route(
-            "/api/vms/{id}/upload",
-            post(files::upload).layer(DefaultBodyLimit::disable()),
-        )
+        .route("/api/vms/{id}/files/write-batch", post(files::write_batch))
+        .route("/api/vms/{id}/upload", post(files::upload))
         .route("/api/vms/{id}/download", get(files::download))
         .route("/api/vms/{id}/exec-python", post(files::exec_python))
         .route("/api/vms/{id}/terminal", get(ws::terminal))
@@ -164,10 +220,7 @@ fn routes() -> Router<AppState> {
         .route("/api/images", get(images::list))
         .route("/api/images/pull", post(images::pull))
         .route("/api/images/build", post(build::build_image))
-        .route(
-            "/api/images/import",
-            post(images::import).layer(axum::extract::DefaultBodyLimit::disable()),
-        )
+        .route("/api/images/import", post(images::import))
         .route(
             "/api/images/{*reference}",
             get(images::inspect).delete(images::delete),

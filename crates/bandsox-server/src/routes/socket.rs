@@ -14,11 +14,15 @@
 //! Answers come in completion order, not request order. A frame that cannot be parsed gets a
 //! 400 problem with `id` null. Closing the socket cancels what still runs, as closing an HTTP
 //! request does (a blocking exec is killed).
+//!
+//! Every operation checks the credential the socket was opened with again; once it is revoked
+//! (a key deleted, the session logged out, the password changed) the operation is answered
+//! 401 and the socket closes with 4001.
 
 use axum::body::Body;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
-use axum::http::{header, Request, StatusCode};
+use axum::extract::{Extension, Path, State};
+use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use base64::Engine;
@@ -27,8 +31,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-use super::ws::ExecStart;
+use super::ws::{credential_of, negotiate, revoked, ExecStart, CLOSE_UNAUTHORIZED};
 use super::AppState;
+use crate::auth::Credential;
 use crate::error::ApiError;
 
 /// Subprotocol a client may offer (it is selected when offered).
@@ -63,24 +68,41 @@ struct Frame {
 pub async fn socket(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    cred: Option<Extension<Credential>>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let ws = ws.protocols([SOCKET_PROTOCOL]);
-    ws.on_upgrade(move |socket| run(s, id, socket))
+    let ws = negotiate(ws, &headers, &[SOCKET_PROTOCOL]);
+    let cred = credential_of(cred);
+    ws.on_upgrade(move |socket| run(s, id, cred, socket))
 }
 
-async fn run(s: AppState, vm: String, mut socket: WebSocket) {
+async fn run(s: AppState, vm: String, cred: Credential, mut socket: WebSocket) {
     if s.manager.get_vm(&vm).is_err() {
         return super::ws::close(socket, 4004, "VM not found").await;
     }
-    // The request was authenticated when the socket opened; operations skip the guard.
+    // The request was authenticated when the socket opened; operations skip the guard but
+    // check the credential again.
     let app = super::routes_for(s.clone());
     let (tx, mut rx) = mpsc::channel::<serde_json::Value>(256);
     let mut running = JoinSet::new();
+    let revoked = revoked(s.clone(), cred.clone());
+    tokio::pin!(revoked);
     loop {
         tokio::select! {
+            () = &mut revoked => {
+                running.abort_all();
+                return super::ws::close(socket, CLOSE_UNAUTHORIZED, "the credential of this socket was revoked").await;
+            }
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Text(t))) => match serde_json::from_str::<Frame>(&t) {
+                    Ok(f) if !cred.still_valid(&s.manager) => {
+                        let p = problem_json(StatusCode::UNAUTHORIZED, "unauthorized", "the credential of this socket was revoked".into());
+                        let v = serde_json::json!({"id": f.id, "status": 401, "body": p});
+                        let _ = socket.send(Message::Text(v.to_string().into())).await;
+                        running.abort_all();
+                        return super::ws::close(socket, CLOSE_UNAUTHORIZED, "the credential of this socket was revoked").await;
+                    }
                     Ok(f) => {
                         let (s, vm, app, tx) = (s.clone(), vm.clone(), app.clone(), tx.clone());
                         running.spawn(async move { handle(s, vm, app, f, tx).await });

@@ -30,12 +30,19 @@ const EXEC_OUTPUT_CAP: usize = 64 << 20;
     operation_id = "vms_version",
     responses((status = 200, description = "success", body = VersionInfo))
 )]
-pub async fn version(State(s): State<AppState>) -> Json<VersionInfo> {
+pub async fn version(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Json<VersionInfo> {
     let (backend, accel) = s.manager.backend();
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
     Json(VersionInfo {
         version: env!("CARGO_PKG_VERSION").into(),
         backend: backend.into(),
         accelerator: accel.into(),
+        proxy_url: s.proxy.base_url(host),
     })
 }
 

@@ -12,8 +12,11 @@
 //! `{"type":"stdout"|"stderr","data"}` as output arrives, then `{"type":"exit","exit_code"}`
 //! or `{"type":"error","error"}`.
 
+use std::time::Duration;
+
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
+use axum::http::{header, HeaderMap};
 use axum::response::Response;
 use bandsox_core::guest::{ExecEvent, LogEvent, PtyStart};
 use bandsox_protocol::ExecRequest;
@@ -21,11 +24,71 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::AppState;
+use crate::auth::{Credential, AUTH_PROTOCOL_PREFIX};
 
 /// Subprotocol of BandSox's TypeScript SDK: output as base64 text frames.
 pub const TERMINAL_PROTOCOL: &str = "bandsox.terminal";
 /// Our binary-safe variant: output as binary frames.
 pub const TERMINAL_BINARY_PROTOCOL: &str = "bandsox.terminal.binary";
+/// Subprotocol our exec-stream clients offer (selected when offered).
+pub const EXEC_PROTOCOL: &str = "bandsox.exec";
+/// How often an open socket checks its credential even when nothing changed here (a key
+/// revoked by another process on the same storage).
+const CREDENTIAL_RECHECK: Duration = Duration::from_secs(10);
+
+/// Sets the subprotocols a handshake may select: the first of `ours` the client offered;
+/// failing that, an offered `bandsox.auth.*` entry, echoed back (clients such as tungstenite
+/// and `ws` fail a handshake that selects none of what they offered).
+pub(super) fn negotiate(
+    ws: WebSocketUpgrade,
+    headers: &HeaderMap,
+    ours: &[&'static str],
+) -> WebSocketUpgrade {
+    let offered: Vec<String> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_owned())
+        .collect();
+    let mut supported: Vec<std::borrow::Cow<'static, str>> = ours
+        .iter()
+        .map(|p| std::borrow::Cow::Borrowed(*p))
+        .collect();
+    if !offered.iter().any(|o| ours.contains(&o.as_str())) {
+        if let Some(auth) = offered
+            .into_iter()
+            .find(|o| o.starts_with(AUTH_PROTOCOL_PREFIX))
+        {
+            supported.push(std::borrow::Cow::Owned(auth));
+        }
+    }
+    ws.protocols(supported)
+}
+
+/// Resolves once `cred` no longer grants access: checked whenever credentials change on this
+/// server and every [`CREDENTIAL_RECHECK`].
+pub(super) async fn revoked(s: AppState, cred: Credential) {
+    let mut epoch = s.credentials_epoch.subscribe();
+    loop {
+        if !cred.still_valid(&s.manager) {
+            return;
+        }
+        tokio::select! {
+            _ = epoch.changed() => {}
+            _ = tokio::time::sleep(CREDENTIAL_RECHECK) => {}
+        }
+    }
+}
+
+/// The credential the guard authenticated the handshake with ([`Credential::Public`], which
+/// is never valid on a socket, when none was recorded).
+pub(super) fn credential_of(cred: Option<Extension<Credential>>) -> Credential {
+    cred.map_or(Credential::Public, |Extension(c)| c)
+}
+
+/// Close code of a socket whose credential was revoked.
+pub(super) const CLOSE_UNAUTHORIZED: u16 = 4001;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -65,15 +128,18 @@ pub async fn terminal(
     State(s): State<AppState>,
     Path(id): Path<String>,
     Query(q): Query<TerminalQuery>,
+    cred: Option<Extension<Credential>>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let ws = ws.protocols([TERMINAL_BINARY_PROTOCOL, TERMINAL_PROTOCOL]);
+    let ws = negotiate(ws, &headers, &[TERMINAL_BINARY_PROTOCOL, TERMINAL_PROTOCOL]);
     let output = match ws.selected_protocol().and_then(|p| p.to_str().ok()) {
         Some(TERMINAL_BINARY_PROTOCOL) => Output::Binary,
         Some(TERMINAL_PROTOCOL) => Output::Base64,
         _ => Output::Text,
     };
-    ws.on_upgrade(move |socket| run_terminal(s, id, q, output, socket))
+    let cred = credential_of(cred);
+    ws.on_upgrade(move |socket| run_terminal(s, id, q, output, cred, socket))
 }
 
 pub(super) async fn close(mut socket: WebSocket, code: u16, reason: &str) {
@@ -97,6 +163,7 @@ async fn run_terminal(
     id: String,
     q: TerminalQuery,
     output: Output,
+    cred: Credential,
     mut socket: WebSocket,
 ) {
     if s.manager.get_vm(&id).is_err() {
@@ -115,8 +182,14 @@ async fn run_terminal(
         Ok(o) => o,
         Err(e) => return close(socket, 4000, &e.to_string()).await,
     };
+    let revoked = revoked(s.clone(), cred);
+    tokio::pin!(revoked);
     loop {
         tokio::select! {
+            () = &mut revoked => {
+                close(socket, CLOSE_UNAUTHORIZED, "the credential of this socket was revoked").await;
+                break;
+            }
             ev = out.next() => match ev {
                 Ok(Some(LogEvent::Stdout(b) | LogEvent::Stderr(b))) => {
                     let msg = match output {
@@ -210,9 +283,13 @@ impl ExecStart {
 pub async fn exec_stream(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    cred: Option<Extension<Credential>>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.on_upgrade(move |socket| run_exec_stream(s, id, socket))
+    let ws = negotiate(ws, &headers, &[EXEC_PROTOCOL]);
+    let cred = credential_of(cred);
+    ws.on_upgrade(move |socket| run_exec_stream(s, id, cred, socket))
 }
 
 /// The exec-stream frame of an error: BandSox's `error` text plus our stable `code` and `hint`.
@@ -251,7 +328,7 @@ async fn send_json(socket: &mut WebSocket, v: serde_json::Value) -> bool {
         .is_ok()
 }
 
-async fn run_exec_stream(s: AppState, id: String, mut socket: WebSocket) {
+async fn run_exec_stream(s: AppState, id: String, cred: Credential, mut socket: WebSocket) {
     if s.manager.get_vm(&id).is_err() {
         send_json(
             &mut socket,
@@ -280,8 +357,17 @@ async fn run_exec_stream(s: AppState, id: String, mut socket: WebSocket) {
             return close(socket, 1000, "").await;
         }
     };
+    let revoked = revoked(s.clone(), cred);
+    tokio::pin!(revoked);
     loop {
-        let ev = match stream.next().await {
+        let next = tokio::select! {
+            () = &mut revoked => {
+                // The command stops with the socket, as when a client closes it.
+                return close(socket, CLOSE_UNAUTHORIZED, "the credential of this socket was revoked").await;
+            }
+            next = stream.next() => next,
+        };
+        let ev = match next {
             Ok(Some(ev)) => ev,
             Ok(None) => break,
             Err(e) => {

@@ -6,6 +6,14 @@
 //! anything else. The caller's credentials (bearer token, session cookie, `token=` query,
 //! `bandsox.auth.*` subprotocol) are stripped before the request reaches the guest: guest code
 //! is untrusted.
+//!
+//! Guest pages are hostile, so the reverse proxy never answers on the API's (and the
+//! dashboard's) origin: it has a listener of its own (`--proxy-port`), and on the API
+//! listener its paths answer 307 to that listener. Every proxied answer carries
+//! `Content-Security-Policy: sandbox` (the page gets an opaque origin: it can run scripts but
+//! cannot read cookies, storage or any other answer of ours), and the guest's `Set-Cookie`,
+//! `Clear-Site-Data`, HSTS and `Alt-Svc` headers are dropped (they would act on the host name
+//! the API shares).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddrV4;
@@ -60,26 +68,6 @@ fn parse_port(raw: &str) -> ApiResult<u16> {
     }
 }
 
-/// Decodes `%XX` escapes (for the traversal check only; the raw path is forwarded).
-fn percent_decode(s: &str) -> Vec<u8> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    out
-}
-
 /// A path for the guest: must start with `/`, no `.`/`..` segment (also percent-encoded or
 /// with backslashes), no control characters.
 fn check_guest_path(path: &str) -> ApiResult<()> {
@@ -93,8 +81,8 @@ fn check_guest_path(path: &str) -> ApiResult<()> {
     if !path.starts_with('/') {
         return bad("it must start with `/`");
     }
-    let decoded = percent_decode(path);
-    let decoded = percent_decode(&String::from_utf8_lossy(&decoded));
+    // Decoded twice, for the check only (the raw path is forwarded).
+    let decoded = crate::util::percent_decode(&crate::util::percent_decode_lossy(path));
     if decoded.iter().any(|c| c.is_ascii_control()) {
         return bad("control characters");
     }
@@ -142,6 +130,45 @@ async fn send(
         Ok(Err(e)) => Err(unreachable(addr, e)),
         Ok(Ok(r)) => Ok(r),
     }
+}
+
+/// The policy on every proxied answer: scripts may run, but in an opaque origin.
+pub const GUEST_CSP: &str =
+    "sandbox allow-scripts allow-forms allow-popups allow-modals allow-downloads";
+
+/// Answer headers of the guest that would act beyond its page (on the host name the API
+/// shares), dropped.
+const GUEST_HEADERS_DROPPED: &[&str] = &[
+    "set-cookie",
+    "set-cookie2",
+    "clear-site-data",
+    "strict-transport-security",
+    "alt-svc",
+    "public-key-pins",
+    "public-key-pins-report-only",
+];
+
+/// The guest's answer headers as the client gets them: hop-by-hop headers (unless an upgrade
+/// keeps them) and [`GUEST_HEADERS_DROPPED`] removed, [`GUEST_CSP`] added.
+fn answer_headers(src: &HeaderMap, upgrade: bool) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    for (name, value) in src {
+        let n = name.as_str();
+        let hop = HOP_BY_HOP.contains(&n) && !(upgrade && (n == "connection" || n == "upgrade"));
+        if hop || GUEST_HEADERS_DROPPED.contains(&n) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out.append(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(GUEST_CSP),
+    );
+    out.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    out
 }
 
 const HOP_BY_HOP: &[&str] = &[
@@ -349,11 +376,16 @@ pub async fn http(
 }
 
 #[utoipa::path(
-    method(get, post, put, delete, patch, head, options),
+    get,
     path = "/api/vms/{id}/ports/{port}/{path}",
     tag = "network",
-    summary = "Reverse proxy to a port inside the VM: any method, streamed, WebSocket upgrades \
-               (`X-Bandsox-Timeout-Ms` bounds the wait for the answer's headers, default 30000)",
+    summary = "Reverse proxy to a port inside the VM, served on the proxy listener",
+    description = "Served on the proxy listener (its base URL is `proxy_url` in `GET /api/version`); \
+                   on the API listener this path answers 307 there. Any method; streamed both ways; \
+                   WebSocket upgrades pass through; `/api/vms/{id}/ports/{port}` and `.../{port}/` \
+                   reach `/` of the port. `X-Bandsox-Timeout-Ms` bounds the wait for the answer's \
+                   headers (default 30000). Answers carry `Content-Security-Policy: sandbox ...`; \
+                   the guest's `Set-Cookie` is dropped.",
     operation_id = "network_proxy",
     params(
         ("id" = String, Path, description = "VM id"),
@@ -362,66 +394,13 @@ pub async fn http(
     ),
     responses(
         (status = 200, description = "the guest's answer, streamed"),
+        (status = 307, description = "on the API listener: the same path on the proxy listener"),
         (status = 422, description = "bad port or path"),
         (status = 502, description = "nothing listens on the port"),
         (status = 504, description = "the guest did not answer in time"),
     )
 )]
 pub async fn proxy(
-    State(s): State<AppState>,
-    Path(params): Path<Vec<(String, String)>>,
-    req: Request,
-) -> Response {
-    proxy_inner(s, params, req)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
-}
-
-#[utoipa::path(
-    method(get, post, put, delete, patch, head, options),
-    path = "/api/vms/{id}/ports/{port}",
-    tag = "network",
-    summary = "Reverse proxy to `/` of a port inside the VM (see the path form)",
-    operation_id = "network_proxy_root",
-    params(
-        ("id" = String, Path, description = "VM id"),
-        ("port" = u32, Path, description = "TCP port inside the VM, 1 to 65535"),
-    ),
-    responses(
-        (status = 200, description = "the guest's answer, streamed"),
-        (status = 422, description = "bad port"),
-        (status = 502, description = "nothing listens on the port"),
-        (status = 504, description = "the guest did not answer in time"),
-    )
-)]
-pub async fn proxy_root(
-    State(s): State<AppState>,
-    Path(params): Path<Vec<(String, String)>>,
-    req: Request,
-) -> Response {
-    proxy_inner(s, params, req)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
-}
-
-#[utoipa::path(
-    method(get, post, put, delete, patch, head, options),
-    path = "/api/vms/{id}/ports/{port}/",
-    tag = "network",
-    summary = "Reverse proxy to `/` of a port inside the VM (see the path form)",
-    operation_id = "network_proxy_root_slash",
-    params(
-        ("id" = String, Path, description = "VM id"),
-        ("port" = u32, Path, description = "TCP port inside the VM, 1 to 65535"),
-    ),
-    responses(
-        (status = 200, description = "the guest's answer, streamed"),
-        (status = 422, description = "bad port"),
-        (status = 502, description = "nothing listens on the port"),
-        (status = 504, description = "the guest did not answer in time"),
-    )
-)]
-pub async fn proxy_root_slash(
     State(s): State<AppState>,
     Path(params): Path<Vec<(String, String)>>,
     req: Request,
@@ -512,23 +491,50 @@ async fn proxy_inner(
             let mut guest = TokioIo::new(guest);
             let _ = tokio::io::copy_bidirectional(&mut client, &mut guest).await;
         });
-        let mut answer = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS);
-        for (k, v) in resp.headers() {
-            answer = answer.header(k, v);
-        }
-        return answer.body(Body::empty()).map_err(|e| unreachable(addr, e));
+        let mut answer = Response::new(Body::empty());
+        *answer.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *answer.headers_mut() = answer_headers(resp.headers(), true);
+        return Ok(answer);
     }
 
     let (parts, body) = resp.into_parts();
-    let mut answer = Response::builder().status(parts.status);
-    for (k, v) in &parts.headers {
-        if !HOP_BY_HOP.contains(&k.as_str()) {
-            answer = answer.header(k, v);
-        }
-    }
-    answer
-        .body(Body::new(body))
-        .map_err(|e| unreachable(addr, e))
+    let mut answer = Response::new(Body::new(body));
+    *answer.status_mut() = parts.status;
+    *answer.headers_mut() = answer_headers(&parts.headers, false);
+    Ok(answer)
+}
+
+/// On the API listener: the proxy's paths answer 307 to the same path on the proxy listener,
+/// so guest pages never load on the API's origin.
+pub async fn elsewhere(State(s): State<AppState>, req: Request) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let Some(base) = s.proxy.base_url(host) else {
+        return ApiError::new(
+            StatusCode::NOT_FOUND,
+            "proxy_disabled",
+            "this server has no guest proxy listener",
+        )
+        .into_response();
+    };
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or("/", axum::http::uri::PathAndQuery::as_str);
+    let location = format!("{base}{path_and_query}");
+    let Ok(value) = HeaderValue::from_str(&location) else {
+        return ApiError::invalid("the path cannot be redirected").into_response();
+    };
+    let mut resp = ApiError::new(
+        StatusCode::TEMPORARY_REDIRECT,
+        "proxy_elsewhere",
+        format!("guest ports are served on the proxy listener: {location}"),
+    )
+    .into_response();
+    resp.headers_mut().insert(header::LOCATION, value);
+    resp
 }
 
 #[cfg(test)]
@@ -558,6 +564,32 @@ mod tests {
         ] {
             assert!(check_guest_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn guest_answers_are_sandboxed_and_keep_no_cookies() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "set-cookie",
+            HeaderValue::from_static("bandsox_session=evil"),
+        );
+        h.append("set-cookie", HeaderValue::from_static("a=b"));
+        h.insert("clear-site-data", HeaderValue::from_static("\"cookies\""));
+        h.insert("content-type", HeaderValue::from_static("text/html"));
+        h.insert("connection", HeaderValue::from_static("upgrade"));
+        h.insert(
+            "content-security-policy",
+            HeaderValue::from_static("default-src *"),
+        );
+        let out = answer_headers(&h, false);
+        assert!(out.get("set-cookie").is_none());
+        assert!(out.get("clear-site-data").is_none());
+        assert!(out.get("connection").is_none());
+        assert_eq!(out.get("content-type").unwrap(), "text/html");
+        let csp: Vec<_> = out.get_all("content-security-policy").iter().collect();
+        assert!(csp.iter().any(|v| *v == GUEST_CSP), "{csp:?}");
+        assert!(answer_headers(&h, true).get("connection").is_some());
+        assert!(answer_headers(&h, true).get("set-cookie").is_none());
     }
 
     #[test]
