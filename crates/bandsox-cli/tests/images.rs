@@ -190,6 +190,7 @@ fn pull_progress_ls_inspect_rm_import_and_bad_input() {
         "{url}/api/images/import?reference=example/streamed:1"
     ))
     .set("Accept", "application/x-ndjson")
+    .set("Content-Type", "application/x-tar")
     .send_bytes(&std::fs::read(&saved).unwrap())
     .unwrap();
     assert_eq!(res.content_type(), "application/x-ndjson");
@@ -208,6 +209,7 @@ fn pull_progress_ls_inspect_rm_import_and_bad_input() {
         ureq::post(&format!(
             "{url}/api/images/import?reference=example/plain:1"
         ))
+        .set("Content-Type", "application/octet-stream")
         .send_bytes(&std::fs::read(&saved).unwrap()),
     );
     assert_eq!(

@@ -1,5 +1,5 @@
 //! VM networking against a real server and real VMs: HTTP into guests (`/http` and the
-//! reverse proxy), bad input, isolation (no guest reaches the host, another guest or
+//! reverse proxy on its own listener, sandboxed and without guest cookies), bad input, isolation (no guest reaches the host, another guest or
 //! link-local), NATed egress to a stand-in "internet" namespace, clones of one networked
 //! snapshot serving at once, and nothing of ours left after delete and `bandsox cleanup`
 //! (while an interface the test made itself survives). Needs root, `ip`, `nft`, python3.
@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use common::{answer, free_port, init, start_server, TestRoot, BIN};
+use common::{answer, free_port, init, proxy_url, start_server, TestRoot, BIN};
 use serde_json::{json, Value};
 
 /// Test-owned names: never bandsox's prefixes.
@@ -153,6 +153,10 @@ fn guest_http_isolation_egress_clones_and_cleanup() {
     let port = free_port();
     let server = start_server(root.path(), port);
     let base = format!("http://127.0.0.1:{port}/api");
+    // Guest ports are served by the proxy listener only.
+    let proxy = proxy_url(&format!("http://127.0.0.1:{port}"));
+    let proxy_port: u16 = proxy.rsplit(':').next().unwrap().parse().unwrap();
+    let pbase = format!("{proxy}/api");
 
     // The stand-in internet: a namespace behind its own veth, serving HTTP on port 80.
     let setup = sh(&format!(
@@ -185,6 +189,7 @@ fn guest_http_isolation_egress_clones_and_cleanup() {
         format!("{base}/vms/{b}"),
         format!("{base}/vms/{off}"),
     );
+    let (pvm_a, pvm_b) = (format!("{pbase}/vms/{a}"), format!("{pbase}/vms/{b}"));
     let ia = info(&base, &a)["network_config"].clone();
     let ib = info(&base, &b)["network_config"].clone();
     assert!(info(&base, &off)["network_config"].is_null());
@@ -228,12 +233,37 @@ fn guest_http_isolation_egress_clones_and_cleanup() {
         .unwrap();
     assert_eq!(got, bytes);
 
-    // The reverse proxy.
-    let (st, body) = proxy_get(&format!("{vm_a}/ports/8080/index.html"));
+    // The reverse proxy, on its own listener; the API listener points there.
+    let (st, body) = proxy_get(&format!("{pvm_a}/ports/8080/index.html"));
     assert_eq!((st, body.as_str()), (200, "hello-a\n"));
-    let (st, body) = proxy_get(&format!("{vm_b}/ports/8080/"));
+    let (st, body) = proxy_get(&format!("{pvm_b}/ports/8080/"));
     assert_eq!((st, body.as_str()), (200, "hello-b\n"));
-    let r = ureq::get(&format!("{vm_a}/ports/8080/bin")).call().unwrap();
+    let moved = ureq::builder()
+        .redirects(0)
+        .build()
+        .get(&format!("{vm_a}/ports/8080/index.html"))
+        .call()
+        .unwrap();
+    assert_eq!(moved.status(), 307);
+    assert_eq!(
+        moved.header("location"),
+        Some(format!("{pvm_a}/ports/8080/index.html").as_str())
+    );
+    // Guest answers run sandboxed and cannot set cookies on the host name the API shares.
+    let page = "#!/bin/sh\nwhile read -r l; do case \"$l\" in \"\"|\"$(printf '\\r')\") break;; esac; done\nprintf 'HTTP/1.0 200 OK\\r\\nContent-Type: text/html\\r\\nSet-Cookie: bandsox_session=planted; Path=/\\r\\nClear-Site-Data: \"cookies\"\\r\\nX-Guest: yes\\r\\n\\r\\n<script>fetch(\"/api/vms\")</script>'\n";
+    serve_script(&vm_a, "/cookie.sh", 9102, page);
+    let r = ureq::get(&format!("{pvm_a}/ports/9102/")).call().unwrap();
+    assert_eq!(r.header("x-guest"), Some("yes"));
+    assert_eq!(r.header("set-cookie"), None);
+    assert_eq!(r.header("clear-site-data"), None);
+    let csp = r.header("content-security-policy").unwrap_or_default();
+    assert!(
+        csp.starts_with("sandbox") && !csp.contains("allow-same-origin"),
+        "{csp}"
+    );
+    let r = ureq::get(&format!("{pvm_a}/ports/8080/bin"))
+        .call()
+        .unwrap();
     let mut got = Vec::new();
     std::io::Read::read_to_end(&mut r.into_reader(), &mut got).unwrap();
     assert_eq!(got, bytes);
@@ -243,7 +273,7 @@ fn guest_http_isolation_egress_clones_and_cleanup() {
     serve_script(&vm_a, "/up.sh", 9100, script);
     {
         use std::io::{BufRead, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy_port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         write!(
             s,
@@ -287,7 +317,7 @@ printf '\210\000'
     serve_script(&vm_a, "/ws.sh", 9101, script);
     {
         use tungstenite::Message;
-        let url = format!("ws://127.0.0.1:{port}/api/vms/{a}/ports/9101/ws");
+        let url = format!("ws://127.0.0.1:{proxy_port}/api/vms/{a}/ports/9101/ws");
         let (mut ws, resp) = tungstenite::connect(url.as_str()).expect("WebSocket handshake");
         assert_eq!(resp.status().as_u16(), 101);
         match ws.read().unwrap() {
@@ -330,7 +360,7 @@ printf '\210\000'
         (502, Some("response_too_large")),
         "{r}"
     );
-    let resp = ureq::get(&format!("{vm_a}/ports/8080/huge"))
+    let resp = ureq::get(&format!("{pvm_a}/ports/8080/huge"))
         .call()
         .unwrap();
     let n = std::io::copy(&mut resp.into_reader(), &mut std::io::sink()).unwrap();
@@ -351,7 +381,7 @@ printf '\210\000'
         "ports/8080/%2e%2e/etc/passwd",
         "ports/8080/a/%2E%2E%2Fb",
     ] {
-        let (st, _) = proxy_get(&format!("{vm_a}/{path}"));
+        let (st, _) = proxy_get(&format!("{pvm_a}/{path}"));
         assert_eq!(st, 422, "{path}");
     }
     let (st, r) = post(&format!("{vm_a}/http"), json!({"port": 9999}));
@@ -434,7 +464,7 @@ printf '\210\000'
     let handles: Vec<_> = clones
         .iter()
         .map(|c| {
-            let url = format!("{base}/vms/{c}/ports/8080/index.html");
+            let url = format!("{pbase}/vms/{c}/ports/8080/index.html");
             std::thread::spawn(move || proxy_get(&url))
         })
         .collect();
@@ -442,7 +472,7 @@ printf '\210\000'
         assert_eq!(h.join().unwrap(), (200, "hello-a\n".to_owned()));
     }
     // The source still serves too.
-    assert_eq!(proxy_get(&format!("{vm_a}/ports/8080/index.html")).0, 200);
+    assert_eq!(proxy_get(&format!("{pvm_a}/ports/8080/index.html")).0, 200);
 
     // A clone restored with networking off keeps its NIC but has no way in or out.
     let (st, r) = post(
@@ -473,7 +503,7 @@ printf '\210\000'
     );
     serve_page(&vm_b, "hello-b-again");
     assert_eq!(
-        proxy_get(&format!("{vm_b}/ports/8080/index.html")),
+        proxy_get(&format!("{pvm_b}/ports/8080/index.html")),
         (200, "hello-b-again\n".to_owned())
     );
 

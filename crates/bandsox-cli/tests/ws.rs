@@ -205,6 +205,99 @@ fn terminal_exec_stream_and_ws_auth() {
     ws.send(input("echo authed\n")).unwrap();
     read_until(&mut ws, "authed", from_b64);
     ws.close(None).unwrap();
+
+    // A client that offers only the auth subprotocol (tungstenite fails a handshake whose
+    // answer selects none of what it offered): the exec stream works.
+    let mut ws = connect(&format!("{ws_base}/vms/{id}/exec-stream"), &[&auth]).unwrap();
+    ws.send(Message::Text(r#"{"command":"echo streamed"}"#.into()))
+        .unwrap();
+    let Message::Text(t) = ws.read().unwrap() else {
+        panic!()
+    };
+    assert!(t.as_str().contains("streamed"), "{t}");
+    // `bandsox exec` with a key, exit code included.
+    let out = std::process::Command::new(BIN)
+        .args(["exec", &id, "--", "echo via-cli; exit 3"])
+        .env("BANDSOX_URL", format!("http://127.0.0.1:{port}"))
+        .env("BANDSOX_API_KEY", &key)
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).as_ref()
+        ),
+        (Some(3), "via-cli\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Sockets opened with a key stop working once it is revoked.
+    let created: serde_json::Value = ureq::post(&format!("{http}/auth/keys"))
+        .set("Authorization", &format!("Bearer {key}"))
+        .send_json(serde_json::json!({"name": "short-lived"}))
+        .unwrap()
+        .into_json()
+        .unwrap();
+    let key2 = created["key"].as_str().unwrap().to_owned();
+    let auth2 = format!(
+        "bandsox.auth.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&key2)
+    );
+    let mut sock = connect(
+        &format!("{ws_base}/vms/{id}/socket"),
+        &["bandsox.socket", &auth2],
+    )
+    .unwrap();
+    let op = |n: u32| {
+        Message::Text(
+            serde_json::json!({"id": n, "method": "POST", "path": "/exec", "body": {"command": "echo op"}})
+                .to_string()
+                .into(),
+        )
+    };
+    sock.send(op(1)).unwrap();
+    let first: serde_json::Value =
+        serde_json::from_str(sock.read().unwrap().to_text().unwrap()).unwrap();
+    assert_eq!(first["status"], 200, "{first}");
+    let mut term = connect(
+        &format!("{ws_base}/vms/{id}/terminal"),
+        &["bandsox.terminal", &auth2],
+    )
+    .unwrap();
+    ureq::delete(&format!(
+        "{http}/auth/keys/{}",
+        created["key_id"].as_str().unwrap()
+    ))
+    .set("Authorization", &format!("Bearer {key}"))
+    .call()
+    .unwrap();
+    let closed_with = |ws: &mut Ws| loop {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return Some(u16::from(f.code)),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    };
+    let _ = sock.send(op(2));
+    assert_eq!(
+        closed_with(&mut sock),
+        Some(4001),
+        "the socket outlived its key"
+    );
+    assert_eq!(
+        closed_with(&mut term),
+        Some(4001),
+        "the terminal outlived its key"
+    );
+    let refused = connect(
+        &format!("{ws_base}/vms/{id}/socket"),
+        &["bandsox.socket", &auth2],
+    );
+    assert!(
+        matches!(refused, Err(tungstenite::Error::Http(ref r)) if r.status() == 401),
+        "{refused:?}"
+    );
     ureq::delete(&format!("{http}/vms/{id}"))
         .set("Authorization", &format!("Bearer {key}"))
         .call()

@@ -136,7 +136,7 @@ def _start_server(prefix: str, auth: bool) -> Iterator[Server]:
         log = storage / "serve.log"
         logf = open(log, "wb")
         proc = subprocess.Popen(
-            [str(binp), "serve", "--port", str(port), "--storage", str(storage)],
+            [str(binp), "serve", "--port", str(port), "--proxy-port", "0", "--storage", str(storage)],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
         )
         logf.close()

@@ -122,7 +122,7 @@ export async function startServer(opts: { auth?: boolean; prefix?: string } = {}
     }
     const port = await freePort();
     const fd = openSync(log, "w");
-    proc = spawn(bandsoxBin(), ["serve", "--port", String(port), "--storage", storage], {
+    proc = spawn(bandsoxBin(), ["serve", "--port", String(port), "--proxy-port", "0", "--storage", storage], {
       stdio: ["ignore", fd, fd],
     });
     closeSync(fd);

@@ -59,11 +59,18 @@ pub fn start_server(storage: &Path, port: u16) -> Server {
     start_server_with(storage, port, &[])
 }
 
-/// [`start_server`] with more `serve` flags.
+/// [`start_server`] with more `serve` flags. The guest proxy listens on a free port unless
+/// `flags` choose one (its URL is `proxy_url` in `/api/version`).
 pub fn start_server_with(storage: &Path, port: u16, flags: &[&str]) -> Server {
+    let proxy: &[&str] = if flags.contains(&"--proxy-port") || flags.contains(&"--no-proxy") {
+        &[]
+    } else {
+        &["--proxy-port", "0"]
+    };
     let child = Command::new(BIN)
         .args(["serve", "--port", &port.to_string(), "--storage"])
         .arg(storage)
+        .args(proxy)
         .args(flags)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -79,6 +86,19 @@ pub fn start_server_with(storage: &Path, port: u16, flags: &[&str]) -> Server {
         std::thread::sleep(Duration::from_millis(50));
     }
     server
+}
+
+/// The base URL of the server's guest proxy listener.
+pub fn proxy_url(api: &str) -> String {
+    let v: serde_json::Value = ureq::get(&format!("{api}/api/version"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    v["proxy_url"]
+        .as_str()
+        .expect("the server runs a proxy")
+        .to_owned()
 }
 
 /// Status and JSON body (Null when not JSON) of a `ureq` call, whether it succeeded or not.
