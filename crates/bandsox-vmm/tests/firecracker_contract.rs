@@ -15,7 +15,7 @@ use std::time::Duration;
 use bandsox_vmm::firecracker::cgroup::CgroupLimits;
 use bandsox_vmm::firecracker::{FirecrackerConfig, FirecrackerDriver};
 use bandsox_vmm::{Disk, NetSpec, VmHandle, VmSpec, VmmDriver, VmmError};
-use common::fake_fc::{FakeOptions, Fakes};
+use common::fake_fc::{run_binary, FakeOptions, Fakes};
 use common::fake_jailer::{cgroup_writes, HostKind};
 use common::validator::ApiSpec;
 use serde_json::{json, Value};
@@ -673,23 +673,13 @@ async fn vsock_connect_without_ok_fails_in_bounded_time() {
     h.kill().await.unwrap();
 }
 
-/// Runs one of the installed fakes directly: (exit code, stdout, stderr).
-fn run_fake(bin: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(bin).args(args).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn fakes_refuse_the_argument_forms_the_real_binaries_refuse() {
     let env = Env::on(HostKind::Hybrid);
     let fc = &env.fakes.firecracker;
     let sock = env.path("x.sock").display().to_string();
     // `--id=<id>` is one unknown word: exit 153, the logger line on stdout, Debug on stderr.
-    let (code, out, err) = run_fake(fc, &["--id=x", "--api-sock", &sock]);
+    let (code, out, err) = run_binary(fc, &["--id=x", "--api-sock", &sock]);
     assert_eq!(code, Some(153), "{out}{err}");
     assert!(
         out.contains(
@@ -719,7 +709,7 @@ fn fakes_refuse_the_argument_forms_the_real_binaries_refuse() {
             r#"UnexpectedArgument("api-sock=/s")"#,
         ),
     ] {
-        let (code, _, err) = run_fake(fc, args);
+        let (code, _, err) = run_binary(fc, args);
         assert_eq!(code, Some(153), "{args:?}");
         assert_eq!(
             err.trim(),
@@ -728,13 +718,13 @@ fn fakes_refuse_the_argument_forms_the_real_binaries_refuse() {
         );
     }
     // An id the validator refuses aborts (the real one panics with panic = "abort").
-    let (code, out, _) = run_fake(fc, &["--id", "bad_id", "--api-sock", &sock]);
+    let (code, out, _) = run_binary(fc, &["--id", "bad_id", "--api-sock", &sock]);
     assert_eq!(code, None, "{out}");
     assert!(
         out.contains("Invalid instance ID: Invalid char (_) at position 3"),
         "{out}"
     );
-    let (code, out, _) = run_fake(fc, &["--version"]);
+    let (code, out, _) = run_binary(fc, &["--version"]);
     assert_eq!((code, out.trim()), (Some(0), "Firecracker v1.16.1"));
 
     // The jailer: exit code 1, the message then the Debug form on stderr.
@@ -756,7 +746,7 @@ fn fakes_refuse_the_argument_forms_the_real_binaries_refuse() {
     let jail = |extra: &[&str]| {
         let mut a: Vec<&str> = common.to_vec();
         a.extend_from_slice(extra);
-        run_fake(jailer, &a)
+        run_binary(jailer, &a)
     };
     let (code, _, err) = jail(&["--id=x"]);
     assert_eq!(code, Some(1));
@@ -771,7 +761,7 @@ fn fakes_refuse_the_argument_forms_the_real_binaries_refuse() {
         err.contains(r#"UnexpectedArgument("cgroup-version=2")"#),
         "{err}"
     );
-    let (code, _, err) = run_fake(jailer, &["--id", "x"]);
+    let (code, _, err) = run_binary(jailer, &["--id", "x"]);
     assert_eq!(code, Some(1));
     assert!(
         err.contains("Argument 'exec-file' required, but not found."),

@@ -21,11 +21,11 @@ use bandsox_vmm::firecracker::cgroup::{CgroupHost, MOUNTS};
 use bandsox_vmm::firecracker::{FirecrackerConfig, FirecrackerDriver, FirecrackerHandle};
 use bandsox_vmm::{Disk, VmHandle, VmSpec, VmmDriver, VmmError};
 use common::fake_args;
-use common::fake_fc::FakeOptions;
+use common::fake_fc::{run_binary, FakeOptions};
 use common::fake_jailer::HostKind;
 
-/// The real binaries, or `None` (skip, with the reason printed).
-fn binaries(jailed: bool) -> Option<(PathBuf, Option<PathBuf>)> {
+/// The real Firecracker, or `None` (skip, with the reason printed).
+fn firecracker_bin() -> Option<PathBuf> {
     let Some(fc) = std::env::var_os("BANDSOX_FIRECRACKER_BIN").map(PathBuf::from) else {
         eprintln!("skipped: BANDSOX_FIRECRACKER_BIN is not set (see docs/firecracker.md)");
         return None;
@@ -35,27 +35,22 @@ fn binaries(jailed: bool) -> Option<(PathBuf, Option<PathBuf>)> {
         "BANDSOX_FIRECRACKER_BIN={} is not a file",
         fc.display()
     );
-    if !jailed {
-        return Some((fc, None));
-    }
-    let jailer = match std::env::var_os("BANDSOX_JAILER_BIN").map(PathBuf::from) {
+    Some(fc)
+}
+
+/// The real jailer: `BANDSOX_JAILER_BIN` (which must exist), else next to Firecracker.
+fn jailer_bin(fc: &Path) -> Option<PathBuf> {
+    match std::env::var_os("BANDSOX_JAILER_BIN").map(PathBuf::from) {
         Some(j) => {
             assert!(
                 j.is_file(),
                 "BANDSOX_JAILER_BIN={} is not a file",
                 j.display()
             );
-            j
+            Some(j)
         }
-        None => match bandsox_vmm::firecracker::find_jailer(&fc) {
-            Some(j) => j,
-            None => {
-                eprintln!("skipped: no jailer (set BANDSOX_JAILER_BIN or put `jailer` next to firecracker)");
-                return None;
-            }
-        },
-    };
-    Some((fc, Some(jailer)))
+        None => bandsox_vmm::firecracker::find_jailer(fc),
+    }
 }
 
 /// A minimal x86-64 ELF "kernel": one segment at 1 MiB (where Firecracker loads kernels)
@@ -244,8 +239,18 @@ fn assert_limits(h: &FirecrackerHandle, spec: &VmSpec) {
 }
 
 async fn lifecycle(jailed: bool) {
-    let Some((fc, jailer)) = binaries(jailed) else {
+    let Some(fc) = firecracker_bin() else {
         return;
+    };
+    let jailer = match (jailed, jailer_bin(&fc)) {
+        (false, _) => None,
+        (true, Some(j)) => Some(j),
+        (true, None) => {
+            eprintln!(
+                "skipped: no jailer (set BANDSOX_JAILER_BIN or put `jailer` next to firecracker)"
+            );
+            return;
+        }
     };
     let lab = Lab::new();
     let config = || {
@@ -361,15 +366,6 @@ async fn real_firecracker_jailed() {
     lifecycle(true).await;
 }
 
-fn output(bin: &Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = std::process::Command::new(bin).args(args).output().unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// Drops the timestamp Firecracker's log lines start with.
 fn untimed(s: &str) -> Vec<String> {
     s.lines()
@@ -379,9 +375,10 @@ fn untimed(s: &str) -> Vec<String> {
 
 #[test]
 fn real_binaries_match_the_fakes() {
-    let Some((fc, jailer)) = binaries(true).or_else(|| binaries(false)) else {
+    let Some(fc) = firecracker_bin() else {
         return;
     };
+    let jailer = jailer_bin(&fc);
     let dir = tempfile::Builder::new()
         .prefix("fch")
         .tempdir_in("/tmp")
@@ -403,7 +400,7 @@ fn real_binaries_match_the_fakes() {
         pairs.push((j.clone(), fakes.jailer.clone(), fake_args::JAILER, "Jailer"));
     }
     for (real, _, table, name) in &pairs {
-        let (code, help, _) = output(real, &["--help"]);
+        let (code, help, _) = run_binary(real, &["--help"]);
         assert_eq!(code, Some(0));
         assert!(
             help.starts_with(&format!("{name} v{}\n", fake_args::VERSION)),
@@ -440,8 +437,8 @@ fn real_binaries_match_the_fakes() {
         vec!["--id", "a", "--id", "b"],
         vec!["--api-sock=/s"],
     ] {
-        let real = output(&fc, &args);
-        let fake = output(&fakes.firecracker, &args);
+        let real = run_binary(&fc, &args);
+        let fake = run_binary(&fakes.firecracker, &args);
         assert_eq!(real.0, fake.0, "{args:?}");
         assert_eq!(untimed(&real.1), untimed(&fake.1), "{args:?} stdout");
         assert_eq!(real.2, fake.2, "{args:?} stderr");
@@ -451,58 +448,35 @@ fn real_binaries_match_the_fakes() {
     };
     let exec = fc.display().to_string();
     let base = dir.path().display().to_string();
-    let mut cases = vec![
-        vec!["--id=x", "--exec-file", &exec, "--uid", "0", "--gid", "0"],
-        vec!["--id", "x", "--bogus"],
-        vec!["--exec-file", &exec, "--uid", "0", "--gid", "0"],
-        vec![
-            "--id",
-            "x",
-            "--exec-file",
-            &exec,
-            "--uid",
-            "0",
-            "--gid",
-            "0",
-            "--cgroup-version=2",
-        ],
-        vec![
-            "--id",
-            "bad_id",
-            "--exec-file",
-            &exec,
-            "--uid",
-            "0",
-            "--gid",
-            "0",
-        ],
-    ];
+    let required = ["--exec-file", exec.as_str(), "--uid", "0", "--gid", "0"];
+    let mut cases: Vec<Vec<&str>> = [
+        &["--id=x"][..],
+        &["--id", "x", "--bogus"],
+        &[],
+        &["--id", "x", "--cgroup-version=2"],
+        &["--id", "bad_id"],
+    ]
+    .iter()
+    .map(|extra| [*extra, &required[..]].concat())
+    .collect();
     // On a hybrid host (like the lab's), v2 limits fail before anything is made.
     let host = CgroupHost::detect(Path::new(MOUNTS));
     let hybrid = host.plan(1, 1).version == Some(1)
         && std::fs::read_to_string("/proc/self/mounts").is_ok_and(|m| m.contains(" cgroup2 "));
-    let v2_case = [
-        "--id",
-        "x",
-        "--exec-file",
-        &exec,
-        "--uid",
-        "0",
-        "--gid",
-        "0",
-        "--chroot-base-dir",
-        &base,
-        "--cgroup-version",
-        "2",
-        "--cgroup",
-        "cpu.max=100000 100000",
-    ];
     if hybrid {
-        cases.push(v2_case.to_vec());
+        let v2 = [
+            "--id",
+            "x",
+            "--chroot-base-dir",
+            base.as_str(),
+            "--cgroup-version",
+            "2",
+        ];
+        cases.push([&v2[..], &required, &["--cgroup", "cpu.max=100000 100000"]].concat());
     }
     for args in cases {
-        let real = output(&jailer, &args);
-        let fake = output(&fakes.jailer, &args);
+        let real = run_binary(&jailer, &args);
+        let fake = run_binary(&fakes.jailer, &args);
         assert_eq!(real.0, fake.0, "{args:?}: {} / {}", real.2, fake.2);
         assert_eq!(real.2, fake.2, "{args:?} stderr");
     }

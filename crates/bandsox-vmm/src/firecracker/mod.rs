@@ -272,22 +272,23 @@ impl FirecrackerDriver {
         Ok(())
     }
 
-    /// Starts the VMM (through the jailer or directly) and waits for its API socket.
+    /// Starts the VMM (through the jailer with `jailed`'s options and cgroup limits, or
+    /// directly) and waits for its API socket.
     async fn start_process(
         &self,
         spec: &VmSpec,
         jail: &Jail,
-        cgroups: Option<&CgroupPlan>,
+        jailed: Option<(&JailerOptions, &CgroupPlan)>,
     ) -> Result<FirecrackerHandle, VmmError> {
         let c = &self.config;
         let console = std::fs::File::create(spec.run_dir.join("console.log"))?;
-        let (program, args, cwd) = match (&c.jailer, cgroups) {
-            (Some(opts), Some(cgroups)) => (
+        let (program, args, cwd) = match jailed {
+            Some((opts, cgroups)) => (
                 opts.jailer.clone(),
                 jail::jailer_args(opts, &c.binary, &c.chroot_base, jail, spec, cgroups),
                 None,
             ),
-            _ => (
+            None => (
                 c.binary.clone(),
                 jail::firecracker_args(&spec.id, &jail.path(jail::API_SOCK)),
                 Some(jail.root.clone()),
@@ -304,7 +305,7 @@ impl FirecrackerDriver {
         if let Some(cwd) = cwd {
             cmd.current_dir(cwd);
         }
-        if let (Some(n), None) = (&spec.network, &c.jailer) {
+        if let (Some(n), None) = (&spec.network, jailed) {
             // Without the jailer the VMM joins the VM's namespace itself (the jailer does it
             // with --netns).
             let ns = std::fs::File::open(jail::netns_path(&n.netns))?;
@@ -322,7 +323,7 @@ impl FirecrackerDriver {
             operation: "spawn",
             detail: "process ended before it could be tracked".into(),
         })?;
-        let pid = if c.jailer.is_some() {
+        let pid = if jailed.is_some() {
             // The jailer exits once Firecracker runs in its new PID namespace; the
             // Firecracker pid (as seen from here) is in `<root>/<exec-name>.pid`.
             let status = tokio::time::timeout(c.start_timeout, child.wait())
@@ -597,8 +598,8 @@ impl FirecrackerDriver {
         extra: impl FnOnce(&Jail) -> Result<(), VmmError>,
     ) -> Result<FirecrackerHandle, VmmError> {
         // Refused before anything is made when the host cannot apply the limits.
-        let cgroups = match self.config.jailer {
-            Some(_) => Some(self.config.cgroup_plan(spec.vcpu, spec.mem_mib)?),
+        let jailed = match &self.config.jailer {
+            Some(opts) => Some((opts, self.config.cgroup_plan(spec.vcpu, spec.mem_mib)?)),
             None => None,
         };
         let jail = self.jail(&spec.id)?;
@@ -606,7 +607,8 @@ impl FirecrackerDriver {
             jail.remove();
             return Err(e);
         }
-        match self.start_process(spec, &jail, cgroups.as_ref()).await {
+        let jailed = jailed.as_ref().map(|(opts, plan)| (*opts, plan));
+        match self.start_process(spec, &jail, jailed).await {
             Ok(h) => Ok(h),
             Err(e) => {
                 jail.remove();

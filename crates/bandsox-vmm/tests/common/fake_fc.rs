@@ -638,6 +638,16 @@ fn fault(msg: &str) -> Value {
     json!({ "fault_message": msg })
 }
 
+/// Runs `bin` with `args`: (exit code, stdout, stderr).
+pub fn run_binary(bin: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(bin).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// What the installed fakes do.
 #[derive(Debug, Clone)]
 pub struct FakeOptions<'a> {
