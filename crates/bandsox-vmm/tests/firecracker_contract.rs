@@ -132,6 +132,13 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Nothing of a failed test keeps running.
+        common::fake_fc::kill_fakes_under(self.dir.path());
+    }
+}
+
 /// A named network namespace for the test's lifetime (`ip netns add`, root only), so the
 /// jailer can open `/run/netns/<name>` like the real one does.
 struct Netns(String);

@@ -91,14 +91,20 @@ fn tiny_kernel() -> Vec<u8> {
     elf
 }
 
+/// One test's files and VM ids. The ids carry this process's pid, so concurrent runs never
+/// share a cgroup (`<hierarchy>/firecracker/<id>`). Dropping it (also when the test fails)
+/// kills what is left of its VMMs and removes their cgroups and the parent cgroups it created.
 struct Lab {
     dir: tempfile::TempDir,
     kernel: PathBuf,
     initrd: PathBuf,
+    ids: [String; 2],
+    cgroups: Vec<PathBuf>,
+    new_parents: Vec<PathBuf>,
 }
 
 impl Lab {
-    fn new() -> Self {
+    fn new(mode: &str) -> Self {
         // Short: socket paths must fit in 107 bytes. World-traversable: the jail user
         // (65534) needs no access, but the jailer canonicalises the base as root.
         let dir = tempfile::Builder::new()
@@ -118,10 +124,24 @@ impl Lab {
                 (k, i)
             }
         };
+        let ids = ["one", "two"].map(|n| format!("real-{mode}-{n}-{}", std::process::id()));
+        let host = CgroupHost::detect(Path::new(MOUNTS));
+        let cgroups: Vec<PathBuf> = ids
+            .iter()
+            .flat_map(|id| host.vm_dirs("firecracker", id))
+            .collect();
+        let new_parents = cgroups
+            .iter()
+            .filter_map(|d| d.parent().map(Path::to_path_buf))
+            .filter(|p| !p.exists())
+            .collect();
         Self {
             dir,
             kernel,
             initrd,
+            ids,
+            cgroups,
+            new_parents,
         }
     }
 
@@ -146,6 +166,40 @@ impl Lab {
                 read_only: false,
             }],
             network: None,
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let pids: Vec<u32> = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .filter(|pid| {
+                let w = words(*pid);
+                self.ids
+                    .iter()
+                    .any(|id| w.windows(2).any(|p| p[0] == "--id" && p[1] == *id))
+            })
+            .collect();
+        for pid in &pids {
+            eprintln!("cleanup: killing leftover VMM {pid}");
+            bandsox_vmm::kill_process(*pid);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        for d in &self.cgroups {
+            while d.exists()
+                && std::fs::remove_dir(d).is_err()
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        // Shared with any other run's VMs: only if empty now.
+        for d in &self.new_parents {
+            let _ = std::fs::remove_dir(d);
         }
     }
 }
@@ -252,29 +306,26 @@ async fn lifecycle(jailed: bool) {
             return;
         }
     };
-    let lab = Lab::new();
+    let lab = Lab::new(if jailed { "j" } else { "p" });
     let config = || {
         let mut c = FirecrackerConfig::new(fc.clone(), jailer.clone(), lab.dir.path().join("jail"));
         c.start_timeout = Duration::from_secs(20);
         c
     };
     let driver = FirecrackerDriver::new(config());
-    // The shared parent cgroups (`<hierarchy>/firecracker`) the jailer may create: removed at
-    // the end if this test made them.
-    let parents: Vec<PathBuf> = CgroupHost::detect(Path::new(MOUNTS))
-        .vm_dirs("firecracker", "x")
-        .iter()
-        .filter_map(|d| d.parent().map(Path::to_path_buf))
-        .filter(|p| jailed && !p.exists())
-        .collect();
+    let [id1, id2] = lab.ids.clone();
 
-    let spec = lab.spec("real-one");
+    let spec = lab.spec(&id1);
     let h = driver.spawn_handle(&spec).await.unwrap();
     let argv = words(h.pid());
     if jailed {
         // The jailer's copy, `--id <id>` as two words, in a new PID namespace where it is
         // PID 1; the pid recorded (from `<root>/firecracker.pid`) is that process from here.
-        assert_eq!(argv[..3], ["/firecracker", "--id", "real-one"], "{argv:?}");
+        assert_eq!(
+            argv[..3],
+            ["/firecracker", "--id", id1.as_str()],
+            "{argv:?}"
+        );
         assert_eq!(ns_pids(h.pid()), [h.pid(), 1]);
         assert_limits(&h, &spec);
     } else {
@@ -283,7 +334,7 @@ async fn lifecycle(jailed: bool) {
             [
                 fc.display().to_string(),
                 "--id".into(),
-                "real-one".into(),
+                id1.clone(),
                 "--api-sock".into(),
                 h.jail().path("api.sock").display().to_string(),
             ]
@@ -305,7 +356,7 @@ async fn lifecycle(jailed: bool) {
         u64::from(spec.mem_mib) << 20
     );
 
-    let spec2 = lab.spec("real-two");
+    let spec2 = lab.spec(&id2);
     let h2 = driver.restore_handle(&spec2, &state_file).await.unwrap();
     assert_eq!(state(&h2).await, "Running");
     if jailed {
@@ -351,9 +402,6 @@ async fn lifecycle(jailed: bool) {
         .map(|r| r.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "left in the jail base: {left:?}");
-    for p in parents {
-        let _ = std::fs::remove_dir(p);
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -638,6 +638,21 @@ fn fault(msg: &str) -> Value {
     json!({ "fault_message": msg })
 }
 
+/// Kills every fake left running from `dir` (its executable is one of the links [`install`]
+/// made there, or a jailed copy below it): for a test that failed half-way.
+pub fn kill_fakes_under(dir: &Path) {
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id()
+            && std::fs::read_link(e.path().join("exe")).is_ok_and(|exe| exe.starts_with(dir))
+        {
+            bandsox_vmm::kill_process(pid);
+        }
+    }
+}
+
 /// Runs `bin` with `args`: (exit code, stdout, stderr).
 pub fn run_binary(bin: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     let out = std::process::Command::new(bin).args(args).output().unwrap();
