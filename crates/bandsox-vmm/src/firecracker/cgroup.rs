@@ -165,11 +165,12 @@ impl CgroupHost {
             match (version, *c) {
                 (Some(2), "cpu") => settings.push(format!("cpu.max={quota_us} {CPU_PERIOD_US}")),
                 (Some(2), "memory") => settings.push(format!("memory.max={mem_bytes}")),
-                (_, "cpu") => {
+                (Some(1), "cpu") => {
                     settings.push(format!("cpu.cfs_period_us={CPU_PERIOD_US}"));
                     settings.push(format!("cpu.cfs_quota_us={quota_us}"));
                 }
-                (_, _) => settings.push(format!("memory.limit_in_bytes={mem_bytes}")),
+                (Some(1), "memory") => settings.push(format!("memory.limit_in_bytes={mem_bytes}")),
+                _ => {}
             }
         }
         CgroupPlan {
