@@ -17,14 +17,6 @@ use bandsox_protocol::ExecRequest;
 use bandsox_vmm::firecracker::{FirecrackerConfig, FirecrackerDriver};
 use common::{assert_storage_clean, fresh_storage};
 
-/// Not a test: the body of the fake Firecracker when the launcher script runs this binary.
-#[test]
-fn fake_fc_server() {
-    if std::env::var("BANDSOX_FAKE_FC").as_deref() == Ok("1") {
-        fc::fake_fc::run();
-    }
-}
-
 struct Agent(std::process::Child);
 
 impl Drop for Agent {
@@ -49,16 +41,22 @@ async fn manager_runs_a_vm_on_the_firecracker_backend() {
             .spawn()
             .unwrap(),
     );
-    let log = scratch.path().join("requests.jsonl");
-    let (fc_bin, jailer) = fc::fake_fc::write_scripts_with_agent(
-        &scratch.path().join("bin"),
-        &log,
-        "",
-        "",
-        &agent_sock.display().to_string(),
+    // This test binary is also the fake `firecracker` and `jailer` (see fake_fc.rs).
+    let agent = agent_sock.display().to_string();
+    let fakes = fc::fake_fc::install(
+        scratch.path(),
+        &fc::fake_fc::FakeOptions {
+            agent: &agent,
+            ..Default::default()
+        },
     );
-    let mut config = FirecrackerConfig::new(fc_bin, Some(jailer), ts.root().join("jail"));
-    config.cgroup_base = scratch.path().join("cgroup");
+    let log = fakes.requests.clone();
+    let mut config = FirecrackerConfig::new(
+        fakes.firecracker.clone(),
+        Some(fakes.jailer.clone()),
+        ts.root().join("jail"),
+    );
+    config.cgroup_mounts = fakes.mounts.clone();
     let driver = Arc::new(FirecrackerDriver::new(config));
     let mgr = Manager::with_driver(ManagerConfig::new(ts.storage.clone()), driver)
         .await

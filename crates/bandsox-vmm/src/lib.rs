@@ -38,6 +38,8 @@ pub enum VmmError {
         operation: &'static str,
         timeout_ms: u64,
     },
+    #[error("cgroup limits cannot be applied: {0}")]
+    CgroupLimits(String),
     #[error("{0} is not a VMM process of this VM")]
     NotOurProcess(u32),
     #[error("saving or restoring VM state failed: {0}")]

@@ -1,7 +1,9 @@
-//! Contract tests of the Firecracker driver against a fake Firecracker that validates every
-//! request against the official API spec (`tests/firecracker-api.yaml`, v1.17.0-dev), and a
-//! fake jailer that builds the real jail layout. With `BANDSOX_FIRECRACKER_BIN` set, one more
-//! test drives the real binary (see `docs/firecracker.md`).
+//! Contract tests of the Firecracker driver against a fake Firecracker and jailer that parse
+//! their command lines with the real v1.16.1 grammar, validate every API request against the
+//! official spec (`tests/firecracker-api.yaml`, v1.17.0-dev; what v1.16.1 refuses beyond it
+//! is refused too), and jail over a fake cgroup host (v2, v1 or hybrid). With
+//! `BANDSOX_FIRECRACKER_BIN` (and `BANDSOX_JAILER_BIN`) set, the `real_*` tests drive the real
+//! binaries (see `docs/firecracker.md`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
 
@@ -10,59 +12,67 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use bandsox_vmm::firecracker::cgroup::CgroupLimits;
 use bandsox_vmm::firecracker::{FirecrackerConfig, FirecrackerDriver};
 use bandsox_vmm::{Disk, NetSpec, VmHandle, VmSpec, VmmDriver, VmmError};
+use common::fake_fc::{run_binary, FakeOptions, Fakes};
+use common::fake_jailer::{cgroup_writes, HostKind};
 use common::validator::ApiSpec;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Not a test: the body of the fake Firecracker when the launcher script runs this binary.
-#[test]
-fn fake_fc_server() {
-    if std::env::var("BANDSOX_FAKE_FC").as_deref() == Ok("1") {
-        common::fake_fc::run();
-    }
-}
-
 struct Env {
     dir: tempfile::TempDir,
-    fc: PathBuf,
-    jailer: PathBuf,
+    fakes: Fakes,
 }
 
 impl Env {
     fn new(fail: &str, hang: &str) -> Self {
+        Self::with(FakeOptions {
+            fail,
+            hang,
+            ..FakeOptions::default()
+        })
+    }
+
+    fn on(host: HostKind) -> Self {
+        Self::with(FakeOptions {
+            host,
+            ..FakeOptions::default()
+        })
+    }
+
+    fn with(opts: FakeOptions) -> Self {
         // Short paths: socket paths are limited to 107 bytes.
         let dir = tempfile::Builder::new()
             .prefix("fct")
             .tempdir_in("/tmp")
             .unwrap();
-        let (fc, jailer) = common::fake_fc::write_scripts(
-            &dir.path().join("bin"),
-            &dir.path().join("requests.jsonl"),
-            fail,
-            hang,
-        );
+        let fakes = common::fake_fc::install(dir.path(), &opts);
         for f in ["vmlinux", "initramfs", "base.ext4", "data.ext4"] {
             std::fs::write(dir.path().join(f), f).unwrap();
         }
-        Self { dir, fc, jailer }
+        Self { dir, fakes }
     }
 
     fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
 
-    fn driver(&self, jailed: bool) -> FirecrackerDriver {
+    fn config(&self, jailed: bool) -> FirecrackerConfig {
         let mut c = FirecrackerConfig::new(
-            self.fc.clone(),
-            jailed.then(|| self.jailer.clone()),
+            self.fakes.firecracker.clone(),
+            jailed.then(|| self.fakes.jailer.clone()),
             self.path("jail"),
         );
-        c.cgroup_base = self.path("cgroup");
+        c.cgroup_mounts = self.fakes.mounts.clone();
         c.api_timeout = Duration::from_secs(5);
         c.start_timeout = Duration::from_secs(20);
-        FirecrackerDriver::new(c)
+        c
+    }
+
+    fn driver(&self, jailed: bool) -> FirecrackerDriver {
+        FirecrackerDriver::new(self.config(jailed))
     }
 
     fn spec(&self, id: &str, data: &Path) -> VmSpec {
@@ -92,11 +102,24 @@ impl Env {
 
     /// Every request the fakes received, in order.
     fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(self.path("requests.jsonl"))
+        std::fs::read_to_string(&self.fakes.requests)
             .unwrap_or_default()
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
+    }
+
+    fn jailer_argv(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.fakes.jailer_argv)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The fake host's hierarchy directories (`<host>/cg/...`).
+    fn cg(&self, p: &str) -> PathBuf {
+        self.path("host/cg").join(p)
     }
 
     fn assert_no_violations(&self) {
@@ -107,6 +130,46 @@ impl Env {
             );
         }
     }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Nothing of a failed test keeps running.
+        common::fake_fc::kill_fakes_under(self.dir.path());
+    }
+}
+
+/// A named network namespace for the test's lifetime (`ip netns add`, root only), so the
+/// jailer can open `/run/netns/<name>` like the real one does.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> Option<Self> {
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", name])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(name.into()))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+/// The command line of process `pid`, word by word.
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap()
+        .split(|b| *b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect()
 }
 
 fn calls(reqs: &[Value]) -> Vec<String> {
@@ -223,14 +286,23 @@ async fn full_lifecycle_under_the_jailer() {
     let env = Env::new("", "");
     let driver = env.driver(true);
     let data = env.path("data.ext4");
-    // A networked VM: the jailer enters its namespace, Firecracker gets its TAP.
-    let net = NetSpec {
-        netns: "bsx-vm-one".into(),
+    // A networked VM: the jailer enters its namespace (which must exist, as for the real
+    // jailer: root only), Firecracker gets its TAP.
+    let tag = std::process::id();
+    let ns = (
+        Netns::new(&format!("bsx-fct-{tag}-1")),
+        Netns::new(&format!("bsx-fct-{tag}-2")),
+    );
+    if ns.0.is_none() {
+        eprintln!("not root (ip netns add failed): the lifecycle runs without a NIC");
+    }
+    let net = ns.0.as_ref().map(|n| NetSpec {
+        netns: n.0.clone(),
         tap: "tap0".into(),
         guest_mac: "06:00:ac:1f:00:02".into(),
-    };
+    });
     let mut spec = env.spec("vm-one", &data);
-    spec.network = Some(net.clone());
+    spec.network = net.clone();
     let h = driver.spawn(&spec).await.unwrap();
     let jail_dir = env.path("jail/firecracker/vm-one");
     let root = jail_dir.join("root");
@@ -252,47 +324,78 @@ async fn full_lifecycle_under_the_jailer() {
         std::fs::metadata(&data).unwrap().ino()
     );
 
-    let argv = std::fs::read_to_string(env.path("bin/jailer.argv")).unwrap();
-    let argv: Vec<&str> = argv.lines().collect();
+    let argv = env.jailer_argv();
     let base = env.path("jail").display().to_string();
-    let fc = env.fc.display().to_string();
+    let fc = env.fakes.firecracker.display().to_string();
+    let netns = net
+        .as_ref()
+        .map(|n| format!("/run/netns/{}", n.netns))
+        .unwrap_or_default();
     for pair in [
         ["--id", "vm-one"],
         ["--exec-file", fc.as_str()],
         ["--chroot-base-dir", base.as_str()],
         ["--cgroup-version", "2"],
+        ["--cgroup", "cpu.max=200000 100000"],
+        ["--cgroup", "memory.max=536870912"],
         ["--uid", "65534"],
         ["--gid", "65534"],
-        ["--netns", "/run/netns/bsx-vm-one"],
-    ] {
+    ]
+    .into_iter()
+    .chain(net.as_ref().map(|_| ["--netns", netns.as_str()]))
+    {
         assert!(
             argv.windows(2).any(|w| w == pair),
             "jailer argv {argv:?} lacks {pair:?}"
         );
     }
-    assert!(argv.contains(&"cpu.max=200000 100000") && argv.contains(&"--new-pid-ns"));
-    assert!(argv.ends_with(&["--", "--api-sock", "/api.sock"]));
+    assert!(argv.contains(&"--new-pid-ns".to_string()));
+    assert!(argv.ends_with(&["--".into(), "--api-sock".into(), "/api.sock".into()]));
+    // The VMM runs as the jailer's copy with `--id <id>` as two words.
+    let words = cmdline(h.pid());
+    assert_eq!(words[..3], ["/firecracker", "--id", "vm-one"], "{words:?}");
+    assert!(
+        words.ends_with(&["--api-sock".into(), "/api.sock".into()]),
+        "{words:?}"
+    );
+    // The limits landed in the VM's v2 cgroup, with the controllers enabled above it.
+    let vm_cg = env.cg("firecracker/vm-one");
+    assert!(vm_cg.is_dir());
+    let writes = cgroup_writes(&env.fakes.cgroup_log);
+    for (file, value) in [
+        (env.cg("cgroup.subtree_control"), "+cpu"),
+        (env.cg("firecracker/cgroup.subtree_control"), "+cpu"),
+        (env.cg("firecracker/cgroup.subtree_control"), "+memory"),
+        (vm_cg.join("cpu.max"), "200000 100000"),
+        (vm_cg.join("memory.max"), "536870912"),
+    ] {
+        assert!(
+            writes.contains(&(file.clone(), value.to_string())),
+            "{file:?}={value} not written: {writes:?}"
+        );
+    }
+    assert!(writes.iter().any(|(f, _)| *f == vm_cg.join("cgroup.procs")));
 
     let reqs = env.requests();
-    assert_eq!(
-        calls(&reqs),
-        [
-            "PUT /logger",
-            "PUT /metrics",
-            "PUT /machine-config",
-            "PUT /boot-source",
-            "PUT /drives/drive0",
-            "PUT /drives/drive1",
-            "PUT /vsock",
-            "PUT /entropy",
-            "PUT /network-interfaces/eth0",
-            "PUT /actions"
-        ]
-    );
-    assert_eq!(
-        find(&reqs, "PUT /network-interfaces/eth0")["body"],
-        json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:1f:00:02"})
-    );
+    let mut want = vec![
+        "PUT /logger",
+        "PUT /metrics",
+        "PUT /machine-config",
+        "PUT /boot-source",
+        "PUT /drives/drive0",
+        "PUT /drives/drive1",
+        "PUT /vsock",
+        "PUT /entropy",
+    ];
+    if net.is_some() {
+        want.push("PUT /network-interfaces/eth0");
+        assert_eq!(
+            find(&reqs, "PUT /network-interfaces/eth0")["body"],
+            json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:ac:1f:00:02"})
+        );
+    }
+    want.push("PUT /actions");
+    assert_eq!(calls(&reqs), want);
     assert!(reqs.iter().all(|r| r["status"] == 204), "{reqs:?}");
     let m = &find(&reqs, "PUT /machine-config")["body"];
     assert_eq!(
@@ -367,8 +470,8 @@ async fn full_lifecycle_under_the_jailer() {
     let data2 = env.path("data2.ext4");
     std::fs::copy(&data, &data2).unwrap();
     let mut spec2 = env.spec("vm-two", &data2);
-    spec2.network = Some(NetSpec {
-        netns: "bsx-vm-two".into(),
+    spec2.network = net.zip(ns.1.as_ref()).map(|(net, ns)| NetSpec {
+        netns: ns.0.clone(),
         ..net
     });
     let h2 = driver.restore(&spec2, &snap.join("state")).await.unwrap();
@@ -381,16 +484,18 @@ async fn full_lifecycle_under_the_jailer() {
         json!({"backend_type": "File", "backend_path": "load.mem"})
     );
     assert_eq!(body["vsock_override"], json!({"uds_path": "v.sock"}));
-    assert_eq!(
-        body["network_overrides"],
-        json!([{"iface_id": "eth0", "host_dev_name": "tap0"}])
-    );
+    if spec2.network.is_some() {
+        assert_eq!(
+            body["network_overrides"],
+            json!([{"iface_id": "eth0", "host_dev_name": "tap0"}])
+        );
+    }
     assert_eq!(body["resume_vm"], true);
     assert_ne!(h2.pid(), h.pid());
     echo_through_agent(h2.as_ref()).await;
 
-    // Re-attach (as after a server restart) checks the process is this VM's.
-    let again = driver.attach(&spec2, h2.pid()).await.unwrap();
+    // Re-attach (as after a server restart: a new driver) checks the process is this VM's.
+    let again = env.driver(true).attach(&spec2, h2.pid()).await.unwrap();
     assert_eq!(again.pid(), h2.pid());
     assert!(matches!(
         driver.attach(&spec, h2.pid()).await,
@@ -408,6 +513,7 @@ async fn full_lifecycle_under_the_jailer() {
         assert!(!bandsox_vmm::process_alive(pid), "VMM {pid} survived kill");
     }
     assert!(!jail_dir.exists() && !env.path("jail/firecracker/vm-two").exists());
+    assert!(!vm_cg.exists() && !env.cg("firecracker/vm-two").exists());
     // The VM's own files outlive the jail.
     assert!(data.is_file() && spec.run_dir.join("firecracker.log").is_file());
     env.assert_no_violations();
@@ -419,7 +525,18 @@ async fn plain_firecracker_without_the_jailer() {
     let driver = env.driver(false);
     let spec = env.spec("plain", &env.path("data.ext4"));
     let h = driver.spawn(&spec).await.unwrap();
-    assert!(!env.path("bin/jailer.argv").exists());
+    assert!(!env.fakes.jailer_argv.exists());
+    let api_sock = env.path("jail/firecracker/plain/root/api.sock");
+    assert_eq!(
+        cmdline(h.pid()),
+        [
+            env.fakes.firecracker.display().to_string(),
+            "--id".into(),
+            "plain".into(),
+            "--api-sock".into(),
+            api_sock.display().to_string(),
+        ]
+    );
     echo_through_agent(h.as_ref()).await;
     assert_eq!(driver.attach(&spec, h.pid()).await.unwrap().pid(), h.pid());
     h.pause().await.unwrap();
@@ -457,8 +574,7 @@ async fn fault_message_becomes_the_error_and_nothing_is_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_calls_time_out_when_firecracker_does_not_answer() {
     let env = Env::new("", "PATCH /vm");
-    let mut c = FirecrackerConfig::new(env.fc.clone(), Some(env.jailer.clone()), env.path("jail"));
-    c.cgroup_base = env.path("cgroup");
+    let mut c = env.config(true);
     c.api_timeout = Duration::from_millis(300);
     let driver = FirecrackerDriver::new(c);
     let spec = env.spec("hang", &env.path("data.ext4"));
@@ -535,102 +651,11 @@ async fn snapshot_load_refused_on_a_configured_process() {
     h.kill().await.unwrap();
 }
 
-/// Against the real binary: `BANDSOX_FIRECRACKER_BIN=/path/to/firecracker` (the jailer is
-/// found next to it or through `BANDSOX_JAILER_BIN`; `BANDSOX_FC_JAILER=0` runs without it).
-/// The guest kernel and initramfs come from `BANDSOX_FC_TEST_KERNEL` and
-/// `BANDSOX_FC_TEST_INITRD`, else from an initialised storage root (`BANDSOX_STORAGE`, default
-/// `/var/lib/bandsox`: `kernels/vmlinux`, `kernels/initramfs.cpio`). Only the VMM's API is
-/// exercised: the guest need not boot.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_firecracker_api() {
-    let Some(bin) = std::env::var_os("BANDSOX_FIRECRACKER_BIN") else {
-        eprintln!("skipped: BANDSOX_FIRECRACKER_BIN is not set (see docs/firecracker.md)");
-        return;
-    };
-    let storage = PathBuf::from(
-        std::env::var_os("BANDSOX_STORAGE").unwrap_or_else(|| "/var/lib/bandsox".into()),
-    );
-    let kernel = std::env::var_os("BANDSOX_FC_TEST_KERNEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| storage.join("kernels/vmlinux"));
-    let initrd = std::env::var_os("BANDSOX_FC_TEST_INITRD")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| storage.join("kernels/initramfs.cpio"));
-    if !kernel.is_file() || !initrd.is_file() {
-        eprintln!(
-            "skipped: no guest kernel: set BANDSOX_FC_TEST_KERNEL and BANDSOX_FC_TEST_INITRD, or run `bandsox init` ({} / {} missing)",
-            kernel.display(),
-            initrd.display()
-        );
-        return;
-    }
-    let dir = tempfile::Builder::new()
-        .prefix("fcreal")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let mut c = FirecrackerConfig::from_env(dir.path().join("jail")).unwrap();
-    c.binary = PathBuf::from(bin);
-    let driver = FirecrackerDriver::new(c);
-    let mk = |id: &str| {
-        let run_dir = dir.path().join(id);
-        std::fs::create_dir_all(&run_dir).unwrap();
-        let disk = run_dir.join("disk.img");
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(64 << 20)
-            .unwrap();
-        VmSpec {
-            id: id.into(),
-            run_dir,
-            vcpu: 1,
-            mem_mib: 256,
-            kernel: PathBuf::from(&kernel),
-            initramfs: PathBuf::from(&initrd),
-            kernel_args: vec![],
-            disks: vec![Disk {
-                path: disk,
-                read_only: false,
-            }],
-            network: None,
-        }
-    };
-    let spec = mk("real-one");
-    let h = driver.spawn(&spec).await.unwrap();
-    h.pause().await.unwrap();
-    h.resume().await.unwrap();
-    h.pause().await.unwrap();
-    let state = dir.path().join("state");
-    h.save_state(&state).await.unwrap();
-    let h2 = driver.restore(&mk("real-two"), &state).await.unwrap();
-    h2.pause().await.unwrap();
-    h2.resume().await.unwrap();
-    let pids = [h.pid(), h2.pid()];
-    h.kill().await.unwrap();
-    h2.kill().await.unwrap();
-    for pid in pids {
-        assert!(!bandsox_vmm::process_alive(pid));
-    }
-    let exec = driver.config().binary.file_name().unwrap().to_owned();
-    assert!(!dir
-        .path()
-        .join("jail")
-        .join(&exec)
-        .join("real-one")
-        .exists());
-    assert!(!dir
-        .path()
-        .join("jail")
-        .join(&exec)
-        .join("real-two")
-        .exists());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vsock_connect_without_ok_fails_in_bounded_time() {
     // The guest's vsock driver is not active: Firecracker neither answers nor closes.
     let env = Env::new("", "CONNECT");
-    let mut c = FirecrackerConfig::new(env.fc.clone(), Some(env.jailer.clone()), env.path("jail"));
-    c.cgroup_base = env.path("cgroup");
+    let mut c = env.config(true);
     c.vsock_connect_timeout = Duration::from_millis(300);
     let driver = FirecrackerDriver::new(c);
     let h = driver
@@ -652,5 +677,348 @@ async fn vsock_connect_without_ok_fails_in_bounded_time() {
         .unwrap();
     let err = h.connect_agent().await.unwrap_err();
     assert!(err.to_string().contains("closed without OK"), "{err}");
+    h.kill().await.unwrap();
+}
+
+#[test]
+fn fakes_refuse_the_argument_forms_the_real_binaries_refuse() {
+    let env = Env::on(HostKind::Hybrid);
+    let fc = &env.fakes.firecracker;
+    let sock = env.path("x.sock").display().to_string();
+    // `--id=<id>` is one unknown word: exit 153, the logger line on stdout, Debug on stderr.
+    let (code, out, err) = run_binary(fc, &["--id=x", "--api-sock", &sock]);
+    assert_eq!(code, Some(153), "{out}{err}");
+    assert!(
+        out.contains(
+            "Arguments parsing error: Found argument 'id=x' which wasn't expected, or isn't valid in this context."
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("Firecracker exiting with error. exit_code=153"),
+        "{out}"
+    );
+    assert_eq!(
+        err.trim(),
+        r#"Error: ParseArguments(UnexpectedArgument("id=x"))"#
+    );
+    for (args, debug) in [
+        (&["--bogus"][..], r#"UnexpectedArgument("bogus")"#),
+        (&["x"][..], r#"UnexpectedArgument("x")"#),
+        (&["--id"][..], r#"MissingValue("id")"#),
+        (&["--id", "--api-sock", "/s"][..], r#"MissingValue("id")"#),
+        (
+            &["--id", "a", "--id", "b"][..],
+            r#"DuplicateArgument("id")"#,
+        ),
+        (
+            &["--api-sock=/s"][..],
+            r#"UnexpectedArgument("api-sock=/s")"#,
+        ),
+    ] {
+        let (code, _, err) = run_binary(fc, args);
+        assert_eq!(code, Some(153), "{args:?}");
+        assert_eq!(
+            err.trim(),
+            format!("Error: ParseArguments({debug})"),
+            "{args:?}"
+        );
+    }
+    // An id the validator refuses aborts (the real one panics with panic = "abort").
+    let (code, out, _) = run_binary(fc, &["--id", "bad_id", "--api-sock", &sock]);
+    assert_eq!(code, None, "{out}");
+    assert!(
+        out.contains("Invalid instance ID: Invalid char (_) at position 3"),
+        "{out}"
+    );
+    let (code, out, _) = run_binary(fc, &["--version"]);
+    assert_eq!((code, out.trim()), (Some(0), "Firecracker v1.16.1"));
+
+    // The jailer: exit code 1, the message then the Debug form on stderr.
+    let jailer = &env.fakes.jailer;
+    let exec = fc.display().to_string();
+    let base = env.path("jail");
+    std::fs::create_dir_all(&base).unwrap();
+    let base = base.display().to_string();
+    let common = [
+        "--exec-file",
+        &exec,
+        "--uid",
+        "0",
+        "--gid",
+        "0",
+        "--chroot-base-dir",
+        &base,
+    ];
+    let jail = |extra: &[&str]| {
+        let mut a: Vec<&str> = common.to_vec();
+        a.extend_from_slice(extra);
+        run_binary(jailer, &a)
+    };
+    let (code, _, err) = jail(&["--id=x"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.trim(),
+        "Failed to parse arguments: Found argument 'id=x' which wasn't expected, or isn't valid in this context.\n\
+         Error: ArgumentParsing(UnexpectedArgument(\"id=x\"))"
+    );
+    let (code, _, err) = jail(&["--id", "x", "--cgroup-version=2"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(r#"UnexpectedArgument("cgroup-version=2")"#),
+        "{err}"
+    );
+    let (code, _, err) = run_binary(jailer, &["--id", "x"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("Argument 'exec-file' required, but not found."),
+        "{err}"
+    );
+
+    // This host has v1 controllers and an empty v2 hierarchy: a v2 request fails as on the
+    // real hybrid host, before anything is made.
+    let (code, _, err) = jail(&[
+        "--id",
+        "x",
+        "--cgroup-version",
+        "2",
+        "--cgroup",
+        "cpu.max=100000 100000",
+    ]);
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        err.trim(),
+        "Controller cpu is unavailable\nError: CgroupControllerUnavailable(\"cpu\")"
+    );
+    assert!(!env.path("jail/firecracker/x").exists());
+    // v2 keys with v1: the parent's file does not exist.
+    let (code, _, err) = jail(&[
+        "--id",
+        "x",
+        "--cgroup-version",
+        "1",
+        "--cgroup",
+        "cpu.max=100000",
+    ]);
+    assert_eq!(code, Some(1));
+    let parent_file = env.cg("cpu,cpuacct/firecracker/cpu.max");
+    assert!(
+        err.starts_with(&format!(
+            "Failed to read file {} into a string: No such file or directory (os error 2)",
+            parent_file.display()
+        )),
+        "{err}"
+    );
+    // A value the kernel refuses.
+    let (code, _, err) = jail(&[
+        "--id",
+        "y",
+        "--cgroup-version",
+        "1",
+        "--cgroup",
+        "cpu.cfs_quota_us=abc",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("Invalid argument (os error 22)"), "{err}");
+    for (args, want) in [
+        (
+            &["--cgroup", "cpu.cfs_quota_us"][..],
+            "Invalid format for cgroups: cpu.cfs_quota_us",
+        ),
+        (
+            &["--cgroup", "bogus.x=1"][..],
+            "Controller bogus is unavailable",
+        ),
+        (
+            &["--cgroup-version", "x"][..],
+            "x is an invalid cgroup version specifier",
+        ),
+        (
+            &["--cgroup-version", "3", "--cgroup", "cpu.shares=2"][..],
+            "Hierarchy not found: No hierarchy found for this cgroup version.",
+        ),
+        (
+            &["--netns", "/nonexistent/netns"][..],
+            "Failed to open file /nonexistent/netns",
+        ),
+    ] {
+        let mut a = vec!["--id", "z"];
+        a.extend_from_slice(args);
+        let (code, _, err) = jail(&a);
+        assert_eq!(code, Some(1), "{args:?}");
+        assert!(err.starts_with(want), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jailed_on_v1_and_hybrid_hosts_with_v1_limits() {
+    for host in [HostKind::Hybrid, HostKind::V1] {
+        let env = Env::on(host);
+        let driver = env.driver(true);
+        let spec = env.spec("vm1", &env.path("data.ext4"));
+        let h = driver.spawn(&spec).await.unwrap();
+        let argv = env.jailer_argv();
+        let s = argv.join(" ");
+        assert!(
+            s.contains(
+                "--cgroup-version 1 --cgroup cpu.cfs_period_us=100000 --cgroup cpu.cfs_quota_us=200000 \
+                 --cgroup memory.limit_in_bytes=536870912"
+            ),
+            "{host:?}: {s}"
+        );
+        let (cpu, mem) = (
+            env.cg("cpu,cpuacct/firecracker/vm1"),
+            env.cg("memory/firecracker/vm1"),
+        );
+        let writes = cgroup_writes(&env.fakes.cgroup_log);
+        for (file, value) in [
+            (cpu.join("cpu.cfs_period_us"), "100000"),
+            (cpu.join("cpu.cfs_quota_us"), "200000"),
+            (mem.join("memory.limit_in_bytes"), "536870912"),
+        ] {
+            assert!(
+                writes.contains(&(file.clone(), value.into())),
+                "{file:?}: {writes:?}"
+            );
+        }
+        assert!(writes.iter().any(|(f, _)| *f == cpu.join("tasks")));
+        assert!(writes.iter().any(|(f, _)| *f == mem.join("tasks")));
+        assert!(cpu.is_dir() && mem.is_dir());
+        h.pause().await.unwrap();
+        h.save_state(&env.path("state")).await.unwrap();
+        let h2 = driver
+            .restore(&env.spec("vm2", &env.path("data.ext4")), &env.path("state"))
+            .await
+            .unwrap();
+        h.kill().await.unwrap();
+        // Died on its own: reaped and cleaned up as well.
+        bandsox_vmm::kill_process(h2.pid());
+        assert!(h2.wait_exit(Duration::from_secs(5)).await.is_some());
+        for id in ["vm1", "vm2"] {
+            for d in ["cpu,cpuacct", "memory", "unified"] {
+                let p = env.cg(&format!("{d}/firecracker/{id}"));
+                assert!(!p.exists(), "{host:?}: {p:?} left behind");
+            }
+            assert!(!env.path(&format!("jail/firecracker/{id}")).exists());
+        }
+        env.assert_no_violations();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_cgroup_version_for_the_host_fails_the_spawn_cleanly() {
+    // The driver believes in a v2 host (its mount table), the jailer sees the hybrid one:
+    // the jailer refuses `--cgroup-version 2` as the real one does on such a host.
+    let env = Env::on(HostKind::Hybrid);
+    let mut c = env.config(true);
+    let wrong = env.path("v2host");
+    c.cgroup_mounts = common::fake_jailer::make_host(&wrong, HostKind::V2);
+    let driver = FirecrackerDriver::new(c);
+    let err = driver
+        .spawn(&env.spec("wrong", &env.path("data.ext4")))
+        .await
+        .err()
+        .expect("the jailer must refuse v2 limits on a hybrid host");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, VmmError::Exited { .. }) && msg.contains("Controller cpu is unavailable"),
+        "{msg}"
+    );
+    assert!(!env.path("jail/firecracker/wrong").exists());
+    assert!(!env.cg("unified/firecracker/wrong").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_cgroups_refuses_unless_the_operator_allows_it() {
+    let env = Env::on(HostKind::None);
+    let spec = env.spec("bare", &env.path("data.ext4"));
+    let err = env
+        .driver(true)
+        .spawn(&spec)
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(matches!(err, VmmError::CgroupLimits(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("`cpu` and `memory` unavailable")
+            && msg.contains("BANDSOX_FC_CGROUP_LIMITS=optional"),
+        "{msg}"
+    );
+    // Refused before anything was made or run.
+    assert!(!env.path("jail/firecracker/bare").exists());
+    assert!(!env.fakes.jailer_argv.exists());
+
+    let mut c = env.config(true);
+    c.cgroup_limits = CgroupLimits::Optional;
+    let h = FirecrackerDriver::new(c).spawn(&spec).await.unwrap();
+    let argv = env.jailer_argv();
+    assert!(!argv.iter().any(|a| a.starts_with("--cgroup")), "{argv:?}");
+    h.kill().await.unwrap();
+    assert!(!env.path("jail/firecracker/bare").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinked_binary_is_jailed_under_its_canonical_name() {
+    // Release tarballs name the binary `firecracker-v1.16.1-x86_64`; operators symlink it.
+    // The jailer names the jail, pid file and cgroup after the canonical file.
+    let env = Env::new("", "");
+    let real = env.path("bin/firecracker-v1.16.1-x86_64");
+    std::fs::hard_link(&env.fakes.firecracker, &real).unwrap();
+    let link = env.path("bin/fc");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let mut c = env.config(true);
+    c.binary = link;
+    let driver = FirecrackerDriver::new(c);
+    let spec = env.spec("linked", &env.path("data.ext4"));
+    let h = driver.spawn(&spec).await.unwrap();
+    let jail = env.path("jail/firecracker-v1.16.1-x86_64/linked");
+    assert!(jail.join("root/api.sock").exists());
+    assert!(env.cg("firecracker-v1.16.1-x86_64/linked").is_dir());
+    assert_eq!(cmdline(h.pid())[0], "/firecracker-v1.16.1-x86_64");
+    let again = env.driver(true);
+    // A driver configured with the plain path does not claim it (other exec name).
+    assert!(matches!(
+        again.attach(&spec, h.pid()).await,
+        Err(VmmError::NotOurProcess(_))
+    ));
+    assert_eq!(driver.attach(&spec, h.pid()).await.unwrap().pid(), h.pid());
+    h.kill().await.unwrap();
+    assert!(!jail.exists() && !env.cg("firecracker-v1.16.1-x86_64/linked").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_refuses_bodies_v1_16_refuses() {
+    let env = Env::new("", "");
+    let driver = env.driver(true);
+    let spec = env.spec("bodies", &env.path("data.ext4"));
+    let h = driver.spawn(&spec).await.unwrap();
+    let api = bandsox_vmm::firecracker::api::ApiClient::new(
+        env.path("jail/firecracker/bodies/root/api.sock"),
+        Duration::from_secs(5),
+    );
+    // Metrics can be configured once per process.
+    let err = api
+        .put(
+            "/metrics",
+            &json!({"metrics_path": "fc.metrics"}),
+            "metrics",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Reinitialization of metrics not allowed"),
+        "{err}"
+    );
+    // The spec copy (v1.17.0-dev) has fields v1.16.1 does not know.
+    let err = api
+        .put("/snapshot/load", &json!({"snapshot_path": "s", "mem_backend": {"backend_type": "File", "backend_path": "m"}, "huge_pages": "None"}), "load")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("unknown field `huge_pages`"),
+        "{err}"
+    );
     h.kill().await.unwrap();
 }

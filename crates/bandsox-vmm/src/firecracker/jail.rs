@@ -1,4 +1,4 @@
-//! The per-VM directory Firecracker runs in, and the jailer command line.
+//! The per-VM directory Firecracker runs in, and the jailer's and Firecracker's command lines.
 //!
 //! Every VM gets `<chroot_base>/<exec-name>/<id>/root/` (the jailer's layout). Its kernel,
 //! initramfs, disks and, on restore, snapshot files are hard-linked there (copied when a link
@@ -9,9 +9,11 @@
 //! stored in the state file and cannot be overridden on load).
 
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use super::cgroup::CgroupPlan;
 use crate::{VmSpec, VmmError};
 
 /// Longest Unix socket path (sun_path is 108 bytes including the NUL).
@@ -44,8 +46,9 @@ pub struct Jail {
     /// Owner of the files the VMM opens.
     pub uid: u32,
     pub gid: u32,
-    /// cgroup v2 directory the jailer creates (`<cgroup_base>/<exec-name>/<id>`), if jailed.
-    pub cgroup: Option<PathBuf>,
+    /// Every cgroup directory the jailer may create for this VM (see
+    /// [`super::cgroup::CgroupHost::vm_dirs`]); empty without the jailer.
+    pub cgroups: Vec<PathBuf>,
 }
 
 impl Jail {
@@ -55,7 +58,7 @@ impl Jail {
         id: &str,
         uid: u32,
         gid: u32,
-        cgroup_base: Option<&Path>,
+        cgroups: Vec<PathBuf>,
     ) -> Result<Self, VmmError> {
         let dir = chroot_base.join(exec_name).join(id);
         let root = dir.join("root");
@@ -70,7 +73,7 @@ impl Jail {
             root,
             uid,
             gid,
-            cgroup: cgroup_base.map(|b| b.join(exec_name).join(id)),
+            cgroups,
         })
     }
 
@@ -170,7 +173,7 @@ impl Jail {
         Ok(())
     }
 
-    /// Removes the jail directory and the cgroup; missing pieces are fine.
+    /// Removes the jail directory and the VM's cgroups; missing pieces are fine.
     pub fn remove(&self) {
         match std::fs::remove_dir_all(&self.dir) {
             Ok(()) => {}
@@ -179,7 +182,8 @@ impl Jail {
                 tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove the jail")
             }
         }
-        if let Some(cg) = &self.cgroup {
+        for cg in &self.cgroups {
+            // A cgroup directory is removed with rmdir (its files are the kernel's).
             match std::fs::remove_dir(cg) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -204,17 +208,17 @@ pub fn netns_path(name: &str) -> PathBuf {
     Path::new("/run/netns").join(name)
 }
 
-/// The jailer command line for `spec`: cgroup v2 limits from its vCPU count and memory size,
-/// a new PID namespace, and Firecracker's own arguments after `--`.
+/// The jailer command line for `spec`, as the jailer parses it (every option and its value
+/// are separate words): the cgroup version and limits of `cgroups`, a new PID namespace, and
+/// Firecracker's own arguments after `--`.
 pub fn jailer_args(
     opts: &JailerOptions,
     firecracker: &Path,
     chroot_base: &Path,
     jail: &Jail,
     spec: &VmSpec,
+    cgroups: &CgroupPlan,
 ) -> Vec<String> {
-    // Guest memory plus room for the VMM itself and the page cache of its disks.
-    let mem_bytes = (u64::from(spec.mem_mib) + 256) << 20;
     let mut args = vec![
         "--id".into(),
         spec.id.clone(),
@@ -226,14 +230,14 @@ pub fn jailer_args(
         jail.gid.to_string(),
         "--chroot-base-dir".into(),
         chroot_base.display().to_string(),
-        "--cgroup-version".into(),
-        "2".into(),
-        "--cgroup".into(),
-        format!("cpu.max={} 100000", u64::from(spec.vcpu.max(1)) * 100_000),
-        "--cgroup".into(),
-        format!("memory.max={mem_bytes}"),
-        "--new-pid-ns".into(),
     ];
+    if let Some(v) = cgroups.version {
+        args.extend(["--cgroup-version".into(), v.to_string()]);
+        for s in &cgroups.settings {
+            args.extend(["--cgroup".into(), s.clone()]);
+        }
+    }
+    args.push("--new-pid-ns".into());
     // The VM's own namespace (its TAP lives there), else the configured default.
     let netns = match &spec.network {
         Some(n) => Some(netns_path(&n.netns)),
@@ -245,4 +249,32 @@ pub fn jailer_args(
     }
     args.extend(["--".into(), "--api-sock".into(), format!("/{API_SOCK}")]);
     args
+}
+
+/// The plain Firecracker command line (no jailer): `--id <id>` as two words, as Firecracker's
+/// parser takes it (`--id=<id>` is refused with exit code 153), and the API socket.
+pub fn firecracker_args(id: &str, api_sock: &Path) -> Vec<String> {
+    vec![
+        "--id".into(),
+        id.into(),
+        "--api-sock".into(),
+        api_sock.display().to_string(),
+    ]
+}
+
+/// Whether the command line `cmdline` (NUL-separated, as in `/proc/<pid>/cmdline`) is
+/// Firecracker's for VM `id`: the program is named `exec_name` (plain: the binary's path;
+/// under the jailer its copy, `/<exec-name>`) and its options carry `--id <id>`. Options end at
+/// a `--` word (Firecracker ignores what follows), and no option value starts with `--`, so
+/// a `--id` word among the options is always the option.
+pub fn is_firecracker_of(cmdline: &[u8], exec_name: &str, id: &str) -> bool {
+    let mut words = cmdline.split(|b| *b == 0);
+    let program = words.next().unwrap_or_default();
+    let named = Path::new(std::ffi::OsStr::from_bytes(program)).file_name()
+        == Some(std::ffi::OsStr::new(exec_name));
+    let options: Vec<&[u8]> = words.take_while(|w| *w != b"--").collect();
+    named
+        && options
+            .windows(2)
+            .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
 }

@@ -1,8 +1,9 @@
 //! Firecracker backend.
 //!
 //! One Firecracker process per VM, configured over its REST API (a Unix socket, see [`api`])
-//! and, by default, started through the jailer (chroot per VM, cgroup v2 limits, uid/gid drop,
-//! new PID namespace; see [`jail`]). Without a jailer binary, or with the jailer disabled, the
+//! and, by default, started through the jailer (chroot per VM, cgroup limits in whichever
+//! cgroup version the host offers (see [`cgroup`]), uid/gid drop, new PID namespace; see
+//! [`jail`]). Without a jailer binary, or with the jailer disabled, the
 //! plain `firecracker` binary runs in the same per-VM directory layout, so snapshots taken in
 //! either mode use the same relative paths.
 //!
@@ -23,6 +24,7 @@
 //! removed once the process is gone.
 
 pub mod api;
+pub mod cgroup;
 pub mod jail;
 
 use std::path::{Path, PathBuf};
@@ -37,6 +39,7 @@ use tokio::sync::watch;
 
 use crate::{VmHandle, VmSpec, VmmDriver, VmmError, VmmExit};
 use api::ApiClient;
+use cgroup::{CgroupHost, CgroupLimits, CgroupPlan};
 use jail::{Jail, JailerOptions};
 
 /// Default Firecracker binary name.
@@ -92,8 +95,11 @@ pub struct FirecrackerConfig {
     /// Owner of the VMM process (under the jailer) and of the files it opens.
     pub uid: u32,
     pub gid: u32,
-    /// cgroup v2 mount (the jailer creates `<cgroup_base>/<exec-name>/<id>`).
-    pub cgroup_base: PathBuf,
+    /// The mount table cgroup hierarchies are found in (the jailer's is `/proc/mounts`; tests
+    /// point this at a fake host).
+    pub cgroup_mounts: PathBuf,
+    /// Whether a jailed VM may start when its cgroup limits cannot be applied.
+    pub cgroup_limits: CgroupLimits,
     /// Limit for ordinary API calls.
     pub api_timeout: Duration,
     /// Limit for snapshot create and load.
@@ -125,7 +131,8 @@ impl FirecrackerConfig {
             chroot_base,
             uid: id("BANDSOX_FC_UID"),
             gid: id("BANDSOX_FC_GID"),
-            cgroup_base: PathBuf::from("/sys/fs/cgroup"),
+            cgroup_mounts: PathBuf::from(cgroup::MOUNTS),
+            cgroup_limits: CgroupLimits::Required,
             api_timeout: Duration::from_secs(10),
             snapshot_timeout: Duration::from_secs(300),
             start_timeout: Duration::from_secs(10),
@@ -135,7 +142,9 @@ impl FirecrackerConfig {
     }
 
     /// Finds the binaries (see [`find_firecracker`], [`find_jailer`]); `BANDSOX_FC_JAILER=0`
-    /// runs without the jailer.
+    /// runs without the jailer; `BANDSOX_FC_CGROUP_LIMITS=optional` lets jailed VMs start
+    /// without the cgroup limits this host cannot apply (default `required`: such a host is
+    /// refused here, before any VM starts).
     pub fn from_env(chroot_base: PathBuf) -> Result<Self, VmmError> {
         let binary = find_firecracker().ok_or(VmmError::BinaryMissing {
             binary: FIRECRACKER_BINARY.into(),
@@ -147,7 +156,44 @@ impl FirecrackerConfig {
         } else {
             None
         };
-        Ok(Self::new(binary, jailer, chroot_base))
+        let mut config = Self::new(binary, jailer, chroot_base);
+        if let Some(v) = std::env::var("BANDSOX_FC_CGROUP_LIMITS")
+            .ok()
+            .filter(|v| !v.is_empty())
+        {
+            config.cgroup_limits = CgroupLimits::parse(&v).ok_or_else(|| {
+                VmmError::CgroupLimits(format!(
+                    "BANDSOX_FC_CGROUP_LIMITS={v}: expected `required` or `optional`"
+                ))
+            })?;
+        }
+        if config.jailer.is_some() {
+            config.cgroup_plan(1, 1)?;
+        }
+        Ok(config)
+    }
+
+    /// The jailer's cgroup arguments for a VM of this size on this host; an error when limits
+    /// are missing and [`CgroupLimits::Required`], else a warning naming what is missing.
+    pub fn cgroup_plan(&self, vcpu: u32, mem_mib: u32) -> Result<CgroupPlan, VmmError> {
+        let host = CgroupHost::detect(&self.cgroup_mounts);
+        let plan = host.plan(vcpu, mem_mib);
+        if plan.missing.is_empty() {
+            return Ok(plan);
+        }
+        let why = host.describe_missing(&plan.missing);
+        match self.cgroup_limits {
+            CgroupLimits::Required => Err(VmmError::CgroupLimits(format!(
+                "{why}; set BANDSOX_FC_CGROUP_LIMITS=optional to start VMs without these limits (see docs/firecracker.md)"
+            ))),
+            CgroupLimits::Optional => {
+                tracing::warn!(
+                    "starting a Firecracker VM without its {} limit: {why} (BANDSOX_FC_CGROUP_LIMITS=optional)",
+                    plan.missing.join(" and ")
+                );
+                Ok(plan)
+            }
+        }
     }
 }
 
@@ -173,9 +219,13 @@ impl FirecrackerDriver {
         &self.config
     }
 
+    /// The name the jailer gives Firecracker: the file name of the canonical `--exec-file`
+    /// (a symlink `firecracker -> firecracker-v1.16.1-x86_64` yields the target's name). It
+    /// names the jail directory, the pid file and the parent cgroup.
     fn exec_name(&self) -> String {
-        self.config
-            .binary
+        let b = &self.config.binary;
+        std::fs::canonicalize(b)
+            .unwrap_or_else(|_| b.clone())
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| FIRECRACKER_BINARY.into())
@@ -184,14 +234,12 @@ impl FirecrackerDriver {
     /// The directory layout of VM `id`.
     pub fn jail(&self, id: &str) -> Result<Jail, VmmError> {
         let c = &self.config;
-        Jail::new(
-            &c.chroot_base,
-            &self.exec_name(),
-            id,
-            c.uid,
-            c.gid,
-            c.jailer.as_ref().map(|_| c.cgroup_base.as_path()),
-        )
+        let exec_name = self.exec_name();
+        let cgroups = match c.jailer {
+            Some(_) => CgroupHost::detect(&c.cgroup_mounts).vm_dirs(&exec_name, id),
+            None => Vec::new(),
+        };
+        Jail::new(&c.chroot_base, &exec_name, id, c.uid, c.gid, cgroups)
     }
 
     /// The guest kernel command line.
@@ -224,28 +272,25 @@ impl FirecrackerDriver {
         Ok(())
     }
 
-    /// Starts the VMM (through the jailer or directly) and waits for its API socket.
+    /// Starts the VMM (through the jailer with `jailed`'s options and cgroup limits, or
+    /// directly) and waits for its API socket.
     async fn start_process(
         &self,
         spec: &VmSpec,
         jail: &Jail,
+        jailed: Option<(&JailerOptions, &CgroupPlan)>,
     ) -> Result<FirecrackerHandle, VmmError> {
         let c = &self.config;
         let console = std::fs::File::create(spec.run_dir.join("console.log"))?;
-        let (program, args, cwd) = match &c.jailer {
-            Some(opts) => (
+        let (program, args, cwd) = match jailed {
+            Some((opts, cgroups)) => (
                 opts.jailer.clone(),
-                jail::jailer_args(opts, &c.binary, &c.chroot_base, jail, spec),
+                jail::jailer_args(opts, &c.binary, &c.chroot_base, jail, spec, cgroups),
                 None,
             ),
             None => (
                 c.binary.clone(),
-                vec![
-                    // One word, like the jailer passes it: `attach` looks for `id=<id>`.
-                    format!("--id={}", spec.id),
-                    "--api-sock".into(),
-                    jail.path(jail::API_SOCK).display().to_string(),
-                ],
+                jail::firecracker_args(&spec.id, &jail.path(jail::API_SOCK)),
                 Some(jail.root.clone()),
             ),
         };
@@ -260,7 +305,7 @@ impl FirecrackerDriver {
         if let Some(cwd) = cwd {
             cmd.current_dir(cwd);
         }
-        if let (Some(n), None) = (&spec.network, &c.jailer) {
+        if let (Some(n), None) = (&spec.network, jailed) {
             // Without the jailer the VMM joins the VM's namespace itself (the jailer does it
             // with --netns).
             let ns = std::fs::File::open(jail::netns_path(&n.netns))?;
@@ -278,7 +323,7 @@ impl FirecrackerDriver {
             operation: "spawn",
             detail: "process ended before it could be tracked".into(),
         })?;
-        let pid = if c.jailer.is_some() {
+        let pid = if jailed.is_some() {
             // The jailer exits once Firecracker runs in its new PID namespace; the
             // Firecracker pid (as seen from here) is in `<root>/<exec-name>.pid`.
             let status = tokio::time::timeout(c.start_timeout, child.wait())
@@ -496,8 +541,10 @@ impl VmmDriver for FirecrackerDriver {
     }
 
     async fn attach(&self, spec: &VmSpec, pid: u32) -> Result<Box<dyn VmHandle>, VmmError> {
-        let needle = format!("id={}\0", spec.id);
-        if !crate::sys::cmdline_contains(pid, needle.as_bytes()) {
+        // Plain or jailed (the jailer execs its copy `/<exec-name> --id <id> ...`; under
+        // `--new-pid-ns` the recorded pid is that process as seen from here).
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !jail::is_firecracker_of(&cmdline, &self.exec_name(), &spec.id) {
             return Err(VmmError::NotOurProcess(pid));
         }
         let jail = self.jail(&spec.id)?;
@@ -550,12 +597,18 @@ impl FirecrackerDriver {
         spec: &VmSpec,
         extra: impl FnOnce(&Jail) -> Result<(), VmmError>,
     ) -> Result<FirecrackerHandle, VmmError> {
+        // Refused before anything is made when the host cannot apply the limits.
+        let jailed = match &self.config.jailer {
+            Some(opts) => Some((opts, self.config.cgroup_plan(spec.vcpu, spec.mem_mib)?)),
+            None => None,
+        };
         let jail = self.jail(&spec.id)?;
         if let Err(e) = self.prepare(spec, &jail).and_then(|()| extra(&jail)) {
             jail.remove();
             return Err(e);
         }
-        match self.start_process(spec, &jail).await {
+        let jailed = jailed.as_ref().map(|(opts, plan)| (*opts, plan));
+        match self.start_process(spec, &jail, jailed).await {
             Ok(h) => Ok(h),
             Err(e) => {
                 jail.remove();
@@ -864,8 +917,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn jailer_command_line() {
+    fn driver_on(mounts: &Path) -> FirecrackerDriver {
         let mut c = FirecrackerConfig::new(
             "/usr/bin/firecracker".into(),
             Some("/usr/bin/jailer".into()),
@@ -873,34 +925,195 @@ mod tests {
         );
         c.uid = 1000;
         c.gid = 1001;
-        let d = FirecrackerDriver {
+        c.cgroup_mounts = mounts.into();
+        FirecrackerDriver {
             config: Arc::new(c),
-        };
+        }
+    }
+
+    fn args_on(d: &FirecrackerDriver) -> Vec<String> {
         let jail = d.jail("abc-1").unwrap();
-        assert_eq!(
-            jail.root,
-            PathBuf::from("/srv/bs/jail/firecracker/abc-1/root")
-        );
-        assert_eq!(
-            jail.cgroup,
-            Some(PathBuf::from("/sys/fs/cgroup/firecracker/abc-1"))
-        );
+        let plan = d.config.cgroup_plan(2, 256).unwrap();
         let opts = d.config.jailer.clone().unwrap();
-        let args = jail::jailer_args(
+        jail::jailer_args(
             &opts,
             &d.config.binary,
             &d.config.chroot_base,
             &jail,
             &spec(),
+            &plan,
+        )
+    }
+
+    #[test]
+    fn jailer_command_line_on_a_v2_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounts = dir.path().join("mounts");
+        let root = dir.path().join("cg");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(
+            root.join("cgroup.controllers"),
+            "cpuset cpu io memory pids\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &mounts,
+            format!("cgroup2 {} cgroup2 rw 0 0\n", root.display()),
+        )
+        .unwrap();
+        let d = driver_on(&mounts);
+        let jail = d.jail("abc-1").unwrap();
+        assert_eq!(
+            jail.root,
+            PathBuf::from("/srv/bs/jail/firecracker/abc-1/root")
         );
-        let s = args.join(" ");
-        assert!(s.starts_with("--id abc-1 --exec-file /usr/bin/firecracker --uid 1000 --gid 1001 --chroot-base-dir /srv/bs/jail --cgroup-version 2"), "{s}");
-        assert!(args.contains(&"cpu.max=200000 100000".to_string()));
-        assert!(args.contains(&format!("memory.max={}", (256u64 + 256) << 20)));
-        assert!(s.ends_with("--new-pid-ns -- --api-sock /api.sock"), "{s}");
+        assert_eq!(jail.cgroups, [root.join("firecracker/abc-1")]);
+        let s = args_on(&d).join(" ");
+        assert_eq!(
+            s,
+            "--id abc-1 --exec-file /usr/bin/firecracker --uid 1000 --gid 1001 \
+             --chroot-base-dir /srv/bs/jail --cgroup-version 2 --cgroup cpu.max=200000 100000 \
+             --cgroup memory.max=536870912 --new-pid-ns -- --api-sock /api.sock"
+        );
         assert!(d
             .boot_args(&spec())
             .ends_with("bandsox.vsock=52 bandsox.root=/dev/vda"));
+    }
+
+    #[test]
+    fn jailer_command_line_on_a_hybrid_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounts = dir.path().join("mounts");
+        let unified = dir.path().join("unified");
+        std::fs::create_dir(&unified).unwrap();
+        std::fs::write(unified.join("cgroup.controllers"), "hugetlb\n").unwrap();
+        std::fs::write(
+            &mounts,
+            format!(
+                "cgroup /c/cpu cgroup rw,cpu 0 0\ncgroup /c/memory cgroup rw,memory 0 0\ncgroup2 {} cgroup2 rw 0 0\n",
+                unified.display()
+            ),
+        )
+        .unwrap();
+        let d = driver_on(&mounts);
+        let s = args_on(&d).join(" ");
+        assert!(
+            s.contains(
+                "--cgroup-version 1 --cgroup cpu.cfs_period_us=100000 \
+                 --cgroup cpu.cfs_quota_us=200000 --cgroup memory.limit_in_bytes=536870912 --new-pid-ns"
+            ),
+            "{s}"
+        );
+        // Cleanup covers every hierarchy the jailer may have used.
+        assert_eq!(
+            d.jail("abc-1").unwrap().cgroups,
+            [
+                unified.join("firecracker/abc-1"),
+                PathBuf::from("/c/cpu/firecracker/abc-1"),
+                PathBuf::from("/c/memory/firecracker/abc-1"),
+            ]
+        );
+    }
+
+    #[test]
+    fn missing_limits_refuse_unless_optional() {
+        let dir = tempfile::tempdir().unwrap();
+        let mounts = dir.path().join("mounts");
+        std::fs::write(&mounts, "cgroup2 /nowhere cgroup2 rw 0 0\n").unwrap();
+        let d = driver_on(&mounts);
+        let err = d.config.cgroup_plan(1, 128).unwrap_err().to_string();
+        assert!(
+            err.contains("`cpu` and `memory` unavailable")
+                && err.contains("BANDSOX_FC_CGROUP_LIMITS=optional"),
+            "{err}"
+        );
+        let mut c = (*d.config).clone();
+        c.cgroup_limits = CgroupLimits::Optional;
+        let plan = c.cgroup_plan(1, 128).unwrap();
+        assert_eq!(
+            (plan.version, &plan.missing[..]),
+            (None, &["cpu", "memory"][..])
+        );
+        let d = FirecrackerDriver {
+            config: Arc::new(c),
+        };
+        let jail = d.jail("abc-1").unwrap();
+        let args = jail::jailer_args(
+            d.config.jailer.as_ref().unwrap(),
+            &d.config.binary,
+            &d.config.chroot_base,
+            &jail,
+            &spec(),
+            &plan,
+        );
+        assert!(!args.iter().any(|a| a.starts_with("--cgroup")), "{args:?}");
+    }
+
+    #[test]
+    fn plain_command_line_and_process_recognition() {
+        let args = jail::firecracker_args("abc-1", Path::new("/j/api.sock"));
+        assert_eq!(args, ["--id", "abc-1", "--api-sock", "/j/api.sock"]);
+        let line = |words: &[&str]| words.join("\0").into_bytes();
+        let yes = [
+            // Plain, as the driver starts it.
+            line(&[
+                "/usr/bin/firecracker",
+                "--id",
+                "abc-1",
+                "--api-sock",
+                "/j/api.sock",
+                "",
+            ]),
+            // Under the jailer: its copy, with the jailer's own options first.
+            line(&[
+                "/firecracker",
+                "--id",
+                "abc-1",
+                "--start-time-us",
+                "1",
+                "--start-time-cpu-us",
+                "2",
+                "--parent-cpu-time-us",
+                "3",
+                "--api-sock",
+                "/api.sock",
+                "",
+            ]),
+        ];
+        for l in &yes {
+            assert!(jail::is_firecracker_of(l, "firecracker", "abc-1"));
+        }
+        let no = [
+            line(&["/usr/bin/firecracker", "--id=abc-1", ""]),
+            line(&["/usr/bin/firecracker", "--id", "abc-10", ""]),
+            line(&["/usr/bin/firecracker", "--id", "abc", ""]),
+            line(&[
+                "/usr/bin/jailer",
+                "--id",
+                "abc-1",
+                "--exec-file",
+                "/usr/bin/firecracker",
+                "",
+            ]),
+            line(&[
+                "/usr/bin/firecracker",
+                "--api-sock",
+                "/a",
+                "--",
+                "--id",
+                "abc-1",
+                "",
+            ]),
+            line(&["/bin/sleep", "--id", "abc-1", ""]),
+            Vec::new(),
+        ];
+        for l in &no {
+            assert!(
+                !jail::is_firecracker_of(l, "firecracker", "abc-1"),
+                "{:?}",
+                String::from_utf8_lossy(l)
+            );
+        }
     }
 
     #[test]

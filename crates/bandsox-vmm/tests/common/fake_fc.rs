@@ -1,15 +1,21 @@
-//! A fake Firecracker: serves the API on `--api-sock`, validates every request against the
-//! spec (a violation answers 400 with a `contract violation` fault message), keeps the state
-//! machine Firecracker enforces (pre-boot only configuration, load only in a fresh process,
-//! create only while paused, the vsock socket must not exist when bound) and answers like
-//! Firecracker (`204`, `200` + JSON, `400` + `{"fault_message"}`). The vsock socket answers
+//! A fake Firecracker (v1.16.1): the real command-line grammar ([`super::fake_args`]),
+//! the API on `--api-sock` with every request validated against the spec (a violation answers
+//! 400 with a `contract violation` fault message), the state machine Firecracker enforces
+//! (pre-boot only configuration, load only in a fresh process, create only while paused,
+//! metrics configured once, the vsock socket must not exist when bound) and its answers
+//! (`204`, `200` + JSON, `400` + `{"fault_message"}`). The vsock socket answers
 //! `CONNECT <port>\n` with `OK <n>\n` and then echoes, standing in for the guest agent.
 //!
-//! Runs inside the test binary (see `fake_fc_server` in the contract test), configured by
-//! environment variables the fake jailer and launcher scripts set:
-//! `FAKE_FC_CHROOT` (jail root: absolute paths resolve inside it), `FAKE_FC_LOG` (JSON lines of
-//! every request), `FAKE_FC_FAIL` (`METHOD /path` answered 400), `FAKE_FC_HANG` (`METHOD /path`
-//! never answered).
+//! **Multi-call test binary.** A test binary that includes this module is also the fake
+//! `firecracker` and the fake `jailer` ([`super::fake_jailer`]): [`install`] hard-links it
+//! under those names, and a constructor in `.init_array` runs the fake instead of the tests
+//! when the executable is named `firecracker*` or `jailer` — before libtest, which would
+//! refuse `--id`. So the fakes see, and `/proc/<pid>/cmdline` shows, exactly the command line
+//! the driver gives the real binaries. Settings come from `fake-fc.json` next to the binary
+//! (or `FAKE_FC_CONFIG`, which the fake jailer sets for the copy it runs in the jail):
+//! `log` (JSON lines of every request), `fail` (`METHOD /path` answered 400), `hang`
+//! (`METHOD /path` never answered), `agent` (a Unix socket the vsock stream is spliced to).
+//! Under the fake jailer, absolute paths resolve inside the jail root (`FAKE_FC_CHROOT`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -18,6 +24,8 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
+use super::fake_args::{self, Parsed};
+use super::fake_jailer::{self, HostKind};
 use super::validator::ApiSpec;
 
 #[derive(Default)]
@@ -26,6 +34,7 @@ struct State {
     started: bool,
     paused: bool,
     configured: bool,
+    metrics: bool,
     machine: Option<Value>,
     boot: bool,
     drives: Vec<String>,
@@ -36,48 +45,194 @@ struct State {
 struct Fake {
     spec: ApiSpec,
     chroot: Option<PathBuf>,
-    log: Option<PathBuf>,
-    fail: Option<String>,
-    hang: Option<String>,
+    config: Config,
     state: Mutex<State>,
 }
 
-/// Serves forever (the process is killed to stop it).
-pub fn run() {
-    let args: Vec<String> = std::env::args()
-        .filter_map(|a| a.strip_prefix("fcarg:").map(str::to_owned))
-        .collect();
-    let mut id = "anonymous-instance".to_string();
-    let mut api_sock = "/run/firecracker.socket".to_string();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if let Some(v) = a.strip_prefix("--id=") {
-            id = v.into();
-        } else if a == "--id" {
-            id = it.next().cloned().unwrap_or_default();
-        } else if a == "--api-sock" {
-            api_sock = it.next().cloned().unwrap_or_default();
+/// The fakes' settings (`fake-fc.json`).
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Where this configuration was read from.
+    pub path: PathBuf,
+    pub log: Option<PathBuf>,
+    pub fail: Option<String>,
+    pub hang: Option<String>,
+    pub agent: Option<PathBuf>,
+    /// The fake host's mount table (the fake jailer's `/proc/mounts`).
+    pub mounts: PathBuf,
+    pub cgroup_log: Option<PathBuf>,
+    pub jailer_argv: Option<PathBuf>,
+}
+
+impl Config {
+    fn load(path: &Path) -> Self {
+        let v: Value = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let s = |k: &str| v[k].as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+        Self {
+            path: path.into(),
+            log: s("log").map(PathBuf::from),
+            fail: s("fail"),
+            hang: s("hang"),
+            agent: s("agent").map(PathBuf::from),
+            mounts: s("mounts").map(PathBuf::from).unwrap_or_default(),
+            cgroup_log: s("cgroup_log").map(PathBuf::from),
+            jailer_argv: s("jailer_argv").map(PathBuf::from),
         }
     }
-    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+}
+
+// SAFETY-free constructor: a function pointer in `.init_array` runs before `main` (glibc calls
+// each entry); it only returns or exits.
+#[used]
+#[link_section = ".init_array"]
+static MULTICALL: extern "C" fn() = multicall;
+
+/// Runs the fake named by this executable's file name, or returns to run the tests.
+extern "C" fn multicall() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let name = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default()
+        .to_string();
+    // `firecracker`, `firecracker-v1.16.1-x86_64`; not a test binary `firecracker_contract-..`.
+    let is_fc = name.starts_with("firecracker") && !name.starts_with("firecracker_");
+    if !is_fc && name != "jailer" {
+        return;
+    }
+    let argv: Vec<String> = std::fs::read("/proc/self/cmdline")
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .map(|w| String::from_utf8_lossy(w).into_owned())
+        .collect();
+    // The trailing NUL leaves one empty word.
+    let argv = match argv.split_last() {
+        Some((last, rest)) if last.is_empty() => rest.to_vec(),
+        _ => argv,
+    };
+    let config_path = std::env::var_os("FAKE_FC_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| exe.with_file_name("fake-fc.json"));
+    let config = Config::load(&config_path);
+    let code = if is_fc {
+        firecracker_main(argv, config)
+    } else {
+        fake_jailer::main(argv, &config)
+    };
+    std::process::exit(code);
+}
+
+/// `utils::validators::validate_instance_id`: `Err((Display, Debug))`.
+pub fn validate_instance_id(id: &str) -> Result<(), (String, String)> {
+    if id.is_empty() || id.len() > 64 {
+        let n = id.len();
+        return Err((
+            format!("Invalid len ({n});  the length must be between 1 and 64"),
+            format!("InvalidLen({n}, 1, 64)"),
+        ));
+    }
+    match id
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !(*c == '-' || c.is_alphanumeric()))
+    {
+        Some((i, c)) => Err((
+            format!("Invalid char ({c}) at position {i}"),
+            format!("InvalidChar({c:?}, {i})"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A log line as Firecracker's logger writes it to stdout before `--log-path` is set.
+fn log_line(id: &str, msg: &str) {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    println!("{}.{:09} [{id}:main] {msg}", t.as_secs(), t.subsec_nanos());
+}
+
+/// The fake Firecracker's `main`: returns the exit code; serves until killed.
+fn firecracker_main(argv: Vec<String>, config: Config) -> i32 {
+    let args = match fake_args::parse(fake_args::FIRECRACKER, &argv) {
+        Ok(Parsed::Help) => {
+            println!("Firecracker v{}\n", fake_args::VERSION);
+            println!("{}", fake_args::help(fake_args::FIRECRACKER));
+            return 0;
+        }
+        Ok(Parsed::Version) => {
+            println!("Firecracker v{}\n", fake_args::VERSION);
+            return 0;
+        }
+        Ok(Parsed::Run(a)) => a,
+        Err(e) => {
+            // The logger escapes the message's newlines.
+            log_line(
+                "anonymous-instance",
+                &format!("Arguments parsing error: {e} \\n\\nFor more information try --help."),
+            );
+            log_line(
+                "anonymous-instance",
+                &format!(
+                    "Firecracker exiting with error. exit_code={}",
+                    fake_args::FC_EXIT_ARG_PARSING
+                ),
+            );
+            eprintln!("Error: ParseArguments({})", e.debug());
+            return fake_args::FC_EXIT_ARG_PARSING;
+        }
+    };
+    for unsupported in [
+        "config-file",
+        "no-api",
+        "snapshot-version",
+        "describe-snapshot",
+    ] {
+        if args.given(unsupported) {
+            eprintln!("fake firecracker: --{unsupported} is not modelled");
+            return 1;
+        }
+    }
+    let id = args.single("id").unwrap_or_default().to_string();
+    if let Err((msg, _)) = validate_instance_id(&id) {
+        // `validate_instance_id(..).expect("Invalid instance ID")` with panic = "abort".
+        log_line(
+            "anonymous-instance",
+            &format!("Firecracker panicked at src/firecracker/src/main.rs:309:48:\nInvalid instance ID: {msg}"),
+        );
+        std::process::abort();
+    }
+    let api_sock = args.single("api-sock").unwrap_or_default().to_string();
     let fake = Arc::new(Fake {
         spec: ApiSpec::load(),
-        chroot: env("FAKE_FC_CHROOT").map(PathBuf::from),
-        log: env("FAKE_FC_LOG").map(PathBuf::from),
-        fail: env("FAKE_FC_FAIL"),
-        hang: env("FAKE_FC_HANG"),
+        chroot: std::env::var_os("FAKE_FC_CHROOT").map(PathBuf::from),
+        config,
         state: Mutex::new(State {
             id,
             ..State::default()
         }),
     });
     let sock = fake.resolve(&api_sock);
-    let _ = std::fs::remove_file(&sock);
-    let listener = UnixListener::bind(&sock).expect("bind the API socket");
+    let listener = match UnixListener::bind(&sock) {
+        Ok(l) => l,
+        Err(e) => {
+            log_line(
+                "anonymous-instance",
+                &format!("RunWithApi error: Failed to open the API socket at: {api_sock}. Check that it is not already used. {e}"),
+            );
+            return 1;
+        }
+    };
     for conn in listener.incoming().flatten() {
         let fake = fake.clone();
         std::thread::spawn(move || fake.serve(conn));
     }
+    0
 }
 
 impl Fake {
@@ -121,7 +276,7 @@ impl Fake {
                 return;
             }
             let key = format!("{method} {path}");
-            if self.hang.as_deref() == Some(key.as_str()) {
+            if self.config.hang.as_deref() == Some(key.as_str()) {
                 std::thread::park();
                 return;
             }
@@ -145,7 +300,7 @@ impl Fake {
             };
             let (status, answer) = match self.spec.validate(&method, &path, parsed.as_ref()) {
                 Err(e) => (400, Some(fault(&format!("contract violation: {e}")))),
-                Ok(()) if self.fail.as_deref() == Some(key.as_str()) => {
+                Ok(()) if self.config.fail.as_deref() == Some(key.as_str()) => {
                     (400, Some(fault("fake failure: Invalid kernel image")))
                 }
                 Ok(()) => self.handle(&method, &path, parsed.as_ref()),
@@ -172,7 +327,7 @@ impl Fake {
         status: u16,
         answer: Option<Value>,
     ) {
-        if let Some(log) = &self.log {
+        if let Some(log) = &self.config.log {
             let entry = json!({ "method": method, "path": path, "body": body, "status": status, "answer": answer });
             if let Ok(mut f) = std::fs::OpenOptions::new()
                 .create(true)
@@ -208,6 +363,9 @@ impl Fake {
     }
 
     fn handle(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Option<Value>) {
+        if let Some(msg) = refused_by_this_version(path, body) {
+            return (400, Some(fault(&msg)));
+        }
         match self.handle_inner(method, path, body.unwrap_or(&Value::Null)) {
             Ok(v) => (if v.is_some() { 200 } else { 204 }, v),
             Err(msg) => (400, Some(fault(&msg))),
@@ -233,7 +391,7 @@ impl Fake {
                     (true, true) => "Paused",
                 };
                 Ok(Some(
-                    json!({ "id": s.id, "state": state, "vmm_version": "1.17.0-dev", "app_name": "Firecracker" }),
+                    json!({ "id": s.id, "state": state, "vmm_version": fake_args::VERSION, "app_name": "Firecracker" }),
                 ))
             }
             ("PUT", "/logger") => {
@@ -242,6 +400,10 @@ impl Fake {
             }
             ("PUT", "/metrics") => {
                 self.exists(&b["metrics_path"])?;
+                if s.metrics {
+                    return Err("Cannot initialize the metrics system due to bad user input: Reinitialization of metrics not allowed.".into());
+                }
+                s.metrics = true;
                 Ok(None)
             }
             ("PUT", "/machine-config") => {
@@ -377,9 +539,9 @@ impl Fake {
         let path = self.resolve(uds);
         // `CONNECT` in FAKE_FC_HANG: no answer (the guest driver is not active yet);
         // in FAKE_FC_FAIL: closed without `OK` (no listener in the guest).
-        let mode = if self.hang.as_deref() == Some("CONNECT") {
+        let mode = if self.config.hang.as_deref() == Some("CONNECT") {
             VsockMode::Hang
-        } else if self.fail.as_deref() == Some("CONNECT") {
+        } else if self.config.fail.as_deref() == Some("CONNECT") {
             VsockMode::Refuse
         } else {
             VsockMode::Echo
@@ -387,9 +549,11 @@ impl Fake {
         let listener = UnixListener::bind(&path).map_err(|e| {
             format!("VsockUnixBackend: Error binding to the host-side Unix socket: {e}")
         })?;
+        let agent = self.config.agent.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                std::thread::spawn(move || vsock_conn(conn, mode));
+                let agent = agent.clone();
+                std::thread::spawn(move || vsock_conn(conn, mode, agent));
             }
         });
         Ok(())
@@ -404,7 +568,7 @@ enum VsockMode {
 }
 
 /// Hybrid vsock: `CONNECT <port>\n` → `OK <hostport>\n`, then echo.
-fn vsock_conn(conn: UnixStream, mode: VsockMode) {
+fn vsock_conn(conn: UnixStream, mode: VsockMode, agent: Option<PathBuf>) {
     let mut reader = BufReader::new(conn.try_clone().expect("clone"));
     let mut out = conn;
     let mut line = String::new();
@@ -424,7 +588,7 @@ fn vsock_conn(conn: UnixStream, mode: VsockMode) {
     }
     let _ = out.write_all(b"OK 1073741824\n");
     // With a host-run agent (`bandsox-agent --listen-unix`), the stream is spliced to it.
-    if let Some(agent) = std::env::var_os("FAKE_FC_AGENT_SOCK").filter(|a| !a.is_empty()) {
+    if let Some(agent) = agent {
         let Ok(upstream) = UnixStream::connect(agent) else {
             return;
         };
@@ -455,77 +619,121 @@ fn vsock_conn(conn: UnixStream, mode: VsockMode) {
     }
 }
 
+/// What the spec copy (v1.17.0-dev) allows but v1.16.1's body parser refuses.
+fn refused_by_this_version(path: &str, body: Option<&Value>) -> Option<String> {
+    let b = body?;
+    let unknown = |field: &str| {
+        format!("An error occurred when deserializing the json body of a request: unknown field `{field}`")
+    };
+    match path {
+        "/snapshot/load" if b.get("huge_pages").is_some() => Some(unknown("huge_pages")),
+        "/machine-config" if b["huge_pages"] == "Transparent" => Some(
+            "An error occurred when deserializing the json body of a request: unknown variant `Transparent`, expected `None` or `2M`".into(),
+        ),
+        _ => None,
+    }
+}
+
 fn fault(msg: &str) -> Value {
     json!({ "fault_message": msg })
 }
 
-/// Writes the fake `firecracker` launcher and `jailer` into `bin`, baking in the fake's
-/// settings. Returns (firecracker, jailer).
-pub fn write_scripts(bin: &Path, log: &Path, fail: &str, hang: &str) -> (PathBuf, PathBuf) {
-    write_scripts_with_agent(bin, log, fail, hang, "")
+/// Kills every fake left running from `dir` (its executable is one of the links [`install`]
+/// made there, or a jailed copy below it): for a test that failed half-way.
+pub fn kill_fakes_under(dir: &Path) {
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id()
+            && std::fs::read_link(e.path().join("exe")).is_ok_and(|exe| exe.starts_with(dir))
+        {
+            bandsox_vmm::kill_process(pid);
+        }
+    }
 }
 
-/// Like [`write_scripts`]; the vsock stream goes to the agent listening on `agent` (a Unix
-/// socket) instead of being echoed.
-pub fn write_scripts_with_agent(
-    bin: &Path,
-    log: &Path,
-    fail: &str,
-    hang: &str,
-    agent: &str,
-) -> (PathBuf, PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(bin).unwrap();
-    let exe = std::env::current_exe().unwrap();
-    let fc = bin.join("firecracker");
-    // Each argument becomes a libtest filter `fcarg:<arg>` (matching no test), so the
-    // process's command line still names the VM id like Firecracker's does.
-    std::fs::write(
-        &fc,
-        format!(
-            r#"#!/bin/sh
-export BANDSOX_FAKE_FC=1 FAKE_FC_LOG='{log}' FAKE_FC_FAIL='{fail}' FAKE_FC_HANG='{hang}' FAKE_FC_AGENT_SOCK='{agent}'
-n=$#
-while [ $n -gt 0 ]; do set -- "$@" "fcarg:$1"; shift; n=$((n-1)); done
-exec '{exe}' --exact fake_fc_server --nocapture --test-threads=1 "$@"
-"#,
-            log = log.display(),
-            exe = exe.display(),
-        ),
+/// Runs `bin` with `args`: (exit code, stdout, stderr).
+pub fn run_binary(bin: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(bin).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-    .unwrap();
-    let jailer = bin.join("jailer");
-    // Records its argv, builds the jail layout, starts the "VMM" in it with `--id=<id>` like
-    // the real jailer, writes `<exec-name>.pid` and exits (as under --new-pid-ns).
-    std::fs::write(
-        &jailer,
-        format!(
-            r#"#!/bin/sh
-printf '%s\n' "$@" > '{argv}'
-id=; exec_file=; base=
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --id) id=$2; shift 2;;
-    --exec-file) exec_file=$2; shift 2;;
-    --chroot-base-dir) base=$2; shift 2;;
-    --) shift; break;;
-    *) shift;;
-  esac
-done
-name=$(basename "$exec_file")
-root="$base/$name/$id/root"
-mkdir -p "$root" || exit 1
-cp "$exec_file" "$root/$name"
-cd "$root" || exit 1
-FAKE_FC_CHROOT="$root" "$root/$name" "--id=$id" "$@" &
-echo $! > "$root/$name.pid"
-"#,
-            argv = bin.join("jailer.argv").display(),
-        ),
-    )
-    .unwrap();
-    for p in [&fc, &jailer] {
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// What the installed fakes do.
+#[derive(Debug, Clone)]
+pub struct FakeOptions<'a> {
+    /// `METHOD /path` answered 400 (or `CONNECT`: the vsock stream closes without `OK`).
+    pub fail: &'a str,
+    /// `METHOD /path` never answered (or `CONNECT`: no answer).
+    pub hang: &'a str,
+    /// A Unix socket the vsock stream is spliced to (a host-run agent); empty: echo.
+    pub agent: &'a str,
+    /// The cgroup hierarchies of the fake host the jailer sees.
+    pub host: HostKind,
+}
+
+impl Default for FakeOptions<'_> {
+    fn default() -> Self {
+        Self {
+            fail: "",
+            hang: "",
+            agent: "",
+            host: HostKind::V2,
+        }
     }
-    (fc, jailer)
+}
+
+/// Where [`install`] put things.
+#[derive(Debug, Clone)]
+pub struct Fakes {
+    pub firecracker: PathBuf,
+    pub jailer: PathBuf,
+    /// The fake host's mount table: the driver's `cgroup_mounts`.
+    pub mounts: PathBuf,
+    /// JSON lines of every API request.
+    pub requests: PathBuf,
+    /// JSON lines of every cgroup file the fake jailer wrote.
+    pub cgroup_log: PathBuf,
+    /// The fake jailer's last argv (one word a line).
+    pub jailer_argv: PathBuf,
+}
+
+/// Installs the fakes under `dir`: `bin/firecracker` and `bin/jailer` (links to this test
+/// binary), `bin/fake-fc.json`, and a fake cgroup host under `dir/host`.
+pub fn install(dir: &Path, opts: &FakeOptions) -> Fakes {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let mounts = fake_jailer::make_host(&dir.join("host"), opts.host);
+    let exe = std::env::current_exe().unwrap();
+    let link = |name: &str| {
+        let p = bin.join(name);
+        let _ = std::fs::remove_file(&p);
+        if std::fs::hard_link(&exe, &p).is_err() {
+            std::fs::copy(&exe, &p).unwrap();
+        }
+        p
+    };
+    let fakes = Fakes {
+        firecracker: link("firecracker"),
+        jailer: link("jailer"),
+        mounts,
+        requests: dir.join("requests.jsonl"),
+        cgroup_log: dir.join("cgroup.jsonl"),
+        jailer_argv: bin.join("jailer.argv"),
+    };
+    let config = json!({
+        "log": fakes.requests,
+        "fail": opts.fail,
+        "hang": opts.hang,
+        "agent": opts.agent,
+        "mounts": fakes.mounts,
+        "cgroup_log": fakes.cgroup_log,
+        "jailer_argv": fakes.jailer_argv,
+    });
+    std::fs::write(bin.join("fake-fc.json"), config.to_string()).unwrap();
+    fakes
 }
