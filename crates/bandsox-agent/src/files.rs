@@ -135,17 +135,27 @@ fn read_inner(req: FileReadRequest, h: &Handler) -> OpResult {
     let mut head = [0u8; 256];
     let head_len = f.read_at(&mut head, 0).unwrap_or(0);
     let mime = sniff_mime(&head[..head_len]).map(str::to_owned);
-    let start = req.offset.min(size);
+    // Pseudo files (`/proc/meminfo`) say size 0 and have content: read them to their end.
+    let pseudo = size == 0 && head_len > 0;
+    let start = if pseudo {
+        req.offset
+    } else {
+        req.offset.min(size)
+    };
     f.seek(SeekFrom::Start(start))
         .map_err(|e| io_err("seek", &path, &e))?;
-    let avail = size - start;
+    let avail = if pseudo {
+        PSEUDO_FILE_CAP
+    } else {
+        size - start
+    };
     let limit = req.max_bytes.map_or(avail, |m| m.min(avail));
     let mut sent = 0u64;
     let mut scratch = Vec::new();
     // Where the channel has a descriptor of its own, the file is mapped (a window at a time)
     // and its pages are written to the channel from the mapping: one copy, as for a raw
     // writer, instead of read-then-write (under TCG the guest CPU is the bottleneck).
-    let mut map_ok = limit > 0 && h.tx.has_channel_fd();
+    let mut map_ok = !pseudo && limit > 0 && h.tx.has_channel_fd();
     let mut window: Option<(u64, sys::FileMap)> = None;
     // Files can grow while read: send what `limit` allowed at open time.
     while sent < limit {
@@ -197,13 +207,21 @@ fn read_inner(req: FileReadRequest, h: &Handler) -> OpResult {
         sent += n as u64;
     }
     h.tx.eof(Channel::Stdout);
+    let size = if pseudo { start + sent } else { size };
     Ok(ReplyBody::FileRead {
         size,
         sent_bytes: sent,
-        truncated: start + sent < size,
+        truncated: if pseudo {
+            sent == limit
+        } else {
+            start + sent < size
+        },
         mime,
     })
 }
+
+/// Most bytes read from a pseudo file, whose size is unknown until its end.
+const PSEUDO_FILE_CAP: u64 = 64 << 20;
 
 /// `FileReadText`: a window of lines, numbered once when asked.
 pub fn read_text(req: FileReadTextRequest) -> Reply {

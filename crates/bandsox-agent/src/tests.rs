@@ -435,6 +435,23 @@ fn file_read_of_an_unmappable_file_falls_back_to_reading() {
 }
 
 #[test]
+fn file_read_of_a_pseudo_file_reads_to_its_end() {
+    // procfs files say size 0 and have content.
+    let path = "/proc/self/status";
+    let mut c = start();
+    let o = c.call(&format!(r#"{{"op":"file_read","path":"{path}"}}"#));
+    let Some(Reply::Ok(ReplyBody::FileRead {
+        size, sent_bytes, ..
+    })) = o.reply
+    else {
+        panic!("{:?}", o.reply)
+    };
+    assert!(sent_bytes > 0 && size == sent_bytes, "{size} {sent_bytes}");
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(text.contains("VmRSS:") || text.contains("Name:"), "{text}");
+}
+
+#[test]
 fn file_read_of_a_file_that_shrinks_fails_and_keeps_the_channel_in_step() {
     let mut c = start();
     let path = std::env::temp_dir().join(format!("bandsox-agent-shrink-{}", std::process::id()));

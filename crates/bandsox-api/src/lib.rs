@@ -14,15 +14,21 @@ pub struct CreateVmRequest {
     pub image: String,
     #[serde(default)]
     pub name: Option<String>,
+    /// 1 to the server's `--max-vcpu` (at most 32).
     #[serde(default = "default_vcpu")]
+    #[schema(minimum = 1, maximum = 32)]
     pub vcpu: u32,
+    /// 64 to the server's `--max-mem-mib` (at most 65536).
     #[serde(default = "default_mem_mib")]
+    #[schema(minimum = 64, maximum = 65536)]
     pub mem_mib: u32,
     #[serde(default = "default_true")]
     pub enable_networking: bool,
     #[serde(default)]
     pub force_rebuild: bool,
+    /// 64 to the server's `--max-disk-mib` (at most 1048576).
     #[serde(default = "default_disk_size_mib")]
+    #[schema(minimum = 64, maximum = 1048576)]
     pub disk_size_mib: u64,
     #[serde(default)]
     pub env_vars: Option<BTreeMap<String, String>>,
@@ -286,4 +292,46 @@ pub struct HttpProxyResponse {
     /// Extension: the exact body as base64, present when the body is not valid UTF-8.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_base64: Option<String>,
+}
+
+/// `GET /healthz` and `GET /readyz`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthInfo {
+    /// `ok`, or `unavailable` when a readiness check failed.
+    pub status: String,
+    /// The readiness checks (`database`, `storage`, `kernel_assets`, `vmm`); empty for
+    /// `/healthz`.
+    #[serde(default)]
+    pub checks: Vec<HealthCheck>,
+}
+
+/// One readiness check.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct HealthCheck {
+    pub name: String,
+    pub ok: bool,
+}
+
+/// `GET /api/vms/{id}/stats`: what one VM uses now. Fields a stopped or paused VM cannot
+/// tell are null.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VmStatsInfo {
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    /// Host CPU the VM's VMM used over a quarter-second sample, in percent of one core.
+    pub cpu_percent: Option<f64>,
+    /// Host CPU time the VMM used since it started.
+    pub cpu_time_ms: Option<u64>,
+    /// Resident memory of the VMM process on the host.
+    pub host_rss_bytes: Option<u64>,
+    /// Guest memory in all (`MemTotal`) and in use (`MemTotal - MemAvailable`).
+    pub mem_total_bytes: Option<u64>,
+    pub mem_used_bytes: Option<u64>,
+    /// The writable disk's size and the bytes it takes on the host.
+    pub disk_size_bytes: u64,
+    pub disk_used_bytes: u64,
+    /// Bytes the guest received and sent (null without networking).
+    pub net_rx_bytes: Option<u64>,
+    pub net_tx_bytes: Option<u64>,
 }

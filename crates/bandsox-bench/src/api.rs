@@ -3,6 +3,10 @@
 //! `POST /api/vms/{id}/exec` of `true` next to the same core call without HTTP (goal: <= 1 ms
 //! added). The server runs in this process on a loopback port; requests go over one kept-alive
 //! TCP connection with a minimal HTTP/1.1 client, so the client adds next to nothing.
+//!
+//! Observability: the same requests against a second listener of the same manager with
+//! metrics and the access log off (goal: with them on <= 1.05x), interleaved. The access log
+//! is really written (to a file in the scratch directory), as a server writes it.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +22,12 @@ const RECORDS: usize = 1000;
 
 pub async fn run(iterations: usize) -> Result<()> {
     crate::util::in_scratch("api", |work| async move {
+        let log = std::fs::File::create(work.join("access.log"))?;
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("bandsox::access=info"))
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(log))
+            .try_init();
         let storage = crate::util::prepare_storage(&work)?;
         let mgr = Manager::open(ManagerConfig::new(storage)).await?;
         let result = measure(&mgr, iterations).await;
@@ -119,6 +129,19 @@ fn stopped_record(i: usize) -> VmRecord {
     }
 }
 
+/// Serves `state`'s API on a free loopback port, in this process.
+async fn serve(state: bandsox_server::AppState) -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(bandsox_server::listen::serve_until(
+        listener,
+        bandsox_server::router(state),
+        bandsox_server::ConnLimits::default(),
+        std::future::pending(),
+    ));
+    Ok(addr)
+}
+
 fn quantile(v: &mut [Duration], q: f64) -> Duration {
     v.sort();
     let i = ((v.len() as f64 - 1.0) * q).round() as usize;
@@ -135,16 +158,12 @@ async fn measure(mgr: &Arc<Manager>, n: usize) -> Result<()> {
     for i in 0..RECORDS - 1 {
         mgr.store().insert_vm(&stopped_record(i))?;
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let app = bandsox_server::router(bandsox_server::AppState::new(mgr.clone()));
-    tokio::spawn(bandsox_server::listen::serve_until(
-        listener,
-        app,
-        bandsox_server::ConnLimits::default(),
-        std::future::pending(),
-    ));
+    let addr = serve(bandsox_server::AppState::new(mgr.clone())).await?;
+    let mut quiet_state = bandsox_server::AppState::new(mgr.clone());
+    quiet_state.observer = Arc::new(bandsox_server::observe::Observer::off());
+    let quiet_addr = serve(quiet_state).await?;
     let mut c = Conn::connect(addr).await?;
+    let mut quiet = Conn::connect(quiet_addr).await?;
 
     // Warm up, and check the answers are what we think they are.
     let (st, body) = c.call("GET", "/api/vms", "").await?;
@@ -159,8 +178,15 @@ async fn measure(mgr: &Arc<Manager>, n: usize) -> Result<()> {
         bail!("exec answered {st}: {}", String::from_utf8_lossy(&body));
     }
 
-    let mut version = c.time_gets("/api/version", n).await?;
-    let mut list = c.time_gets("/api/vms", n).await?;
+    // The same GETs with observability on and off, in alternating blocks of 10.
+    let (mut version, mut version_quiet, mut list, mut list_quiet) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..n.div_ceil(10) {
+        version.extend(c.time_gets("/api/version", 10).await?);
+        version_quiet.extend(quiet.time_gets("/api/version", 10).await?);
+        list.extend(c.time_gets("/api/vms", 10).await?);
+        list_quiet.extend(quiet.time_gets("/api/vms", 10).await?);
+    }
     let mut store_list = Vec::with_capacity(n);
     for _ in 0..n {
         let t = Instant::now();
@@ -177,7 +203,11 @@ async fn measure(mgr: &Arc<Manager>, n: usize) -> Result<()> {
         timeout_ms: Some(30_000),
         ..Default::default()
     };
-    let (mut core, mut http) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut core, mut http, mut http_quiet) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for _ in 0..n {
         let t = Instant::now();
         let out = mgr.exec(&vm.id, core_req(), None, 64 << 20).await?;
@@ -188,6 +218,12 @@ async fn measure(mgr: &Arc<Manager>, n: usize) -> Result<()> {
         let t = Instant::now();
         let (st, _) = c.call("POST", &exec_path, exec_body).await?;
         http.push(t.elapsed());
+        if st != 200 {
+            bail!("HTTP exec answered {st}");
+        }
+        let t = Instant::now();
+        let (st, _) = quiet.call("POST", &exec_path, exec_body).await?;
+        http_quiet.push(t.elapsed());
         if st != 200 {
             bail!("HTTP exec answered {st}");
         }
@@ -213,6 +249,19 @@ async fn measure(mgr: &Arc<Manager>, n: usize) -> Result<()> {
             ms(p95),
             ms(p99)
         );
+    }
+    println!();
+    println!("Metrics and access log on vs off (same manager, interleaved):");
+    println!();
+    println!("| request | on: median ms | off: median ms | on / off (goal <= 1.05x) |");
+    println!("| --- | --- | --- | --- |");
+    for (name, on, off) in [
+        ("GET /api/version", &mut version, &mut version_quiet),
+        ("GET /api/vms, 1000 records", &mut list, &mut list_quiet),
+        ("POST /api/vms/{id}/exec `true`", &mut http, &mut http_quiet),
+    ] {
+        let (a, b) = (ms(quantile(on, 0.5)), ms(quantile(off, 0.5)));
+        println!("| {name} | {a:.3} | {b:.3} | {:.3}x |", a / b);
     }
     let list_p99 = ms(quantile(&mut list, 0.99));
     let added = ms(quantile(&mut http, 0.5)) - ms(quantile(&mut core, 0.5));

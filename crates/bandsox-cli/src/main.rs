@@ -99,6 +99,8 @@ enum Command {
     Cleanup(commands::cleanup::CleanupArgs),
     /// Stop and start a VM.
     Restart { vm: String },
+    /// Live CPU, memory, disk and network use of VMs (like `docker stats`).
+    Stats(commands::stats::StatsArgs),
     /// Add seconds to a VM's timeout.
     Extend {
         vm: String,
@@ -136,6 +138,7 @@ fn main() -> ExitCode {
         Command::Terminal { vm } => commands::terminal::run(&url, &vm),
         Command::Start { vm } => commands::vm::action(&url, &vm, "start"),
         Command::Restart { vm } => commands::vm::action(&url, &vm, "restart"),
+        Command::Stats(a) => commands::stats::run(&url, a),
         Command::Extend { vm, seconds } => commands::vm::extend(&url, &vm, seconds),
     };
     match result {

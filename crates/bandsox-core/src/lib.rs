@@ -12,6 +12,7 @@ pub mod images;
 pub mod init;
 pub mod manager;
 pub mod network;
+pub mod observe;
 pub mod snapshots;
 pub mod storage;
 pub mod store;

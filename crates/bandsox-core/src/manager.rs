@@ -282,6 +282,11 @@ impl Manager {
         &self.store
     }
 
+    /// The VMM backend.
+    pub(crate) fn driver(&self) -> &Arc<dyn VmmDriver> {
+        &self.driver
+    }
+
     /// Backend and accelerator names.
     pub fn backend(&self) -> (&'static str, &'static str) {
         (self.driver.name(), self.driver.accelerator())

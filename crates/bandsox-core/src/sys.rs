@@ -73,6 +73,13 @@ pub fn copy_file_sparse(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Clock ticks per second of `/proc/<pid>/stat` times.
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no memory effects; it returns -1 for an unknown name.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).ok().filter(|t| *t > 0).unwrap_or(100)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -265,8 +265,14 @@ fn authenticate(s: &AppState, req: &Request) -> ApiResult<Credential> {
     let path = req.uri().path();
     if matches!(
         path,
-        "/api/auth/login" | "/api/auth/logout" | "/api/auth/check" | "/api/openapi.json"
-    ) {
+        "/api/auth/login"
+            | "/api/auth/logout"
+            | "/api/auth/check"
+            | "/api/openapi.json"
+            | "/healthz"
+            | "/readyz"
+    ) || crate::docs::is_docs_path(path)
+    {
         return Ok(Credential::Public);
     }
     let token = websocket_token(req)

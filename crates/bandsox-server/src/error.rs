@@ -151,7 +151,7 @@ pub async fn problems_only(req: axum::extract::Request, next: axum::middleware::
     // Keep what the client needs to act on (Allow, Retry-After, WWW-Authenticate, ...).
     for (k, v) in &parts.headers {
         if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
-            out.headers_mut().insert(k.clone(), v.clone());
+            out.headers_mut().append(k.clone(), v.clone());
         }
     }
     out
@@ -174,9 +174,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status;
+        let code = crate::observe::ErrorCode(self.code);
         let problem = self.problem();
         let body = serde_json::to_vec(&problem).unwrap_or_default();
-        (status, [(header::CONTENT_TYPE, PROBLEM_CONTENT_TYPE)], body).into_response()
+        let mut resp =
+            (status, [(header::CONTENT_TYPE, PROBLEM_CONTENT_TYPE)], body).into_response();
+        resp.extensions_mut().insert(code);
+        resp
     }
 }
 

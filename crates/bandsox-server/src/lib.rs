@@ -3,10 +3,12 @@
 //! on loopback addresses.
 
 pub mod auth;
+pub mod docs;
 pub mod error;
 pub mod headers;
 pub mod limits;
 pub mod listen;
+pub mod observe;
 pub mod openapi;
 pub mod origin;
 pub mod routes;
@@ -57,6 +59,10 @@ pub struct ServeOptions {
     pub body_budget_bytes: usize,
     /// Header and body timeouts and the connection cap of each listener.
     pub conn: ConnLimits,
+    /// Write an access log line per request.
+    pub access_log: bool,
+    /// Serve `/metrics` without credentials on this address too.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl ServeOptions {
@@ -71,6 +77,8 @@ impl ServeOptions {
             max_ops_per_vm: limits::DEFAULT_MAX_OPS_PER_VM,
             body_budget_bytes: limits::DEFAULT_BODY_BUDGET,
             conn: ConnLimits::default(),
+            access_log: true,
+            metrics_addr: None,
         }
     }
 }
@@ -117,7 +125,12 @@ pub async fn serve(
         Some(port) => Some(bind(SocketAddr::new(opts.addr.ip(), port)).await?),
         None => None,
     };
+    let metrics = match opts.metrics_addr {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     let mut state = AppState::new(manager);
+    state.observer = observe::observer(opts.access_log);
     state.insecure_no_auth = opts.insecure_no_auth;
     state.vm_ops = Arc::new(limits::OpLimiter::new(opts.max_ops_per_vm));
     state.body_budget = Arc::new(limits::BodyBudget::new(opts.body_budget_bytes));
@@ -140,6 +153,11 @@ pub async fn serve(
         }
         None => None,
     };
+    if let Some(listener) = metrics {
+        tracing::info!(addr = %listener.local_addr()?, "metrics listening (no credentials)");
+        let app = routes::metrics_router(state.clone());
+        tokio::spawn(listen::serve(listener, app, opts.conn, stop.clone()));
+    }
     listen::serve(api, router(state), opts.conn, stop).await?;
     if let Some(t) = proxy_task {
         t.await.map_err(std::io::Error::other)??;

@@ -141,6 +141,17 @@ impl std::fmt::Display for VmmExit {
     }
 }
 
+/// `Ok` when `path` is an executable file (a binary the driver found at start-up may have been
+/// removed by an upgrade since).
+pub(crate) fn executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+        Ok(_) => Err(format!("{} is not an executable file", path.display())),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 /// Starts VMs.
 #[async_trait::async_trait]
 pub trait VmmDriver: Send + Sync {
@@ -148,6 +159,10 @@ pub trait VmmDriver: Send + Sync {
     fn name(&self) -> &'static str;
     /// Accelerator in use (`kvm`, `tcg`).
     fn accelerator(&self) -> &'static str;
+    /// Whether a VM could start now (its binaries are still there); why not, when not.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Spawns the VMM and starts the guest. Returns once the process runs; the guest agent
     /// may still be booting.
     async fn spawn(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, VmmError>;

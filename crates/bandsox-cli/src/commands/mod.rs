@@ -8,6 +8,7 @@ pub mod image;
 pub mod init;
 pub mod serve;
 pub mod snapshot;
+pub mod stats;
 pub mod terminal;
 pub mod vm;
 

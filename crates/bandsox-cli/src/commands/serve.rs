@@ -68,6 +68,17 @@ pub struct ServeArgs {
     /// keep-alive connections).
     #[arg(long, default_value_t = bandsox_server::ConnLimits::default().header_timeout.as_millis() as u64)]
     header_timeout_ms: u64,
+    /// Log lines as `text` (for people) or `json` (one object a line, for collectors).
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+    /// No access log line per request.
+    #[arg(long)]
+    no_access_log: bool,
+    /// Also serve Prometheus metrics at http://ADDR/metrics without credentials (an address
+    /// only your scraper reaches, e.g. 127.0.0.1:9464); on the API port `/metrics` needs
+    /// credentials when auth is on.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Milliseconds a request body may stall before the request fails with 408.
     #[arg(long, default_value_t = bandsox_server::ConnLimits::default().body_idle_timeout.as_millis() as u64)]
     body_timeout_ms: u64,
@@ -81,13 +92,7 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
         .parse()
         .map_err(|_| CliError::new("--host must be an IP address such as 127.0.0.1"))?;
     let port = port.unwrap_or(8000);
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(&a.log_format);
     let storage = storage(a.storage)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -123,6 +128,8 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
         } else {
             Some(a.proxy_port.unwrap_or_else(|| port.wrapping_add(1)))
         };
+        opts.access_log = !a.no_access_log;
+        opts.metrics_addr = a.metrics_listen;
         opts.public_url = a.public_url;
         opts.public_proxy_url = a.public_proxy_url;
         opts.conn = bandsox_server::ConnLimits {
@@ -143,4 +150,20 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
             .map_err(|e| CliError::new(e.to_string()))
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`): colours only on a terminal,
+/// `json` as one object a line.
+fn init_logging(format: &str) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod commands;
 pub mod files;
+pub mod health;
 pub mod images;
 pub mod proxy;
 pub mod snapshots;
@@ -39,6 +40,8 @@ pub struct AppState {
     /// Bumped whenever a key is revoked, a session ends or the password changes: open
     /// sockets check their credential again.
     pub credentials_epoch: Arc<tokio::sync::watch::Sender<u64>>,
+    /// Metrics and the access log.
+    pub observer: Arc<crate::observe::Observer>,
 }
 
 /// The address of the guest proxy listener, as clients should use it.
@@ -81,6 +84,7 @@ impl AppState {
             secure_cookies: false,
             proxy: ProxyAddress::default(),
             credentials_epoch: Arc::new(tokio::sync::watch::Sender::new(0)),
+            observer: crate::observe::observer(true),
         }
     }
 
@@ -101,6 +105,19 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(crate::error::problems_only))
         .layer(axum::middleware::from_fn(crate::headers::api_defaults))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::observe::observe,
+        ))
+        .with_state(state)
+}
+
+/// The metrics alone, without authentication, for `serve --metrics-listen` (an address only
+/// the scraper reaches).
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(crate::observe::metrics))
+        .fallback(vms::not_found)
         .with_state(state)
 }
 
@@ -112,6 +129,7 @@ pub fn proxy_router(state: AppState) -> Router {
         .route("/api/vms/{id}/ports/{port}", proxied())
         .route("/api/vms/{id}/ports/{port}/", proxied())
         .route("/api/vms/{id}/ports/{port}/{*path}", proxied())
+        .route_layer(axum::middleware::from_fn(crate::observe::mark_route))
         .fallback(vms::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -121,6 +139,10 @@ pub fn proxy_router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::proxy_guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::observe::observe,
         ))
         .with_state(state)
 }
@@ -225,6 +247,12 @@ fn routes() -> Router<AppState> {
             "/api/images/{*reference}",
             get(images::inspect).delete(images::delete),
         )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::observe::metrics))
+        .route("/api/vms/{id}/stats", get(health::stats))
+        .route_layer(axum::middleware::from_fn(crate::observe::mark_route))
+        .merge(crate::docs::router())
         .fallback(vms::not_found)
         .method_not_allowed_fallback(vms::method_not_allowed)
 }

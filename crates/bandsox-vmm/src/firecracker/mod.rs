@@ -532,6 +532,14 @@ impl VmmDriver for FirecrackerDriver {
         "kvm"
     }
 
+    fn ready(&self) -> Result<(), String> {
+        crate::executable(&self.config.binary)?;
+        match &self.config.jailer {
+            Some(j) => crate::executable(&j.jailer),
+            None => Ok(()),
+        }
+    }
+
     async fn spawn(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, VmmError> {
         Ok(Box::new(self.spawn_handle(spec).await?))
     }

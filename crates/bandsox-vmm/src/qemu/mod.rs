@@ -191,6 +191,10 @@ impl VmmDriver for QemuDriver {
         self.accel.name()
     }
 
+    fn ready(&self) -> Result<(), String> {
+        crate::executable(&self.binary)
+    }
+
     async fn spawn(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>, VmmError> {
         Ok(Box::new(self.start_process(spec, None)?))
     }
