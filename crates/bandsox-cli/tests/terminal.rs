@@ -1,6 +1,7 @@
 //! `bandsox terminal` on a real pseudo-terminal against a real server and VM: raw mode while
 //! the session runs, the window size sent at start and on resize (SIGWINCH), the TTY's
-//! settings restored after the shell exits. And `bandsox exec` streams output as it comes.
+//! settings restored after the shell exits. And `bandsox exec` streams output as it comes;
+//! durable commands and their logs. Everything twice: with auth off and with a key.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
 
@@ -60,12 +61,52 @@ fn wait_for(out: &Mutex<Vec<u8>>, needle: &str) {
 
 #[test]
 fn terminal_on_a_pty_and_streamed_exec() {
+    session(false);
+}
+
+/// The same client paths with auth on: the key goes in `BANDSOX_API_KEY`.
+#[test]
+fn terminal_on_a_pty_and_streamed_exec_with_auth() {
+    session(true);
+}
+
+/// A `bandsox` command for the test's server (and its key).
+fn bandsox(url: &str, key: Option<&str>) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("BANDSOX_URL", url).env_remove("BANDSOX_API_KEY");
+    if let Some(k) = key {
+        c.env("BANDSOX_API_KEY", k);
+    }
+    c
+}
+
+fn session(auth: bool) {
     let root = TestRoot::new("bsxterm");
     assert!(init(root.path()).status.success());
+    let key = auth.then(|| {
+        let out = Command::new(BIN)
+            .args(["auth", "init", "--storage"])
+            .arg(root.path())
+            .env("HOME", root.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("API key"))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    });
+    let key = key.as_deref();
+    let bearer = key.map(|k| format!("Bearer {k}")).unwrap_or_default();
     let port = free_port();
     let _server = start_server(root.path(), port);
     let url = format!("http://127.0.0.1:{port}");
     let r: serde_json::Value = ureq::post(&format!("{url}/api/vms"))
+        .set("Authorization", &bearer)
         .send_json(serde_json::json!({"image": "bandsox/busybox"}))
         .unwrap()
         .into_json()
@@ -77,9 +118,8 @@ fn terminal_on_a_pty_and_streamed_exec() {
     assert_ne!(before & libc::ICANON, 0, "a fresh pty is canonical");
     let slave_fd = slave.as_raw_fd();
     let mut child = unsafe {
-        Command::new(BIN)
+        bandsox(&url, key)
             .args(["terminal", &id])
-            .env("BANDSOX_URL", &url)
             .stdin(Stdio::from(slave.try_clone().unwrap()))
             .stdout(Stdio::from(slave.try_clone().unwrap()))
             .stderr(Stdio::from(slave.try_clone().unwrap()))
@@ -148,9 +188,8 @@ fn terminal_on_a_pty_and_streamed_exec() {
     assert_eq!(lflags(&slave), before, "the TTY's settings are restored");
 
     // An unknown VM: one line, exit code 3.
-    let out = Command::new(BIN)
+    let out = bandsox(&url, key)
         .args(["terminal", "no-such-vm"])
-        .env("BANDSOX_URL", &url)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -158,14 +197,13 @@ fn terminal_on_a_pty_and_streamed_exec() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
 
     // `bandsox exec` streams: the first line arrives a second before the command ends.
-    let mut child = Command::new(BIN)
+    let mut child = bandsox(&url, key)
         .args([
             "exec",
             &id,
             "--",
             "echo first; sleep 2; echo second; exit 7",
         ])
-        .env("BANDSOX_URL", &url)
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -187,9 +225,8 @@ fn terminal_on_a_pty_and_streamed_exec() {
 
     // A durable command: started detached, listed, its logs followed to the end.
     let run = |args: &[&str]| {
-        Command::new(BIN)
+        bandsox(&url, key)
             .args(args)
-            .env("BANDSOX_URL", &url)
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -228,5 +265,8 @@ fn terminal_on_a_pty_and_streamed_exec() {
     let out = run(&["logs", &id, "no-such-command"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
 
-    ureq::delete(&format!("{url}/api/vms/{id}")).call().unwrap();
+    ureq::delete(&format!("{url}/api/vms/{id}"))
+        .set("Authorization", &bearer)
+        .call()
+        .unwrap();
 }
