@@ -124,7 +124,20 @@ fn unreachable_from(vm: &str, host: &str, port: u16) {
     assert!(!out.contains("HTTP/"), "guest reached {host}:{port}: {out}");
 }
 
-fn ours_on_host(ids: &[&str]) -> Vec<String> {
+/// `bsxv*` interfaces on the host now. Another server on this host (another storage root) may
+/// own some of them; the test compares against what was there before it started.
+fn host_veths() -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("bsxv"))
+        .collect()
+}
+
+/// This test's namespaces, the `bsxv*` interfaces that were not on the host before it
+/// (`foreign`), and the host table.
+fn ours_on_host(ids: &[&str], foreign: &[String]) -> Vec<String> {
     let mut left = Vec::new();
     for id in ids {
         let ns = format!("bsx-{id}");
@@ -132,12 +145,7 @@ fn ours_on_host(ids: &[&str]) -> Vec<String> {
             left.push(ns);
         }
     }
-    for e in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
-        let n = e.file_name().to_string_lossy().into_owned();
-        if n.starts_with("bsxv") {
-            left.push(n);
-        }
-    }
+    left.extend(host_veths().into_iter().filter(|n| !foreign.contains(n)));
     if sh("nft list table inet bandsox").status.success() {
         left.push("nft table inet bandsox".into());
     }
@@ -148,6 +156,7 @@ fn ours_on_host(ids: &[&str]) -> Vec<String> {
 fn guest_http_isolation_egress_clones_and_cleanup() {
     let _lab = Lab;
     drop(Lab); // leftovers of an earlier failed run
+    let foreign = host_veths();
     let root = TestRoot::new("bsxnet");
     assert!(init(root.path()).status.success());
     let port = free_port();
@@ -517,7 +526,7 @@ printf '\210\000'
         assert!(r.is_ok(), "{r:?}");
     }
     let ids: Vec<&str> = all.iter().map(String::as_str).collect();
-    let left: Vec<String> = ours_on_host(&ids)
+    let left: Vec<String> = ours_on_host(&ids, &foreign)
         .into_iter()
         .filter(|n| n != "nft table inet bandsox")
         .collect();
@@ -539,9 +548,9 @@ printf '\210\000'
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("bsx-0000dead"), "{text}");
     assert!(
-        ours_on_host(&["0000dead"]).is_empty(),
+        ours_on_host(&["0000dead"], &foreign).is_empty(),
         "{:?}",
-        ours_on_host(&["0000dead"])
+        ours_on_host(&["0000dead"], &foreign)
     );
     assert!(std::path::Path::new("/sys/class/net")
         .join(DUMMY_IF)

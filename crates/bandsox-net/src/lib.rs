@@ -427,15 +427,16 @@ fn setup_inner(ns: &str, lease: Option<Lease>) -> Result<()> {
 /// pieces are fine.
 pub fn teardown(vm_id: &str, lease: Option<Lease>) -> Result<()> {
     let ns = netns_name(vm_id)?;
-    if netns_exists(&ns) {
-        ip(&["netns", "delete", &ns])?;
-    }
     if let Some(lease) = lease {
         let host_if = lease.host_if();
         if link_exists(&host_if) {
-            // Deleting the namespace deletes the pair; this catches a half-made setup.
+            // First, and explicitly: deleting the pair from the host side is synchronous, while
+            // a deleted namespace frees its devices later (or only once its last process exits).
             let _ = ip(&["link", "delete", &host_if]);
         }
+    }
+    if netns_exists(&ns) {
+        ip(&["netns", "delete", &ns])?;
     }
     Ok(())
 }
