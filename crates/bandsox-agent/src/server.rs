@@ -30,33 +30,6 @@ use crate::transport::Connector;
 use crate::util::{lock, panic_message};
 use crate::{cmds, exec, files, sys, transport};
 
-/// Operations this agent knows; any other `op` is answered with `Unsupported`.
-const KNOWN_OPS: &[&str] = &[
-    "hello",
-    "ping",
-    "exec",
-    "shutdown",
-    "set_time",
-    "cmd_start",
-    "cmd_logs",
-    "cmd_wait",
-    "cmd_kill",
-    "cmd_stdin",
-    "cmd_resize",
-    "cmd_list",
-    "file_read",
-    "file_read_text",
-    "file_write",
-    "file_write_batch",
-    "file_list",
-    "file_stat",
-    "file_mkdir",
-    "file_remove",
-    "file_rename",
-    "file_edit",
-    "raw",
-];
-
 /// Optional features advertised in the hello reply.
 pub const CAPABILITIES: &[&str] = &[
     "exec",
@@ -411,7 +384,7 @@ pub fn parse_request(payload: &[u8]) -> Result<Request, ErrorBody> {
             .ok()
             .and_then(|v| v.get("op")?.as_str().map(str::to_owned));
         match op {
-            Some(op) if !KNOWN_OPS.contains(&op.as_str()) => ErrorBody::new(
+            Some(op) if !Request::OPS.contains(&op.as_str()) => ErrorBody::new(
                 ErrorCode::Unsupported,
                 format!("unsupported operation `{op}`"),
             ),

@@ -196,6 +196,11 @@ fn hello_ping_and_bad_requests() {
         c.call(r#"{"op":"exec","argv":[]}"#).error_code(),
         ErrorCode::BadRequest
     );
+    // A known operation with a bad body is a bad request, never "unsupported".
+    assert_eq!(
+        c.call(r#"{"op":"add_entropy","bytes":"no"}"#).error_code(),
+        ErrorCode::BadRequest
+    );
     // Garbage frame kinds reset the decoder; the connection stays usable.
     c.sock.write_all(&[1, 0, 0, 0, 9, 0, 0, 0, 99, 0]).unwrap();
     std::thread::sleep(Duration::from_millis(50));

@@ -19,8 +19,9 @@ pub const VSOCK_PORT: u32 = 1024;
 
 /// A host -> guest request. It opens a stream; the agent answers with zero or more events and
 /// data frames and exactly one [`Reply`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, strum::VariantNames)]
 #[serde(tag = "op", rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum Request {
     /// First message on a fresh connection.
     Hello(Hello),
@@ -111,6 +112,11 @@ pub enum Request {
     /// [`RawMode`]: `echo` until the host disconnects, `sink`/`source` until their bytes are
     /// through). Answered with `Done`, then raw bytes only.
     Raw { mode: RawMode },
+}
+
+impl Request {
+    /// The wire name (`op`) of every operation, derived from the variants themselves.
+    pub const OPS: &'static [&'static str] = <Self as strum::VariantNames>::VARIANTS;
 }
 
 /// What the agent does with the raw channel after a [`Request::Raw`].
@@ -459,6 +465,20 @@ impl std::fmt::Display for ErrorCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variant_names_are_the_wire_op_names() {
+        // Every name strum lists is one serde knows (a missing field, never an unknown variant).
+        assert_eq!(Request::OPS.len(), 24);
+        for op in Request::OPS {
+            let err = serde_json::from_value::<Request>(serde_json::json!({ "op": op }))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(!err.contains("unknown variant"), "{op}: {err}");
+        }
+        assert!(Request::OPS.contains(&"add_entropy"));
+    }
 
     #[test]
     fn request_wire_shape_v1() {
