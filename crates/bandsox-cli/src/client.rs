@@ -92,11 +92,22 @@ impl Client {
         content_type: &str,
         body: impl std::io::Read,
     ) -> Result<T, CliError> {
+        self.send_reader_for(path, content_type, body, Duration::from_secs(3600))
+    }
+
+    /// [`Client::send_reader`] with a timeout of its own.
+    pub fn send_reader_for<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl std::io::Read,
+        timeout: Duration,
+    ) -> Result<T, CliError> {
         let req = self
             .agent
             .post(&format!("{}{path}", self.base))
             .set("Content-Type", content_type)
-            .timeout(Duration::from_secs(3600));
+            .timeout(timeout);
         self.finish(req.send(body))
     }
 

@@ -76,6 +76,13 @@ enum Command {
     /// Manage images: pull, import, list, inspect, remove.
     #[command(subcommand)]
     Image(commands::image::ImageCommand),
+    /// Build an image from a Dockerfile (in VMs): `bandsox build [-f FILE] DIR -t NAME`.
+    Build {
+        #[command(flatten)]
+        args: commands::build::BuildArgs,
+        #[command(flatten)]
+        common: commands::image::Common,
+    },
     /// Authentication: password, API keys.
     #[command(subcommand)]
     Auth(commands::auth::AuthCommand),
@@ -120,6 +127,7 @@ fn main() -> ExitCode {
         Command::Exec(a) => commands::vm::exec(&url, a),
         Command::Vm(c) => commands::vm::run(&url, c),
         Command::Image(c) => commands::image::run(&url, c),
+        Command::Build { args, common } => commands::build::run(&url, args, common),
         Command::Snapshot(c) => commands::snapshot::run(&url, c),
         Command::Auth(c) => commands::auth::run(&url, c),
         Command::Cp(a) => commands::cp::run(&url, a),

@@ -1,8 +1,11 @@
 //! Dockerfile builds against a real server with real VMs: BandSox's multipart
 //! `POST /api/vms/from-dockerfile`, `POST /api/images/build` and `bandsox image build`.
 //! A build runs its `RUN` steps in a VM of the `FROM` image and records the result as an
-//! image; the image config carries `ENV`/`WORKDIR`/`USER`/`CMD`. Bad input (COPY, a failing
-//! step, a tag naming an image that was not built) changes nothing.
+//! image; the image config carries `ENV`/`WORKDIR`/`USER`/`CMD`. Bad input (COPY without a
+//! context, a failing step, a tag naming an image that was not built, a context path out of
+//! the context) changes nothing. With a context (`bandsox build -f FILE DIR`, auth on):
+//! COPY of a file and a folder, `.dockerignore`, `--chown`, multi-stage `COPY --from`,
+//! `--build-arg`, and the cache.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
 
@@ -97,7 +100,7 @@ fn dockerfile_builds_and_bad_input() {
             &[("dockerfile", "FROM bandsox/busybox\nCOPY . /x\n")],
             422,
             "invalid_input",
-            "no context directory",
+            "need a build context",
         ),
         (
             &[(
@@ -227,4 +230,205 @@ fn dockerfile_builds_and_bad_input() {
     let out = bandsox(&url, &["vm", "delete", &id]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(vm_ids(&url).is_empty());
+}
+
+fn key_of(root: &std::path::Path) -> String {
+    let out = std::process::Command::new(common::BIN)
+        .args(["auth", "init", "--storage"])
+        .arg(root)
+        .env("HOME", root)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("API key"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+const STAGED: &str = r#"FROM bandsox/busybox AS build
+WORKDIR /src
+COPY folder ./folder
+RUN cat folder/a.txt folder/sub/b.txt > /joined && ls folder > /listing
+
+FROM bandsox/busybox
+ARG VERSION=0
+COPY --from=build /joined /listing /out/
+COPY --chown=nobody hello.txt /out/
+COPY folder /app/
+COPY ["with space.txt", "/out/"]
+RUN echo "$VERSION" > /out/version && ls -A / > /out/root && ls -A /app > /out/app
+"#;
+
+#[test]
+fn context_builds_with_auth() {
+    let dir = TestRoot::new("bsxctx");
+    let storage = dir.path().join("storage");
+    let out = init(&storage);
+    assert!(out.status.success(), "init: {}", text(&out.stderr));
+    let key = key_of(&storage);
+    let bearer = format!("Bearer {key}");
+    let port = free_port();
+    let _server = start_server(&storage, port);
+    let url = format!("http://127.0.0.1:{port}");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .args(args)
+            .env("BANDSOX_URL", &url)
+            .env("BANDSOX_API_KEY", &key)
+            .env("HOME", dir.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let get = |path: &str| {
+        answer(
+            ureq::get(&format!("{url}{path}"))
+                .set("Authorization", &bearer)
+                .call(),
+        )
+    };
+
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(ctx.join("folder/sub")).unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hello\n").unwrap();
+    std::fs::write(ctx.join("with space.txt"), "spaced\n").unwrap();
+    std::fs::write(ctx.join("folder/a.txt"), "a\n").unwrap();
+    std::fs::write(ctx.join("folder/sub/b.txt"), "b\n").unwrap();
+    std::fs::write(ctx.join("folder/skip.log"), "ignored\n").unwrap();
+    std::fs::write(ctx.join("secret.env"), "TOKEN=x\n").unwrap();
+    std::fs::write(ctx.join(".dockerignore"), "*.env\n**/*.log\n").unwrap();
+    let dockerfile = dir.path().join("Staged.Dockerfile");
+    std::fs::write(&dockerfile, STAGED).unwrap();
+    let (df, c) = (dockerfile.to_str().unwrap(), ctx.to_str().unwrap());
+
+    let out = cli(&[
+        "build",
+        "-f",
+        df,
+        c,
+        "-t",
+        "test/ctx:1",
+        "--build-arg",
+        "VERSION=7",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let image: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(image["reference"], "test/ctx:1");
+
+    let (st, created) = answer(
+        ureq::post(&format!("{url}/api/vms"))
+            .set("Authorization", &bearer)
+            .send_json(json!({"image": "test/ctx:1"})),
+    );
+    assert_eq!(st, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (st, r) = answer(
+        ureq::post(&format!("{url}/api/vms/{id}/exec"))
+            .set("Authorization", &bearer)
+            .send_json(json!({"command":
+                "cd /out && cat joined listing hello.txt 'with space.txt' version app; \
+                 stat -c %U hello.txt; grep -c -e secret.env -e bandsox root; \
+                 test -e /app/skip.log || echo no-log"})),
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        r["stdout"], "a\nb\na.txt\nsub\nhello\nspaced\n7\na.txt\nsub\nnobody\n0\nno-log\n",
+        "{r}"
+    );
+    let (st, _) = answer(
+        ureq::delete(&format!("{url}/api/vms/{id}"))
+            .set("Authorization", &bearer)
+            .call(),
+    );
+    assert_eq!(st, 200);
+
+    // Unchanged inputs reuse the build; a changed file builds again.
+    let started = std::time::Instant::now();
+    let out = cli(&[
+        "build",
+        "-f",
+        df,
+        c,
+        "-t",
+        "test/ctx:1",
+        "--build-arg",
+        "VERSION=7",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["digest"], image["digest"]);
+    assert!(
+        started.elapsed().as_secs() < 5,
+        "a cached build must not boot a VM"
+    );
+
+    // Sources out of the context: refused, nothing left behind.
+    let (_, images_before) = get("/api/images");
+    std::fs::write(dir.path().join("outside"), "host secret").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", ctx.join("link")).unwrap();
+    for (line, needle) in [
+        ("COPY ../outside /x", "outside the build context"),
+        ("COPY link /x", "symbolic link out of the build context"),
+        ("COPY missing.txt /x", "no such file in the build context"),
+        ("COPY secret.env /x", "excluded by .dockerignore"),
+    ] {
+        std::fs::write(&dockerfile, format!("FROM bandsox/busybox\n{line}\n")).unwrap();
+        let out = cli(&["build", "-f", df, c, "-t", "test/bad:1"]);
+        assert_eq!(out.status.code(), Some(1), "{line}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{line}: {}",
+            text(&out.stderr)
+        );
+    }
+    let (_, vms) = get("/api/vms");
+    assert_eq!(vms, json!([]), "a failed build left a VM");
+    let (_, images_after) = get("/api/images");
+    assert_eq!(images_after, images_before, "a failed build left an image");
+
+    // BandSox's form with a `context` part (a tar), and the same refusal without auth.
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(3);
+    h.set_mode(0o644);
+    tar.append_data(&mut h, "f.txt", &b"hi\n"[..]).unwrap();
+    let tar = tar.into_inner().unwrap();
+    let boundary = "bsxctxboundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"dockerfile\"; filename=\"Dockerfile\"\r\n\r\n\
+         FROM bandsox/busybox\nCOPY f.txt /f.txt\n\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"context\"; filename=\"c.tar\"\r\n\
+         Content-Type: application/x-tar\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(&tar);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let ctype = format!("multipart/form-data; boundary={boundary}");
+    let (st, _) = answer(
+        ureq::post(&format!("{url}/api/vms/from-dockerfile"))
+            .set("Content-Type", &ctype)
+            .send_bytes(&body),
+    );
+    assert_eq!(st, 401);
+    let (st, created) = answer(
+        ureq::post(&format!("{url}/api/vms/from-dockerfile"))
+            .set("Authorization", &bearer)
+            .set("Content-Type", &ctype)
+            .send_bytes(&body),
+    );
+    assert_eq!(st, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (_, r) = answer(
+        ureq::post(&format!("{url}/api/vms/{id}/exec"))
+            .set("Authorization", &bearer)
+            .send_json(json!({"command": "cat /f.txt"})),
+    );
+    assert_eq!(r["stdout"], "hi\n", "{r}");
 }

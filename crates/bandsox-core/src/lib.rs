@@ -5,7 +5,7 @@
 pub mod agent;
 pub mod auth;
 pub mod backend;
-pub mod build;
+pub mod dockerfile;
 pub mod error;
 pub mod guest;
 pub mod images;

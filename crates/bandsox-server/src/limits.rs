@@ -155,8 +155,6 @@ impl BodyBudget {
 pub const BIG_JSON_BYTES: usize = 64 << 20;
 /// Largest body of every other buffered route.
 pub const SMALL_BODY_BYTES: usize = 2 << 20;
-/// Largest multipart form of a Dockerfile build.
-pub const FORM_BYTES: usize = 4 << 20;
 
 /// How a route's request body is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -167,12 +165,14 @@ enum BodyUse {
     Buffered(usize),
 }
 
-fn body_use(path: &str) -> BodyUse {
-    if path == "/api/images/import" {
+/// `archive`: the body is declared an archive (a build context, not JSON).
+fn body_use(path: &str, archive: bool) -> BodyUse {
+    // Build contexts are streamed to disk by core, which caps them.
+    if path == "/api/images/import"
+        || path == "/api/vms/from-dockerfile"
+        || (path == "/api/images/build" && archive)
+    {
         return BodyUse::Streamed;
-    }
-    if path == "/api/vms/from-dockerfile" {
-        return BodyUse::Buffered(FORM_BYTES);
     }
     if let Some(rest) = path.strip_prefix("/api/vms/") {
         let op = rest.split_once('/').map_or("", |(_, op)| op);
@@ -202,7 +202,12 @@ fn too_large(cap: usize) -> Response {
 /// Middleware on every route: caps and budgets request bodies by route (see [`body_use`]).
 /// The router itself sets no body limit; this is the one place they are decided.
 pub async fn bodies(State(s): State<AppState>, req: Request, next: Next) -> Response {
-    let BodyUse::Buffered(cap) = body_use(req.uri().path()) else {
+    let archive = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.to_ascii_lowercase().contains("json"));
+    let BodyUse::Buffered(cap) = body_use(req.uri().path(), archive) else {
         return next.run(req).await;
     };
     let declared = req
@@ -276,16 +281,29 @@ mod tests {
 
     #[test]
     fn bodies_are_classified_by_route() {
-        assert_eq!(body_use("/api/vms/a/upload"), BodyUse::Streamed);
-        assert_eq!(body_use("/api/images/import"), BodyUse::Streamed);
-        assert_eq!(body_use("/api/vms/a/ports/80/x"), BodyUse::Streamed);
+        assert_eq!(body_use("/api/vms/a/upload", false), BodyUse::Streamed);
+        assert_eq!(body_use("/api/images/import", true), BodyUse::Streamed);
+        assert_eq!(body_use("/api/vms/a/ports/80/x", false), BodyUse::Streamed);
         assert_eq!(
-            body_use("/api/vms/a/write-file"),
+            body_use("/api/vms/from-dockerfile", false),
+            BodyUse::Streamed
+        );
+        // A build context is streamed (core caps it); a JSON build is small.
+        assert_eq!(body_use("/api/images/build", true), BodyUse::Streamed);
+        assert_eq!(
+            body_use("/api/images/build", false),
+            BodyUse::Buffered(SMALL_BODY_BYTES)
+        );
+        assert_eq!(
+            body_use("/api/vms/a/write-file", false),
             BodyUse::Buffered(BIG_JSON_BYTES)
         );
-        assert_eq!(body_use("/api/vms"), BodyUse::Buffered(SMALL_BODY_BYTES));
         assert_eq!(
-            body_use("/api/vms/a/exec"),
+            body_use("/api/vms", false),
+            BodyUse::Buffered(SMALL_BODY_BYTES)
+        );
+        assert_eq!(
+            body_use("/api/vms/a/exec", true),
             BodyUse::Buffered(SMALL_BODY_BYTES)
         );
     }

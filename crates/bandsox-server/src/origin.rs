@@ -29,6 +29,8 @@ enum BodyKind {
     Multipart,
     /// An image archive.
     Archive,
+    /// JSON, or a tar build context (`POST /api/images/build`).
+    JsonOrArchive,
 }
 
 /// Archive types `POST /api/images/import` takes.
@@ -44,6 +46,9 @@ const ARCHIVE_TYPES: &[&str] = &[
 fn body_kind(path: &str) -> BodyKind {
     if path == "/api/images/import" {
         return BodyKind::Archive;
+    }
+    if path == "/api/images/build" {
+        return BodyKind::JsonOrArchive;
     }
     if path == "/api/vms/from-dockerfile"
         || path
@@ -140,6 +145,10 @@ fn check_body_type(path: &str, headers: &HeaderMap) -> ApiResult<()> {
         (BodyKind::Json, Some(e)) => e == "application/json" || e.ends_with("+json"),
         (BodyKind::Multipart, Some(e)) => e == "multipart/form-data",
         (BodyKind::Archive, Some(e)) => ARCHIVE_TYPES.contains(&e),
+        (BodyKind::JsonOrArchive, None) => true,
+        (BodyKind::JsonOrArchive, Some(e)) => {
+            e == "application/json" || e.ends_with("+json") || ARCHIVE_TYPES.contains(&e)
+        }
         (_, None) => false,
     };
     if ok {
@@ -164,6 +173,13 @@ fn check_body_type(path: &str, headers: &HeaderMap) -> ApiResult<()> {
                 essence.as_deref().unwrap_or("no Content-Type")
             ),
             "send `Content-Type: application/x-tar` (curl --data-binary @image.tar -H 'Content-Type: application/x-tar')",
+        ),
+        BodyKind::JsonOrArchive => (
+            format!(
+                "a build takes JSON or a tar build context, not `{}`",
+                essence.as_deref().unwrap_or("")
+            ),
+            "send the context with `Content-Type: application/x-tar` (tar -c . | curl --data-binary @- ...)",
         ),
     };
     let mut e = ApiError::new(

@@ -27,13 +27,13 @@ use crate::CliResult;
 pub struct Common {
     /// Work on this storage root directly instead of through the server.
     #[arg(long)]
-    storage: Option<PathBuf>,
+    pub(crate) storage: Option<PathBuf>,
     /// Print the result as JSON.
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// No progress output.
     #[arg(long, short)]
-    quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,19 +81,11 @@ pub enum ImageCommand {
         #[command(flatten)]
         common: Common,
     },
-    /// Build an image from a Dockerfile, in a VM (`-` reads stdin). No build context:
-    /// `COPY`/`ADD` are refused.
+    /// Build an image from a Dockerfile, in VMs: `image build [-f FILE] DIR` with a context
+    /// folder, or `image build FILE` (`-` reads stdin) without one. Same as `bandsox build`.
     Build {
-        dockerfile: PathBuf,
-        /// Name of the result (default `bandsox-build-<id>`).
-        #[arg(long, short)]
-        tag: Option<String>,
-        /// Build again even when the tag holds a build of the same Dockerfile.
-        #[arg(long)]
-        force: bool,
-        /// Writable disk of the build VM, MiB.
-        #[arg(long, default_value_t = 4096)]
-        disk_size: u64,
+        #[command(flatten)]
+        args: super::build::BuildArgs,
         #[command(flatten)]
         common: Common,
     },
@@ -260,55 +252,7 @@ pub fn run(url: &str, cmd: ImageCommand) -> CliResult {
             }
             Ok(ExitCode::SUCCESS)
         }
-        ImageCommand::Build {
-            dockerfile,
-            tag,
-            force,
-            disk_size,
-            common,
-        } => {
-            if common.storage.is_some() {
-                return Err(
-                    CliError::new("image build runs in a VM: it needs the server")
-                        .with_hint("drop --storage and start `bandsox serve`"),
-                );
-            }
-            let text = if dockerfile.as_os_str() == "-" {
-                let mut t = String::new();
-                std::io::stdin()
-                    .read_to_string(&mut t)
-                    .map_err(|e| CliError::new(format!("cannot read stdin: {e}")))?;
-                t
-            } else {
-                std::fs::read_to_string(&dockerfile).map_err(|e| {
-                    CliError::new(format!("cannot read {}: {e}", dockerfile.display()))
-                })?
-            };
-            let spinner =
-                (!common.quiet && !common.json && std::io::stderr().is_terminal()).then(|| {
-                    let p = ProgressBar::new_spinner().with_message("building in a VM");
-                    p.enable_steady_tick(Duration::from_millis(120));
-                    p
-                });
-            let body = serde_json::json!({
-                "dockerfile": text, "tag": tag, "force_rebuild": force, "disk_size_mib": disk_size,
-            });
-            let built: Result<bandsox_core::ImageRecord, CliError> =
-                Client::new(url).post("/api/images/build", &body, Duration::from_secs(3 * 3600));
-            if let Some(p) = spinner {
-                p.finish_and_clear();
-            }
-            let image = built?;
-            if common.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&image).unwrap_or_default()
-                );
-            } else {
-                println!("{}", image.reference);
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        ImageCommand::Build { args, common } => super::build::run(url, args, common),
         ImageCommand::Inspect { reference, common } => {
             let info: ImageInfo = match &common.storage {
                 Some(dir) => local(

@@ -1,6 +1,7 @@
 //! One module per command group.
 
 pub mod auth;
+pub mod build;
 pub mod cleanup;
 pub mod cp;
 pub mod durable;

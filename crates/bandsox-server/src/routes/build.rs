@@ -1,14 +1,20 @@
-//! Dockerfile builds: BandSox's `POST /api/vms/from-dockerfile` and `POST /api/images/build`.
+//! Dockerfile builds: BandSox's `POST /api/vms/from-dockerfile` and `POST /api/images/build`
+//! (a JSON Dockerfile, or a tar build context as the body, as Docker's `POST /build` takes it).
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Multipart, State};
-use axum::http::StatusCode;
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::extract::FromRequest;
+use axum::extract::{Multipart, Query, Request, State};
+use axum::http::{header, StatusCode};
 use axum::Json;
 use bandsox_api::CreateVmResponse;
-use bandsox_core::build::{BuildRequest, MAX_DOCKERFILE_BYTES};
+use bandsox_core::dockerfile::{BuildRequest, DockerfileSource, MAX_DOCKERFILE_BYTES};
 use bandsox_core::store::ImageRecord;
 use bandsox_core::CreateVm;
+use futures_util::TryStreamExt;
 use serde::Deserialize;
+use tokio_util::io::StreamReader;
 
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -17,9 +23,15 @@ use crate::error::{ApiError, ApiResult};
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct FromDockerfileForm {
-    /// The Dockerfile. `COPY`/`ADD` are refused: there is no build context.
+    /// The Dockerfile.
     #[schema(value_type = String, format = Binary)]
     dockerfile: Vec<u8>,
+    /// The build context `COPY`/`ADD` read: a tar (optionally gzip-compressed), at most
+    /// 2 GiB; `.dockerignore` in it applies. Without it `COPY`/`ADD` are refused.
+    #[schema(value_type = Option<String>, format = Binary)]
+    context: Option<Vec<u8>>,
+    /// JSON object of `--build-arg`s, as a string.
+    build_args: Option<String>,
     /// Image reference for the result (default `bandsox-build-<id>`).
     tag: Option<String>,
     name: Option<String>,
@@ -38,7 +50,7 @@ pub struct FromDockerfileForm {
     post,
     path = "/api/vms/from-dockerfile",
     tag = "vms",
-    summary = "Build an image from a Dockerfile (in a VM, no context), then create a VM of it",
+    summary = "Build an image from a Dockerfile (in VMs, with an optional tar context), then create a VM of it",
     operation_id = "vms_from_dockerfile",
     request_body(content = FromDockerfileForm, content_type = "multipart/form-data"),
     responses((status = 200, description = "success", body = CreateVmResponse))
@@ -53,9 +65,25 @@ pub async fn from_dockerfile(
     let mut dockerfile = None;
     let mut create = CreateVm::new(String::new());
     let mut tag = None;
-    while let Some(field) = form.next_field().await.map_err(bad)? {
+    let mut context = None;
+    let mut build_args = BTreeMap::new();
+    while let Some(mut field) = form.next_field().await.map_err(bad)? {
         let name = field.name().unwrap_or_default().to_owned();
-        let bytes = field.bytes().await.map_err(bad)?;
+        if name == "context" {
+            let reader = StreamReader::new(field.map_err(std::io::Error::other));
+            context = Some(s.manager.receive_context(reader).await?);
+            continue;
+        }
+        // Other fields are small: read at most a Dockerfile's worth.
+        let mut bytes = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(bad)? {
+            if bytes.len() + chunk.len() > MAX_DOCKERFILE_BYTES {
+                return Err(ApiError::invalid(format!(
+                    "field `{name}` is larger than {MAX_DOCKERFILE_BYTES} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
         if name == "dockerfile" {
             if bytes.len() > MAX_DOCKERFILE_BYTES {
                 return Err(ApiError::invalid(format!(
@@ -87,6 +115,11 @@ pub async fn from_dockerfile(
                 create.metadata = serde_json::from_str(text)
                     .map_err(|e| ApiError::invalid(format!("metadata must be JSON: {e}")))?
             }
+            "build_args" if !text.is_empty() => {
+                build_args = serde_json::from_str(text).map_err(|e| {
+                    ApiError::invalid(format!("build_args must be a JSON object of strings: {e}"))
+                })?
+            }
             // `mcp` (BandSox 3.5's MCP server settings) and unknown fields are ignored.
             _ => {}
         }
@@ -98,7 +131,9 @@ pub async fn from_dockerfile(
     let image = s
         .manager
         .build_image(BuildRequest {
-            dockerfile,
+            dockerfile: DockerfileSource::Text(dockerfile),
+            context,
+            build_args,
             tag,
             force_rebuild: create.force_rebuild,
             disk_size_mib: create.disk_size_mib,
@@ -113,48 +148,111 @@ pub async fn from_dockerfile(
     }))
 }
 
+/// `POST /api/images/build` with a JSON body.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct BuildImageRequest {
-    /// Dockerfile text. `COPY`/`ADD` are refused: there is no build context.
+    /// Dockerfile text. `COPY`/`ADD` need a context: send the context as a tar body instead.
     dockerfile: String,
     /// Image reference for the result (default `bandsox-build-<id>`).
     tag: Option<String>,
-    /// Build again even when the tag holds a build of the same Dockerfile.
+    /// Build again even when the tag holds a build of the same inputs.
     #[serde(default)]
     force_rebuild: bool,
-    /// Writable disk of the build VM, MiB.
+    /// Writable disk of the build VMs, MiB.
     #[serde(default = "default_disk")]
     disk_size_mib: u64,
+    /// Values for the `ARG`s the Dockerfile declares.
+    #[serde(default)]
+    build_args: BTreeMap<String, String>,
+}
+
+/// `POST /api/images/build` with a tar build context as the body: the options in the query.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct BuildContextQuery {
+    /// Path of the Dockerfile inside the context.
+    #[serde(default = "default_dockerfile")]
+    #[param(default = "Dockerfile")]
+    dockerfile: String,
+    /// Image reference for the result (default `bandsox-build-<id>`).
+    tag: Option<String>,
+    /// Build again even when the tag holds a build of the same inputs.
+    #[serde(default)]
+    force_rebuild: bool,
+    /// Writable disk of the build VMs, MiB.
+    #[serde(default = "default_disk")]
+    #[param(default = 4096)]
+    disk_size_mib: u64,
+    /// Values for the `ARG`s, as a JSON object.
+    build_args: Option<String>,
 }
 
 fn default_disk() -> u64 {
     4096
 }
 
-/// Extension: builds an image from a Dockerfile (in a VM) without creating a VM of it.
+fn default_dockerfile() -> String {
+    "Dockerfile".into()
+}
+
+/// Extension: builds an image from a Dockerfile (in VMs) without creating a VM of it.
+/// The body is either JSON (a Dockerfile without context) or the build context as a tar
+/// (`Content-Type: application/x-tar`, optionally gzip; at most 2 GiB) with the options in
+/// the query, as Docker's `POST /build` takes it.
 #[utoipa::path(
     post,
     path = "/api/images/build",
     tag = "images",
-    summary = "Build an image from a Dockerfile (in a VM, no context)",
+    summary = "Build an image from a Dockerfile (in VMs), with or without a tar context",
     operation_id = "images_build",
-    request_body = BuildImageRequest,
+    params(BuildContextQuery),
+    request_body(content(
+        (BuildImageRequest = "application/json"),
+        (Vec<u8> = "application/x-tar"),
+    )),
     responses((status = 201, description = "built (or reused)", body = ImageRecord))
 )]
 pub async fn build_image(
     State(s): State<AppState>,
-    body: Result<Json<BuildImageRequest>, JsonRejection>,
+    req: Request,
 ) -> ApiResult<(StatusCode, Json<ImageRecord>)> {
-    let Json(req) = body?;
-    let image = s
-        .manager
-        .build_image(BuildRequest {
-            dockerfile: req.dockerfile,
-            tag: req.tag,
-            force_rebuild: req.force_rebuild,
-            disk_size_mib: req.disk_size_mib,
-        })
-        .await?;
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.to_ascii_lowercase().contains("json"));
+    let build = if is_json {
+        let Json(body) = Json::<BuildImageRequest>::from_request(req, &()).await?;
+        BuildRequest {
+            dockerfile: DockerfileSource::Text(body.dockerfile),
+            context: None,
+            build_args: body.build_args,
+            tag: body.tag,
+            force_rebuild: body.force_rebuild,
+            disk_size_mib: body.disk_size_mib,
+        }
+    } else {
+        let Query(q) = Query::<BuildContextQuery>::try_from_uri(req.uri())
+            .map_err(|e| ApiError::invalid(e.body_text()))?;
+        let build_args = match q.build_args.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) => serde_json::from_str(t).map_err(|e| {
+                ApiError::invalid(format!("build_args must be a JSON object of strings: {e}"))
+            })?,
+            None => BTreeMap::new(),
+        };
+        let reader = StreamReader::new(
+            Body::into_data_stream(req.into_body()).map_err(std::io::Error::other),
+        );
+        BuildRequest {
+            dockerfile: DockerfileSource::InContext(q.dockerfile),
+            context: Some(s.manager.receive_context(reader).await?),
+            build_args,
+            tag: q.tag,
+            force_rebuild: q.force_rebuild,
+            disk_size_mib: q.disk_size_mib,
+        }
+    };
+    let image = s.manager.build_image(build).await?;
     Ok((StatusCode::CREATED, Json(image)))
 }
 
