@@ -32,6 +32,8 @@ pub fn prepare_storage(work: &Path) -> Result<Storage> {
         kernel: None,
         agent_bin: agent,
         busybox: Some("/bin/busybox".into()),
+        skip_kernel: false,
+        rootfs: None,
         force: false,
     })?;
     Ok(storage)

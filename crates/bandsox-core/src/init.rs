@@ -1,5 +1,6 @@
-//! `bandsox init`: the storage layout, the database, the guest kernel and initramfs, and the
-//! default offline image. Idempotent: a second run changes nothing unless forced.
+//! `bandsox init`: the storage layout, the database, the guest kernel and initramfs, the
+//! default offline image and (BandSox's `--rootfs-url`) a base image from an ext4 file.
+//! Idempotent: a second run changes nothing unless forced.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,9 @@ use crate::error::{CoreError, Result};
 use crate::images::{self, DEFAULT_IMAGE};
 use crate::storage::Storage;
 use crate::store::Store;
+
+/// The image an ext4 root filesystem given to `init` becomes (BandSox's name for it).
+pub const BASE_IMAGE: &str = "bandsox-base";
 
 /// Where `scripts/setup` puts the Debian kernel package.
 pub const KERNEL_DEB_CACHE: &str = "/var/cache/bandsox";
@@ -22,39 +26,100 @@ pub struct InitRequest {
     pub agent_bin: PathBuf,
     /// Static busybox for the default image; `None` skips the image.
     pub busybox: Option<PathBuf>,
+    /// Leave the kernel and initramfs as they are (or absent).
+    pub skip_kernel: bool,
+    /// An ext4 root filesystem to import as [`BASE_IMAGE`].
+    pub rootfs: Option<PathBuf>,
     pub force: bool,
 }
 
 /// What [`initialise`] did.
 #[derive(Debug, Clone)]
 pub struct InitOutcome {
-    pub kernel: InitReport,
+    /// `None` with `skip_kernel`.
+    pub kernel: Option<InitReport>,
     /// The default image, and whether it was (re)built.
     pub default_image: Option<(crate::store::ImageRecord, bool)>,
+    /// The image made of `rootfs`, and whether it was (re)built.
+    pub base_image: Option<(crate::store::ImageRecord, bool)>,
 }
 
 /// Prepares a storage root so VMs can be created.
 pub fn initialise(req: &InitRequest) -> Result<InitOutcome> {
     req.storage.create_layout()?;
     let store = Store::open(&req.storage.db_path())?;
-    let kernel = match &req.kernel {
-        Some(k) => k.clone(),
-        None => KernelSource::Deb(find_kernel_deb()?),
+    let report = if req.skip_kernel {
+        None
+    } else {
+        let kernel = match &req.kernel {
+            Some(k) => k.clone(),
+            None => KernelSource::Deb(find_kernel_deb()?),
+        };
+        Some(install_kernel_assets(&InitOptions {
+            storage: req.storage.root().to_path_buf(),
+            kernel,
+            agent_bin: req.agent_bin.clone(),
+            force: req.force,
+        })?)
     };
-    let report = install_kernel_assets(&InitOptions {
-        storage: req.storage.root().to_path_buf(),
-        kernel,
-        agent_bin: req.agent_bin.clone(),
-        force: req.force,
-    })?;
     let default_image = match &req.busybox {
         None => None,
         Some(busybox) => Some(import_busybox(&store, &req.storage, busybox, req.force)?),
     };
+    let base_image = match &req.rootfs {
+        None => None,
+        Some(ext4) => Some(import_ext4(&store, &req.storage, ext4, req.force)?),
+    };
     Ok(InitOutcome {
         kernel: report,
         default_image,
+        base_image,
     })
+}
+
+/// Imports the tree of ext4 image `ext4` as [`BASE_IMAGE`]: read with `debugfs` (no mount),
+/// recorded like `image import-dir`. Kept unless `force`.
+fn import_ext4(
+    store: &Store,
+    storage: &Storage,
+    ext4: &Path,
+    force: bool,
+) -> Result<(crate::store::ImageRecord, bool)> {
+    if !force {
+        if let Ok(existing) = images::resolve(store, storage, BASE_IMAGE) {
+            return Ok((existing.record, false));
+        }
+    }
+    let tmp = tempdir_in(&storage.images_dir())?;
+    let result = (|| {
+        let out = std::process::Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("rdump / {}", tmp.display()))
+            .arg(ext4)
+            .output()
+            .map_err(|e| CoreError::InvalidInput(format!("cannot run debugfs (e2fsprogs): {e}")))?;
+        let _ = std::fs::remove_dir(tmp.join("lost+found"));
+        let empty = std::fs::read_dir(&tmp)?.next().is_none();
+        if !out.status.success() || empty {
+            return Err(CoreError::InvalidInput(format!(
+                "{} is not an ext4 root filesystem: {}",
+                ext4.display(),
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .filter(|l| !l.starts_with("debugfs "))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )));
+        }
+        let config = serde_json::json!({
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "WorkingDir": "/",
+            "Cmd": ["/bin/sh"],
+        });
+        images::import_dir(store, storage, BASE_IMAGE, &tmp, config)
+    })();
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok((result?, true))
 }
 
 fn import_busybox(
