@@ -46,6 +46,8 @@ fn template() -> &'static Path {
             kernel: None,
             agent_bin: agent_bin(),
             busybox: Some("/bin/busybox".into()),
+            skip_kernel: false,
+            rootfs: None,
             force: false,
         })
         .expect("bandsox init of the test template");
