@@ -302,8 +302,16 @@ impl Manager {
     }
 
     /// Entries of a directory, sorted by name; `truncated` when it had more than one reply
-    /// carries (20 000).
+    /// carries (20 000). A stopped VM's directory is read from its disks (as BandSox lists
+    /// it), without times.
     pub async fn list_dir(&self, id: &str, path: &str) -> Result<(Vec<FileEntry>, bool)> {
+        if let Some(layers) = self.offline_layers(id)? {
+            let path = path.to_owned();
+            let entries = tokio::task::spawn_blocking(move || super::offline::list(&layers, &path))
+                .await
+                .map_err(|e| CoreError::Io(std::io::Error::other(e)))??;
+            return Ok((entries, false));
+        }
         let req = Request::FileList {
             path: path.to_owned(),
         };

@@ -106,9 +106,22 @@ impl Manager {
     }
 }
 
+/// What a guest path names on the disks.
+enum Target {
+    /// A regular file: its disk and its path there.
+    File(PathBuf, String),
+    /// A directory: its path on the writable disk and on the image's, where each shows.
+    Dir {
+        upper: Option<String>,
+        lower: Option<String>,
+    },
+}
+
 /// Copies the regular file the guest sees at `path` to `out`; returns its size.
 pub(crate) fn extract(layers: &Layers, path: &str, out: &Path) -> Result<u64> {
-    let (img, inner) = resolve(layers, path)?;
+    let Target::File(img, inner) = resolve(layers, path, false)? else {
+        unreachable!("resolve answers a file or an error when no directory is wanted")
+    };
     let out_s = out
         .to_str()
         .filter(|s| quotable(s))
@@ -122,8 +135,60 @@ pub(crate) fn extract(layers: &Layers, path: &str, out: &Path) -> Result<u64> {
     }
 }
 
-/// The disk and in-disk path holding the file the guest sees at `path`.
-fn resolve(layers: &Layers, path: &str) -> Result<(PathBuf, String)> {
+/// The entries of the directory the guest sees at `path`, merged as overlayfs does (an upper
+/// entry hides the lower one, a whiteout deletes it, an opaque directory hides the lower
+/// one), sorted by name. Times are not read (`mtime` 0).
+pub(crate) fn list(layers: &Layers, path: &str) -> Result<Vec<bandsox_protocol::FileEntry>> {
+    let Target::Dir { upper, lower } = resolve(layers, path, true)? else {
+        return Err(CoreError::Guest(guest_error(
+            bandsox_protocol::ErrorCode::NotADirectory,
+            path,
+        )));
+    };
+    let mut entries = std::collections::BTreeMap::new();
+    let sources = [
+        lower.map(|l| (layers.lower.clone(), l, false)),
+        upper.map(|u| (layers.upper.clone().unwrap_or_default(), u, true)),
+    ];
+    for (img, inner, is_upper) in sources.into_iter().flatten() {
+        for line in debugfs(&img, &format!("ls -p \"{inner}\""))?.lines() {
+            // `/inode/mode/uid/gid/name/size/`; names cannot hold `/`.
+            let f: Vec<&str> = line.split('/').collect();
+            if f.len() != 8 || !f[0].is_empty() || f[5] == "." || f[5] == ".." {
+                continue;
+            }
+            let Ok(mode) = u32::from_str_radix(f[2], 8) else {
+                continue;
+            };
+            let name = f[5].to_owned();
+            let kind = mode & 0o170_000;
+            // A character device in the upper directory: a whiteout.
+            if is_upper && kind == 0o020_000 {
+                entries.remove(&name);
+                continue;
+            }
+            let full = format!("{}/{name}", path.trim_end_matches('/'));
+            entries.insert(
+                name.clone(),
+                bandsox_protocol::FileEntry {
+                    name,
+                    path: full,
+                    size: f[6].parse().unwrap_or(0),
+                    is_dir: kind == 0o040_000,
+                    is_file: kind == 0o100_000,
+                    is_symlink: kind == 0o120_000,
+                    mode,
+                    mtime: 0,
+                },
+            );
+        }
+    }
+    Ok(entries.into_values().collect())
+}
+
+/// What the guest sees at `path`: a regular file (the disk and in-disk path holding it) or,
+/// with `want_dir`, a directory.
+fn resolve(layers: &Layers, path: &str, want_dir: bool) -> Result<Target> {
     if !path.starts_with('/') {
         return Err(CoreError::InvalidInput(format!(
             "path must be absolute, got `{}`",
@@ -212,6 +277,13 @@ fn resolve(layers: &Layers, path: &str) -> Result<(PathBuf, String)> {
                 }
                 todo.extend(components(&target).into_iter().rev());
             }
+            Kind::Dir { .. } if todo.is_empty() && want_dir => {
+                let upper = (next.0 && img != layers.lower).then(|| inner.clone());
+                return Ok(Target::Dir {
+                    upper,
+                    lower: next.1.then_some(rel),
+                });
+            }
             Kind::Dir { .. } if todo.is_empty() => {
                 return Err(CoreError::Guest(guest_error(
                     bandsox_protocol::ErrorCode::IsADirectory,
@@ -222,7 +294,7 @@ fn resolve(layers: &Layers, path: &str) -> Result<(PathBuf, String)> {
                 cur.push(c);
                 flags.push(next);
             }
-            Kind::File if todo.is_empty() => return Ok((img, inner)),
+            Kind::File if todo.is_empty() => return Ok(Target::File(img, inner)),
             Kind::File | Kind::Other if !todo.is_empty() => {
                 return Err(CoreError::Guest(guest_error(
                     bandsox_protocol::ErrorCode::NotADirectory,
@@ -235,6 +307,15 @@ fn resolve(layers: &Layers, path: &str) -> Result<(PathBuf, String)> {
                 )))
             }
         }
+    }
+    // The path named the root (or climbed back to it).
+    if want_dir {
+        let (in_upper, in_lower) = *flags.last().unwrap_or(&(false, false));
+        let dir = format!("/{}", cur.join("/"));
+        return Ok(Target::Dir {
+            upper: (in_upper && layers.upper.is_some()).then(|| format!("{UPPER_DIR}{dir}")),
+            lower: in_lower.then_some(dir),
+        });
     }
     Err(CoreError::Guest(guest_error(
         bandsox_protocol::ErrorCode::IsADirectory,
@@ -390,6 +471,32 @@ mod tests {
         );
         // `..` above the root stays at the guest's root, never the host's.
         assert_eq!(read(&layers, "/merged/escape", tmp).unwrap(), "base\n");
+        // Directories merge the same way.
+        let names = |p: &str| -> Vec<String> {
+            list(&layers, p)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .collect()
+        };
+        assert_eq!(names("/etc"), vec!["base", "changed"]);
+        assert_eq!(
+            names("/merged/"),
+            vec!["escape", "from-lower", "from-upper"]
+        );
+        assert_eq!(names("/opaque"), Vec::<String>::new());
+        let root = names("/");
+        for n in ["abs-link", "etc", "merged", "opaque", "up-link"] {
+            assert!(root.contains(&n.to_owned()), "{n} in {root:?}");
+        }
+        assert!(!root.contains(&"gone".to_owned()), "{root:?}");
+        let etc = list(&layers, "/etc").unwrap();
+        assert_eq!(
+            (etc[1].path.as_str(), etc[1].size, etc[1].is_file),
+            ("/etc/changed", 4, true)
+        );
+        assert!(list(&layers, "/etc/base").is_err());
+        assert!(list(&layers, "/nope").is_err());
         for (p, code) in [
             ("/etc/deleted", bandsox_protocol::ErrorCode::NotFound),
             ("/gone/x", bandsox_protocol::ErrorCode::NotFound),

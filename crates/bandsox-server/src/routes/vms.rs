@@ -87,13 +87,11 @@ pub async fn list(
     State(s): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<([(&'static str, String); 1], Json<Vec<VmInfo>>)> {
-    let filter: Option<serde_json::Map<String, serde_json::Value>> =
-        match q.metadata_equals.as_deref() {
-            None => None,
-            Some(raw) => Some(serde_json::from_str(raw).map_err(|e| {
-                ApiError::invalid(format!("metadata_equals must be a JSON object: {e}"))
-            })?),
-        };
+    // As BandSox: a `metadata_equals` that is not a JSON object is ignored (no filter).
+    let filter: Option<serde_json::Map<String, serde_json::Value>> = q
+        .metadata_equals
+        .as_deref()
+        .and_then(|raw| serde_json::from_str(raw).ok());
     let vms = s.manager.list_vms()?;
     let matches = |vm: &VmRecord| {
         filter
