@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json as _json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
+
+import httpx
 
 
 class ExecResult(int):
@@ -94,3 +98,58 @@ class SessionId(str):
 
     def __iter__(self) -> "Iterator[Any]":
         return iter((str(self), self.pid))
+
+
+class HttpResponse(Dict[str, Any]):
+    """What :meth:`MicroVM.send_http_request` returns: a response object shaped like
+    ``requests.Response`` (``status_code``, ``headers``, ``text``, ``content``, ``json()``,
+    ``ok``, ``raise_for_status()``) that is also the dict BandSox's remote client returned
+    (``r["status_code"]``, ``r["headers"]``, ``r["body"]``, and ``r["body_base64"]`` when the
+    body is not UTF-8)."""
+
+    @property
+    def status_code(self) -> int:
+        """The guest's HTTP status code."""
+        return int(self.get("status_code", 0))
+
+    @property
+    def headers(self) -> "httpx.Headers":
+        """The answer's headers (case-insensitive keys)."""
+        return httpx.Headers(self.get("headers") or {})
+
+    @property
+    def content(self) -> bytes:
+        """The exact body bytes."""
+        b64 = self.get("body_base64")
+        if isinstance(b64, str):
+            return base64.b64decode(b64)
+        return str(self.get("body") or "").encode()
+
+    @property
+    def text(self) -> str:
+        """The body as text (invalid UTF-8 replaced)."""
+        return str(self.get("body") or "")
+
+    @property
+    def ok(self) -> bool:
+        """Whether the status code is below 400."""
+        return self.status_code < 400
+
+    def json(self) -> Any:
+        """The body parsed as JSON (raises ``ValueError`` when it is not JSON)."""
+        return _json.loads(self.content)
+
+    def raise_for_status(self) -> "HttpResponse":
+        """Raises :class:`bandsox.BandSoxError` (code ``http_error``) for a status of 400 or
+        more; returns the response otherwise."""
+        if not self.ok:
+            from .errors import BandSoxError
+
+            raise BandSoxError(
+                f"the guest answered HTTP {self.status_code}", status_code=self.status_code,
+                code="http_error",
+            )
+        return self
+
+    def __repr__(self) -> str:
+        return f"<HttpResponse [{self.status_code}]>"

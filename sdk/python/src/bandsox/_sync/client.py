@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import email.utils
 import fnmatch
 import json as _json
 import os
@@ -23,10 +24,10 @@ from urllib.parse import quote
 
 import httpx
 
-from .. import errors
+from .. import _local, errors
 from .._backends import SyncTask, SyncWebSocket, sync_sleep
-from .._config import resolve
-from .._types import ExecResult, SessionId, VmPage
+from .._config import DEFAULT_URL, resolve
+from .._types import ExecResult, HttpResponse, SessionId, VmPage
 
 __all__ = ["BandSox", "MicroVM", "Command"]
 
@@ -41,6 +42,8 @@ _EXEC_MARGIN_S = 30.0
 _POLL_S = 0.05
 #: Shells the terminal WebSocket starts by itself (other commands are `exec`ed in it).
 _SHELLS = ("/bin/sh", "sh", "/bin/bash", "bash", "/bin/ash", "ash")
+#: Longest ``Retry-After`` the client waits out by itself (longer ones raise at once).
+_MAX_RETRY_AFTER_S = 30.0
 #: Vtrix's read(): text files up to 200 KB come whole, larger ones truncated.
 _READ_MAX_BYTES = 200 * 1024
 
@@ -87,13 +90,60 @@ def _decoders() -> "tuple[Any, Any]":
             codecs.getincrementaldecoder("utf-8")("replace"))
 
 
+def _retry_delay(resp: httpx.Response, attempt: int) -> Optional[float]:
+    """Seconds to wait before sending a request again after a 429 or 503 answer: the
+    ``Retry-After`` header (seconds or an HTTP date), else 0.5 s doubled per attempt; ``None``
+    for other answers and when the server asks for more than :data:`_MAX_RETRY_AFTER_S`."""
+    if resp.status_code not in (429, 503):
+        return None
+    value = resp.headers.get("retry-after")
+    if value is None:
+        return 0.5 * (2 ** attempt)
+    try:
+        delay = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return 0.5 * (2 ** attempt)
+        delay = when.timestamp() - time.time()
+    if delay > _MAX_RETRY_AFTER_S:
+        return None
+    return max(delay, 0.0)
+
+
+def _default_server() -> "tuple[str, bool]":
+    """Where ``BandSox()`` without a URL, storage root or ``$BANDSOX_URL`` goes: the server
+    owning the default storage root (``$BANDSOX_STORAGE`` or ``/var/lib/bandsox``) if it runs,
+    else a server answering at ``http://127.0.0.1:8000``, else a server started for the
+    default storage root."""
+    root = _local.default_storage()
+    url = _local.read_server_file(root)
+    if url:
+        return url, True
+    if _local._answers(DEFAULT_URL):
+        return DEFAULT_URL, False
+    return _local.ensure_server(root), True
+
+
 class BandSox:
     """Client of a ``bandsox serve`` server.
 
-    ``BandSox()`` talks to ``$BANDSOX_URL`` (default ``http://127.0.0.1:8000``) with the API
-    key from ``$BANDSOX_API_KEY`` or ``~/.bandsox/credentials``; ``BandSox(url,
-    headers={...})`` to any server. ``timeout`` (seconds) bounds every request; operations that
-    boot a VM wait at least ``boot_timeout``, commands their own timeout plus 30 s.
+    - ``BandSox(url, headers={...})`` (or ``server_url=``): that server (remote mode).
+    - ``BandSox(storage_dir=DIR)`` (or a path as the first argument, as BandSox takes
+      it): local mode, the server owning that storage root, found through
+      ``DIR/server.json`` or started (``bandsox serve --storage DIR`` detached, in the
+      background; the server and its VMs outlive the script, and the next script on ``DIR``
+      reuses them). The constructor blocks until the server answers.
+    - ``BandSox()``: ``$BANDSOX_URL`` if set; else the server of ``$BANDSOX_STORAGE``
+      (default ``/var/lib/bandsox``) if one runs; else one at ``http://127.0.0.1:8000``; else
+      local mode on that storage root.
+
+    The API key comes from ``api_key``, else ``$BANDSOX_API_KEY`` or ``~/.bandsox/credentials``
+    (an ``Authorization`` header wins). ``timeout`` (seconds) bounds every request; operations
+    that boot a VM wait at least ``boot_timeout``, commands their own timeout plus 30 s.
+    Answers 429 and 503 are retried up to ``retries`` times, after the server's
+    ``Retry-After`` (at most 30 s) or an exponential backoff (0.5 s, 1 s, 2 s, ...).
     """
 
     def __init__(
@@ -104,16 +154,24 @@ class BandSox:
         *,
         api_key: Optional[str] = None,
         boot_timeout: float = 180.0,
-        storage_dir: Optional[str] = None,
+        storage_dir: Optional[StrPath] = None,
+        retries: int = 3,
         transport: Optional[httpx.BaseTransport] = None,
     ) -> None:
         # BandSox's first positional parameter is a storage directory; a path there (not a URL)
-        # means "the local installation", which is the local server here.
-        if server_url is not None and not server_url.startswith(("http://", "https://")):
-            storage_dir, server_url = server_url, None
-        self.storage_dir = storage_dir
+        # means "the local installation": the server owning that root, started if need be.
+        if server_url is not None and not str(server_url).startswith(("http://", "https://")):
+            storage_dir, server_url = str(server_url), None
+        #: Whether this client found or started the server of a storage root (local mode).
+        self.local = False
+        if server_url is None and storage_dir is not None:
+            server_url, self.local = _local.ensure_server(storage_dir), True
+        elif server_url is None and not os.environ.get("BANDSOX_URL"):
+            server_url, self.local = _default_server()
+        self.storage_dir = str(storage_dir) if storage_dir is not None else None
         self.server_url, self.headers = resolve(server_url, headers, api_key)
         self.timeout = float(timeout)
+        self.retries = max(int(retries), 0)
         self.boot_timeout = float(boot_timeout)
         self._session_token: Optional[str] = None
         self._client = httpx.Client(
@@ -150,26 +208,38 @@ class BandSox:
         **kwargs: Any,
     ) -> httpx.Response:
         t = self.timeout if timeout is None else max(float(timeout), self.timeout)
-        try:
-            resp = self._client.request(
-                method,
-                path,
-                json=json,
-                params=_drop_none(params or {}),
-                timeout=httpx.Timeout(t, connect=min(t, 10.0)),
-                **kwargs,
-            )
-        except httpx.TimeoutException as e:
-            raise errors.TimeoutError(
-                f"no answer from {self.server_url} within {t:g} s ({method} {path})",
-                code="client_timeout",
-            ) from e
-        except httpx.TransportError as e:
-            raise errors.ServerUnavailableError(
-                f"cannot reach the bandsox server at {self.server_url}: {e}",
-                code="server_unavailable",
-                hint="is `bandsox serve` running? (BANDSOX_URL sets the address)",
-            ) from e
+        # A body read from a file cannot be sent twice.
+        replayable = not any(
+            hasattr(v[1] if isinstance(v, tuple) else v, "read")
+            for v in dict(kwargs.get("files") or {}).values()
+        )
+        attempt = 0
+        while True:
+            try:
+                resp = self._client.request(
+                    method,
+                    path,
+                    json=json,
+                    params=_drop_none(params or {}),
+                    timeout=httpx.Timeout(t, connect=min(t, 10.0)),
+                    **kwargs,
+                )
+            except httpx.TimeoutException as e:
+                raise errors.TimeoutError(
+                    f"no answer from {self.server_url} within {t:g} s ({method} {path})",
+                    code="client_timeout",
+                ) from e
+            except httpx.TransportError as e:
+                raise errors.ServerUnavailableError(
+                    f"cannot reach the bandsox server at {self.server_url}: {e}",
+                    code="server_unavailable",
+                    hint="is `bandsox serve` running? (BANDSOX_URL sets the address)",
+                ) from e
+            delay = _retry_delay(resp, attempt) if replayable and attempt < self.retries else None
+            if delay is None:
+                break
+            attempt += 1
+            sync_sleep(delay)
         self._raise_for_problem(resp, snapshot_route=snapshot_route)
         return resp
 
@@ -200,6 +270,13 @@ class BandSox:
 
     def _vm(self, vm_id: str, info: Optional[JsonDict] = None) -> "MicroVM":
         return MicroVM(self, vm_id, info)
+
+    def _created(self, out: Mapping[str, Any]) -> "MicroVM":
+        """The VM a create/restore answer names, with its VM object fetched (so
+        ``get_guest_ip()``, ``name`` and ``status`` are known at once)."""
+        vm = self._vm(str(out["id"]))
+        vm.refresh()
+        return vm
 
     def _token(self) -> Optional[str]:
         """The credential WebSockets carry: the Bearer value of the headers, else the session
@@ -310,7 +387,7 @@ class BandSox:
             }
         )
         out = self._json("POST", "/api/vms", json=body, timeout=self.boot_timeout)
-        return self._vm(out["id"])
+        return self._created(out)
 
     def create_vm_from_dockerfile(
         self,
@@ -362,7 +439,7 @@ class BandSox:
             files={"dockerfile": ("Dockerfile", text, "text/plain")},
             timeout=t,
         )
-        return self._vm(out["id"])
+        return self._created(out)
 
     def list_vms(
         self,
@@ -486,7 +563,7 @@ class BandSox:
             timeout=self.boot_timeout,
             snapshot_route=True,
         )
-        return self._vm(out["id"])
+        return self._created(out)
 
     def list_snapshots(self) -> List[JsonDict]:
         """Snapshot objects (``id``, ``name``/``snapshot_name``, ``source_vm_id``, ...)."""
@@ -533,6 +610,17 @@ class MicroVM:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.vm_id!r})"
+
+    def __enter__(self) -> "MicroVM":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        """Leaving ``with vm:`` (``with vm:`` in the sync client) deletes the VM (fine
+        when it is already gone)."""
+        try:
+            self.delete()
+        except errors.VmNotFoundError:
+            pass
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, MicroVM) and other.vm_id == self.vm_id
@@ -1209,11 +1297,12 @@ class MicroVM:
         data: Optional[Union[str, bytes]] = None,
         json: Optional[Any] = None,
         timeout: int = 30,
-    ) -> JsonDict:
-        """Has the server send an HTTP request to the guest's ``port``; returns
-        ``{"status_code","headers","body"}`` (and ``body_base64`` when the answer is not
-        UTF-8). ``data`` as ``bytes`` is sent exactly (as ``body_base64``). Needs guest
-        networking and the ``/http`` endpoint."""
+    ) -> HttpResponse:
+        """Has the server send an HTTP request to the guest's ``port`` and returns the answer
+        as an :class:`HttpResponse` (``status_code``, ``headers``, ``text``, ``content``,
+        ``json()``; also the dict ``{"status_code","headers","body"}``, with ``body_base64``
+        when the answer is not UTF-8). ``data`` as ``bytes`` is sent exactly (as
+        ``body_base64``), ``json`` as a JSON body. Needs guest networking."""
         body: Optional[str] = None
         body_base64: Optional[str] = None
         if isinstance(data, (bytes, bytearray)):
@@ -1221,7 +1310,7 @@ class MicroVM:
         else:
             body = data
         try:
-            return self.manager._json(
+            out = self.manager._json(
                 "POST",
                 self._path("/http"),
                 json=_drop_none(
@@ -1245,6 +1334,7 @@ class MicroVM:
                 "send_http_request is not supported by this server yet (guests have no network)",
                 status_code=404, code="unsupported",
             ) from e
+        return HttpResponse(out if isinstance(out, dict) else {})
 
 
 class Command:
