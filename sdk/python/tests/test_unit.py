@@ -37,7 +37,7 @@ def test_version_matches_rust_crates():
     assert m and bandsox.__version__ == m.group(1)
     from importlib.metadata import version
 
-    assert version("bandsox") == m.group(1)
+    assert version("bandsox-client") == m.group(1)
 
 
 def test_core_module_exports():

@@ -17,7 +17,9 @@ import shlex
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import (
+    Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Sequence, Union, cast,
+)
 from urllib.parse import quote
 
 import httpx
@@ -25,7 +27,24 @@ import httpx
 from .. import _local, errors
 from .._backends import AsyncTask, AsyncWebSocket, async_sleep
 from .._config import DEFAULT_URL, resolve
-from .._types import ExecResult, HttpResponse, SessionId, VmPage
+from .._types import (
+    ApiKey,
+    CommandInfo,
+    CommandLogs,
+    ExecPythonResult,
+    ExecResult,
+    FileEntry,
+    FileInfo,
+    HttpResponse,
+    NewApiKey,
+    ReadResult,
+    ServerVersion,
+    SessionId,
+    SnapshotInfo,
+    VmInfo,
+    VmPage,
+    WriteResult,
+)
 
 __all__ = ["AsyncBandSox", "AsyncMicroVM", "AsyncCommand"]
 
@@ -96,14 +115,14 @@ def _retry_delay(resp: httpx.Response, attempt: int) -> Optional[float]:
         return None
     value = resp.headers.get("retry-after")
     if value is None:
-        return 0.5 * (2 ** attempt)
+        return 0.5 * 2.0 ** attempt
     try:
         delay = float(value)
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
-            return 0.5 * (2 ** attempt)
+            return 0.5 * 2.0 ** attempt
         delay = when.timestamp() - time.time()
     if delay > _MAX_RETRY_AFTER_S:
         return None
@@ -266,7 +285,35 @@ class AsyncBandSox:
                 code="bad_response",
             ) from e
 
-    def _vm(self, vm_id: str, info: Optional[JsonDict] = None) -> "AsyncMicroVM":
+    async def _obj(self, method: str, path: str, **kwargs: Any) -> JsonDict:
+        """A JSON object answer (``{}`` for an empty body)."""
+        out = await self._json(method, path, **kwargs)
+        if out is None:
+            return {}
+        if not isinstance(out, dict):
+            raise errors.BandSoxError(
+                f"the server answered {method} {path} with JSON that is not an object",
+                code="bad_response",
+            )
+        return out
+
+    async def _arr(self, method: str, path: str, **kwargs: Any) -> List[JsonDict]:
+        """A JSON array answer."""
+        out = await self._json(method, path, **kwargs)
+        if not isinstance(out, list):
+            raise errors.BandSoxError(
+                f"the server answered {method} {path} with JSON that is not an array",
+                code="bad_response",
+            )
+        return out
+
+    async def _vm_obj(self, method: str, path: str, **kwargs: Any) -> VmInfo:
+        return cast(VmInfo, await self._obj(method, path, **kwargs))
+
+    async def _snap_obj(self, method: str, path: str, **kwargs: Any) -> SnapshotInfo:
+        return cast(SnapshotInfo, await self._obj(method, path, **kwargs))
+
+    def _vm(self, vm_id: str, info: Optional[Mapping[str, Any]] = None) -> "AsyncMicroVM":
         return AsyncMicroVM(self, vm_id, info)
 
     async def _created(self, out: Mapping[str, Any]) -> "AsyncMicroVM":
@@ -318,22 +365,22 @@ class AsyncBandSox:
         out = await self._json("GET", "/api/auth/check")
         return bool(out.get("authenticated")) if isinstance(out, dict) else False
 
-    async def list_api_keys(self) -> List[JsonDict]:
+    async def list_api_keys(self) -> List[ApiKey]:
         """``[{"id","name","created_at","last_used_at"}]`` (secrets are never shown again)."""
-        return await self._json("GET", "/api/auth/keys")
+        return cast(List[ApiKey], await self._arr("GET", "/api/auth/keys"))
 
-    async def create_api_key(self, name: str) -> JsonDict:
+    async def create_api_key(self, name: str) -> NewApiKey:
         """``{"key_id","key","name"}``: the only time the key itself is shown."""
-        return await self._json("POST", "/api/auth/keys", json={"name": name})
+        return cast(NewApiKey, await self._obj("POST", "/api/auth/keys", json={"name": name}))
 
     async def revoke_api_key(self, key_id: str) -> None:
         await self._json("DELETE", f"/api/auth/keys/{_q(key_id)}")
 
     # -- server -------------------------------------------------------------------------------
 
-    async def version(self) -> JsonDict:
-        """``{"version", "backend", "accelerator"}`` of the server."""
-        return await self._json("GET", "/api/version")
+    async def version(self) -> ServerVersion:
+        """``{"version", "backend", "accelerator", "proxy_url"}`` of the server."""
+        return cast(ServerVersion, await self._obj("GET", "/api/version"))
 
     # -- VMs ----------------------------------------------------------------------------------
 
@@ -487,9 +534,9 @@ class AsyncBandSox:
             total = len(items)
         return VmPage(items=items, total=total, offset=offset or 0, limit=limit)
 
-    async def get_vm_info(self, vm_id: str) -> JsonDict:
+    async def get_vm_info(self, vm_id: str) -> VmInfo:
         """The VM object (raises :class:`VmNotFoundError`)."""
-        return await self._json("GET", f"/api/vms/{_q(vm_id)}")
+        return cast(VmInfo, await self._obj("GET", f"/api/vms/{_q(vm_id)}"))
 
     async def get_vm(self, vm_id: str) -> "AsyncMicroVM":
         """The VM as an object with methods (raises :class:`VmNotFoundError`)."""
@@ -502,14 +549,14 @@ class AsyncBandSox:
 
     async def rename_vm(self, vm_id: Union[str, "AsyncMicroVM"], new_name: str) -> str:
         """Renames a VM; returns the new name."""
-        out = await self._json("PUT", f"/api/vms/{_q(_vm_id(vm_id))}/name", json={"name": new_name})
-        return out.get("name", new_name)
+        out = await self._obj("PUT", f"/api/vms/{_q(_vm_id(vm_id))}/name", json={"name": new_name})
+        return str(out.get("name", new_name))
 
     async def update_vm_metadata(
         self, vm_id: Union[str, "AsyncMicroVM"], metadata: Mapping[str, Any]
-    ) -> JsonDict:
+    ) -> VmInfo:
         """Replaces the VM's metadata; returns the updated VM object."""
-        return await self._json(
+        return await self._vm_obj(
             "PUT", f"/api/vms/{_q(_vm_id(vm_id))}/metadata", json={"metadata": dict(metadata)}
         )
 
@@ -534,7 +581,7 @@ class AsyncBandSox:
             ),
             timeout=self.boot_timeout,
         )
-        return out["snapshot_id"]
+        return str(out["snapshot_id"])
 
     async def restore_vm(
         self,
@@ -563,30 +610,31 @@ class AsyncBandSox:
         )
         return await self._created(out)
 
-    async def list_snapshots(self) -> List[JsonDict]:
+    async def list_snapshots(self) -> List[SnapshotInfo]:
         """Snapshot objects (``id``, ``name``/``snapshot_name``, ``source_vm_id``, ...)."""
-        return await self._json("GET", "/api/snapshots")
+        return cast(List[SnapshotInfo], await self._arr("GET", "/api/snapshots"))
 
-    async def get_snapshot(self, snapshot_id: str) -> JsonDict:
+    async def get_snapshot(self, snapshot_id: str) -> SnapshotInfo:
         """One snapshot object (raises :class:`SnapshotNotFoundError`)."""
-        return await self._json("GET", f"/api/snapshots/{_q(snapshot_id)}", snapshot_route=True)
+        return cast(SnapshotInfo, await self._obj(
+            "GET", f"/api/snapshots/{_q(snapshot_id)}", snapshot_route=True))
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         await self._json("DELETE", f"/api/snapshots/{_q(snapshot_id)}", snapshot_route=True)
 
     async def rename_snapshot(self, snapshot_id: str, new_name: str) -> str:
         """Renames a snapshot (its id does not change); returns the new name."""
-        out = await self._json(
+        out = await self._obj(
             "PUT", f"/api/snapshots/{_q(snapshot_id)}/name", json={"name": new_name},
             snapshot_route=True,
         )
-        return out.get("name", new_name)
+        return str(out.get("name", new_name))
 
     async def update_snapshot_metadata(
         self, snapshot_id: str, metadata: Mapping[str, Any]
-    ) -> JsonDict:
+    ) -> SnapshotInfo:
         """Replaces the snapshot's metadata; returns the updated snapshot object."""
-        return await self._json(
+        return await self._snap_obj(
             "PUT",
             f"/api/snapshots/{_q(snapshot_id)}/metadata",
             json={"metadata": dict(metadata)},
@@ -599,11 +647,11 @@ class AsyncMicroVM:
     it); methods always act on the server."""
 
     def __init__(
-        self, manager: AsyncBandSox, vm_id: str, info: Optional[JsonDict] = None
+        self, manager: AsyncBandSox, vm_id: str, info: Optional[Mapping[str, Any]] = None
     ) -> None:
         self.manager = manager
         self.vm_id = vm_id
-        self._info: JsonDict = dict(info) if info else {"id": vm_id}
+        self._info: VmInfo = cast(VmInfo, dict(info) if info else {"id": vm_id})
         self._ptys: Dict[str, _PtySession] = {}
 
     def __repr__(self) -> str:
@@ -627,7 +675,7 @@ class AsyncMicroVM:
         return hash(self.vm_id)
 
     @property
-    def info(self) -> JsonDict:
+    def info(self) -> VmInfo:
         """The VM object as last fetched (see :meth:`refresh`)."""
         return self._info
 
@@ -647,12 +695,12 @@ class AsyncMicroVM:
     def _path(self, suffix: str = "") -> str:
         return f"/api/vms/{_q(self.vm_id)}{suffix}"
 
-    async def refresh(self) -> JsonDict:
+    async def refresh(self) -> VmInfo:
         """Fetches the VM object and returns it."""
         self._info = await self.manager.get_vm_info(self.vm_id)
         return self._info
 
-    async def get_info(self) -> JsonDict:
+    async def get_info(self) -> VmInfo:
         """Same as :meth:`refresh` (BandSox's name)."""
         return await self.refresh()
 
@@ -686,7 +734,7 @@ class AsyncMicroVM:
         self._info["name"] = name
         return name
 
-    async def update_metadata(self, metadata: Mapping[str, Any]) -> JsonDict:
+    async def update_metadata(self, metadata: Mapping[str, Any]) -> VmInfo:
         self._info = await self.manager.update_vm_metadata(self.vm_id, metadata)
         return self._info
 
@@ -696,17 +744,17 @@ class AsyncMicroVM:
         """Snapshots this VM; returns the snapshot id."""
         return await self.manager.snapshot_vm(self.vm_id, snapshot_name, metadata)
 
-    async def extend_timeout(self, seconds: int) -> JsonDict:
+    async def extend_timeout(self, seconds: int) -> VmInfo:
         """Pushes the timeout ``seconds`` further; returns the VM object (see ``expires_at``)."""
-        self._info = await self.manager._json(
+        self._info = await self.manager._vm_obj(
             "POST", self._path("/extend"), json={"seconds": seconds}
         )
         return self._info
 
-    async def set_timeout(self, timeout_s: int, action: Optional[str] = None) -> JsonDict:
+    async def set_timeout(self, timeout_s: int, action: Optional[str] = None) -> VmInfo:
         """Sets the timeout to ``timeout_s`` from now (0 clears it) and optionally its action
         (``stop``, ``pause``, ``delete``); returns the VM object."""
-        self._info = await self.manager._json(
+        self._info = await self.manager._vm_obj(
             "POST", self._path("/timeout"), json=_drop_none({"timeout_s": timeout_s, "action": action})
         )
         return self._info
@@ -840,10 +888,10 @@ class AsyncMicroVM:
         packages: Optional[List[str]] = None,
         timeout: int = 60,
         cleanup_venv: bool = True,
-    ) -> JsonDict:
+    ) -> ExecPythonResult:
         """Runs Python code in the guest; ``{"exit_code","stdout","stderr","output","success",
         "error"}``. Needs the server's ``exec-python`` endpoint."""
-        return await self.manager._json(
+        return cast(ExecPythonResult, await self.manager._obj(
             "POST",
             self._path("/exec-python"),
             json=_drop_none(
@@ -856,7 +904,7 @@ class AsyncMicroVM:
                 }
             ),
             timeout=float(timeout) * (3 if packages else 1) + _EXEC_MARGIN_S,
-        )
+        ))
 
     async def exec_python(
         self,
@@ -1042,9 +1090,9 @@ class AsyncMicroVM:
         """A handle on a command started earlier (by any client)."""
         return AsyncCommand(self, cmd_id)
 
-    async def list_commands(self) -> List[JsonDict]:
+    async def list_commands(self) -> List[CommandInfo]:
         """States of this VM's durable commands."""
-        return await self.manager._json("GET", self._path("/commands"))
+        return cast(List[CommandInfo], await self.manager._arr("GET", self._path("/commands")))
 
     # -- files (BandSox REST shapes; need the server's file endpoints) --------------------------
 
@@ -1066,18 +1114,18 @@ class AsyncMicroVM:
             params["limit"] = limit
         if show_line_numbers:
             params["show_line_numbers"] = "true"
-        out = await self.manager._json("GET", self._path("/read-file"), params=params)
-        return out.get("content", "")
+        out = await self.manager._obj("GET", self._path("/read-file"), params=params)
+        return str(out.get("content", ""))
 
-    async def list_dir(self, path: str = "/") -> List[JsonDict]:
+    async def list_dir(self, path: str = "/") -> List[FileEntry]:
         """Entries ``{"name","path","size","is_dir","is_file","mtime", ...}`` of a directory."""
-        out = await self.manager._json("GET", self._path("/files"), params={"path": path})
-        return out.get("files", [])
+        out = await self.manager._obj("GET", self._path("/files"), params={"path": path})
+        return cast(List[FileEntry], out.get("files", []))
 
-    async def get_file_info(self, path: str) -> JsonDict:
+    async def get_file_info(self, path: str) -> FileInfo:
         """``{"size","mode","mtime"}`` of a guest path."""
-        out = await self.manager._json("GET", self._path("/file-info"), params={"path": path})
-        return out.get("info", out)
+        out = await self.manager._obj("GET", self._path("/file-info"), params={"path": path})
+        return cast(FileInfo, out.get("info", out))
 
     async def download_file(
         self, remote_path: str, local_path: StrPath, timeout: float = 300
@@ -1176,11 +1224,11 @@ class AsyncMicroVM:
 
     # -- files (ours, Vtrix style) --------------------------------------------------------------
 
-    async def stat(self, path: str) -> Optional[JsonDict]:
+    async def stat(self, path: str) -> Optional[FileEntry]:
         """``{"name","path","size","is_dir","is_file","is_symlink","mode","mtime"}``, or
         ``None`` when nothing is at ``path``."""
-        out = await self.manager._json("GET", self._path("/files/stat"), params={"path": path})
-        return out.get("entry") if out.get("exists") else None
+        out = await self.manager._obj("GET", self._path("/files/stat"), params={"path": path})
+        return cast(FileEntry, out.get("entry")) if out.get("exists") else None
 
     async def exists(self, path: str) -> bool:
         return await self.stat(path) is not None
@@ -1210,7 +1258,7 @@ class AsyncMicroVM:
             json={"path": path, "old_text": old_text, "new_text": new_text},
         )
 
-    async def write(self, path: str, content: Union[str, bytes]) -> JsonDict:
+    async def write(self, path: str, content: Union[str, bytes]) -> WriteResult:
         """Writes a whole file (parents created); ``{"bytes_written": n}``."""
         raw = content.encode() if isinstance(content, str) else bytes(content)
         await self.write_bytes(path, raw)
@@ -1235,11 +1283,11 @@ class AsyncMicroVM:
         )
         return int(out.get("count", len(batch)))
 
-    async def read(self, path: str, max_bytes: int = _READ_MAX_BYTES) -> JsonDict:
+    async def read(self, path: str, max_bytes: int = _READ_MAX_BYTES) -> ReadResult:
         """Vtrix's ``read``: ``{"type": "text", "content", "truncated", "size"}`` (text cut at
         ``max_bytes``), or for images ``{"type": "image", "data" (base64), "mime_type",
         "size"}``. Raises :class:`NotFoundError` when the file does not exist."""
-        out = await self.manager._json(
+        out = await self.manager._obj(
             "GET", self._path("/read-file"), params={"path": path, "max_bytes": max_bytes}
         )
         mime = str(out.get("mime") or "")
@@ -1350,19 +1398,19 @@ class AsyncCommand:
     def _path(self, suffix: str = "") -> str:
         return self.vm._path(f"/commands/{_q(self.cmd_id)}{suffix}")
 
-    async def info(self) -> JsonDict:
+    async def info(self) -> CommandInfo:
         """``{"cmd_id","pid","command","running","status","stdout_end","stderr_end",...}``."""
-        out = await self.vm.manager._json("GET", self._path())
+        out = cast(CommandInfo, await self.vm.manager._obj("GET", self._path()))
         self.pid = out.get("pid", self.pid)
         return out
 
-    async def logs(self, stdout_from: int = 0, stderr_from: int = 0) -> JsonDict:
+    async def logs(self, stdout_from: int = 0, stderr_from: int = 0) -> CommandLogs:
         """Output from absolute byte offsets: ``{"stdout","stderr","stdout_offset",
         "stderr_offset","info", ...}`` (pass the offsets back to read on)."""
-        return await self.vm.manager._json(
+        return cast(CommandLogs, await self.vm.manager._obj(
             "GET", self._path("/logs"),
             params={"stdout_from": stdout_from, "stderr_from": stderr_from},
-        )
+        ))
 
     async def stdout(self) -> str:
         return str((await self.logs()).get("stdout", ""))

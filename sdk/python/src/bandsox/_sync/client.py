@@ -19,7 +19,9 @@ import shlex
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import (
+    Any, Iterator, Callable, Dict, List, Mapping, Optional, Sequence, Union, cast,
+)
 from urllib.parse import quote
 
 import httpx
@@ -27,7 +29,24 @@ import httpx
 from .. import _local, errors
 from .._backends import SyncTask, SyncWebSocket, sync_sleep
 from .._config import DEFAULT_URL, resolve
-from .._types import ExecResult, HttpResponse, SessionId, VmPage
+from .._types import (
+    ApiKey,
+    CommandInfo,
+    CommandLogs,
+    ExecPythonResult,
+    ExecResult,
+    FileEntry,
+    FileInfo,
+    HttpResponse,
+    NewApiKey,
+    ReadResult,
+    ServerVersion,
+    SessionId,
+    SnapshotInfo,
+    VmInfo,
+    VmPage,
+    WriteResult,
+)
 
 __all__ = ["BandSox", "MicroVM", "Command"]
 
@@ -98,14 +117,14 @@ def _retry_delay(resp: httpx.Response, attempt: int) -> Optional[float]:
         return None
     value = resp.headers.get("retry-after")
     if value is None:
-        return 0.5 * (2 ** attempt)
+        return 0.5 * 2.0 ** attempt
     try:
         delay = float(value)
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
-            return 0.5 * (2 ** attempt)
+            return 0.5 * 2.0 ** attempt
         delay = when.timestamp() - time.time()
     if delay > _MAX_RETRY_AFTER_S:
         return None
@@ -268,7 +287,35 @@ class BandSox:
                 code="bad_response",
             ) from e
 
-    def _vm(self, vm_id: str, info: Optional[JsonDict] = None) -> "MicroVM":
+    def _obj(self, method: str, path: str, **kwargs: Any) -> JsonDict:
+        """A JSON object answer (``{}`` for an empty body)."""
+        out = self._json(method, path, **kwargs)
+        if out is None:
+            return {}
+        if not isinstance(out, dict):
+            raise errors.BandSoxError(
+                f"the server answered {method} {path} with JSON that is not an object",
+                code="bad_response",
+            )
+        return out
+
+    def _arr(self, method: str, path: str, **kwargs: Any) -> List[JsonDict]:
+        """A JSON array answer."""
+        out = self._json(method, path, **kwargs)
+        if not isinstance(out, list):
+            raise errors.BandSoxError(
+                f"the server answered {method} {path} with JSON that is not an array",
+                code="bad_response",
+            )
+        return out
+
+    def _vm_obj(self, method: str, path: str, **kwargs: Any) -> VmInfo:
+        return cast(VmInfo, self._obj(method, path, **kwargs))
+
+    def _snap_obj(self, method: str, path: str, **kwargs: Any) -> SnapshotInfo:
+        return cast(SnapshotInfo, self._obj(method, path, **kwargs))
+
+    def _vm(self, vm_id: str, info: Optional[Mapping[str, Any]] = None) -> "MicroVM":
         return MicroVM(self, vm_id, info)
 
     def _created(self, out: Mapping[str, Any]) -> "MicroVM":
@@ -320,22 +367,22 @@ class BandSox:
         out = self._json("GET", "/api/auth/check")
         return bool(out.get("authenticated")) if isinstance(out, dict) else False
 
-    def list_api_keys(self) -> List[JsonDict]:
+    def list_api_keys(self) -> List[ApiKey]:
         """``[{"id","name","created_at","last_used_at"}]`` (secrets are never shown again)."""
-        return self._json("GET", "/api/auth/keys")
+        return cast(List[ApiKey], self._arr("GET", "/api/auth/keys"))
 
-    def create_api_key(self, name: str) -> JsonDict:
+    def create_api_key(self, name: str) -> NewApiKey:
         """``{"key_id","key","name"}``: the only time the key itself is shown."""
-        return self._json("POST", "/api/auth/keys", json={"name": name})
+        return cast(NewApiKey, self._obj("POST", "/api/auth/keys", json={"name": name}))
 
     def revoke_api_key(self, key_id: str) -> None:
         self._json("DELETE", f"/api/auth/keys/{_q(key_id)}")
 
     # -- server -------------------------------------------------------------------------------
 
-    def version(self) -> JsonDict:
-        """``{"version", "backend", "accelerator"}`` of the server."""
-        return self._json("GET", "/api/version")
+    def version(self) -> ServerVersion:
+        """``{"version", "backend", "accelerator", "proxy_url"}`` of the server."""
+        return cast(ServerVersion, self._obj("GET", "/api/version"))
 
     # -- VMs ----------------------------------------------------------------------------------
 
@@ -489,9 +536,9 @@ class BandSox:
             total = len(items)
         return VmPage(items=items, total=total, offset=offset or 0, limit=limit)
 
-    def get_vm_info(self, vm_id: str) -> JsonDict:
+    def get_vm_info(self, vm_id: str) -> VmInfo:
         """The VM object (raises :class:`VmNotFoundError`)."""
-        return self._json("GET", f"/api/vms/{_q(vm_id)}")
+        return cast(VmInfo, self._obj("GET", f"/api/vms/{_q(vm_id)}"))
 
     def get_vm(self, vm_id: str) -> "MicroVM":
         """The VM as an object with methods (raises :class:`VmNotFoundError`)."""
@@ -504,14 +551,14 @@ class BandSox:
 
     def rename_vm(self, vm_id: Union[str, "MicroVM"], new_name: str) -> str:
         """Renames a VM; returns the new name."""
-        out = self._json("PUT", f"/api/vms/{_q(_vm_id(vm_id))}/name", json={"name": new_name})
-        return out.get("name", new_name)
+        out = self._obj("PUT", f"/api/vms/{_q(_vm_id(vm_id))}/name", json={"name": new_name})
+        return str(out.get("name", new_name))
 
     def update_vm_metadata(
         self, vm_id: Union[str, "MicroVM"], metadata: Mapping[str, Any]
-    ) -> JsonDict:
+    ) -> VmInfo:
         """Replaces the VM's metadata; returns the updated VM object."""
-        return self._json(
+        return self._vm_obj(
             "PUT", f"/api/vms/{_q(_vm_id(vm_id))}/metadata", json={"metadata": dict(metadata)}
         )
 
@@ -536,7 +583,7 @@ class BandSox:
             ),
             timeout=self.boot_timeout,
         )
-        return out["snapshot_id"]
+        return str(out["snapshot_id"])
 
     def restore_vm(
         self,
@@ -565,30 +612,31 @@ class BandSox:
         )
         return self._created(out)
 
-    def list_snapshots(self) -> List[JsonDict]:
+    def list_snapshots(self) -> List[SnapshotInfo]:
         """Snapshot objects (``id``, ``name``/``snapshot_name``, ``source_vm_id``, ...)."""
-        return self._json("GET", "/api/snapshots")
+        return cast(List[SnapshotInfo], self._arr("GET", "/api/snapshots"))
 
-    def get_snapshot(self, snapshot_id: str) -> JsonDict:
+    def get_snapshot(self, snapshot_id: str) -> SnapshotInfo:
         """One snapshot object (raises :class:`SnapshotNotFoundError`)."""
-        return self._json("GET", f"/api/snapshots/{_q(snapshot_id)}", snapshot_route=True)
+        return cast(SnapshotInfo, self._obj(
+            "GET", f"/api/snapshots/{_q(snapshot_id)}", snapshot_route=True))
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self._json("DELETE", f"/api/snapshots/{_q(snapshot_id)}", snapshot_route=True)
 
     def rename_snapshot(self, snapshot_id: str, new_name: str) -> str:
         """Renames a snapshot (its id does not change); returns the new name."""
-        out = self._json(
+        out = self._obj(
             "PUT", f"/api/snapshots/{_q(snapshot_id)}/name", json={"name": new_name},
             snapshot_route=True,
         )
-        return out.get("name", new_name)
+        return str(out.get("name", new_name))
 
     def update_snapshot_metadata(
         self, snapshot_id: str, metadata: Mapping[str, Any]
-    ) -> JsonDict:
+    ) -> SnapshotInfo:
         """Replaces the snapshot's metadata; returns the updated snapshot object."""
-        return self._json(
+        return self._snap_obj(
             "PUT",
             f"/api/snapshots/{_q(snapshot_id)}/metadata",
             json={"metadata": dict(metadata)},
@@ -601,11 +649,11 @@ class MicroVM:
     it); methods always act on the server."""
 
     def __init__(
-        self, manager: BandSox, vm_id: str, info: Optional[JsonDict] = None
+        self, manager: BandSox, vm_id: str, info: Optional[Mapping[str, Any]] = None
     ) -> None:
         self.manager = manager
         self.vm_id = vm_id
-        self._info: JsonDict = dict(info) if info else {"id": vm_id}
+        self._info: VmInfo = cast(VmInfo, dict(info) if info else {"id": vm_id})
         self._ptys: Dict[str, _PtySession] = {}
 
     def __repr__(self) -> str:
@@ -629,7 +677,7 @@ class MicroVM:
         return hash(self.vm_id)
 
     @property
-    def info(self) -> JsonDict:
+    def info(self) -> VmInfo:
         """The VM object as last fetched (see :meth:`refresh`)."""
         return self._info
 
@@ -649,12 +697,12 @@ class MicroVM:
     def _path(self, suffix: str = "") -> str:
         return f"/api/vms/{_q(self.vm_id)}{suffix}"
 
-    def refresh(self) -> JsonDict:
+    def refresh(self) -> VmInfo:
         """Fetches the VM object and returns it."""
         self._info = self.manager.get_vm_info(self.vm_id)
         return self._info
 
-    def get_info(self) -> JsonDict:
+    def get_info(self) -> VmInfo:
         """Same as :meth:`refresh` (BandSox's name)."""
         return self.refresh()
 
@@ -688,7 +736,7 @@ class MicroVM:
         self._info["name"] = name
         return name
 
-    def update_metadata(self, metadata: Mapping[str, Any]) -> JsonDict:
+    def update_metadata(self, metadata: Mapping[str, Any]) -> VmInfo:
         self._info = self.manager.update_vm_metadata(self.vm_id, metadata)
         return self._info
 
@@ -698,17 +746,17 @@ class MicroVM:
         """Snapshots this VM; returns the snapshot id."""
         return self.manager.snapshot_vm(self.vm_id, snapshot_name, metadata)
 
-    def extend_timeout(self, seconds: int) -> JsonDict:
+    def extend_timeout(self, seconds: int) -> VmInfo:
         """Pushes the timeout ``seconds`` further; returns the VM object (see ``expires_at``)."""
-        self._info = self.manager._json(
+        self._info = self.manager._vm_obj(
             "POST", self._path("/extend"), json={"seconds": seconds}
         )
         return self._info
 
-    def set_timeout(self, timeout_s: int, action: Optional[str] = None) -> JsonDict:
+    def set_timeout(self, timeout_s: int, action: Optional[str] = None) -> VmInfo:
         """Sets the timeout to ``timeout_s`` from now (0 clears it) and optionally its action
         (``stop``, ``pause``, ``delete``); returns the VM object."""
-        self._info = self.manager._json(
+        self._info = self.manager._vm_obj(
             "POST", self._path("/timeout"), json=_drop_none({"timeout_s": timeout_s, "action": action})
         )
         return self._info
@@ -842,10 +890,10 @@ class MicroVM:
         packages: Optional[List[str]] = None,
         timeout: int = 60,
         cleanup_venv: bool = True,
-    ) -> JsonDict:
+    ) -> ExecPythonResult:
         """Runs Python code in the guest; ``{"exit_code","stdout","stderr","output","success",
         "error"}``. Needs the server's ``exec-python`` endpoint."""
-        return self.manager._json(
+        return cast(ExecPythonResult, self.manager._obj(
             "POST",
             self._path("/exec-python"),
             json=_drop_none(
@@ -858,7 +906,7 @@ class MicroVM:
                 }
             ),
             timeout=float(timeout) * (3 if packages else 1) + _EXEC_MARGIN_S,
-        )
+        ))
 
     def exec_python(
         self,
@@ -1044,9 +1092,9 @@ class MicroVM:
         """A handle on a command started earlier (by any client)."""
         return Command(self, cmd_id)
 
-    def list_commands(self) -> List[JsonDict]:
+    def list_commands(self) -> List[CommandInfo]:
         """States of this VM's durable commands."""
-        return self.manager._json("GET", self._path("/commands"))
+        return cast(List[CommandInfo], self.manager._arr("GET", self._path("/commands")))
 
     # -- files (BandSox REST shapes; need the server's file endpoints) --------------------------
 
@@ -1068,18 +1116,18 @@ class MicroVM:
             params["limit"] = limit
         if show_line_numbers:
             params["show_line_numbers"] = "true"
-        out = self.manager._json("GET", self._path("/read-file"), params=params)
-        return out.get("content", "")
+        out = self.manager._obj("GET", self._path("/read-file"), params=params)
+        return str(out.get("content", ""))
 
-    def list_dir(self, path: str = "/") -> List[JsonDict]:
+    def list_dir(self, path: str = "/") -> List[FileEntry]:
         """Entries ``{"name","path","size","is_dir","is_file","mtime", ...}`` of a directory."""
-        out = self.manager._json("GET", self._path("/files"), params={"path": path})
-        return out.get("files", [])
+        out = self.manager._obj("GET", self._path("/files"), params={"path": path})
+        return cast(List[FileEntry], out.get("files", []))
 
-    def get_file_info(self, path: str) -> JsonDict:
+    def get_file_info(self, path: str) -> FileInfo:
         """``{"size","mode","mtime"}`` of a guest path."""
-        out = self.manager._json("GET", self._path("/file-info"), params={"path": path})
-        return out.get("info", out)
+        out = self.manager._obj("GET", self._path("/file-info"), params={"path": path})
+        return cast(FileInfo, out.get("info", out))
 
     def download_file(
         self, remote_path: str, local_path: StrPath, timeout: float = 300
@@ -1178,11 +1226,11 @@ class MicroVM:
 
     # -- files (ours, Vtrix style) --------------------------------------------------------------
 
-    def stat(self, path: str) -> Optional[JsonDict]:
+    def stat(self, path: str) -> Optional[FileEntry]:
         """``{"name","path","size","is_dir","is_file","is_symlink","mode","mtime"}``, or
         ``None`` when nothing is at ``path``."""
-        out = self.manager._json("GET", self._path("/files/stat"), params={"path": path})
-        return out.get("entry") if out.get("exists") else None
+        out = self.manager._obj("GET", self._path("/files/stat"), params={"path": path})
+        return cast(FileEntry, out.get("entry")) if out.get("exists") else None
 
     def exists(self, path: str) -> bool:
         return self.stat(path) is not None
@@ -1212,7 +1260,7 @@ class MicroVM:
             json={"path": path, "old_text": old_text, "new_text": new_text},
         )
 
-    def write(self, path: str, content: Union[str, bytes]) -> JsonDict:
+    def write(self, path: str, content: Union[str, bytes]) -> WriteResult:
         """Writes a whole file (parents created); ``{"bytes_written": n}``."""
         raw = content.encode() if isinstance(content, str) else bytes(content)
         self.write_bytes(path, raw)
@@ -1237,11 +1285,11 @@ class MicroVM:
         )
         return int(out.get("count", len(batch)))
 
-    def read(self, path: str, max_bytes: int = _READ_MAX_BYTES) -> JsonDict:
+    def read(self, path: str, max_bytes: int = _READ_MAX_BYTES) -> ReadResult:
         """Vtrix's ``read``: ``{"type": "text", "content", "truncated", "size"}`` (text cut at
         ``max_bytes``), or for images ``{"type": "image", "data" (base64), "mime_type",
         "size"}``. Raises :class:`NotFoundError` when the file does not exist."""
-        out = self.manager._json(
+        out = self.manager._obj(
             "GET", self._path("/read-file"), params={"path": path, "max_bytes": max_bytes}
         )
         mime = str(out.get("mime") or "")
@@ -1352,19 +1400,19 @@ class Command:
     def _path(self, suffix: str = "") -> str:
         return self.vm._path(f"/commands/{_q(self.cmd_id)}{suffix}")
 
-    def info(self) -> JsonDict:
+    def info(self) -> CommandInfo:
         """``{"cmd_id","pid","command","running","status","stdout_end","stderr_end",...}``."""
-        out = self.vm.manager._json("GET", self._path())
+        out = cast(CommandInfo, self.vm.manager._obj("GET", self._path()))
         self.pid = out.get("pid", self.pid)
         return out
 
-    def logs(self, stdout_from: int = 0, stderr_from: int = 0) -> JsonDict:
+    def logs(self, stdout_from: int = 0, stderr_from: int = 0) -> CommandLogs:
         """Output from absolute byte offsets: ``{"stdout","stderr","stdout_offset",
         "stderr_offset","info", ...}`` (pass the offsets back to read on)."""
-        return self.vm.manager._json(
+        return cast(CommandLogs, self.vm.manager._obj(
             "GET", self._path("/logs"),
             params={"stdout_from": stdout_from, "stderr_from": stderr_from},
-        )
+        ))
 
     def stdout(self) -> str:
         return str((self.logs()).get("stdout", ""))
