@@ -367,3 +367,19 @@ def test_microvm_context_manager_deletes(monkeypatch):
     with bandsox.MicroVM(b, "v1") as vm:       # already gone: no error
         assert vm.vm_id == "v1"
     assert len(deleted) == 2
+
+
+def test_every_public_method_is_documented():
+    classes = (bandsox.AsyncBandSox, bandsox.AsyncMicroVM, bandsox.AsyncCommand, bandsox.BandSox,
+               bandsox.MicroVM, bandsox.Command, bandsox.HttpResponse, bandsox.ExecResult,
+               bandsox.VmPage, bandsox.SessionId)
+    dunders = ("__enter__", "__exit__", "__aenter__", "__aexit__")
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls in classes
+        for name, obj in vars(cls).items()
+        if (not name.startswith("_") or name in dunders)
+        and (callable(obj) or isinstance(obj, property))
+        and not (getattr(obj, "__doc__", None) or "").strip()
+    ]
+    assert missing == []

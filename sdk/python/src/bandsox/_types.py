@@ -47,6 +47,7 @@ class ExecResult(int):
 
     @property
     def exit_code(self) -> int:
+        """The exit code (the value itself)."""
         return int(self)
 
     @property
@@ -56,6 +57,7 @@ class ExecResult(int):
 
     @property
     def success(self) -> bool:
+        """Whether the exit code is 0."""
         return int(self) == 0
 
     def __getitem__(self, key: str) -> Any:
@@ -65,6 +67,7 @@ class ExecResult(int):
         raise KeyError(key)
 
     def to_dict(self) -> Dict[str, Any]:
+        """BandSox's ``{"exit_code", "stdout", "stderr"}``."""
         return {"exit_code": int(self), "stdout": self.stdout, "stderr": self.stderr}
 
     def __str__(self) -> str:

@@ -201,9 +201,11 @@ class AsyncBandSox:
     # -- plumbing -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> "AsyncBandSox":
+        """Entering ``async with`` (``with``) returns the client; leaving closes it."""
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        """Closes the client (:meth:`aclose`)."""
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -374,6 +376,7 @@ class AsyncBandSox:
         return cast(NewApiKey, await self._obj("POST", "/api/auth/keys", json={"name": name}))
 
     async def revoke_api_key(self, key_id: str) -> None:
+        """Revokes an API key by its id (``bsx_k_...``); requests with it fail from then on."""
         await self._json("DELETE", f"/api/auth/keys/{_q(key_id)}")
 
     # -- server -------------------------------------------------------------------------------
@@ -620,6 +623,7 @@ class AsyncBandSox:
             "GET", f"/api/snapshots/{_q(snapshot_id)}", snapshot_route=True))
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
+        """Deletes a snapshot (VMs restored from it keep running; they never depend on it)."""
         await self._json("DELETE", f"/api/snapshots/{_q(snapshot_id)}", snapshot_route=True)
 
     async def rename_snapshot(self, snapshot_id: str, new_name: str) -> str:
@@ -658,6 +662,7 @@ class AsyncMicroVM:
         return f"{type(self).__name__}({self.vm_id!r})"
 
     async def __aenter__(self) -> "AsyncMicroVM":
+        """Entering ``async with vm:`` (``with vm:``) returns the VM; leaving deletes it."""
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -681,6 +686,7 @@ class AsyncMicroVM:
 
     @property
     def name(self) -> Optional[str]:
+        """The VM's name as last fetched."""
         return self._info.get("name")
 
     @property
@@ -690,6 +696,7 @@ class AsyncMicroVM:
 
     @property
     def env_vars(self) -> Dict[str, str]:
+        """The VM's environment as last fetched (secret-looking values read ``<redacted>``)."""
         return self._info.get("env_vars") or {}
 
     def _path(self, suffix: str = "") -> str:
@@ -710,9 +717,11 @@ class AsyncMicroVM:
         await self.manager._json("POST", self._path(f"/{action}"), timeout=timeout)
 
     async def pause(self) -> None:
+        """Pauses the VM (its vCPUs stop; memory is kept). :meth:`resume` continues it."""
         await self._action("pause")
 
     async def resume(self) -> None:
+        """Continues a paused VM."""
         await self._action("resume")
 
     async def stop(self) -> None:
@@ -724,17 +733,21 @@ class AsyncMicroVM:
         await self._action("start", timeout=self.manager.boot_timeout)
 
     async def restart(self) -> None:
+        """Powers the VM off and boots it again from its disk; returns once its agent answers."""
         await self._action("restart", timeout=self.manager.boot_timeout)
 
     async def delete(self) -> None:
+        """Stops the VM and removes it with its disk."""
         await self.manager.delete_vm(self.vm_id)
 
     async def rename(self, new_name: str) -> str:
+        """Renames the VM; returns the new name."""
         name = await self.manager.rename_vm(self.vm_id, new_name)
         self._info["name"] = name
         return name
 
     async def update_metadata(self, metadata: Mapping[str, Any]) -> VmInfo:
+        """Replaces the VM's metadata; returns the updated VM object."""
         self._info = await self.manager.update_vm_metadata(self.vm_id, metadata)
         return self._info
 
@@ -1201,17 +1214,21 @@ class AsyncMicroVM:
     async def write_text(
         self, remote_path: str, content: str, timeout: Optional[float] = None, append: bool = False
     ) -> None:
+        """Writes text (UTF-8) to a guest file, replacing it (``append`` adds to its end); parents
+        are created."""
         await self._write(remote_path, content, "utf-8", append, timeout)
 
     async def append_text(
         self, remote_path: str, content: str, timeout: Optional[float] = None
     ) -> None:
+        """Appends text (UTF-8) to a guest file."""
         await self._write(remote_path, content, "utf-8", True, timeout)
 
     async def write_bytes(
         self, remote_path: str, content: bytes, timeout: Optional[float] = None,
         append: bool = False,
     ) -> None:
+        """Writes bytes to a guest file exactly, replacing it (``append`` adds to its end)."""
         await self._write(
             remote_path, base64.b64encode(content).decode("ascii"), "base64", append, timeout
         )
@@ -1231,6 +1248,7 @@ class AsyncMicroVM:
         return cast(FileEntry, out.get("entry")) if out.get("exists") else None
 
     async def exists(self, path: str) -> bool:
+        """Whether anything (file, directory, link) is at ``path`` in the guest."""
         return await self.stat(path) is not None
 
     async def mkdir(self, path: str, parents: bool = True, mode: Optional[int] = None) -> None:
@@ -1241,11 +1259,13 @@ class AsyncMicroVM:
         )
 
     async def remove(self, path: str, recursive: bool = False) -> None:
+        """Removes a file, or a directory (with ``recursive`` also a non-empty one)."""
         await self.manager._json(
             "POST", self._path("/files/remove"), json={"path": path, "recursive": recursive}
         )
 
     async def rename_file(self, src: str, dst: str) -> None:
+        """Moves a guest file or directory from ``src`` to ``dst``."""
         await self.manager._json(
             "POST", self._path("/files/rename"), json={"from": src, "to": dst}
         )
@@ -1413,9 +1433,11 @@ class AsyncCommand:
         ))
 
     async def stdout(self) -> str:
+        """The command's stdout so far (the last 1 MiB the server keeps)."""
         return str((await self.logs()).get("stdout", ""))
 
     async def stderr(self) -> str:
+        """The command's stderr so far (the last 1 MiB the server keeps)."""
         return str((await self.logs()).get("stderr", ""))
 
     async def kill(self, signal: str = "TERM") -> None:
@@ -1433,6 +1455,7 @@ class AsyncCommand:
         )
 
     async def close_stdin(self) -> None:
+        """Closes the command's stdin (it reads end of file)."""
         await self.write_stdin(b"", close=True)
 
     async def wait(self, timeout: Optional[float] = None) -> ExecResult:

@@ -203,9 +203,11 @@ class BandSox:
     # -- plumbing -----------------------------------------------------------------------------
 
     def __enter__(self) -> "BandSox":
+        """Entering ``with`` (``with``) returns the client; leaving closes it."""
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        """Closes the client (:meth:`close`)."""
         self.close()
 
     def close(self) -> None:
@@ -376,6 +378,7 @@ class BandSox:
         return cast(NewApiKey, self._obj("POST", "/api/auth/keys", json={"name": name}))
 
     def revoke_api_key(self, key_id: str) -> None:
+        """Revokes an API key by its id (``bsx_k_...``); requests with it fail from then on."""
         self._json("DELETE", f"/api/auth/keys/{_q(key_id)}")
 
     # -- server -------------------------------------------------------------------------------
@@ -622,6 +625,7 @@ class BandSox:
             "GET", f"/api/snapshots/{_q(snapshot_id)}", snapshot_route=True))
 
     def delete_snapshot(self, snapshot_id: str) -> None:
+        """Deletes a snapshot (VMs restored from it keep running; they never depend on it)."""
         self._json("DELETE", f"/api/snapshots/{_q(snapshot_id)}", snapshot_route=True)
 
     def rename_snapshot(self, snapshot_id: str, new_name: str) -> str:
@@ -660,6 +664,7 @@ class MicroVM:
         return f"{type(self).__name__}({self.vm_id!r})"
 
     def __enter__(self) -> "MicroVM":
+        """Entering ``with vm:`` (``with vm:``) returns the VM; leaving deletes it."""
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -683,6 +688,7 @@ class MicroVM:
 
     @property
     def name(self) -> Optional[str]:
+        """The VM's name as last fetched."""
         return self._info.get("name")
 
     @property
@@ -692,6 +698,7 @@ class MicroVM:
 
     @property
     def env_vars(self) -> Dict[str, str]:
+        """The VM's environment as last fetched (secret-looking values read ``<redacted>``)."""
         return self._info.get("env_vars") or {}
 
     def _path(self, suffix: str = "") -> str:
@@ -712,9 +719,11 @@ class MicroVM:
         self.manager._json("POST", self._path(f"/{action}"), timeout=timeout)
 
     def pause(self) -> None:
+        """Pauses the VM (its vCPUs stop; memory is kept). :meth:`resume` continues it."""
         self._action("pause")
 
     def resume(self) -> None:
+        """Continues a paused VM."""
         self._action("resume")
 
     def stop(self) -> None:
@@ -726,17 +735,21 @@ class MicroVM:
         self._action("start", timeout=self.manager.boot_timeout)
 
     def restart(self) -> None:
+        """Powers the VM off and boots it again from its disk; returns once its agent answers."""
         self._action("restart", timeout=self.manager.boot_timeout)
 
     def delete(self) -> None:
+        """Stops the VM and removes it with its disk."""
         self.manager.delete_vm(self.vm_id)
 
     def rename(self, new_name: str) -> str:
+        """Renames the VM; returns the new name."""
         name = self.manager.rename_vm(self.vm_id, new_name)
         self._info["name"] = name
         return name
 
     def update_metadata(self, metadata: Mapping[str, Any]) -> VmInfo:
+        """Replaces the VM's metadata; returns the updated VM object."""
         self._info = self.manager.update_vm_metadata(self.vm_id, metadata)
         return self._info
 
@@ -1203,17 +1216,21 @@ class MicroVM:
     def write_text(
         self, remote_path: str, content: str, timeout: Optional[float] = None, append: bool = False
     ) -> None:
+        """Writes text (UTF-8) to a guest file, replacing it (``append`` adds to its end); parents
+        are created."""
         self._write(remote_path, content, "utf-8", append, timeout)
 
     def append_text(
         self, remote_path: str, content: str, timeout: Optional[float] = None
     ) -> None:
+        """Appends text (UTF-8) to a guest file."""
         self._write(remote_path, content, "utf-8", True, timeout)
 
     def write_bytes(
         self, remote_path: str, content: bytes, timeout: Optional[float] = None,
         append: bool = False,
     ) -> None:
+        """Writes bytes to a guest file exactly, replacing it (``append`` adds to its end)."""
         self._write(
             remote_path, base64.b64encode(content).decode("ascii"), "base64", append, timeout
         )
@@ -1233,6 +1250,7 @@ class MicroVM:
         return cast(FileEntry, out.get("entry")) if out.get("exists") else None
 
     def exists(self, path: str) -> bool:
+        """Whether anything (file, directory, link) is at ``path`` in the guest."""
         return self.stat(path) is not None
 
     def mkdir(self, path: str, parents: bool = True, mode: Optional[int] = None) -> None:
@@ -1243,11 +1261,13 @@ class MicroVM:
         )
 
     def remove(self, path: str, recursive: bool = False) -> None:
+        """Removes a file, or a directory (with ``recursive`` also a non-empty one)."""
         self.manager._json(
             "POST", self._path("/files/remove"), json={"path": path, "recursive": recursive}
         )
 
     def rename_file(self, src: str, dst: str) -> None:
+        """Moves a guest file or directory from ``src`` to ``dst``."""
         self.manager._json(
             "POST", self._path("/files/rename"), json={"from": src, "to": dst}
         )
@@ -1415,9 +1435,11 @@ class Command:
         ))
 
     def stdout(self) -> str:
+        """The command's stdout so far (the last 1 MiB the server keeps)."""
         return str((self.logs()).get("stdout", ""))
 
     def stderr(self) -> str:
+        """The command's stderr so far (the last 1 MiB the server keeps)."""
         return str((self.logs()).get("stderr", ""))
 
     def kill(self, signal: str = "TERM") -> None:
@@ -1435,6 +1457,7 @@ class Command:
         )
 
     def close_stdin(self) -> None:
+        """Closes the command's stdin (it reads end of file)."""
         self.write_stdin(b"", close=True)
 
     def wait(self, timeout: Optional[float] = None) -> ExecResult:
