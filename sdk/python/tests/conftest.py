@@ -176,10 +176,14 @@ def _hermetic_env(tmp_path_factory) -> Iterator[None]:
     for k in ("BANDSOX_URL", "BANDSOX_API_KEY", "SUDO_USER"):
         os.environ.pop(k, None)
     os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
-    os.environ["BANDSOX_STORAGE"] = str(tmp_path_factory.mktemp("default-storage"))
+    default_storage = tmp_path_factory.mktemp("default-storage")
+    os.environ["BANDSOX_STORAGE"] = str(default_storage)
     os.environ["BANDSOX_BIN"] = str(_bandsox_bin())
     os.environ["BANDSOX_AGENT_BIN"] = str(_agent_bin())
     yield
+    # A server the SDK started there (README's local-mode block) and its VMs.
+    _kill_naming(str(default_storage))
+    _remove_vm_namespaces(default_storage)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
