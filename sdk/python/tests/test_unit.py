@@ -45,6 +45,12 @@ def test_core_module_exports():
     from bandsox.vm import MicroVM
 
     assert MicroVM is bandsox.MicroVM
+    # The seed's class names.
+    from bandsox.core import ManagedMicroVM, RemoteBandSox, RemoteMicroVM
+    from bandsox.vm import ManagedMicroVM as VmManaged
+
+    assert RemoteBandSox is BandSox and RemoteMicroVM is MicroVM
+    assert ManagedMicroVM is VmManaged is MicroVM
 
 
 @pytest.mark.parametrize(
