@@ -29,6 +29,10 @@ def use(bs: BandSox) -> None:
         body: str = r.text
         snaps = [s["snapshot_name"] for s in bs.list_snapshots()]
         mem: int = bs.get_vm_info(vm.vm_id)["mem_mib"]
+        states: List[str] = [v["status"] for v in bs.list_vms()]
+        total: int = bs.list_vms_page(limit=1).total
+        first: str = [v["id"] for v in bs.list_vms_page()][0]
+        print(states, total, first)
         print(status, ip, code, out, names, n, body, snaps, mem)
     wrong: int = bs.get_vm_info("x")["name"]  # the check below expects exactly this error
 

@@ -83,12 +83,13 @@ class VmPage:
     """One page of :meth:`BandSox.list_vms_page`: the VMs and the number of matches before
     ``offset``/``limit`` (the server's ``X-Total-Count``)."""
 
-    items: List[Dict[str, Any]] = field(default_factory=list)
+    items: List["VmInfo"] = field(default_factory=list)
     total: int = 0
     offset: int = 0
     limit: Optional[int] = None
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator["VmInfo"]:
+        """Iterates over the VMs of the page."""
         return iter(self.items)
 
     def __len__(self) -> int:

@@ -499,7 +499,7 @@ class BandSox:
         status: Optional[str] = None,
         name: Optional[str] = None,
         offset: Optional[int] = None,
-    ) -> List[JsonDict]:
+    ) -> List[VmInfo]:
         """VM objects, newest first. ``metadata_equals`` keeps VMs whose metadata has all these
         key/value pairs; ``status`` an exact state; ``name`` a substring of the name."""
         return (
@@ -537,7 +537,13 @@ class BandSox:
             total = int(resp.headers.get("x-total-count", len(items)))
         except ValueError:
             total = len(items)
-        return VmPage(items=items, total=total, offset=offset or 0, limit=limit)
+        if not isinstance(items, list):
+            raise errors.BandSoxError(
+                "the server answered GET /api/vms with JSON that is not an array",
+                code="bad_response",
+            )
+        return VmPage(items=cast(List[VmInfo], items), total=total, offset=offset or 0,
+                      limit=limit)
 
     def get_vm_info(self, vm_id: str) -> VmInfo:
         """The VM object (raises :class:`VmNotFoundError`)."""
