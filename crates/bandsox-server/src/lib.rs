@@ -3,6 +3,7 @@
 //! on loopback addresses.
 
 pub mod auth;
+pub mod discovery;
 pub mod docs;
 pub mod error;
 pub mod headers;
@@ -125,6 +126,7 @@ pub async fn serve(
         Some(port) => Some(bind(SocketAddr::new(opts.addr.ip(), port)).await?),
         None => None,
     };
+    let proxy_addr = proxy.as_ref().and_then(|p| p.local_addr().ok());
     let metrics = match opts.metrics_addr {
         Some(addr) => Some(bind(addr).await?),
         None => None,
@@ -158,6 +160,14 @@ pub async fn serve(
         let app = routes::metrics_router(state.clone());
         tokio::spawn(listen::serve(listener, app, opts.conn, stop.clone()));
     }
+    // Local clients (the Python SDK's local mode) find this server through the storage root.
+    let _server_file = discovery::ServerFile::write(
+        state.manager.storage().root(),
+        api.local_addr()?,
+        proxy_addr,
+    )
+    .map_err(|e| tracing::warn!(error = %e, "cannot write server.json in the storage root"))
+    .ok();
     listen::serve(api, router(state), opts.conn, stop).await?;
     if let Some(t) = proxy_task {
         t.await.map_err(std::io::Error::other)??;

@@ -167,12 +167,23 @@ def _start_server(prefix: str, auth: bool) -> Iterator[Server]:
 
 @pytest.fixture(scope="session", autouse=True)
 def _hermetic_env(tmp_path_factory) -> Iterator[None]:
-    """No ambient BANDSOX_URL/BANDSOX_API_KEY and an empty HOME (no ~/.bandsox/credentials)."""
-    saved = {k: os.environ.get(k) for k in ("BANDSOX_URL", "BANDSOX_API_KEY", "HOME", "SUDO_USER")}
+    """No ambient BANDSOX_URL/BANDSOX_API_KEY, an empty HOME (no ~/.bandsox/credentials), a
+    temporary default storage root (``BandSox()`` never touches /var/lib/bandsox) and the
+    binaries under test for servers the SDK starts itself."""
+    names = ("BANDSOX_URL", "BANDSOX_API_KEY", "HOME", "SUDO_USER", "BANDSOX_STORAGE",
+             "BANDSOX_BIN", "BANDSOX_AGENT_BIN")
+    saved = {k: os.environ.get(k) for k in names}
     for k in ("BANDSOX_URL", "BANDSOX_API_KEY", "SUDO_USER"):
         os.environ.pop(k, None)
     os.environ["HOME"] = str(tmp_path_factory.mktemp("home"))
+    default_storage = tmp_path_factory.mktemp("default-storage")
+    os.environ["BANDSOX_STORAGE"] = str(default_storage)
+    os.environ["BANDSOX_BIN"] = str(_bandsox_bin())
+    os.environ["BANDSOX_AGENT_BIN"] = str(_agent_bin())
     yield
+    # A server the SDK started there (README's local-mode block) and its VMs.
+    _kill_naming(str(default_storage))
+    _remove_vm_namespaces(default_storage)
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)

@@ -16,7 +16,8 @@ def test_async_create_exec_delete(server: Server):
         async with AsyncBandSox(server.url) as bs:
             vm = await bs.create_vm(IMAGE, name="py-async", metadata={"role": "async"})
             assert isinstance(vm, AsyncMicroVM)
-            try:
+            assert (vm.get_guest_ip() or "").startswith("10.231.")   # known right after create
+            async with vm:   # deletes the VM on the way out
                 got = []
                 r = await vm.exec_command("echo async-hi; exit 2", on_stdout=got.append)
                 assert r == 2 and r.stdout == "async-hi\n" and got == ["async-hi\n"]
@@ -37,8 +38,6 @@ def test_async_create_exec_delete(server: Server):
                 assert (await vm.update_metadata({"role": "async", "x": 1}))["metadata"]["x"] == 1
                 with pytest.raises(errors.TimeoutError):
                     await vm.exec_command("sleep 10", timeout=1)
-            finally:
-                await vm.delete()
             with pytest.raises(errors.VmNotFoundError):
                 await bs.get_vm(vm.vm_id)
 

@@ -44,7 +44,8 @@ def test_readme_examples_run(server: Server, auth_server: Server, monkeypatch, c
     out = capsys.readouterr().out
     for expected in ("Hello from the VM!", "exit code 0",
                      "0 VMs", "saved", "404 vm_not_found", "is not supported", "built\nhi\n", "a\n b\n",
-                     "running readme-vm-2"):
+                     "running readme-vm-2", "local server: True", "Hello from local mode",
+                     "guest at 10.231.", "200 {'up': True} {\"up\": true}"):
         assert expected in out, f"{expected!r} not in README output:\n{out}"
     # The examples clean up after themselves.
     assert {v for v in _ids(server)} == before

@@ -37,7 +37,7 @@ def test_version_matches_rust_crates():
     assert m and bandsox.__version__ == m.group(1)
     from importlib.metadata import version
 
-    assert version("bandsox") == m.group(1)
+    assert version("bandsox-client") == m.group(1)
 
 
 def test_core_module_exports():
@@ -45,6 +45,12 @@ def test_core_module_exports():
     from bandsox.vm import MicroVM
 
     assert MicroVM is bandsox.MicroVM
+    # The seed's class names.
+    from bandsox.core import ManagedMicroVM, RemoteBandSox, RemoteMicroVM
+    from bandsox.vm import ManagedMicroVM as VmManaged
+
+    assert RemoteBandSox is BandSox and RemoteMicroVM is MicroVM
+    assert ManagedMicroVM is VmManaged is MicroVM
 
 
 @pytest.mark.parametrize(
@@ -99,10 +105,11 @@ def test_url_and_key_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("BANDSOX_URL", raising=False)
     monkeypatch.delenv("BANDSOX_API_KEY", raising=False)
+    # (BandSox() without a URL is local mode: tests/test_local.py.)
+    monkeypatch.setenv("BANDSOX_URL", "http://127.0.0.1:8000")
     b = BandSox()
     assert b.server_url == "http://127.0.0.1:8000" and "Authorization" not in b.headers
-    # BandSox's storage-dir positional argument means "the local installation".
-    assert BandSox("/var/lib/bandsox").server_url == "http://127.0.0.1:8000"
+    assert not b.local
     (tmp_path / ".bandsox").mkdir()
     (tmp_path / ".bandsox" / "credentials").write_text(json.dumps({"api_key": "bsx_file"}))
     assert BandSox().headers["Authorization"] == "Bearer bsx_file"
@@ -161,6 +168,9 @@ def test_unknown_fields_are_ignored_and_bodies_shaped():
                                              "future_field": {"x": 1}})
         if req.url.path == "/api/vms":
             return httpx.Response(200, json=[{"id": "v1", "zzz": 1}], headers={"X-Total-Count": "7"})
+        if req.url.path == "/api/vms/v1":
+            return httpx.Response(200, json={"id": "v1", "name": "n", "status": "running",
+                                             "network_config": {"guest_ip": "10.9.0.2"}})
         return httpx.Response(404, json={"code": "route_not_found", "detail": "no"})
 
     b = _mock(handler)
@@ -170,6 +180,8 @@ def test_unknown_fields_are_ignored_and_bodies_shaped():
                     "force_rebuild": False, "disk_size_mib": 4096, "metadata": {"a": 1},
                     "timeout_s": 5, "timeout_action": "pause"}
     assert vm.vm_id == "v1"
+    # create_vm fetched the VM object: name, status and the guest address are known at once.
+    assert (vm.name, vm.status, vm.get_guest_ip()) == ("n", "running", "10.9.0.2")
     r = vm.exec_command("echo a", env={"K": "V"}, cwd="/tmp")
     assert r == 0 and r.stdout == "a"
     assert seen["/api/vms/v1/exec"][1] == {"command": "echo a", "timeout": 30, "env": {"K": "V"},
@@ -265,3 +277,115 @@ def test_websocket_refused_upgrade_maps_the_problem():
         vm.exec_command("true", on_stdout=print)
     with pytest.raises(errors.ServerUnavailableError):
         vm.start_pty_session("/bin/sh")
+
+
+def test_429_and_503_are_retried_after_retry_after(monkeypatch):
+    calls = []
+    waits = []
+    monkeypatch.setattr("bandsox._sync.client.sync_sleep", waits.append)
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        calls.append(req.content)
+        if len(calls) == 1:
+            return httpx.Response(429, headers={"Retry-After": "2"},
+                                  json={"code": "too_many_operations", "detail": "busy"})
+        if len(calls) == 2:
+            return httpx.Response(503, json={"code": "unavailable", "detail": "later"})
+        return httpx.Response(200, json={"exit_code": 0, "stdout": "ok", "stderr": ""})
+
+    vm = bandsox.MicroVM(_mock(handler), "v1")
+    assert vm.exec_command("true").stdout == "ok"
+    assert waits == [2.0, 1.0]                      # Retry-After, then backoff 0.5 * 2**1
+    assert calls[0] == calls[1] == calls[2]         # the same body each time
+
+    # Gives up after `retries`, and at once when Retry-After asks for too long.
+    calls.clear()
+    waits.clear()
+    b = BandSox("http://mock", retries=2, transport=httpx.MockTransport(
+        lambda req: (calls.append(1), httpx.Response(429, json={"code": "rate_limited"}))[1]))
+    with pytest.raises(errors.RateLimitedError):
+        b.list_vms()
+    assert len(calls) == 3 and waits == [0.5, 1.0]
+    calls.clear()
+    b = _mock(lambda req: (calls.append(1), httpx.Response(
+        429, headers={"Retry-After": "60"}, json={"code": "rate_limited"}))[1])
+    with pytest.raises(errors.RateLimitedError):
+        b.login("pw")
+    assert len(calls) == 1
+    # Other errors are not retried.
+    calls.clear()
+    b = _mock(lambda req: (calls.append(1), httpx.Response(500, json={"code": "internal"}))[1])
+    with pytest.raises(errors.BandSoxError):
+        b.list_vms()
+    assert len(calls) == 1
+
+
+def test_async_retry(monkeypatch):
+    calls = []
+
+    async def no_sleep(_s):
+        return None
+
+    monkeypatch.setattr("bandsox._async.client.async_sleep", no_sleep)
+
+    def handler(req):
+        calls.append(1)
+        if len(calls) < 3:
+            return httpx.Response(503, headers={"Retry-After": "0"})
+        return httpx.Response(200, json=[])
+
+    async def main():
+        async with AsyncBandSox("http://mock", transport=httpx.MockTransport(handler)) as a:
+            return await a.list_vms()
+
+    assert asyncio.run(main()) == [] and len(calls) == 3
+
+
+def test_http_response_object():
+    r = bandsox.HttpResponse({"status_code": 201, "headers": {"Content-Type": "application/json"},
+                              "body": '{"a": [1]}'})
+    assert r.status_code == 201 and r.ok and r.json() == {"a": [1]} and r.text == '{"a": [1]}'
+    assert r.headers["content-type"] == "application/json"
+    # Still the dict BandSox returned.
+    assert r["status_code"] == 201 and r["body"] == '{"a": [1]}' and dict(r)["headers"]
+    raw = bandsox.HttpResponse({"status_code": 500, "headers": {}, "body": "\ufffd",
+                                "body_base64": "/w=="})
+    assert raw.content == b"\xff" and not raw.ok
+    with pytest.raises(errors.BandSoxError):
+        raw.raise_for_status()
+
+
+def test_microvm_context_manager_deletes(monkeypatch):
+    deleted = []
+
+    def handler(req):
+        if req.method == "DELETE":
+            deleted.append(req.url.path)
+            if len(deleted) > 1:
+                return httpx.Response(404, json={"code": "vm_not_found", "detail": "gone"})
+        return httpx.Response(200, json={})
+
+    b = _mock(handler)
+    with pytest.raises(RuntimeError):
+        with bandsox.MicroVM(b, "v1"):
+            raise RuntimeError("boom")
+    assert deleted == ["/api/vms/v1"]
+    with bandsox.MicroVM(b, "v1") as vm:       # already gone: no error
+        assert vm.vm_id == "v1"
+    assert len(deleted) == 2
+
+
+def test_every_public_method_is_documented():
+    classes = (bandsox.AsyncBandSox, bandsox.AsyncMicroVM, bandsox.AsyncCommand, bandsox.BandSox,
+               bandsox.MicroVM, bandsox.Command, bandsox.HttpResponse, bandsox.ExecResult,
+               bandsox.VmPage, bandsox.SessionId)
+    dunders = ("__enter__", "__exit__", "__aenter__", "__aexit__")
+    missing = [
+        f"{cls.__name__}.{name}"
+        for cls in classes
+        for name, obj in vars(cls).items()
+        if (not name.startswith("_") or name in dunders)
+        and (callable(obj) or isinstance(obj, property))
+        and not (getattr(obj, "__doc__", None) or "").strip()
+    ]
+    assert missing == []

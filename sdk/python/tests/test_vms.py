@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bandsox import BandSox, MicroVM, errors
+from bandsox import BandSox, HttpResponse, MicroVM, errors
 
 from .conftest import IMAGE
 
@@ -87,9 +87,18 @@ def test_exec_python_without_python_in_the_image(vm: MicroVM):
 
 def test_send_http_request_reaches_a_server_in_the_guest(vm: MicroVM):
     # The VM has networking (the default): busybox httpd answers through POST /http.
-    assert vm.exec_command("mkdir -p /www && echo ok > /www/health && httpd -p 8080 -h /www") == 0
+    assert vm.exec_command("mkdir -p /www && echo ok > /www/health && "
+                           "echo '{\"a\": [1, 2]}' > /www/data.json && httpd -p 8080 -h /www") == 0
     r = vm.send_http_request(8080, "/health")
+    # BandSox's dict ...
     assert r["status_code"] == 200 and r["body"] == "ok\n"
+    # ... that is also a response object.
+    assert isinstance(r, HttpResponse) and r.status_code == 200 and r.ok
+    assert r.text == "ok\n" and r.content == b"ok\n" and r.headers["Content-Length"] == "3", dict(r)
+    j = vm.send_http_request(8080, "/data.json")
+    assert j.json() == {"a": [1, 2]}, dict(j)
+    missing = vm.send_http_request(8080, "/nope")
+    assert missing.status_code == 404 and not missing.ok
     with pytest.raises(errors.BandSoxError) as ei:
         vm.send_http_request(9, "/", timeout=2)
     assert ei.value.status_code == 502 and ei.value.code == "guest_unreachable"

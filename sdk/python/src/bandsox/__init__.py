@@ -6,7 +6,7 @@
 
 from ._async.client import AsyncBandSox, AsyncCommand, AsyncMicroVM
 from ._sync.client import BandSox, Command, MicroVM
-from ._types import ExecResult, SessionId, VmPage
+from ._types import ExecResult, HttpResponse, SessionId, VmPage
 from .errors import (
     AgentUnavailableError,
     AuthenticationError,
@@ -41,6 +41,7 @@ __all__ = [
     "RemoteBandSox",
     "RemoteMicroVM",
     "ExecResult",
+    "HttpResponse",
     "VmPage",
     "BandSoxError",
     "NotFoundError",

@@ -5,5 +5,10 @@ from ._sync.client import BandSox, MicroVM
 
 RemoteBandSox = BandSox
 RemoteMicroVM = MicroVM
+#: BandSox's class of VMs a local manager returns (the same object here).
+ManagedMicroVM = MicroVM
 
-__all__ = ["BandSox", "MicroVM", "AsyncBandSox", "AsyncMicroVM", "RemoteBandSox", "RemoteMicroVM"]
+__all__ = [
+    "BandSox", "MicroVM", "AsyncBandSox", "AsyncMicroVM", "RemoteBandSox", "RemoteMicroVM",
+    "ManagedMicroVM",
+]

@@ -3,4 +3,7 @@
 from ._async.client import AsyncMicroVM
 from ._sync.client import MicroVM
 
-__all__ = ["MicroVM", "AsyncMicroVM"]
+#: BandSox's class of VMs a local manager returns (the same object here).
+ManagedMicroVM = MicroVM
+
+__all__ = ["MicroVM", "AsyncMicroVM", "ManagedMicroVM"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import codecs
+import email.utils
 import fnmatch
 import json as _json
 import os
@@ -16,15 +17,34 @@ import shlex
 import time
 import uuid
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import (
+    Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Sequence, Union, cast,
+)
 from urllib.parse import quote
 
 import httpx
 
-from .. import errors
+from .. import _local, errors
 from .._backends import AsyncTask, AsyncWebSocket, async_sleep
-from .._config import resolve
-from .._types import ExecResult, SessionId, VmPage
+from .._config import DEFAULT_URL, resolve
+from .._types import (
+    ApiKey,
+    CommandInfo,
+    CommandLogs,
+    ExecPythonResult,
+    ExecResult,
+    FileEntry,
+    FileInfo,
+    HttpResponse,
+    NewApiKey,
+    ReadResult,
+    ServerVersion,
+    SessionId,
+    SnapshotInfo,
+    VmInfo,
+    VmPage,
+    WriteResult,
+)
 
 __all__ = ["AsyncBandSox", "AsyncMicroVM", "AsyncCommand"]
 
@@ -39,6 +59,8 @@ _EXEC_MARGIN_S = 30.0
 _POLL_S = 0.05
 #: Shells the terminal WebSocket starts by itself (other commands are `exec`ed in it).
 _SHELLS = ("/bin/sh", "sh", "/bin/bash", "bash", "/bin/ash", "ash")
+#: Longest ``Retry-After`` the client waits out by itself (longer ones raise at once).
+_MAX_RETRY_AFTER_S = 30.0
 #: Vtrix's read(): text files up to 200 KB come whole, larger ones truncated.
 _READ_MAX_BYTES = 200 * 1024
 
@@ -85,13 +107,60 @@ def _decoders() -> "tuple[Any, Any]":
             codecs.getincrementaldecoder("utf-8")("replace"))
 
 
+def _retry_delay(resp: httpx.Response, attempt: int) -> Optional[float]:
+    """Seconds to wait before sending a request again after a 429 or 503 answer: the
+    ``Retry-After`` header (seconds or an HTTP date), else 0.5 s doubled per attempt; ``None``
+    for other answers and when the server asks for more than :data:`_MAX_RETRY_AFTER_S`."""
+    if resp.status_code not in (429, 503):
+        return None
+    value = resp.headers.get("retry-after")
+    if value is None:
+        return 0.5 * 2.0 ** attempt
+    try:
+        delay = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return 0.5 * 2.0 ** attempt
+        delay = when.timestamp() - time.time()
+    if delay > _MAX_RETRY_AFTER_S:
+        return None
+    return max(delay, 0.0)
+
+
+def _default_server() -> "tuple[str, bool]":
+    """Where ``BandSox()`` without a URL, storage root or ``$BANDSOX_URL`` goes: the server
+    owning the default storage root (``$BANDSOX_STORAGE`` or ``/var/lib/bandsox``) if it runs,
+    else a server answering at ``http://127.0.0.1:8000``, else a server started for the
+    default storage root."""
+    root = _local.default_storage()
+    url = _local.read_server_file(root)
+    if url:
+        return url, True
+    if _local._answers(DEFAULT_URL):
+        return DEFAULT_URL, False
+    return _local.ensure_server(root), True
+
+
 class AsyncBandSox:
     """Client of a ``bandsox serve`` server.
 
-    ``AsyncBandSox()`` talks to ``$BANDSOX_URL`` (default ``http://127.0.0.1:8000``) with the API
-    key from ``$BANDSOX_API_KEY`` or ``~/.bandsox/credentials``; ``AsyncBandSox(url,
-    headers={...})`` to any server. ``timeout`` (seconds) bounds every request; operations that
-    boot a VM wait at least ``boot_timeout``, commands their own timeout plus 30 s.
+    - ``AsyncBandSox(url, headers={...})`` (or ``server_url=``): that server (remote mode).
+    - ``AsyncBandSox(storage_dir=DIR)`` (or a path as the first argument, as BandSox takes
+      it): local mode, the server owning that storage root, found through
+      ``DIR/server.json`` or started (``bandsox serve --storage DIR`` detached, in the
+      background; the server and its VMs outlive the script, and the next script on ``DIR``
+      reuses them). The constructor blocks until the server answers.
+    - ``AsyncBandSox()``: ``$BANDSOX_URL`` if set; else the server of ``$BANDSOX_STORAGE``
+      (default ``/var/lib/bandsox``) if one runs; else one at ``http://127.0.0.1:8000``; else
+      local mode on that storage root.
+
+    The API key comes from ``api_key``, else ``$BANDSOX_API_KEY`` or ``~/.bandsox/credentials``
+    (an ``Authorization`` header wins). ``timeout`` (seconds) bounds every request; operations
+    that boot a VM wait at least ``boot_timeout``, commands their own timeout plus 30 s.
+    Answers 429 and 503 are retried up to ``retries`` times, after the server's
+    ``Retry-After`` (at most 30 s) or an exponential backoff (0.5 s, 1 s, 2 s, ...).
     """
 
     def __init__(
@@ -102,16 +171,24 @@ class AsyncBandSox:
         *,
         api_key: Optional[str] = None,
         boot_timeout: float = 180.0,
-        storage_dir: Optional[str] = None,
+        storage_dir: Optional[StrPath] = None,
+        retries: int = 3,
         transport: Optional[httpx.AsyncBaseTransport] = None,
     ) -> None:
         # BandSox's first positional parameter is a storage directory; a path there (not a URL)
-        # means "the local installation", which is the local server here.
-        if server_url is not None and not server_url.startswith(("http://", "https://")):
-            storage_dir, server_url = server_url, None
-        self.storage_dir = storage_dir
+        # means "the local installation": the server owning that root, started if need be.
+        if server_url is not None and not str(server_url).startswith(("http://", "https://")):
+            storage_dir, server_url = str(server_url), None
+        #: Whether this client found or started the server of a storage root (local mode).
+        self.local = False
+        if server_url is None and storage_dir is not None:
+            server_url, self.local = _local.ensure_server(storage_dir), True
+        elif server_url is None and not os.environ.get("BANDSOX_URL"):
+            server_url, self.local = _default_server()
+        self.storage_dir = str(storage_dir) if storage_dir is not None else None
         self.server_url, self.headers = resolve(server_url, headers, api_key)
         self.timeout = float(timeout)
+        self.retries = max(int(retries), 0)
         self.boot_timeout = float(boot_timeout)
         self._session_token: Optional[str] = None
         self._client = httpx.AsyncClient(
@@ -124,9 +201,11 @@ class AsyncBandSox:
     # -- plumbing -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> "AsyncBandSox":
+        """Entering ``async with`` (``with``) returns the client; leaving closes it."""
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        """Closes the client (:meth:`aclose`)."""
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -148,26 +227,38 @@ class AsyncBandSox:
         **kwargs: Any,
     ) -> httpx.Response:
         t = self.timeout if timeout is None else max(float(timeout), self.timeout)
-        try:
-            resp = await self._client.request(
-                method,
-                path,
-                json=json,
-                params=_drop_none(params or {}),
-                timeout=httpx.Timeout(t, connect=min(t, 10.0)),
-                **kwargs,
-            )
-        except httpx.TimeoutException as e:
-            raise errors.TimeoutError(
-                f"no answer from {self.server_url} within {t:g} s ({method} {path})",
-                code="client_timeout",
-            ) from e
-        except httpx.TransportError as e:
-            raise errors.ServerUnavailableError(
-                f"cannot reach the bandsox server at {self.server_url}: {e}",
-                code="server_unavailable",
-                hint="is `bandsox serve` running? (BANDSOX_URL sets the address)",
-            ) from e
+        # A body read from a file cannot be sent twice.
+        replayable = not any(
+            hasattr(v[1] if isinstance(v, tuple) else v, "read")
+            for v in dict(kwargs.get("files") or {}).values()
+        )
+        attempt = 0
+        while True:
+            try:
+                resp = await self._client.request(
+                    method,
+                    path,
+                    json=json,
+                    params=_drop_none(params or {}),
+                    timeout=httpx.Timeout(t, connect=min(t, 10.0)),
+                    **kwargs,
+                )
+            except httpx.TimeoutException as e:
+                raise errors.TimeoutError(
+                    f"no answer from {self.server_url} within {t:g} s ({method} {path})",
+                    code="client_timeout",
+                ) from e
+            except httpx.TransportError as e:
+                raise errors.ServerUnavailableError(
+                    f"cannot reach the bandsox server at {self.server_url}: {e}",
+                    code="server_unavailable",
+                    hint="is `bandsox serve` running? (BANDSOX_URL sets the address)",
+                ) from e
+            delay = _retry_delay(resp, attempt) if replayable and attempt < self.retries else None
+            if delay is None:
+                break
+            attempt += 1
+            await async_sleep(delay)
         await self._raise_for_problem(resp, snapshot_route=snapshot_route)
         return resp
 
@@ -196,8 +287,43 @@ class AsyncBandSox:
                 code="bad_response",
             ) from e
 
-    def _vm(self, vm_id: str, info: Optional[JsonDict] = None) -> "AsyncMicroVM":
+    async def _obj(self, method: str, path: str, **kwargs: Any) -> JsonDict:
+        """A JSON object answer (``{}`` for an empty body)."""
+        out = await self._json(method, path, **kwargs)
+        if out is None:
+            return {}
+        if not isinstance(out, dict):
+            raise errors.BandSoxError(
+                f"the server answered {method} {path} with JSON that is not an object",
+                code="bad_response",
+            )
+        return out
+
+    async def _arr(self, method: str, path: str, **kwargs: Any) -> List[JsonDict]:
+        """A JSON array answer."""
+        out = await self._json(method, path, **kwargs)
+        if not isinstance(out, list):
+            raise errors.BandSoxError(
+                f"the server answered {method} {path} with JSON that is not an array",
+                code="bad_response",
+            )
+        return out
+
+    async def _vm_obj(self, method: str, path: str, **kwargs: Any) -> VmInfo:
+        return cast(VmInfo, await self._obj(method, path, **kwargs))
+
+    async def _snap_obj(self, method: str, path: str, **kwargs: Any) -> SnapshotInfo:
+        return cast(SnapshotInfo, await self._obj(method, path, **kwargs))
+
+    def _vm(self, vm_id: str, info: Optional[Mapping[str, Any]] = None) -> "AsyncMicroVM":
         return AsyncMicroVM(self, vm_id, info)
+
+    async def _created(self, out: Mapping[str, Any]) -> "AsyncMicroVM":
+        """The VM a create/restore answer names, with its VM object fetched (so
+        ``get_guest_ip()``, ``name`` and ``status`` are known at once)."""
+        vm = self._vm(str(out["id"]))
+        await vm.refresh()
+        return vm
 
     def _token(self) -> Optional[str]:
         """The credential WebSockets carry: the Bearer value of the headers, else the session
@@ -241,22 +367,23 @@ class AsyncBandSox:
         out = await self._json("GET", "/api/auth/check")
         return bool(out.get("authenticated")) if isinstance(out, dict) else False
 
-    async def list_api_keys(self) -> List[JsonDict]:
+    async def list_api_keys(self) -> List[ApiKey]:
         """``[{"id","name","created_at","last_used_at"}]`` (secrets are never shown again)."""
-        return await self._json("GET", "/api/auth/keys")
+        return cast(List[ApiKey], await self._arr("GET", "/api/auth/keys"))
 
-    async def create_api_key(self, name: str) -> JsonDict:
+    async def create_api_key(self, name: str) -> NewApiKey:
         """``{"key_id","key","name"}``: the only time the key itself is shown."""
-        return await self._json("POST", "/api/auth/keys", json={"name": name})
+        return cast(NewApiKey, await self._obj("POST", "/api/auth/keys", json={"name": name}))
 
     async def revoke_api_key(self, key_id: str) -> None:
+        """Revokes an API key by its id (``bsx_k_...``); requests with it fail from then on."""
         await self._json("DELETE", f"/api/auth/keys/{_q(key_id)}")
 
     # -- server -------------------------------------------------------------------------------
 
-    async def version(self) -> JsonDict:
-        """``{"version", "backend", "accelerator"}`` of the server."""
-        return await self._json("GET", "/api/version")
+    async def version(self) -> ServerVersion:
+        """``{"version", "backend", "accelerator", "proxy_url"}`` of the server."""
+        return cast(ServerVersion, await self._obj("GET", "/api/version"))
 
     # -- VMs ----------------------------------------------------------------------------------
 
@@ -308,7 +435,7 @@ class AsyncBandSox:
             }
         )
         out = await self._json("POST", "/api/vms", json=body, timeout=self.boot_timeout)
-        return self._vm(out["id"])
+        return await self._created(out)
 
     async def create_vm_from_dockerfile(
         self,
@@ -360,7 +487,7 @@ class AsyncBandSox:
             files={"dockerfile": ("Dockerfile", text, "text/plain")},
             timeout=t,
         )
-        return self._vm(out["id"])
+        return await self._created(out)
 
     async def list_vms(
         self,
@@ -370,7 +497,7 @@ class AsyncBandSox:
         status: Optional[str] = None,
         name: Optional[str] = None,
         offset: Optional[int] = None,
-    ) -> List[JsonDict]:
+    ) -> List[VmInfo]:
         """VM objects, newest first. ``metadata_equals`` keeps VMs whose metadata has all these
         key/value pairs; ``status`` an exact state; ``name`` a substring of the name."""
         return (
@@ -408,11 +535,17 @@ class AsyncBandSox:
             total = int(resp.headers.get("x-total-count", len(items)))
         except ValueError:
             total = len(items)
-        return VmPage(items=items, total=total, offset=offset or 0, limit=limit)
+        if not isinstance(items, list):
+            raise errors.BandSoxError(
+                "the server answered GET /api/vms with JSON that is not an array",
+                code="bad_response",
+            )
+        return VmPage(items=cast(List[VmInfo], items), total=total, offset=offset or 0,
+                      limit=limit)
 
-    async def get_vm_info(self, vm_id: str) -> JsonDict:
+    async def get_vm_info(self, vm_id: str) -> VmInfo:
         """The VM object (raises :class:`VmNotFoundError`)."""
-        return await self._json("GET", f"/api/vms/{_q(vm_id)}")
+        return cast(VmInfo, await self._obj("GET", f"/api/vms/{_q(vm_id)}"))
 
     async def get_vm(self, vm_id: str) -> "AsyncMicroVM":
         """The VM as an object with methods (raises :class:`VmNotFoundError`)."""
@@ -425,14 +558,14 @@ class AsyncBandSox:
 
     async def rename_vm(self, vm_id: Union[str, "AsyncMicroVM"], new_name: str) -> str:
         """Renames a VM; returns the new name."""
-        out = await self._json("PUT", f"/api/vms/{_q(_vm_id(vm_id))}/name", json={"name": new_name})
-        return out.get("name", new_name)
+        out = await self._obj("PUT", f"/api/vms/{_q(_vm_id(vm_id))}/name", json={"name": new_name})
+        return str(out.get("name", new_name))
 
     async def update_vm_metadata(
         self, vm_id: Union[str, "AsyncMicroVM"], metadata: Mapping[str, Any]
-    ) -> JsonDict:
+    ) -> VmInfo:
         """Replaces the VM's metadata; returns the updated VM object."""
-        return await self._json(
+        return await self._vm_obj(
             "PUT", f"/api/vms/{_q(_vm_id(vm_id))}/metadata", json={"metadata": dict(metadata)}
         )
 
@@ -457,7 +590,7 @@ class AsyncBandSox:
             ),
             timeout=self.boot_timeout,
         )
-        return out["snapshot_id"]
+        return str(out["snapshot_id"])
 
     async def restore_vm(
         self,
@@ -484,32 +617,34 @@ class AsyncBandSox:
             timeout=self.boot_timeout,
             snapshot_route=True,
         )
-        return self._vm(out["id"])
+        return await self._created(out)
 
-    async def list_snapshots(self) -> List[JsonDict]:
+    async def list_snapshots(self) -> List[SnapshotInfo]:
         """Snapshot objects (``id``, ``name``/``snapshot_name``, ``source_vm_id``, ...)."""
-        return await self._json("GET", "/api/snapshots")
+        return cast(List[SnapshotInfo], await self._arr("GET", "/api/snapshots"))
 
-    async def get_snapshot(self, snapshot_id: str) -> JsonDict:
+    async def get_snapshot(self, snapshot_id: str) -> SnapshotInfo:
         """One snapshot object (raises :class:`SnapshotNotFoundError`)."""
-        return await self._json("GET", f"/api/snapshots/{_q(snapshot_id)}", snapshot_route=True)
+        return cast(SnapshotInfo, await self._obj(
+            "GET", f"/api/snapshots/{_q(snapshot_id)}", snapshot_route=True))
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
+        """Deletes a snapshot (VMs restored from it keep running; they never depend on it)."""
         await self._json("DELETE", f"/api/snapshots/{_q(snapshot_id)}", snapshot_route=True)
 
     async def rename_snapshot(self, snapshot_id: str, new_name: str) -> str:
         """Renames a snapshot (its id does not change); returns the new name."""
-        out = await self._json(
+        out = await self._obj(
             "PUT", f"/api/snapshots/{_q(snapshot_id)}/name", json={"name": new_name},
             snapshot_route=True,
         )
-        return out.get("name", new_name)
+        return str(out.get("name", new_name))
 
     async def update_snapshot_metadata(
         self, snapshot_id: str, metadata: Mapping[str, Any]
-    ) -> JsonDict:
+    ) -> SnapshotInfo:
         """Replaces the snapshot's metadata; returns the updated snapshot object."""
-        return await self._json(
+        return await self._snap_obj(
             "PUT",
             f"/api/snapshots/{_q(snapshot_id)}/metadata",
             json={"metadata": dict(metadata)},
@@ -522,15 +657,27 @@ class AsyncMicroVM:
     it); methods always act on the server."""
 
     def __init__(
-        self, manager: AsyncBandSox, vm_id: str, info: Optional[JsonDict] = None
+        self, manager: AsyncBandSox, vm_id: str, info: Optional[Mapping[str, Any]] = None
     ) -> None:
         self.manager = manager
         self.vm_id = vm_id
-        self._info: JsonDict = dict(info) if info else {"id": vm_id}
+        self._info: VmInfo = cast(VmInfo, dict(info) if info else {"id": vm_id})
         self._ptys: Dict[str, _PtySession] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.vm_id!r})"
+
+    async def __aenter__(self) -> "AsyncMicroVM":
+        """Entering ``async with vm:`` (``with vm:``) returns the VM; leaving deletes it."""
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        """Leaving ``async with vm:`` (``with vm:`` in the sync client) deletes the VM (fine
+        when it is already gone)."""
+        try:
+            await self.delete()
+        except errors.VmNotFoundError:
+            pass
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, AsyncMicroVM) and other.vm_id == self.vm_id
@@ -539,12 +686,13 @@ class AsyncMicroVM:
         return hash(self.vm_id)
 
     @property
-    def info(self) -> JsonDict:
+    def info(self) -> VmInfo:
         """The VM object as last fetched (see :meth:`refresh`)."""
         return self._info
 
     @property
     def name(self) -> Optional[str]:
+        """The VM's name as last fetched."""
         return self._info.get("name")
 
     @property
@@ -554,17 +702,18 @@ class AsyncMicroVM:
 
     @property
     def env_vars(self) -> Dict[str, str]:
+        """The VM's environment as last fetched (secret-looking values read ``<redacted>``)."""
         return self._info.get("env_vars") or {}
 
     def _path(self, suffix: str = "") -> str:
         return f"/api/vms/{_q(self.vm_id)}{suffix}"
 
-    async def refresh(self) -> JsonDict:
+    async def refresh(self) -> VmInfo:
         """Fetches the VM object and returns it."""
         self._info = await self.manager.get_vm_info(self.vm_id)
         return self._info
 
-    async def get_info(self) -> JsonDict:
+    async def get_info(self) -> VmInfo:
         """Same as :meth:`refresh` (BandSox's name)."""
         return await self.refresh()
 
@@ -574,9 +723,11 @@ class AsyncMicroVM:
         await self.manager._json("POST", self._path(f"/{action}"), timeout=timeout)
 
     async def pause(self) -> None:
+        """Pauses the VM (its vCPUs stop; memory is kept). :meth:`resume` continues it."""
         await self._action("pause")
 
     async def resume(self) -> None:
+        """Continues a paused VM."""
         await self._action("resume")
 
     async def stop(self) -> None:
@@ -588,17 +739,21 @@ class AsyncMicroVM:
         await self._action("start", timeout=self.manager.boot_timeout)
 
     async def restart(self) -> None:
+        """Powers the VM off and boots it again from its disk; returns once its agent answers."""
         await self._action("restart", timeout=self.manager.boot_timeout)
 
     async def delete(self) -> None:
+        """Stops the VM and removes it with its disk."""
         await self.manager.delete_vm(self.vm_id)
 
     async def rename(self, new_name: str) -> str:
+        """Renames the VM; returns the new name."""
         name = await self.manager.rename_vm(self.vm_id, new_name)
         self._info["name"] = name
         return name
 
-    async def update_metadata(self, metadata: Mapping[str, Any]) -> JsonDict:
+    async def update_metadata(self, metadata: Mapping[str, Any]) -> VmInfo:
+        """Replaces the VM's metadata; returns the updated VM object."""
         self._info = await self.manager.update_vm_metadata(self.vm_id, metadata)
         return self._info
 
@@ -608,17 +763,17 @@ class AsyncMicroVM:
         """Snapshots this VM; returns the snapshot id."""
         return await self.manager.snapshot_vm(self.vm_id, snapshot_name, metadata)
 
-    async def extend_timeout(self, seconds: int) -> JsonDict:
+    async def extend_timeout(self, seconds: int) -> VmInfo:
         """Pushes the timeout ``seconds`` further; returns the VM object (see ``expires_at``)."""
-        self._info = await self.manager._json(
+        self._info = await self.manager._vm_obj(
             "POST", self._path("/extend"), json={"seconds": seconds}
         )
         return self._info
 
-    async def set_timeout(self, timeout_s: int, action: Optional[str] = None) -> JsonDict:
+    async def set_timeout(self, timeout_s: int, action: Optional[str] = None) -> VmInfo:
         """Sets the timeout to ``timeout_s`` from now (0 clears it) and optionally its action
         (``stop``, ``pause``, ``delete``); returns the VM object."""
-        self._info = await self.manager._json(
+        self._info = await self.manager._vm_obj(
             "POST", self._path("/timeout"), json=_drop_none({"timeout_s": timeout_s, "action": action})
         )
         return self._info
@@ -752,10 +907,10 @@ class AsyncMicroVM:
         packages: Optional[List[str]] = None,
         timeout: int = 60,
         cleanup_venv: bool = True,
-    ) -> JsonDict:
+    ) -> ExecPythonResult:
         """Runs Python code in the guest; ``{"exit_code","stdout","stderr","output","success",
         "error"}``. Needs the server's ``exec-python`` endpoint."""
-        return await self.manager._json(
+        return cast(ExecPythonResult, await self.manager._obj(
             "POST",
             self._path("/exec-python"),
             json=_drop_none(
@@ -768,7 +923,7 @@ class AsyncMicroVM:
                 }
             ),
             timeout=float(timeout) * (3 if packages else 1) + _EXEC_MARGIN_S,
-        )
+        ))
 
     async def exec_python(
         self,
@@ -954,9 +1109,9 @@ class AsyncMicroVM:
         """A handle on a command started earlier (by any client)."""
         return AsyncCommand(self, cmd_id)
 
-    async def list_commands(self) -> List[JsonDict]:
+    async def list_commands(self) -> List[CommandInfo]:
         """States of this VM's durable commands."""
-        return await self.manager._json("GET", self._path("/commands"))
+        return cast(List[CommandInfo], await self.manager._arr("GET", self._path("/commands")))
 
     # -- files (BandSox REST shapes; need the server's file endpoints) --------------------------
 
@@ -978,18 +1133,18 @@ class AsyncMicroVM:
             params["limit"] = limit
         if show_line_numbers:
             params["show_line_numbers"] = "true"
-        out = await self.manager._json("GET", self._path("/read-file"), params=params)
-        return out.get("content", "")
+        out = await self.manager._obj("GET", self._path("/read-file"), params=params)
+        return str(out.get("content", ""))
 
-    async def list_dir(self, path: str = "/") -> List[JsonDict]:
+    async def list_dir(self, path: str = "/") -> List[FileEntry]:
         """Entries ``{"name","path","size","is_dir","is_file","mtime", ...}`` of a directory."""
-        out = await self.manager._json("GET", self._path("/files"), params={"path": path})
-        return out.get("files", [])
+        out = await self.manager._obj("GET", self._path("/files"), params={"path": path})
+        return cast(List[FileEntry], out.get("files", []))
 
-    async def get_file_info(self, path: str) -> JsonDict:
+    async def get_file_info(self, path: str) -> FileInfo:
         """``{"size","mode","mtime"}`` of a guest path."""
-        out = await self.manager._json("GET", self._path("/file-info"), params={"path": path})
-        return out.get("info", out)
+        out = await self.manager._obj("GET", self._path("/file-info"), params={"path": path})
+        return cast(FileInfo, out.get("info", out))
 
     async def download_file(
         self, remote_path: str, local_path: StrPath, timeout: float = 300
@@ -1065,17 +1220,21 @@ class AsyncMicroVM:
     async def write_text(
         self, remote_path: str, content: str, timeout: Optional[float] = None, append: bool = False
     ) -> None:
+        """Writes text (UTF-8) to a guest file, replacing it (``append`` adds to its end); parents
+        are created."""
         await self._write(remote_path, content, "utf-8", append, timeout)
 
     async def append_text(
         self, remote_path: str, content: str, timeout: Optional[float] = None
     ) -> None:
+        """Appends text (UTF-8) to a guest file."""
         await self._write(remote_path, content, "utf-8", True, timeout)
 
     async def write_bytes(
         self, remote_path: str, content: bytes, timeout: Optional[float] = None,
         append: bool = False,
     ) -> None:
+        """Writes bytes to a guest file exactly, replacing it (``append`` adds to its end)."""
         await self._write(
             remote_path, base64.b64encode(content).decode("ascii"), "base64", append, timeout
         )
@@ -1088,13 +1247,14 @@ class AsyncMicroVM:
 
     # -- files (ours, Vtrix style) --------------------------------------------------------------
 
-    async def stat(self, path: str) -> Optional[JsonDict]:
+    async def stat(self, path: str) -> Optional[FileEntry]:
         """``{"name","path","size","is_dir","is_file","is_symlink","mode","mtime"}``, or
         ``None`` when nothing is at ``path``."""
-        out = await self.manager._json("GET", self._path("/files/stat"), params={"path": path})
-        return out.get("entry") if out.get("exists") else None
+        out = await self.manager._obj("GET", self._path("/files/stat"), params={"path": path})
+        return cast(FileEntry, out.get("entry")) if out.get("exists") else None
 
     async def exists(self, path: str) -> bool:
+        """Whether anything (file, directory, link) is at ``path`` in the guest."""
         return await self.stat(path) is not None
 
     async def mkdir(self, path: str, parents: bool = True, mode: Optional[int] = None) -> None:
@@ -1105,11 +1265,13 @@ class AsyncMicroVM:
         )
 
     async def remove(self, path: str, recursive: bool = False) -> None:
+        """Removes a file, or a directory (with ``recursive`` also a non-empty one)."""
         await self.manager._json(
             "POST", self._path("/files/remove"), json={"path": path, "recursive": recursive}
         )
 
     async def rename_file(self, src: str, dst: str) -> None:
+        """Moves a guest file or directory from ``src`` to ``dst``."""
         await self.manager._json(
             "POST", self._path("/files/rename"), json={"from": src, "to": dst}
         )
@@ -1122,7 +1284,7 @@ class AsyncMicroVM:
             json={"path": path, "old_text": old_text, "new_text": new_text},
         )
 
-    async def write(self, path: str, content: Union[str, bytes]) -> JsonDict:
+    async def write(self, path: str, content: Union[str, bytes]) -> WriteResult:
         """Writes a whole file (parents created); ``{"bytes_written": n}``."""
         raw = content.encode() if isinstance(content, str) else bytes(content)
         await self.write_bytes(path, raw)
@@ -1147,11 +1309,11 @@ class AsyncMicroVM:
         )
         return int(out.get("count", len(batch)))
 
-    async def read(self, path: str, max_bytes: int = _READ_MAX_BYTES) -> JsonDict:
+    async def read(self, path: str, max_bytes: int = _READ_MAX_BYTES) -> ReadResult:
         """Vtrix's ``read``: ``{"type": "text", "content", "truncated", "size"}`` (text cut at
         ``max_bytes``), or for images ``{"type": "image", "data" (base64), "mime_type",
         "size"}``. Raises :class:`NotFoundError` when the file does not exist."""
-        out = await self.manager._json(
+        out = await self.manager._obj(
             "GET", self._path("/read-file"), params={"path": path, "max_bytes": max_bytes}
         )
         mime = str(out.get("mime") or "")
@@ -1207,11 +1369,12 @@ class AsyncMicroVM:
         data: Optional[Union[str, bytes]] = None,
         json: Optional[Any] = None,
         timeout: int = 30,
-    ) -> JsonDict:
-        """Has the server send an HTTP request to the guest's ``port``; returns
-        ``{"status_code","headers","body"}`` (and ``body_base64`` when the answer is not
-        UTF-8). ``data`` as ``bytes`` is sent exactly (as ``body_base64``). Needs guest
-        networking and the ``/http`` endpoint."""
+    ) -> HttpResponse:
+        """Has the server send an HTTP request to the guest's ``port`` and returns the answer
+        as an :class:`HttpResponse` (``status_code``, ``headers``, ``text``, ``content``,
+        ``json()``; also the dict ``{"status_code","headers","body"}``, with ``body_base64``
+        when the answer is not UTF-8). ``data`` as ``bytes`` is sent exactly (as
+        ``body_base64``), ``json`` as a JSON body. Needs guest networking."""
         body: Optional[str] = None
         body_base64: Optional[str] = None
         if isinstance(data, (bytes, bytearray)):
@@ -1219,7 +1382,7 @@ class AsyncMicroVM:
         else:
             body = data
         try:
-            return await self.manager._json(
+            out = await self.manager._json(
                 "POST",
                 self._path("/http"),
                 json=_drop_none(
@@ -1243,6 +1406,7 @@ class AsyncMicroVM:
                 "send_http_request is not supported by this server yet (guests have no network)",
                 status_code=404, code="unsupported",
             ) from e
+        return HttpResponse(out if isinstance(out, dict) else {})
 
 
 class AsyncCommand:
@@ -1260,24 +1424,26 @@ class AsyncCommand:
     def _path(self, suffix: str = "") -> str:
         return self.vm._path(f"/commands/{_q(self.cmd_id)}{suffix}")
 
-    async def info(self) -> JsonDict:
+    async def info(self) -> CommandInfo:
         """``{"cmd_id","pid","command","running","status","stdout_end","stderr_end",...}``."""
-        out = await self.vm.manager._json("GET", self._path())
+        out = cast(CommandInfo, await self.vm.manager._obj("GET", self._path()))
         self.pid = out.get("pid", self.pid)
         return out
 
-    async def logs(self, stdout_from: int = 0, stderr_from: int = 0) -> JsonDict:
+    async def logs(self, stdout_from: int = 0, stderr_from: int = 0) -> CommandLogs:
         """Output from absolute byte offsets: ``{"stdout","stderr","stdout_offset",
         "stderr_offset","info", ...}`` (pass the offsets back to read on)."""
-        return await self.vm.manager._json(
+        return cast(CommandLogs, await self.vm.manager._obj(
             "GET", self._path("/logs"),
             params={"stdout_from": stdout_from, "stderr_from": stderr_from},
-        )
+        ))
 
     async def stdout(self) -> str:
+        """The command's stdout so far (the last 1 MiB the server keeps)."""
         return str((await self.logs()).get("stdout", ""))
 
     async def stderr(self) -> str:
+        """The command's stderr so far (the last 1 MiB the server keeps)."""
         return str((await self.logs()).get("stderr", ""))
 
     async def kill(self, signal: str = "TERM") -> None:
@@ -1295,6 +1461,7 @@ class AsyncCommand:
         )
 
     async def close_stdin(self) -> None:
+        """Closes the command's stdin (it reads end of file)."""
         await self.write_stdin(b"", close=True)
 
     async def wait(self, timeout: Optional[float] = None) -> ExecResult:
