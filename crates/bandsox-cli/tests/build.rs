@@ -253,11 +253,12 @@ fn key_of(root: &std::path::Path) -> String {
 const STAGED: &str = r#"FROM bandsox/busybox AS build
 WORKDIR /src
 COPY folder ./folder
-RUN cat folder/a.txt folder/sub/b.txt > /joined && ls folder > /listing
+RUN cat folder/a.txt folder/sub/b.txt > /joined && ls folder > /listing && \
+    cat /proc/sys/kernel/random/uuid > /stamp
 
 FROM bandsox/busybox
 ARG VERSION=0
-COPY --from=build /joined /listing /out/
+COPY --from=build /joined /listing /stamp /out/
 COPY --chown=nobody hello.txt /out/
 COPY folder /app/
 COPY ["with space.txt", "/out/"]
@@ -321,32 +322,41 @@ fn context_builds_with_auth() {
     let image: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(image["reference"], "test/ctx:1");
 
-    let (st, created) = answer(
-        ureq::post(&format!("{url}/api/vms"))
-            .set("Authorization", &bearer)
-            .send_json(json!({"image": "test/ctx:1"})),
+    // A VM of the image runs `cmd`; its output.
+    let run_in = |image: &str, cmd: &str| -> String {
+        let (st, created) = answer(
+            ureq::post(&format!("{url}/api/vms"))
+                .set("Authorization", &bearer)
+                .send_json(json!({ "image": image })),
+        );
+        assert_eq!(st, 200, "{created}");
+        let id = created["id"].as_str().unwrap().to_owned();
+        let (st, r) = answer(
+            ureq::post(&format!("{url}/api/vms/{id}/exec"))
+                .set("Authorization", &bearer)
+                .send_json(json!({ "command": cmd })),
+        );
+        assert_eq!(st, 200, "{r}");
+        let (st, _) = answer(
+            ureq::delete(&format!("{url}/api/vms/{id}"))
+                .set("Authorization", &bearer)
+                .call(),
+        );
+        assert_eq!(st, 200);
+        r["stdout"].as_str().unwrap().to_owned()
+    };
+    let out = run_in(
+        "test/ctx:1",
+        "cd /out && cat joined listing hello.txt 'with space.txt' version app; \
+         stat -c %U hello.txt; grep -c -e secret.env -e bandsox root; \
+         test -e /app/skip.log || echo no-log; cat stamp",
     );
-    assert_eq!(st, 200, "{created}");
-    let id = created["id"].as_str().unwrap().to_owned();
-    let (st, r) = answer(
-        ureq::post(&format!("{url}/api/vms/{id}/exec"))
-            .set("Authorization", &bearer)
-            .send_json(json!({"command":
-                "cd /out && cat joined listing hello.txt 'with space.txt' version app; \
-                 stat -c %U hello.txt; grep -c -e secret.env -e bandsox root; \
-                 test -e /app/skip.log || echo no-log"})),
-    );
-    assert_eq!(st, 200, "{r}");
+    let (out, stamp) = out.split_at(out.len() - 37);
     assert_eq!(
-        r["stdout"], "a\nb\na.txt\nsub\nhello\nspaced\n7\na.txt\nsub\nnobody\n0\nno-log\n",
-        "{r}"
+        out,
+        "a\nb\na.txt\nsub\nhello\nspaced\n7\na.txt\nsub\nnobody\n0\nno-log\n"
     );
-    let (st, _) = answer(
-        ureq::delete(&format!("{url}/api/vms/{id}"))
-            .set("Authorization", &bearer)
-            .call(),
-    );
-    assert_eq!(st, 200);
+    let stamp = stamp.to_owned();
 
     // Unchanged inputs reuse the build; a changed file builds again.
     let started = std::time::Instant::now();
@@ -367,6 +377,40 @@ fn context_builds_with_auth() {
     assert!(
         started.elapsed().as_secs() < 5,
         "a cached build must not boot a VM"
+    );
+
+    // A changed file: the steps before it come from the step cache (the first stage's RUN
+    // does not run again), the COPY and what follows run. --force runs everything.
+    std::fs::write(ctx.join("hello.txt"), "hello again\n").unwrap();
+    let build = [
+        "build",
+        "-f",
+        df,
+        c,
+        "-t",
+        "test/ctx:1",
+        "--build-arg",
+        "VERSION=7",
+    ];
+    let out = cli(&build);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        run_in("test/ctx:1", "cat /out/stamp /out/hello.txt"),
+        format!("{stamp}hello again\n")
+    );
+    let out = cli(&[&build[..], &["--force"]].concat());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_ne!(
+        run_in("test/ctx:1", "cat /out/stamp"),
+        stamp,
+        "--force used the cache"
+    );
+    // Cache entries are not user snapshots.
+    let (_, snaps) = get("/api/snapshots");
+    assert_eq!(
+        snaps,
+        json!([]),
+        "the step cache shows in the snapshot list"
     );
 
     // Sources out of the context: refused, nothing left behind.

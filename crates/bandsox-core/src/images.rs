@@ -521,18 +521,17 @@ pub async fn remove(store: &Store, storage: &Storage, reference: &str) -> Result
         .iter()
         .any(|i| i.digest == record.digest && i.reference != record.reference);
     if last {
+        let (cache, snapshots): (Vec<_>, Vec<_>) = store
+            .list_snapshots()?
+            .into_iter()
+            .filter(|s| s.image_digest == record.digest)
+            .partition(crate::dockerfile::is_cache_snapshot);
         let users: Vec<String> = store
             .list_vms()?
             .into_iter()
             .filter(|v| v.image_digest == record.digest)
             .map(|v| format!("VM {}", v.id))
-            .chain(
-                store
-                    .list_snapshots()?
-                    .into_iter()
-                    .filter(|s| s.image_digest == record.digest)
-                    .map(|s| format!("snapshot {}", s.id)),
-            )
+            .chain(snapshots.iter().map(|s| format!("snapshot {}", s.id)))
             .collect();
         if !users.is_empty() {
             return Err(CoreError::ImageInUse(format!(
@@ -540,6 +539,13 @@ pub async fn remove(store: &Store, storage: &Storage, reference: &str) -> Result
                 record.reference,
                 users.join(", ")
             )));
+        }
+        // The Dockerfile step cache's snapshots of it go with it.
+        for s in cache {
+            store.delete_snapshot(&s.id)?;
+            if crate::storage::validate_id(&s.id).is_ok() {
+                let _ = std::fs::remove_dir_all(storage.root().join("snapshots").join(&s.id));
+            }
         }
     }
     delete_image_row(storage, &record.reference)?;

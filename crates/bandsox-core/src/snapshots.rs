@@ -152,8 +152,14 @@ impl Manager {
             .ok_or_else(|| snapshot_not_found(id))
     }
 
+    /// Snapshots, newest first; the Dockerfile step cache's own are left out.
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
-        self.store().list_snapshots()
+        Ok(self
+            .store()
+            .list_snapshots()?
+            .into_iter()
+            .filter(|s| !crate::dockerfile::is_cache_snapshot(s))
+            .collect())
     }
 
     /// Renames a snapshot and/or replaces its metadata (labels only; files are untouched).

@@ -391,6 +391,42 @@ fn append<W: io::Write>(
     Ok(())
 }
 
+/// A digest of what `rels` hold (names, kinds, modes, link targets and contents, folders
+/// recursively, ignored paths left out): the step cache's key of a `COPY`.
+pub fn digest(root: &Path, rels: &[PathBuf], ignore: &Ignore) -> Result<String> {
+    use sha2::{Digest as _, Sha256};
+    fn add(h: &mut Sha256, root: &Path, rel: &Path, ignore: &Ignore) -> Result<()> {
+        let path = root.join(rel);
+        let meta = fs::symlink_metadata(&path)?;
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update(format!("\0{:o}\0", meta.mode()).as_bytes());
+        if meta.file_type().is_symlink() {
+            h.update(fs::read_link(&path)?.as_os_str().as_encoded_bytes());
+        } else if meta.is_file() {
+            io::copy(&mut File::open(&path)?, h)?;
+        } else if meta.is_dir() {
+            let mut names: Vec<_> = fs::read_dir(&path)?
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .collect();
+            names.sort();
+            for n in names {
+                let child = rel.join(n);
+                if !ignore.is_ignored(&child) {
+                    add(h, root, &child, ignore)?;
+                }
+            }
+        }
+        h.update([0xff]);
+        Ok(())
+    }
+    let mut h = Sha256::new();
+    for rel in rels {
+        add(&mut h, root, rel, ignore)?;
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 /// A tar archive (plain, gzip, bzip2 or xz) by its first bytes, as `ADD` decides.
 fn is_archive(path: &Path) -> bool {
     let mut head = [0u8; 512];

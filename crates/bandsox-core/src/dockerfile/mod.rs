@@ -14,6 +14,7 @@
 //! built from a Dockerfile, and a finished build is reused when the Dockerfile text, the
 //! build arguments and the context are all the same.
 
+mod cache;
 mod context;
 mod parse;
 
@@ -26,6 +27,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+pub(crate) use cache::is_cache as is_cache_snapshot;
 pub use context::{pack_dir, Ignore};
 pub use parse::{Base, Copy, Dockerfile, Stage, Step, MAX_DOCKERFILE_BYTES};
 
@@ -105,10 +107,12 @@ impl Drop for ContextTar {
     }
 }
 
-/// A built stage: where its files are and its runtime config.
+/// A built stage: where its files are, its runtime config and its step-cache key (`None`
+/// when the stage is not cached).
 struct Built {
     fs: Fs,
     config: Value,
+    key: Option<String>,
 }
 
 enum Fs {
@@ -135,6 +139,8 @@ struct Work {
     vms: Vec<String>,
     stage_images: Vec<String>,
     seq: usize,
+    /// Look steps up in the cache (off with `force_rebuild`; steps are recorded either way).
+    use_cache: bool,
 }
 
 impl Work {
@@ -182,6 +188,7 @@ impl Manager {
             vms: Vec::new(),
             stage_images: Vec::new(),
             seq: 0,
+            use_cache: !req.force_rebuild,
         };
         let result = self.build_with(&mut work, req, &tag).await;
         for id in &work.vms {
@@ -276,13 +283,16 @@ impl Manager {
         self.record_built(work, &last, tag, meta).await
     }
 
-    /// Runs one stage's instructions in its own VM (or tree, for `FROM scratch`).
+    /// Runs one stage's instructions in its own VM (or tree, for `FROM scratch`). A stage
+    /// from an image resumes from the longest run of its steps found in the step cache.
     async fn run_stage(
         self: &Arc<Self>,
         work: &mut Work,
         stage: &Stage,
         built: &[Option<Built>],
     ) -> Result<Built> {
+        let mut start = 0;
+        let mut keys: Vec<Option<String>> = Vec::new();
         let (fs, base) = match &stage.base {
             Base::Scratch => {
                 let tree = work.next_path("tree");
@@ -290,8 +300,33 @@ impl Manager {
                 (Fs::Tree(tree), json!({}))
             }
             Base::Image(reference) => {
-                let id = self.build_vm(work, reference).await?;
-                let digest = self.get_vm(&id)?.image_digest;
+                let known = images::find(self.store(), self.storage(), reference)?;
+                // An image not pulled yet is pulled by the first VM; nothing is cached of it.
+                let (id, digest) = match known {
+                    Some(found) => {
+                        let digest = found.record.digest;
+                        keys = self.step_keys(work, stage, built, &digest).await?;
+                        let hit = if work.use_cache {
+                            self.longest_cached(stage, &keys)?
+                        } else {
+                            None
+                        };
+                        let id = match hit {
+                            Some((n, snapshot)) => {
+                                start = n + 1;
+                                self.cached_vm(work, &snapshot).await?
+                            }
+                            None => self.build_vm(work, reference).await?,
+                        };
+                        (id, digest)
+                    }
+                    None => {
+                        let id = self.build_vm(work, reference).await?;
+                        let digest = self.get_vm(&id)?.image_digest;
+                        keys = self.step_keys(work, stage, built, &digest).await?;
+                        (id, digest)
+                    }
+                };
                 (
                     Fs::Vm(id),
                     images::image_config(self.store(), self.storage(), &digest),
@@ -321,12 +356,96 @@ impl Manager {
             user: None,
         };
         for (n, step) in stage.steps.iter().enumerate() {
+            if n < start {
+                // Its effect on the disk is in the restored snapshot; replay the rest.
+                state.replay(step);
+                continue;
+            }
             self.run_step(work, &fs, &mut state, step, built)
                 .await
                 .map_err(|e| step_error(n, step, e))?;
+            if let (Fs::Vm(id), Some(Some(key))) = (&fs, keys.get(n)) {
+                if matches!(step, Step::Run(_) | Step::Copy(_)) {
+                    self.save_step(id, key).await;
+                }
+            }
         }
         let config = stage.config(&base);
-        Ok(Built { fs, config })
+        let key = keys.last().cloned().flatten();
+        Ok(Built { fs, config, key })
+    }
+
+    /// The step key after each step of `stage` (from image `digest`); `None` from a step on
+    /// that copies from a stage without a key.
+    async fn step_keys(
+        &self,
+        work: &Work,
+        stage: &Stage,
+        built: &[Option<Built>],
+        digest: &str,
+    ) -> Result<Vec<Option<String>>> {
+        let mut prev = Some(cache::chain("", "FROM", digest));
+        let mut keys = Vec::with_capacity(stage.steps.len());
+        for step in &stage.steps {
+            let extra = match step {
+                Step::Copy(Copy { from: Some(j), .. }) => {
+                    built[*j].as_ref().and_then(|b| b.key.clone())
+                }
+                Step::Copy(c) if work.has_context => {
+                    let (root, ignore, sources) =
+                        (work.context.clone(), work.ignore.clone(), c.sources.clone());
+                    Some(
+                        blocking(move || {
+                            let rels = context::resolve_sources(&root, &sources, &ignore)?;
+                            context::digest(&root, &rels, &ignore)
+                        })
+                        .await
+                        // A source error is reported when the step runs.
+                        .unwrap_or_default(),
+                    )
+                }
+                _ => Some(String::new()),
+            };
+            prev = match (prev, extra) {
+                (Some(p), Some(x)) => Some(cache::chain(&p, &format!("{step:?}"), &x)),
+                _ => None,
+            };
+            keys.push(prev.clone());
+        }
+        Ok(keys)
+    }
+
+    /// The last step of the longest cached run of `stage`'s steps, and its snapshot.
+    fn longest_cached(
+        &self,
+        stage: &Stage,
+        keys: &[Option<String>],
+    ) -> Result<Option<(usize, String)>> {
+        let mut hit = None;
+        for (n, step) in stage.steps.iter().enumerate() {
+            if !matches!(step, Step::Run(_) | Step::Copy(_)) {
+                continue;
+            }
+            let Some(Some(key)) = keys.get(n) else {
+                break;
+            };
+            match self.cached_step(key)? {
+                Some(snapshot) => hit = Some((n, snapshot)),
+                None => break,
+            }
+        }
+        Ok(hit)
+    }
+
+    /// A build VM restored from a cache snapshot.
+    async fn cached_vm(self: &Arc<Self>, work: &mut Work, snapshot: &str) -> Result<String> {
+        let opts = crate::snapshots::RestoreOptions {
+            metadata: Some(json!({ "bandsox.build": "dockerfile" })),
+            ..Default::default()
+        };
+        let vm = self.restore_snapshot(snapshot, opts).await?;
+        work.vms.push(vm.id.clone());
+        Ok(vm.id)
     }
 
     async fn build_vm(self: &Arc<Self>, work: &mut Work, image: &str) -> Result<String> {
@@ -348,10 +467,7 @@ impl Manager {
         built: &[Option<Built>],
     ) -> Result<()> {
         match (step, fs) {
-            (Step::Env(k, v) | Step::Arg(k, v), _) => {
-                state.env.insert(k.clone(), v.clone());
-            }
-            (Step::User(u), _) => state.user = Some(u.clone()),
+            (Step::Env(..) | Step::Arg(..) | Step::User(_), _) => state.replay(step),
             (Step::Workdir(d), _) => {
                 let dir = resolve_dir(state.cwd.as_deref(), d);
                 if let Fs::Vm(id) = fs {
@@ -641,6 +757,20 @@ fn no_context() -> CoreError {
          context as a tar (the `context` part of the form, or a tar body)"
             .into(),
     )
+}
+
+impl State {
+    /// What a step already run (in a cached snapshot) sets for the steps after it.
+    fn replay(&mut self, step: &Step) {
+        match step {
+            Step::Env(k, v) | Step::Arg(k, v) => {
+                self.env.insert(k.clone(), v.clone());
+            }
+            Step::User(u) => self.user = Some(u.clone()),
+            Step::Workdir(d) => self.cwd = Some(resolve_dir(self.cwd.as_deref(), d)),
+            _ => {}
+        }
+    }
 }
 
 /// `/bin/sh -c script sh args…`: arguments reach the script as `$1…`, never as its text.
