@@ -187,3 +187,48 @@ fn client_errors_are_one_line_with_a_hint() {
         "{err}"
     );
 }
+
+#[test]
+fn serve_announces_itself_in_the_root_and_refuses_a_second_server() {
+    let dir = common::TestRoot::new("bsxcli");
+    let out = init(dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let port = free_port();
+    let server = common::start_server(dir.path(), port);
+    let file = dir.path().join("server.json");
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(info["url"], format!("http://127.0.0.1:{port}"));
+    assert_eq!(info["pid"], server.child.id());
+    assert!(info["proxy_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+
+    // A second server on the same root stops before touching it, naming the first.
+    let out = Command::new(BIN)
+        .args(["serve", "--port", "0", "--proxy-port", "0", "--storage"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("already served by another bandsox server")
+            && err.contains(&format!("pid {}", server.child.id()))
+            && err.contains("\nhint: "),
+        "{err}"
+    );
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(&file).unwrap()).unwrap(),
+        info
+    );
+
+    // A server stopped cleanly removes the file and frees the root.
+    let mut server = server;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    server.child.wait().unwrap();
+    assert!(!file.exists());
+    let _again = common::start_server(dir.path(), free_port());
+    assert!(file.exists());
+}

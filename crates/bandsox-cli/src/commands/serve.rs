@@ -94,6 +94,9 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
     let port = port.unwrap_or(8000);
     init_logging(&a.log_format);
     let storage = storage(a.storage)?;
+    // One server per storage root (two would both re-attach the VMs, run their timeouts, ...):
+    // taken before the manager touches anything, held until the process ends.
+    let _root_lock = lock_root(storage.root())?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -150,6 +153,34 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
             .map_err(|e| CliError::new(e.to_string()))
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Takes `<root>/server.lock` (see `bandsox_server::discovery`); a root that does not exist
+/// yet is left to the manager's own error.
+fn lock_root(
+    root: &std::path::Path,
+) -> Result<Option<bandsox_server::discovery::RootLock>, CliError> {
+    use bandsox_server::discovery;
+    if !root.is_dir() {
+        return Ok(None);
+    }
+    match discovery::lock_root(root) {
+        Ok(Some(lock)) => Ok(Some(lock)),
+        Ok(None) => {
+            let holder = discovery::holder(root)
+                .map(|h| format!(" ({h})"))
+                .unwrap_or_default();
+            Err(CliError::new(format!(
+                "the storage root {} is already served by another bandsox server{holder}",
+                root.display()
+            ))
+            .with_hint("only one server may own a storage root: use that server, or stop it first"))
+        }
+        Err(e) => Err(CliError::new(format!(
+            "cannot lock the storage root {}: {e}",
+            root.display()
+        ))),
+    }
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`): colours only on a terminal,
