@@ -17,6 +17,7 @@ pub mod snapshots;
 pub mod storage;
 pub mod store;
 pub(crate) mod sys;
+pub mod template;
 pub mod ttl;
 
 pub use agent::{AgentClient, ExecOutput};
@@ -25,3 +26,4 @@ pub use error::{CoreError, Result};
 pub use manager::{CreateVm, Limits, Manager, ManagerConfig};
 pub use storage::Storage;
 pub use store::{ImageRecord, VmRecord, VmStatus};
+pub use template::{TemplateRecord, TemplateShape};
