@@ -86,6 +86,9 @@ enum Command {
     /// Manage snapshots.
     #[command(subcommand)]
     Snapshot(commands::snapshot::SnapshotCommand),
+    /// Manage templates (paused, agent-ready VMs that creates restore from).
+    #[command(subcommand)]
+    Template(commands::template::TemplateCommand),
     /// List a VM's durable background commands.
     Commands(commands::durable::CommandsArgs),
     /// Print (and with --follow, follow) a durable command's output.
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
         Command::Vm(c) => commands::vm::run(&url, c),
         Command::Image(c) => commands::image::run(&url, c),
         Command::Snapshot(c) => commands::snapshot::run(&url, c),
+        Command::Template(c) => commands::template::run(&url, c),
         Command::Auth(c) => commands::auth::run(&url, c),
         Command::Cp(a) => commands::cp::run(&url, a),
         Command::Completions { shell } => {

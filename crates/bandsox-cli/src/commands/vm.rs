@@ -40,6 +40,9 @@ pub struct CreateArgs {
     /// Give the VM no network interface at all.
     #[arg(long)]
     no_network: bool,
+    /// Cold boot even when a template of this image and shape exists, and build none.
+    #[arg(long)]
+    no_template: bool,
     /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
@@ -126,6 +129,7 @@ pub fn create(url: &str, a: CreateArgs) -> CliResult {
         metadata: None,
         timeout_s: a.timeout_s,
         timeout_action: Some(a.timeout_action),
+        template: a.no_template.then_some(false),
     };
     let tty = std::io::stderr().is_terminal();
     if tty && !a.json {

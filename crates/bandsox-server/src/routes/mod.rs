@@ -8,6 +8,7 @@ pub mod images;
 pub mod proxy;
 pub mod snapshots;
 pub mod socket;
+pub mod templates;
 pub mod vms;
 pub mod ws;
 
@@ -230,6 +231,14 @@ fn routes() -> Router<AppState> {
         .route(
             "/api/vms/{id}/commands/{cmd_id}/stdin",
             post(commands::stdin),
+        )
+        .route(
+            "/api/templates",
+            get(templates::list).post(templates::build),
+        )
+        .route(
+            "/api/templates/{id}",
+            get(templates::get).delete(templates::delete),
         )
         .route("/api/snapshots", get(snapshots::list))
         .route(
