@@ -42,6 +42,8 @@ async fn first_exec(mgr: &Manager, id: &str) -> Result<()> {
 
 async fn vm_with_mem(mgr: &Arc<Manager>, mem_mib: u32) -> Result<String> {
     let mut req = CreateVm::new("bandsox/busybox");
+    // Cold boots: templates are measured by bench/create.
+    req.template = Some(false);
     req.mem_mib = mem_mib;
     Ok(mgr.create_vm(req).await?.id)
 }

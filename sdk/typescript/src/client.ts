@@ -14,6 +14,8 @@ import type {
   ListVmsOptions,
   RestoreVmOptions,
   SnapshotInfo,
+  TemplateInfo,
+  BuildTemplateOptions,
   SnapshotOptions,
   VmInfo,
 } from "./types.js";
@@ -246,6 +248,23 @@ export class BandSox {
       signal: call.signal,
     });
     return out.snapshot_id;
+  }
+
+  async listTemplates(call: CallOptions = {}): Promise<TemplateInfo[]> {
+    return await this.transport.json("GET", "/api/templates", call);
+  }
+
+  /** Builds (or returns the existing) template of an image and shape. */
+  async buildTemplate(options: BuildTemplateOptions, call: CallOptions = {}): Promise<TemplateInfo> {
+    return await this.transport.json("POST", "/api/templates", {
+      json: compact({ ...options }),
+      timeout: call.timeout ?? this.bootTimeout * 2 + 600_000,
+      signal: call.signal,
+    });
+  }
+
+  async deleteTemplate(templateId: string, call: CallOptions = {}): Promise<void> {
+    await this.transport.json("DELETE", `/api/templates/${seg(templateId)}`, call);
   }
 
   async listSnapshots(call: CallOptions = {}): Promise<SnapshotInfo[]> {

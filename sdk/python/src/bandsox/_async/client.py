@@ -278,8 +278,12 @@ class AsyncBandSox:
         image: Optional[str] = None,
         timeout_s: int = 0,
         timeout_action: Optional[str] = None,
+        template: Optional[bool] = None,
     ) -> "AsyncMicroVM":
         """Creates a VM from an image and returns it once its agent answers.
+
+        ``template=False`` always cold boots and builds no template; the default follows the
+        server (a matching template is restored, else one is built behind the cold boot).
 
         ``kernel_path`` and ``enable_vsock`` are accepted for BandSox compatibility and ignored
         (the server chooses). ``timeout_s``/``timeout_action`` (``stop``, ``pause``, ``delete``)
@@ -305,6 +309,7 @@ class AsyncBandSox:
                 "metadata": dict(metadata) if metadata is not None else None,
                 "timeout_s": timeout_s,
                 "timeout_action": timeout_action,
+                "template": template,
             }
         )
         out = await self._json("POST", "/api/vms", json=body, timeout=self.boot_timeout)
@@ -485,6 +490,35 @@ class AsyncBandSox:
             snapshot_route=True,
         )
         return self._vm(out["id"])
+
+    async def list_templates(self) -> List[JsonDict]:
+        """Template objects (``id``, ``image``, ``vcpu``, ``mem_mib``, ``current``, ...)."""
+        return await self._json("GET", "/api/templates")
+
+    async def build_template(
+        self,
+        image: str,
+        vcpu: int = 1,
+        mem_mib: int = 128,
+        disk_size_mib: int = 4096,
+        enable_networking: bool = True,
+    ) -> JsonDict:
+        """Builds (or returns the existing) template of an image and shape."""
+        return await self._json(
+            "POST",
+            "/api/templates",
+            json={
+                "image": image,
+                "vcpu": vcpu,
+                "mem_mib": mem_mib,
+                "disk_size_mib": disk_size_mib,
+                "enable_networking": enable_networking,
+            },
+            timeout=self.boot_timeout * 2 + 600,
+        )
+
+    async def delete_template(self, template_id: str) -> None:
+        await self._json("DELETE", f"/api/templates/{_q(template_id)}")
 
     async def list_snapshots(self) -> List[JsonDict]:
         """Snapshot objects (``id``, ``name``/``snapshot_name``, ``source_vm_id``, ...)."""
