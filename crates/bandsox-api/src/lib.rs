@@ -69,6 +69,28 @@ pub struct TemplateInfo {
     pub size_bytes: u64,
 }
 
+/// `POST /api/vms/{id}/fork`: new running VMs with the VM's memory and disk at this instant.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ForkRequest {
+    /// 1 to 16.
+    #[serde(default = "default_fork_count")]
+    #[schema(minimum = 1, maximum = 16)]
+    pub count: usize,
+    /// One name per clone (default `<source name>-fork-<n>`).
+    #[serde(default)]
+    pub names: Option<Vec<String>>,
+}
+
+fn default_fork_count() -> usize {
+    1
+}
+
+/// The clones of a fork, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ForkResponse {
+    pub ids: Vec<String>,
+}
+
 /// `POST /api/templates`: build (or return) the template of an image and shape.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BuildTemplateRequest {

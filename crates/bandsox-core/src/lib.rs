@@ -7,6 +7,7 @@ pub mod auth;
 pub mod backend;
 pub mod build;
 pub mod error;
+pub mod fork;
 pub mod guest;
 pub mod images;
 pub mod init;

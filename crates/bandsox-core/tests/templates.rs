@@ -176,3 +176,67 @@ async fn template_clones_are_fast_and_each_its_own_machine() {
     drop(mgr);
     assert_storage_clean(ts.root());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fork_keeps_processes_and_files_and_the_source_runs_on() {
+    let ts = fresh_storage();
+    let mgr = Manager::open(ManagerConfig::new(ts.storage.clone()))
+        .await
+        .unwrap();
+    let src = mgr
+        .create_vm(CreateVm {
+            mem_mib: 256,
+            template: Some(false),
+            ..req("src")
+        })
+        .await
+        .unwrap();
+    sh(
+        &mgr,
+        &src.id,
+        "echo before-fork > /tmp/f; setsid sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.2; done' >/dev/null 2>&1 &",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    assert!(mgr.fork_vm(&src.id, 0, None).await.is_err());
+    assert!(mgr
+        .fork_vm(&src.id, 2, Some(vec!["only-one".into()]))
+        .await
+        .is_err());
+    let t0 = Instant::now();
+    let clones = mgr
+        .fork_vm(&src.id, 2, Some(vec!["fork-a".into(), "fork-b".into()]))
+        .await
+        .unwrap();
+    eprintln!("fork x2 -> running in {:.3} s", t0.elapsed().as_secs_f64());
+    assert_eq!(clones.len(), 2);
+    assert!(
+        mgr.list_snapshots().unwrap().is_empty(),
+        "the fork's snapshot is removed"
+    );
+    let mut ids = Vec::new();
+    for (vm, name) in clones.iter().zip(["fork-a", "fork-b"]) {
+        assert_eq!(sh(&mgr, &vm.id, "cat /tmp/f").await, "before-fork");
+        assert_eq!(sh(&mgr, &vm.id, "hostname").await, name);
+        let a: u64 = sh(&mgr, &vm.id, "cat /tmp/counter").await.parse().unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let b: u64 = sh(&mgr, &vm.id, "cat /tmp/counter").await.parse().unwrap();
+        assert!(b > a, "the background loop runs on in {name}: {a} -> {b}");
+        ids.push(sh(&mgr, &vm.id, "cat /etc/machine-id").await);
+    }
+    assert_ne!(ids[0], ids[1]);
+    // The source runs on and its later writes stay its own.
+    sh(&mgr, &src.id, "echo after-fork > /tmp/f").await;
+    assert_eq!(sh(&mgr, &clones[0].id, "cat /tmp/f").await, "before-fork");
+    assert_eq!(
+        mgr.get_vm(&src.id).unwrap().status,
+        bandsox_core::VmStatus::Running
+    );
+
+    for vm in mgr.list_vms().unwrap() {
+        mgr.delete_vm(&vm.id).await.unwrap();
+    }
+    drop(mgr);
+    assert_storage_clean(ts.root());
+}

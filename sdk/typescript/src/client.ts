@@ -250,6 +250,16 @@ export class BandSox {
     return out.snapshot_id;
   }
 
+  /** Forks a running VM into `count` new running VMs (`POST /api/vms/{id}/fork`). */
+  async forkVm(vmId: string, count = 1, names?: string[], call: CallOptions = {}): Promise<MicroVM[]> {
+    const out = await this.transport.json<{ ids: string[] }>("POST", `/api/vms/${seg(vmId)}/fork`, {
+      json: compact({ count, names }),
+      timeout: call.timeout ?? this.bootTimeout * 2 + 300_000,
+      signal: call.signal,
+    });
+    return await Promise.all(out.ids.map((id) => this.getVm(id, call)));
+  }
+
   async listTemplates(call: CallOptions = {}): Promise<TemplateInfo[]> {
     return await this.transport.json("GET", "/api/templates", call);
   }

@@ -203,6 +203,7 @@ fn routes() -> Router<AppState> {
         .route("/api/vms/{id}/timeout", post(vms::set_timeout))
         .route("/api/vms/{id}/extend", post(vms::extend))
         .route("/api/vms/{id}/snapshot", post(snapshots::create))
+        .route("/api/vms/{id}/fork", post(templates::fork))
         .route("/api/vms/{id}/read-file", get(files::read_file))
         .route("/api/vms/{id}/write-file", post(files::write_file))
         .route("/api/vms/{id}/append-file", post(files::append_file))

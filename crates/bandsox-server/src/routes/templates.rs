@@ -1,9 +1,10 @@
-//! `/api/templates`: list, build and remove templates (creates use them by themselves).
+//! `/api/templates`: list, build and remove templates (creates use them by themselves), and
+//! `POST /api/vms/{id}/fork`.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::Json;
-use bandsox_api::{BuildTemplateRequest, StatusResponse, TemplateInfo};
+use bandsox_api::{BuildTemplateRequest, ForkRequest, ForkResponse, StatusResponse, TemplateInfo};
 use bandsox_core::{TemplateRecord, TemplateShape};
 
 use super::AppState;
@@ -96,5 +97,27 @@ pub async fn delete(
     s.manager.delete_template(&id)?;
     Ok(Json(StatusResponse {
         status: "deleted".into(),
+    }))
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/vms/{id}/fork",
+    tag = "vms",
+    summary = "Fork a VM into new running VMs (memory and disk state of this instant)",
+    operation_id = "vms_fork",
+    params(("id" = String, Path, description = "VM id")),
+    request_body = ForkRequest,
+    responses((status = 200, description = "success", body = ForkResponse))
+)]
+pub async fn fork(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<ForkRequest>, JsonRejection>,
+) -> ApiResult<Json<ForkResponse>> {
+    let Json(req) = body?;
+    let vms = s.manager.fork_vm(&id, req.count, req.names).await?;
+    Ok(Json(ForkResponse {
+        ids: vms.into_iter().map(|v| v.id).collect(),
     }))
 }

@@ -644,6 +644,19 @@ class MicroVM:
         """Snapshots this VM; returns the snapshot id."""
         return self.manager.snapshot_vm(self.vm_id, snapshot_name, metadata)
 
+    def fork(
+        self, count: int = 1, names: Optional[List[str]] = None
+    ) -> List["MicroVM"]:
+        """``count`` new running VMs with this VM's memory and disk at this instant (it is
+        paused only for one snapshot); each has its own hostname, machine id and address."""
+        out = self.manager._json(
+            "POST",
+            self._path("/fork"),
+            json=_drop_none({"count": count, "names": list(names) if names else None}),
+            timeout=self.manager.boot_timeout * 2 + 300,
+        )
+        return [self.manager._vm(i) for i in out["ids"]]
+
     def extend_timeout(self, seconds: int) -> JsonDict:
         """Pushes the timeout ``seconds`` further; returns the VM object (see ``expires_at``)."""
         self._info = self.manager._json(
