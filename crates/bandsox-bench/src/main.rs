@@ -34,7 +34,9 @@ async fn main() -> Result<()> {
         Some("create") => {
             create::run(runs.max(3), args.iter().any(|a| a == "--templates-only")).await
         }
-        Some("lifecycle") => lifecycle::run(runs.max(5)).await,
+        Some("lifecycle") => {
+            lifecycle::run(runs.max(5), args.iter().any(|a| a == "--fork-only")).await
+        }
         Some("agent") => agent::run().await,
         Some("api") => api::run(runs.max(200)).await,
         Some("net") => net::run(runs.max(20)).await,
