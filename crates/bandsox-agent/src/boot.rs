@@ -314,6 +314,7 @@ fn configure_eth0(net: NetParams) -> std::io::Result<()> {
 fn write_resolv_conf(dns: &[std::net::Ipv4Addr]) {
     let path = Path::new("/etc/resolv.conf");
     if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+        let _ = fs::create_dir_all("/etc");
         let _ = fs::remove_file(path);
     }
     let _ = fs::create_dir_all("/etc");
@@ -468,6 +469,40 @@ pub fn power_off() -> ! {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+/// The `set_identity` op: a restored clone's own hostname and machine id. The hostname is
+/// a DNS label (1 to 63 of `[A-Za-z0-9-]`, no leading `-`); the machine id 32 lowercase hex
+/// digits. `/etc/machine-id` and `/etc/hostname` are replaced, never written through a link.
+pub fn set_identity(hostname: &str, machine_id: &str) -> bandsox_protocol::Reply {
+    use bandsox_protocol::{ErrorBody, ErrorCode, Reply, ReplyBody};
+    let label_ok = !hostname.is_empty()
+        && hostname.len() <= 63
+        && !hostname.starts_with('-')
+        && hostname
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let id_ok = machine_id.len() == 32
+        && machine_id
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !label_ok || !id_ok {
+        return Reply::Error(ErrorBody::new(
+            ErrorCode::BadRequest,
+            "set_identity needs a hostname label and a 32-hex-digit machine id",
+        ));
+    }
+    if let Err(e) = sys::sethostname(hostname) {
+        return Reply::Error(crate::server::io_error_body("set the hostname", &e));
+    }
+    for (path, text) in [("/etc/hostname", hostname), ("/etc/machine-id", machine_id)] {
+        let _ = fs::create_dir_all("/etc");
+        let _ = fs::remove_file(path);
+        if let Err(e) = fs::write(path, format!("{text}\n")) {
+            return Reply::Error(crate::server::io_error_body(&format!("write {path}"), &e));
+        }
+    }
+    Reply::Ok(ReplyBody::Done)
 }
 
 #[cfg(test)]

@@ -325,6 +325,10 @@ impl Agent {
                     Err(e) => Reply::Error(io_error_body("add entropy", &e)),
                 })
             }
+            Request::SetIdentity {
+                hostname,
+                machine_id,
+            } => return tx.reply(&crate::boot::set_identity(&hostname, &machine_id)),
             other => other,
         };
 

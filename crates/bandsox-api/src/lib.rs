@@ -40,6 +40,72 @@ pub struct CreateVmRequest {
     /// Extension: `stop` (default), `pause` or `delete`.
     #[serde(default)]
     pub timeout_action: Option<String>,
+    /// Extension: use the template of this image and shape when there is one, and build it
+    /// in the background after a cold create (default: the server's setting, on unless
+    /// `--no-auto-template`). `false` always cold boots and builds nothing.
+    #[serde(default)]
+    pub template: Option<bool>,
+}
+
+/// A template (`GET /api/templates`): a paused, agent-ready VM of one image and shape that
+/// creates of that image and shape restore from.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TemplateInfo {
+    /// 32 hex digits, derived from everything the saved state depends on.
+    pub id: String,
+    pub image: String,
+    pub image_digest: String,
+    pub vcpu: u32,
+    pub mem_mib: u32,
+    pub disk_size_mib: u64,
+    pub enable_networking: bool,
+    pub vmm: String,
+    /// False once the kernel or initramfs (agent) changed: never used, replaced by the next
+    /// build of its image and shape.
+    pub current: bool,
+    /// Unix seconds.
+    pub created_at: f64,
+    pub build_ms: u64,
+    pub size_bytes: u64,
+}
+
+/// `POST /api/vms/{id}/fork`: new running VMs with the VM's memory and disk at this instant.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ForkRequest {
+    /// 1 to 16.
+    #[serde(default = "default_fork_count")]
+    #[schema(minimum = 1, maximum = 16)]
+    pub count: usize,
+    /// One name per clone (default `<source name>-fork-<n>`).
+    #[serde(default)]
+    pub names: Option<Vec<String>>,
+}
+
+fn default_fork_count() -> usize {
+    1
+}
+
+/// The clones of a fork, in order.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ForkResponse {
+    pub ids: Vec<String>,
+}
+
+/// `POST /api/templates`: build (or return) the template of an image and shape.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BuildTemplateRequest {
+    pub image: String,
+    #[serde(default = "default_vcpu")]
+    #[schema(minimum = 1, maximum = 32)]
+    pub vcpu: u32,
+    #[serde(default = "default_mem_mib")]
+    #[schema(minimum = 64, maximum = 65536)]
+    pub mem_mib: u32,
+    #[serde(default = "default_disk_size_mib")]
+    #[schema(minimum = 64, maximum = 1048576)]
+    pub disk_size_mib: u64,
+    #[serde(default = "default_true")]
+    pub enable_networking: bool,
 }
 
 fn default_vcpu() -> u32 {

@@ -50,6 +50,8 @@ async fn run_in(work: &Path) -> Result<()> {
     let storage = util::prepare_storage(work)?;
     let mgr = Manager::open(ManagerConfig::new(storage)).await?;
     let mut req = CreateVm::new("bandsox/busybox");
+    // Cold boots: templates are measured by bench/create.
+    req.template = Some(false);
     req.mem_mib = 512;
     let vm = mgr.create_vm(req).await?;
     let id = vm.id.clone();

@@ -154,7 +154,12 @@ fn ms(d: Duration) -> f64 {
 
 async fn measure(mgr: &Arc<Manager>, n: usize) -> Result<()> {
     // The VM first (creation counts VMs against the limit), then the 1 000 stopped records.
-    let vm = mgr.create_vm(CreateVm::new("bandsox/busybox")).await?;
+    let vm = mgr
+        .create_vm(CreateVm {
+            template: Some(false),
+            ..CreateVm::new("bandsox/busybox")
+        })
+        .await?;
     for i in 0..RECORDS - 1 {
         mgr.store().insert_vm(&stopped_record(i))?;
     }

@@ -23,14 +23,20 @@ use bandsox_protocol::ExecRequest;
 
 const MIB: usize = 1 << 20;
 
-pub async fn run(runs: usize) -> Result<()> {
-    crate::util::in_scratch("create", |work| async move { run_in(&work, runs).await }).await
+pub async fn run(runs: usize, templates_only: bool) -> Result<()> {
+    crate::util::in_scratch("create", |work| async move {
+        run_in(&work, runs, templates_only).await
+    })
+    .await
 }
 
-async fn run_in(work: &Path, runs: usize) -> Result<()> {
+async fn run_in(work: &Path, runs: usize, templates_only: bool) -> Result<()> {
     let storage = crate::util::prepare_storage(work)?;
     let mgr = Manager::open(ManagerConfig::new(storage.clone())).await?;
     let (backend, accel) = mgr.backend();
+    if templates_only {
+        return templates(&mgr, runs, backend, accel).await;
+    }
 
     // 1. Cached images of 50 MiB and 1 GiB: busybox root plus incompressible filler.
     for (name, mib) in [("bench/small", 50usize), ("bench/large", 1024)] {
@@ -54,8 +60,8 @@ async fn run_in(work: &Path, runs: usize) -> Result<()> {
     let mut small = Vec::new();
     let mut large = Vec::new();
     for i in 0..runs + 1 {
-        let a = create_first_exec(&mgr, "bench/small").await?;
-        let b = create_first_exec(&mgr, "bench/large").await?;
+        let a = create_first_exec(&mgr, "bench/small", Some(false)).await?;
+        let b = create_first_exec(&mgr, "bench/large", Some(false)).await?;
         eprintln!(
             "run {i}: 50 MiB {:.3} s, 1 GiB {:.3} s",
             a.as_secs_f64(),
@@ -124,12 +130,75 @@ async fn run_in(work: &Path, runs: usize) -> Result<()> {
         "| ratio bandsox / baseline (goal <= 1.0) | {:.2} | | |",
         mo.as_secs_f64() / mb.as_secs_f64()
     );
+    templates(&mgr, runs, backend, accel).await
+}
+
+/// 3. Templates: the first create of an image (cold boot, template built behind it), then
+///    cold create next to template create, alternating A B A B (default busybox image, the
+///    default shape: 1 vCPU, 128 MiB, networking on).
+async fn templates(mgr: &Arc<Manager>, runs: usize, backend: &str, accel: &str) -> Result<()> {
+    let image = "bandsox/busybox";
+    let mut first = Vec::new();
+    let mut cold = Vec::new();
+    let mut warm = Vec::new();
+    for i in 0..runs + 1 {
+        for t in mgr.list_templates()? {
+            mgr.delete_template(&t.id)?;
+        }
+        let f = create_first_exec(mgr, image, None).await?;
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while mgr.list_templates()?.is_empty() {
+            if Instant::now() > deadline {
+                bail!("the template was never built");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let a = create_first_exec(mgr, image, Some(false)).await?;
+        let b = create_first_exec(mgr, image, None).await?;
+        eprintln!(
+            "template run {i}: first create {:.3} s, cold {:.3} s, template {:.3} s",
+            f.as_secs_f64(),
+            a.as_secs_f64(),
+            b.as_secs_f64()
+        );
+        if i > 0 {
+            first.push(f);
+            cold.push(a);
+            warm.push(b);
+        }
+    }
+    let (mf, mc, mw) = (median(&mut first), median(&mut cold), median(&mut warm));
+    println!(
+        "bench/create templates  backend={backend} accel={accel} runs={runs} (median; min..max)"
+    );
+    println!("| measurement | median s | min s | max s |");
+    println!("| --- | --- | --- | --- |");
+    row("cold create -> first exec (template off)", mc, &cold);
+    row("template create -> first exec", mw, &warm);
+    println!(
+        "| ratio template / cold (goal <= 0.15) | {:.2} | | |",
+        mw.as_secs_f64() / mc.as_secs_f64()
+    );
+    row("first create (cold + template built behind it)", mf, &first);
+    println!(
+        "| ratio first / cold (goal <= 1.10) | {:.2} | | |",
+        mf.as_secs_f64() / mc.as_secs_f64()
+    );
     Ok(())
 }
 
-async fn create_first_exec(mgr: &Arc<Manager>, image: &str) -> Result<Duration> {
+async fn create_first_exec(
+    mgr: &Arc<Manager>,
+    image: &str,
+    template: Option<bool>,
+) -> Result<Duration> {
     let t = Instant::now();
-    let vm = mgr.create_vm(CreateVm::new(image)).await?;
+    let vm = mgr
+        .create_vm(CreateVm {
+            template,
+            ..CreateVm::new(image)
+        })
+        .await?;
     let out = mgr
         .exec(
             &vm.id,

@@ -15,10 +15,18 @@ use bandsox_protocol::ExecRequest;
 
 use crate::util::{median, row_ms as row};
 
-pub async fn run(runs: usize) -> Result<()> {
+pub async fn run(runs: usize, fork_only: bool) -> Result<()> {
     crate::util::in_scratch("lifecycle", |work| async move {
         let storage = crate::util::prepare_storage(&work)?;
         let mgr = Manager::open(ManagerConfig::new(storage.clone())).await?;
+        if fork_only {
+            let base = vm_with_mem(&mgr, 256).await?;
+            first_exec(&mgr, &base).await?;
+            let r = fork_five(&mgr, &base).await;
+            mgr.delete_vm(&base).await?;
+            print_fork(mgr.backend(), r?);
+            return Ok(());
+        }
         measure(&mgr, runs).await?;
         firecracker_api(&work, &storage, runs).await
     })
@@ -42,6 +50,8 @@ async fn first_exec(mgr: &Manager, id: &str) -> Result<()> {
 
 async fn vm_with_mem(mgr: &Arc<Manager>, mem_mib: u32) -> Result<String> {
     let mut req = CreateVm::new("bandsox/busybox");
+    // Cold boots: templates are measured by bench/create.
+    req.template = Some(false);
     req.mem_mib = mem_mib;
     Ok(mgr.create_vm(req).await?.id)
 }
@@ -132,6 +142,7 @@ async fn measure(mgr: &Arc<Manager>, runs: usize) -> Result<()> {
         mgr.delete_vm(&c).await?;
     }
     mgr.delete_snapshot(&snap.id)?;
+    let forked = fork_five(mgr, &base).await?;
     mgr.delete_vm(&base).await?;
 
     let (mc, mr) = (median(&mut cold), median(&mut restore));
@@ -165,7 +176,66 @@ async fn measure(mgr: &Arc<Manager>, runs: usize) -> Result<()> {
         "ratio restore/cold: {:.2}x (goal <= 0.15x)",
         mr.as_secs_f64() / mc.as_secs_f64()
     );
+    print_fork((backend, accel), forked);
     Ok(())
+}
+
+/// Fork x5 of the running VM `base` until all five answer exec, and the five clones' host
+/// memory right after (VmRSS and PSS of each VMM process).
+async fn fork_five(mgr: &Arc<Manager>, base: &str) -> Result<(std::time::Duration, u64, u64)> {
+    let t = Instant::now();
+    let clones = mgr.fork_vm(base, 5, None).await?;
+    let mut tasks = Vec::new();
+    for c in &clones {
+        let (mgr, id) = (Arc::clone(mgr), c.id.clone());
+        tasks.push(tokio::spawn(async move { first_exec(&mgr, &id).await }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let wall = t.elapsed();
+    let (mut rss, mut pss) = (0, 0);
+    for c in &clones {
+        let pid = mgr.get_vm(&c.id)?.pid.unwrap_or(0);
+        rss += kib_field(&format!("/proc/{pid}/status"), "VmRSS:");
+        pss += kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:");
+    }
+    for c in clones {
+        mgr.delete_vm(&c.id).await?;
+    }
+    Ok((wall, rss, pss))
+}
+
+fn kib_field(path: &str, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn print_fork((backend, accel): (&str, &str), (wall, rss, pss): (std::time::Duration, u64, u64)) {
+    println!("bench/lifecycle fork  backend={backend} accel={accel} (256 MiB busybox VM, running)");
+    println!("| measurement | value |");
+    println!("| --- | --- |");
+    println!(
+        "| fork x5 -> all five answer exec (wall, goal <= 1.5 s) | {:.3} s |",
+        wall.as_secs_f64()
+    );
+    println!(
+        "| host RSS of the 5 clones: total / per clone | {} / {} MiB |",
+        rss / 1024,
+        rss / 5 / 1024
+    );
+    println!(
+        "| host PSS of the 5 clones: total / per clone | {} / {} MiB |",
+        pss / 1024,
+        pss / 5 / 1024
+    );
 }
 
 /// The Firecracker column, at the VMM API level.

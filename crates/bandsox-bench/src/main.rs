@@ -31,8 +31,12 @@ async fn main() -> Result<()> {
         .unwrap_or(7);
     match args.first().map(String::as_str) {
         Some("boot") => boot(runs.max(5)).await,
-        Some("create") => create::run(runs.max(3)).await,
-        Some("lifecycle") => lifecycle::run(runs.max(5)).await,
+        Some("create") => {
+            create::run(runs.max(3), args.iter().any(|a| a == "--templates-only")).await
+        }
+        Some("lifecycle") => {
+            lifecycle::run(runs.max(5), args.iter().any(|a| a == "--fork-only")).await
+        }
         Some("agent") => agent::run().await,
         Some("api") => api::run(runs.max(200)).await,
         Some("net") => net::run(runs.max(20)).await,
@@ -58,7 +62,12 @@ async fn boot_in(work: &Path, runs: usize) -> Result<()> {
     let mut floor = Vec::new();
     for i in 0..runs + 1 {
         let t = Instant::now();
-        let vm = mgr.create_vm(CreateVm::new("bandsox/busybox")).await?;
+        let vm = mgr
+            .create_vm(CreateVm {
+                template: Some(false),
+                ..CreateVm::new("bandsox/busybox")
+            })
+            .await?;
         let a = t.elapsed();
         mgr.delete_vm(&vm.id).await?;
         let b = floor_boot(&vmlinux, &floor_initrd, work).await?;

@@ -22,6 +22,8 @@ pub async fn run(runs: usize) -> Result<()> {
         let storage = crate::util::prepare_storage(&work)?;
         let mgr = Manager::open(ManagerConfig::new(storage)).await?;
         let mut req = CreateVm::new("bandsox/busybox");
+        // Cold boots: templates are measured by bench/create.
+        req.template = Some(false);
         req.mem_mib = 256;
         let vm = mgr.create_vm(req).await?;
         let result = measure(&mgr, &vm.id, runs).await;

@@ -93,6 +93,9 @@ enum Command {
     /// Manage snapshots.
     #[command(subcommand)]
     Snapshot(commands::snapshot::SnapshotCommand),
+    /// Manage templates (paused, agent-ready VMs that creates restore from).
+    #[command(subcommand)]
+    Template(commands::template::TemplateCommand),
     /// List a VM's durable background commands.
     Commands(commands::durable::CommandsArgs),
     /// Print (and with --follow, follow) a durable command's output.
@@ -129,6 +132,7 @@ fn main() -> ExitCode {
         Command::Image(c) => commands::image::run(&url, c),
         Command::Build { args, common } => commands::build::run(&url, args, common),
         Command::Snapshot(c) => commands::snapshot::run(&url, c),
+        Command::Template(c) => commands::template::run(&url, c),
         Command::Auth(c) => commands::auth::run(&url, c),
         Command::Cp(a) => commands::cp::run(&url, a),
         Command::Completions { shell } => {

@@ -78,6 +78,9 @@ pub struct ManagerConfig {
     pub limits: Limits,
     /// Nameservers written to guests' `/etc/resolv.conf` (`bandsox serve --dns`).
     pub dns: Vec<std::net::Ipv4Addr>,
+    /// Build a template in the background after a cold create, so the next create of that
+    /// image and shape is a restore (`bandsox serve --no-auto-template` turns it off).
+    pub auto_template: bool,
 }
 
 impl ManagerConfig {
@@ -87,6 +90,7 @@ impl ManagerConfig {
             boot_timeout: Duration::from_secs(90),
             limits: Limits::default(),
             dns: bandsox_net::default_resolvers(),
+            auto_template: true,
         }
     }
 }
@@ -130,6 +134,9 @@ pub struct CreateVm {
     pub force_rebuild: bool,
     /// A NIC with NATed egress, reachable from the host (BandSox default: true).
     pub enable_networking: bool,
+    /// Use (and build) the template of this image and shape: `None` follows the server's
+    /// setting; `Some(false)` always cold boots and builds nothing.
+    pub template: Option<bool>,
 }
 
 impl CreateVm {
@@ -147,6 +154,7 @@ impl CreateVm {
             timeout_action: crate::store::TimeoutAction::Stop,
             force_rebuild: false,
             enable_networking: true,
+            template: None,
         }
     }
 
@@ -237,6 +245,7 @@ pub struct Manager {
     vms: RwLock<HashMap<String, Arc<VmEntry>>>,
     /// Held while a new VM is counted against `max_vms` and recorded.
     admission: std::sync::Mutex<()>,
+    templates: crate::template::Templates,
 }
 
 impl Manager {
@@ -268,6 +277,7 @@ impl Manager {
             config,
             vms: RwLock::default(),
             admission: std::sync::Mutex::default(),
+            templates: Default::default(),
         });
         mgr.recover().await?;
         mgr.spawn_timeout_task();
@@ -280,6 +290,14 @@ impl Manager {
 
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    pub(crate) fn templates_state(&self) -> &crate::template::Templates {
+        &self.templates
+    }
+
+    pub(crate) fn boot_timeout(&self) -> Duration {
+        self.config.boot_timeout
     }
 
     /// The VMM backend.
@@ -297,6 +315,7 @@ impl Manager {
     /// (Re-attaching to VMs that still run comes with the lifecycle work.)
     async fn recover(self: &Arc<Self>) -> Result<()> {
         self.sweep_snapshot_dirs()?;
+        self.sweep_template_dirs();
         for vm in self.store.list_vms()? {
             match vm.status {
                 VmStatus::Stopped | VmStatus::Failed => {
@@ -417,9 +436,21 @@ impl Manager {
         .await?;
         self.check_free_space(req.disk_size_mib)?;
 
+        let shape = crate::template::TemplateShape {
+            vcpu: req.vcpu,
+            mem_mib: req.mem_mib,
+            disk_size_mib: req.disk_size_mib,
+            enable_networking: req.enable_networking,
+        };
+        let use_template = req.template.unwrap_or(self.config.auto_template);
+        let template = if use_template {
+            self.find_template(&image.record.digest, &shape)?
+        } else {
+            None
+        };
         let id = new_id();
         let t = now();
-        let record = VmRecord {
+        let mut record = VmRecord {
             name: req
                 .name
                 .clone()
@@ -448,7 +479,30 @@ impl Manager {
         } else {
             crate::network::NetChoice::None
         };
-        let vm = self.create_from(record, Boot::Cold, net).await?;
+        let vm = match &template {
+            Some((t, dir)) => {
+                record.restored_from = Some(format!("template:{}", t.id));
+                let (state, kernel, initramfs, disk) = crate::template::boot_files(dir);
+                let boot = Boot::Restore {
+                    state: &state,
+                    kernel: &kernel,
+                    initramfs: &initramfs,
+                    disk: &disk,
+                };
+                self.create_from(record, boot, net).await?
+            }
+            None => {
+                let vm = self.create_from(record, Boot::Cold, net).await?;
+                if use_template {
+                    self.spawn_template_build(
+                        req.image.clone(),
+                        image.record.digest.clone(),
+                        shape,
+                    );
+                }
+                vm
+            }
+        };
         if req.timeout_s > 0 {
             return self.set_timeout(&vm.id, req.timeout_s, Some(req.timeout_action));
         }
@@ -562,42 +616,58 @@ impl Manager {
     /// The machine description of a stored VM.
     fn vm_spec(&self, vm: &VmRecord, kernel: PathBuf, initramfs: PathBuf) -> Result<VmSpec> {
         let dir = self.storage.vm_dir(&vm.id)?;
-        let base = self
-            .storage
-            .image_dir(&vm.image_digest)?
-            .join("rootfs.ext4");
+        let hostname = guest_hostname(vm);
+        let machine = Machine {
+            id: &vm.id,
+            image: &vm.image,
+            image_digest: &vm.image_digest,
+            vcpu: vm.vcpu,
+            mem_mib: vm.mem_mib,
+            networked: self.vm_network(&vm.id)?.is_some(),
+            hostname: &hostname,
+        };
+        self.machine_spec(&machine, dir, kernel, initramfs)
+    }
+
+    /// The VMM spec of a machine whose files live in `dir`.
+    pub(crate) fn machine_spec(
+        &self,
+        m: &Machine<'_>,
+        dir: PathBuf,
+        kernel: PathBuf,
+        initramfs: PathBuf,
+    ) -> Result<VmSpec> {
+        let base = self.storage.image_dir(m.image_digest)?.join("rootfs.ext4");
         if !base.is_file() {
             return Err(CoreError::NotFound {
                 kind: "image",
-                id: format!("{} (base disk {} is missing)", vm.image, base.display()),
+                id: format!("{} (base disk {} is missing)", m.image, base.display()),
             });
         }
-        let net = self.vm_network(&vm.id)?;
         let mut kernel_args = vec![
             // Freed guest pages are zeroed, so snapshots carry them as zero pages: smaller
             // state files and faster restores.
             "init_on_free=1".into(),
             "bandsox.root=/dev/vda".into(),
             "bandsox.data=/dev/vdb".into(),
-            format!("bandsox.hostname={}", hostname_for(&vm.id)),
+            format!("bandsox.hostname={}", m.hostname),
         ];
-        let network = match net {
-            None => None,
-            Some(_) => {
-                kernel_args.extend(bandsox_net::kernel_args(&self.config.dns));
-                Some(bandsox_vmm::NetSpec {
-                    netns: bandsox_net::netns_name(&vm.id)
-                        .map_err(|e| CoreError::Network(e.to_string()))?,
-                    tap: bandsox_net::TAP_NAME.into(),
-                    guest_mac: bandsox_net::GUEST_MAC.into(),
-                })
-            }
+        let network = if m.networked {
+            kernel_args.extend(bandsox_net::kernel_args(&self.config.dns));
+            Some(bandsox_vmm::NetSpec {
+                netns: bandsox_net::netns_name(m.id)
+                    .map_err(|e| CoreError::Network(e.to_string()))?,
+                tap: bandsox_net::TAP_NAME.into(),
+                guest_mac: bandsox_net::GUEST_MAC.into(),
+            })
+        } else {
+            None
         };
         Ok(VmSpec {
-            id: vm.id.clone(),
+            id: m.id.to_owned(),
             run_dir: dir.clone(),
-            vcpu: vm.vcpu,
-            mem_mib: vm.mem_mib,
+            vcpu: m.vcpu,
+            mem_mib: m.mem_mib,
             kernel,
             initramfs,
             kernel_args,
@@ -691,6 +761,19 @@ impl Manager {
             agent
                 .call(&Request::AddEntropy { bytes }, Duration::from_secs(10))
                 .await?;
+            // A clone is its own machine: its hostname and a fresh machine id.
+            let identity = Request::SetIdentity {
+                hostname: guest_hostname(vm),
+                machine_id: crate::template::new_machine_id(),
+            };
+            match agent.call(&identity, Duration::from_secs(10)).await {
+                Ok(_) => {}
+                // Snapshots taken under an agent older than the op.
+                Err(CoreError::Guest(e)) if e.code == bandsox_protocol::ErrorCode::Unsupported => {
+                    tracing::warn!(vm = %vm.id, "the guest agent cannot set its identity: {}", e.message);
+                }
+                Err(e) => return Err(e),
+            }
         }
         *entry.agent.lock().await = Some(agent);
         Ok(handle.pid())
@@ -959,9 +1042,36 @@ fn hostname_for(id: &str) -> String {
     format!("bandsox-{}", &id[..id.len().min(8)])
 }
 
+/// The guest hostname of a VM: its name when that is a valid DNS label, else
+/// `bandsox-<id prefix>`.
+pub(crate) fn guest_hostname(vm: &VmRecord) -> String {
+    let n = &vm.name;
+    let label = !n.is_empty()
+        && n.len() <= 63
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if label {
+        n.clone()
+    } else {
+        hostname_for(&vm.id)
+    }
+}
+
+/// What a VMM spec is made of (a user VM or a template build VM).
+pub(crate) struct Machine<'a> {
+    pub id: &'a str,
+    pub image: &'a str,
+    pub image_digest: &'a str,
+    pub vcpu: u32,
+    pub mem_mib: u32,
+    pub networked: bool,
+    pub hostname: &'a str,
+}
+
 /// Creates the VM's sparse writable disk (the overlay's upper layer). Inode tables are
 /// initialised lazily so the file stays sparse.
-fn make_data_disk(path: &std::path::Path, size_mib: u64) -> Result<()> {
+pub(crate) fn make_data_disk(path: &std::path::Path, size_mib: u64) -> Result<()> {
     let f = std::fs::File::create(path)?;
     f.set_len(size_mib << 20)?;
     drop(f);

@@ -37,6 +37,12 @@ pub enum Request {
     /// Mix these random bytes into the guest kernel's RNG and credit them as entropy (sent
     /// after every restore, so clones of one snapshot do not share their random state).
     AddEntropy { bytes: Vec<u8> },
+    /// Give a restored clone its own identity: set the hostname (also written to
+    /// `/etc/hostname`) and write `machine_id` (32 lowercase hex digits) to `/etc/machine-id`.
+    SetIdentity {
+        hostname: String,
+        machine_id: String,
+    },
 
     // ---- durable background commands and PTY sessions (see `CmdStartRequest`) ----
     /// Start a durable background command (or a PTY session): answered at once with
@@ -469,7 +475,7 @@ mod tests {
     #[test]
     fn variant_names_are_the_wire_op_names() {
         // Every name strum lists is one serde knows (a missing field, never an unknown variant).
-        assert_eq!(Request::OPS.len(), 24);
+        assert_eq!(Request::OPS.len(), 25);
         for op in Request::OPS {
             let err = serde_json::from_value::<Request>(serde_json::json!({ "op": op }))
                 .err()

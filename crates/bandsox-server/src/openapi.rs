@@ -27,6 +27,8 @@ use crate::{auth, routes};
         routes::snapshots::create, routes::snapshots::list, routes::snapshots::get,
         routes::snapshots::restore, routes::snapshots::delete, routes::snapshots::rename,
         routes::snapshots::set_metadata,
+        routes::templates::list, routes::templates::build, routes::templates::get,
+        routes::templates::delete, routes::templates::fork,
         routes::files::read_file, routes::files::write_file, routes::files::append_file,
         routes::files::file_info, routes::files::list, routes::files::stat, routes::files::mkdir,
         routes::files::remove, routes::files::rename, routes::files::edit,

@@ -14,6 +14,8 @@ import type {
   ListVmsOptions,
   RestoreVmOptions,
   SnapshotInfo,
+  TemplateInfo,
+  BuildTemplateOptions,
   SnapshotOptions,
   VmInfo,
 } from "./types.js";
@@ -246,6 +248,33 @@ export class BandSox {
       signal: call.signal,
     });
     return out.snapshot_id;
+  }
+
+  /** Forks a running VM into `count` new running VMs (`POST /api/vms/{id}/fork`). */
+  async forkVm(vmId: string, count = 1, names?: string[], call: CallOptions = {}): Promise<MicroVM[]> {
+    const out = await this.transport.json<{ ids: string[] }>("POST", `/api/vms/${seg(vmId)}/fork`, {
+      json: compact({ count, names }),
+      timeout: call.timeout ?? this.bootTimeout * 2 + 300_000,
+      signal: call.signal,
+    });
+    return await Promise.all(out.ids.map((id) => this.getVm(id, call)));
+  }
+
+  async listTemplates(call: CallOptions = {}): Promise<TemplateInfo[]> {
+    return await this.transport.json("GET", "/api/templates", call);
+  }
+
+  /** Builds (or returns the existing) template of an image and shape. */
+  async buildTemplate(options: BuildTemplateOptions, call: CallOptions = {}): Promise<TemplateInfo> {
+    return await this.transport.json("POST", "/api/templates", {
+      json: compact({ ...options }),
+      timeout: call.timeout ?? this.bootTimeout * 2 + 600_000,
+      signal: call.signal,
+    });
+  }
+
+  async deleteTemplate(templateId: string, call: CallOptions = {}): Promise<void> {
+    await this.transport.json("DELETE", `/api/templates/${seg(templateId)}`, call);
   }
 
   async listSnapshots(call: CallOptions = {}): Promise<SnapshotInfo[]> {

@@ -37,6 +37,30 @@ export interface VmInfo {
   [key: string]: unknown;
 }
 
+export interface TemplateInfo {
+  id: string;
+  image: string;
+  image_digest: string;
+  vcpu: number;
+  mem_mib: number;
+  disk_size_mib: number;
+  enable_networking: boolean;
+  vmm: string;
+  /** False once the kernel or initramfs changed: never used, replaced by the next build. */
+  current: boolean;
+  created_at: number;
+  build_ms: number;
+  size_bytes: number;
+}
+
+export interface BuildTemplateOptions {
+  image: string;
+  vcpu?: number;
+  mem_mib?: number;
+  disk_size_mib?: number;
+  enable_networking?: boolean;
+}
+
 export interface SnapshotInfo {
   id: string;
   name: string;
@@ -115,6 +139,8 @@ export interface CreateVmOptions {
   /** Seconds until `timeout_action` runs (0 = never). */
   timeout_s?: number;
   timeout_action?: "stop" | "pause" | "delete";
+  /** `false`: always cold boot and build no template (default: the server's setting). */
+  template?: boolean;
 }
 
 export interface ListVmsOptions {

@@ -190,6 +190,14 @@ export class MicroVM {
     return await this.client.snapshotVm(this.id, options, call);
   }
 
+  /**
+   * `count` new running VMs with this VM's memory and disk at this instant (it is paused only
+   * for one snapshot); each has its own hostname, machine id and address.
+   */
+  async fork(count = 1, names?: string[], call: CallOptions = {}): Promise<MicroVM[]> {
+    return await this.client.forkVm(this.id, count, names, call);
+  }
+
   async rename(newName: string, call: CallOptions = {}): Promise<string> {
     const name = await this.client.renameVm(this.id, newName, call);
     if (this.cached) this.cached.name = name;

@@ -10,6 +10,7 @@ pub mod init;
 pub mod serve;
 pub mod snapshot;
 pub mod stats;
+pub mod template;
 pub mod terminal;
 pub mod vm;
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bandsox_api::{
     CreateVmRequest, CreateVmResponse, ExecRequest, ExecResponse, StatusResponse, VmInfo,
 };
-use bandsox_api::{Renamed, SnapshotCreated};
+use bandsox_api::{ForkResponse, Renamed, SnapshotCreated};
 use clap::{Args, Subcommand};
 
 use crate::client::{segment, CliError, Client};
@@ -40,6 +40,9 @@ pub struct CreateArgs {
     /// Give the VM no network interface at all.
     #[arg(long)]
     no_network: bool,
+    /// Cold boot even when a template of this image and shape exists, and build none.
+    #[arg(long)]
+    no_template: bool,
     /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
@@ -101,6 +104,17 @@ pub enum VmCommand {
     },
     /// Continue a paused VM.
     Resume { vm: String },
+    /// Fork a running VM into N new running VMs (its memory and disk at this instant);
+    /// prints their ids, one a line.
+    Fork {
+        vm: String,
+        /// How many clones (1 to 16).
+        #[arg(short = 'n', long = "count", default_value_t = 1)]
+        count: usize,
+        /// A name per clone (repeat; as many as --count).
+        #[arg(long = "name")]
+        names: Vec<String>,
+    },
     /// Stop a VM and remove it with all its files.
     Delete { vm: String },
 }
@@ -126,6 +140,7 @@ pub fn create(url: &str, a: CreateArgs) -> CliResult {
         metadata: None,
         timeout_s: a.timeout_s,
         timeout_action: Some(a.timeout_action),
+        template: a.no_template.then_some(false),
     };
     let tty = std::io::stderr().is_terminal();
     if tty && !a.json {
@@ -331,6 +346,19 @@ pub fn run(url: &str, c: VmCommand) -> CliResult {
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
             } else {
                 println!("{}", r.snapshot_id);
+            }
+        }
+        VmCommand::Fork { vm, count, names } => {
+            let r: ForkResponse = client.post(
+                &format!("/api/vms/{}/fork", segment(&vm)),
+                &serde_json::json!({
+                    "count": count,
+                    "names": (!names.is_empty()).then_some(names),
+                }),
+                Duration::from_secs(900),
+            )?;
+            for id in r.ids {
+                println!("{id}");
             }
         }
         VmCommand::Delete { vm } => {

@@ -8,6 +8,7 @@ pub mod images;
 pub mod proxy;
 pub mod snapshots;
 pub mod socket;
+pub mod templates;
 pub mod vms;
 pub mod ws;
 
@@ -202,6 +203,7 @@ fn routes() -> Router<AppState> {
         .route("/api/vms/{id}/timeout", post(vms::set_timeout))
         .route("/api/vms/{id}/extend", post(vms::extend))
         .route("/api/vms/{id}/snapshot", post(snapshots::create))
+        .route("/api/vms/{id}/fork", post(templates::fork))
         .route("/api/vms/{id}/read-file", get(files::read_file))
         .route("/api/vms/{id}/write-file", post(files::write_file))
         .route("/api/vms/{id}/append-file", post(files::append_file))
@@ -230,6 +232,14 @@ fn routes() -> Router<AppState> {
         .route(
             "/api/vms/{id}/commands/{cmd_id}/stdin",
             post(commands::stdin),
+        )
+        .route(
+            "/api/templates",
+            get(templates::list).post(templates::build),
+        )
+        .route(
+            "/api/templates/{id}",
+            get(templates::get).delete(templates::delete),
         )
         .route("/api/snapshots", get(snapshots::list))
         .route(

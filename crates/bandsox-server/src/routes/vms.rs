@@ -134,6 +134,7 @@ pub async fn create(
     create.disk_size_mib = req.disk_size_mib;
     create.force_rebuild = req.force_rebuild;
     create.enable_networking = req.enable_networking;
+    create.template = req.template;
     create.env_vars = req.env_vars.unwrap_or_default();
     create.metadata = req.metadata.unwrap_or_else(|| serde_json::json!({}));
     create.timeout_s = req.timeout_s;

@@ -405,8 +405,12 @@ class AsyncBandSox:
         image: Optional[str] = None,
         timeout_s: int = 0,
         timeout_action: Optional[str] = None,
+        template: Optional[bool] = None,
     ) -> "AsyncMicroVM":
         """Creates a VM from an image and returns it once its agent answers.
+
+        ``template=False`` always cold boots and builds no template; the default follows the
+        server (a matching template is restored, else one is built behind the cold boot).
 
         ``kernel_path`` and ``enable_vsock`` are accepted for BandSox compatibility and ignored
         (the server chooses). ``timeout_s``/``timeout_action`` (``stop``, ``pause``, ``delete``)
@@ -432,6 +436,7 @@ class AsyncBandSox:
                 "metadata": dict(metadata) if metadata is not None else None,
                 "timeout_s": timeout_s,
                 "timeout_action": timeout_action,
+                "template": template,
             }
         )
         out = await self._json("POST", "/api/vms", json=body, timeout=self.boot_timeout)
@@ -619,6 +624,36 @@ class AsyncBandSox:
         )
         return await self._created(out)
 
+    async def list_templates(self) -> List[JsonDict]:
+        """Template objects (``id``, ``image``, ``vcpu``, ``mem_mib``, ``current``, ...)."""
+        return await self._json("GET", "/api/templates")
+
+    async def build_template(
+        self,
+        image: str,
+        vcpu: int = 1,
+        mem_mib: int = 128,
+        disk_size_mib: int = 4096,
+        enable_networking: bool = True,
+    ) -> JsonDict:
+        """Builds (or returns the existing) template of an image and shape."""
+        return await self._json(
+            "POST",
+            "/api/templates",
+            json={
+                "image": image,
+                "vcpu": vcpu,
+                "mem_mib": mem_mib,
+                "disk_size_mib": disk_size_mib,
+                "enable_networking": enable_networking,
+            },
+            timeout=self.boot_timeout * 2 + 600,
+        )
+
+    async def delete_template(self, template_id: str) -> None:
+        """Deletes a template (VMs created from it keep running)."""
+        await self._json("DELETE", f"/api/templates/{_q(template_id)}")
+
     async def list_snapshots(self) -> List[SnapshotInfo]:
         """Snapshot objects (``id``, ``name``/``snapshot_name``, ``source_vm_id``, ...)."""
         return cast(List[SnapshotInfo], await self._arr("GET", "/api/snapshots"))
@@ -762,6 +797,19 @@ class AsyncMicroVM:
     ) -> str:
         """Snapshots this VM; returns the snapshot id."""
         return await self.manager.snapshot_vm(self.vm_id, snapshot_name, metadata)
+
+    async def fork(
+        self, count: int = 1, names: Optional[List[str]] = None
+    ) -> List["AsyncMicroVM"]:
+        """``count`` new running VMs with this VM's memory and disk at this instant (it is
+        paused only for one snapshot); each has its own hostname, machine id and address."""
+        out = await self.manager._json(
+            "POST",
+            self._path("/fork"),
+            json=_drop_none({"count": count, "names": list(names) if names else None}),
+            timeout=self.manager.boot_timeout * 2 + 300,
+        )
+        return [self.manager._vm(i) for i in out["ids"]]
 
     async def extend_timeout(self, seconds: int) -> VmInfo:
         """Pushes the timeout ``seconds`` further; returns the VM object (see ``expires_at``)."""
