@@ -35,6 +35,7 @@ pub struct InitOutcome {
 
 /// Prepares a storage root so VMs can be created.
 pub fn initialise(req: &InitRequest) -> Result<InitOutcome> {
+    let _lock = req.storage.lock("init")?;
     req.storage.create_layout()?;
     let store = Store::open(&req.storage.db_path())?;
     let kernel = match &req.kernel {
