@@ -217,5 +217,28 @@ fn second_owner_of_a_storage_root_is_refused() {
     assert_eq!(qemus(storage), vmm, "the first server's VMM was touched");
     assert_eq!(get(&url, &format!("/api/vms/{id}"))["status"], "running");
     assert_eq!(exec(&url, &id, "cat /root/mark"), "alive\n");
+
+    // The VM's disk, console log and sockets, and a snapshot's memory and state, are private.
+    ureq::post(&format!("{url}/api/vms/{id}/snapshot"))
+        .send_json(serde_json::json!({"name": "private"}))
+        .unwrap();
+    let mut open = Vec::new();
+    for d in ["vms", "snapshots"] {
+        for e in std::fs::read_dir(storage.join(d)).unwrap().flatten() {
+            for f in std::iter::once(e.path()).chain(
+                std::fs::read_dir(e.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|f| f.path()),
+            ) {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::symlink_metadata(&f).unwrap().permissions().mode();
+                if mode & 0o077 != 0 {
+                    open.push(format!("{} {:o}", f.display(), mode & 0o7777));
+                }
+            }
+        }
+    }
+    assert!(open.is_empty(), "open to other users: {open:?}");
     ureq::delete(&format!("{url}/api/vms/{id}")).call().unwrap();
 }

@@ -8,6 +8,50 @@ use crate::error::{CoreError, Result};
 /// Default storage root.
 pub const DEFAULT_STORAGE: &str = "/var/lib/bandsox";
 
+/// Makes a storage root private to its owner: from now on this process creates files 0600
+/// and directories 0700 (umask 077), and a root made by an older version is fixed: the root
+/// 0700, the database, VM and snapshot directories and their files without group or other
+/// bits. (Image base disks are shared read-only content; the root's mode keeps others out.)
+fn secure_tree(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe { libc::umask(0o077) };
+    // `keep`: permission bits left alone (a Firecracker jail seals snapshot files 0640 for
+    // its own group).
+    let tighten = |p: &Path, keep: u32| {
+        if let Ok(m) = std::fs::symlink_metadata(p) {
+            let mode = m.permissions().mode() & 0o7777;
+            let new = mode & (0o7700 | keep);
+            if !m.file_type().is_symlink() && new != mode {
+                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(new));
+            }
+        }
+    };
+    tighten(root, 0);
+    for f in [
+        "bandsox.db",
+        "bandsox.db-wal",
+        "bandsox.db-shm",
+        LOCK_OWNER_FILE,
+    ] {
+        tighten(&root.join(f), 0);
+    }
+    for d in ["vms", "snapshots"] {
+        tighten(&root.join(d), 0);
+        for entry in std::fs::read_dir(root.join(d))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = entry.path();
+            tighten(&p, 0);
+            for f in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                tighten(&f.path(), 0o050);
+            }
+        }
+    }
+}
+
 /// Names the process holding a root's lock: `<pid> <command>`.
 const LOCK_OWNER_FILE: &str = "bandsox.pid";
 
@@ -95,6 +139,7 @@ impl Storage {
             .join(format!("{LOCK_OWNER_FILE}.{}", std::process::id()));
         std::fs::write(&tmp, format!("{} {what}\n", std::process::id()))?;
         std::fs::rename(&tmp, self.root.join(LOCK_OWNER_FILE))?;
+        secure_tree(&self.root);
         Ok(StorageLock { _dir: dir })
     }
 
