@@ -232,3 +232,73 @@ fn serve_announces_itself_in_the_root_and_refuses_a_second_server() {
     let _again = common::start_server(dir.path(), free_port());
     assert!(file.exists());
 }
+
+/// Paths under `root` (files and directories, not following links) that `nobody` can open.
+fn readable_by_nobody(root: &std::path::Path) -> Vec<String> {
+    fn walk(p: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        out.push(p.to_path_buf());
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+            for e in std::fs::read_dir(p).unwrap().flatten() {
+                walk(&e.path(), out);
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    walk(root, &mut paths);
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "sh",
+            "-c",
+        ])
+        .arg(
+            r#"for p in "$@"; do
+                 if [ -d "$p" ]; then ls "$p" >/dev/null 2>&1 && echo "$p";
+                 else head -c1 "$p" >/dev/null 2>&1 && echo "$p"; fi
+               done; exit 0"#,
+        )
+        .arg("sh")
+        .args(&paths)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// Nothing under a storage root is readable by other users: a new root is made private, and
+/// an older root with open modes is fixed by the next process that owns it.
+#[test]
+fn storage_root_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::TestRoot::new("bsxprivate");
+    // tempfile makes its directory 0700; let `nobody` reach the root itself.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let storage = dir.path().join("s");
+    let out = init(&storage);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&storage), 0o700);
+    assert_eq!(mode(&storage.join("bandsox.db")), 0o600);
+    assert_eq!(readable_by_nobody(&storage), Vec::<String>::new());
+
+    // A root left open by an older version.
+    std::fs::set_permissions(&storage, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(
+        storage.join("bandsox.db"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    assert!(!readable_by_nobody(&storage).is_empty());
+    let out = Command::new(BIN)
+        .args(["auth", "init", "--storage"])
+        .arg(&storage)
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mode(&storage), 0o700);
+    assert_eq!(mode(&storage.join("bandsox.db")), 0o600);
+    assert_eq!(readable_by_nobody(&storage), Vec::<String>::new());
+}

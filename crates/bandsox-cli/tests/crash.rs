@@ -165,3 +165,80 @@ fn server_kill_9_loses_nothing_and_leaks_nothing() {
     assert!(qemus(storage).is_empty());
     assert_eq!(std::fs::read_dir(storage.join("vms")).unwrap().count(), 0);
 }
+
+/// A second owner of a storage root (another `serve`, `init`, a local image import) fails at
+/// once naming the first server's PID, and the first server's VMs keep running.
+#[test]
+fn second_owner_of_a_storage_root_is_refused() {
+    let dir = common::TestRoot::new("bsxlock");
+    let storage = dir.path();
+    assert!(init(storage).status.success());
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let server = start_server(storage, port);
+    let id = create(&url);
+    exec(&url, &id, "echo alive > /root/mark");
+    let vmm = qemus(storage);
+    assert_eq!(vmm.len(), 1);
+
+    let pid = server.child.id().to_string();
+    let bin = common::BIN;
+    let second_port = free_port().to_string();
+    let attempts: [Vec<&str>; 3] = [
+        vec!["serve", "--port", &second_port, "--no-proxy", "--storage"],
+        vec!["init", "--storage"],
+        vec!["image", "import", "/dev/null", "--storage"],
+    ];
+    for args in attempts {
+        let mut child = std::process::Command::new(bin)
+            .args(&args)
+            .arg(storage)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{args:?} did not fail at once");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded: {err}");
+        assert!(
+            err.contains(&format!("in use by PID {pid}")) && err.contains("hint:"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(qemus(storage), vmm, "the first server's VMM was touched");
+    assert_eq!(get(&url, &format!("/api/vms/{id}"))["status"], "running");
+    assert_eq!(exec(&url, &id, "cat /root/mark"), "alive\n");
+
+    // The VM's disk, console log and sockets, and a snapshot's memory and state, are private.
+    ureq::post(&format!("{url}/api/vms/{id}/snapshot"))
+        .send_json(serde_json::json!({"name": "private"}))
+        .unwrap();
+    let mut open = Vec::new();
+    for d in ["vms", "snapshots"] {
+        for e in std::fs::read_dir(storage.join(d)).unwrap().flatten() {
+            for f in std::iter::once(e.path()).chain(
+                std::fs::read_dir(e.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|f| f.path()),
+            ) {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::symlink_metadata(&f).unwrap().permissions().mode();
+                if mode & 0o077 != 0 {
+                    open.push(format!("{} {:o}", f.display(), mode & 0o7777));
+                }
+            }
+        }
+    }
+    assert!(open.is_empty(), "open to other users: {open:?}");
+    ureq::delete(&format!("{url}/api/vms/{id}")).call().unwrap();
+}

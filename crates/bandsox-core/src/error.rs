@@ -13,6 +13,9 @@ pub enum CoreError {
     Conflict(String),
     #[error("{0}")]
     NotInitialised(String),
+    /// Another process owns the storage root.
+    #[error("{0}")]
+    Locked(String),
     /// A server limit (`bandsox serve --max-vms`) would be exceeded.
     #[error("{0}")]
     LimitReached(String),
@@ -67,6 +70,7 @@ impl CoreError {
             Self::InvalidInput(_) => "invalid_input",
             Self::Conflict(_) => "conflict",
             Self::NotInitialised(_) => "not_initialised",
+            Self::Locked(_) => "storage_locked",
             Self::ImageInUse(_) => "image_in_use",
             Self::LimitReached(_) => "limit_reached",
             Self::DiskTooSmall { .. } => "disk_too_small",
@@ -90,6 +94,9 @@ impl CoreError {
             | Self::Image(bandsox_image::ImageError::NotInitialised { .. }) => {
                 Some("run `bandsox init` (or scripts/setup) first")
             }
+            Self::Locked(_) => Some(
+                "one process owns a storage root: stop that one first, talk to its server (--url), or pass another --storage",
+            ),
             Self::NotFound { kind: "VM", .. } => Some("list VMs with `bandsox vm list`"),
             Self::NotFound { kind: "image", .. } => Some("list images with `bandsox image ls`"),
             Self::ImageInUse(_) => Some("delete the VMs and snapshots that use it first"),

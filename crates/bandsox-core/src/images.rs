@@ -126,6 +126,12 @@ pub(crate) fn record_tree(
                 return Err(e.into());
             }
         };
+        // Shared, read-only content: readable so a Firecracker jail can hard-link it (the
+        // storage root's mode 0700 keeps other users out).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
+        }
         std::fs::rename(&tmp, &disk)?;
         size
     };

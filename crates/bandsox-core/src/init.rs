@@ -46,6 +46,7 @@ pub struct InitOutcome {
 
 /// Prepares a storage root so VMs can be created.
 pub fn initialise(req: &InitRequest) -> Result<InitOutcome> {
+    let _lock = req.storage.lock("init")?;
     req.storage.create_layout()?;
     let store = Store::open(&req.storage.db_path())?;
     let report = if req.skip_kernel {

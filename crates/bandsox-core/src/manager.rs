@@ -246,6 +246,8 @@ pub struct Manager {
     /// Held while a new VM is counted against `max_vms` and recorded.
     admission: std::sync::Mutex<()>,
     templates: crate::template::Templates,
+    /// This process owns the storage root while the manager lives.
+    _lock: crate::storage::StorageLock,
 }
 
 impl Manager {
@@ -269,6 +271,8 @@ impl Manager {
                 storage.root().display()
             )));
         }
+        // Before recovery: a second server must not touch the first one's VMs.
+        let lock = storage.lock("serve")?;
         let store = Store::open(&storage.db_path())?;
         let mgr = Arc::new(Self {
             storage,
@@ -278,6 +282,7 @@ impl Manager {
             vms: RwLock::default(),
             admission: std::sync::Mutex::default(),
             templates: Default::default(),
+            _lock: lock,
         });
         mgr.recover().await?;
         mgr.spawn_timeout_task();
@@ -319,6 +324,10 @@ impl Manager {
         for vm in self.store.list_vms()? {
             match vm.status {
                 VmStatus::Stopped | VmStatus::Failed => {
+                    if self.orphan_alive(&vm) {
+                        // A VMM left running after a failed re-attach keeps its network.
+                        continue;
+                    }
                     // A crash may have left its namespace behind.
                     self.net_down_blocking(&vm.id);
                     continue;
@@ -331,9 +340,24 @@ impl Manager {
                 }
                 VmStatus::Running | VmStatus::Paused => {
                     if let Err(e) = self.reattach(&vm).await {
-                        tracing::warn!(vm = %vm.id, error = %e, "could not re-attach; marking the VM stopped");
                         self.unregister(&vm.id);
-                        self.kill_orphan(&vm);
+                        // Never kill a VMM this server could not attach to: it may belong to
+                        // someone else. It is left running and the VM marked failed; deleting
+                        // or starting the VM stops it.
+                        if let Some(pid) = vm.pid.filter(|_| self.orphan_alive(&vm)) {
+                            tracing::warn!(vm = %vm.id, pid, error = %e, "could not re-attach; VMM left running, VM marked failed");
+                            let msg = format!(
+                                "could not re-attach to its VMM (PID {pid} still runs; delete or start the VM to stop it): {e}"
+                            );
+                            self.store.set_vm_state(
+                                &vm.id,
+                                VmStatus::Failed,
+                                Some(pid),
+                                Some(&msg),
+                            )?;
+                            continue;
+                        }
+                        tracing::warn!(vm = %vm.id, error = %e, "could not re-attach; marking the VM stopped");
                         self.net_down_blocking(&vm.id);
                         self.remove_sockets(&vm.id);
                         let msg = format!("lost while the server was down: {e}");
@@ -378,19 +402,7 @@ impl Manager {
     /// Kills a VMM left by a previous server, but only if its command line names this VM's
     /// directory (the pid may have been reused by an unrelated process).
     fn kill_orphan(&self, vm: &VmRecord) {
-        let (Some(pid), Ok(dir)) = (vm.pid, self.storage.vm_dir(&vm.id)) else {
-            return;
-        };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            return;
-        };
-        let needle = dir.as_os_str().as_encoded_bytes();
-        // QEMU names the VM directory; Firecracker runs with `--id=<id>`.
-        let fc_needle = format!("id={}\0", vm.id);
-        let fc_needle = fc_needle.as_bytes();
-        let ours = cmdline.windows(needle.len()).any(|w| w == needle)
-            || cmdline.windows(fc_needle.len()).any(|w| w == fc_needle);
-        if ours {
+        if let (Some(pid), true) = (vm.pid, self.orphan_alive(vm)) {
             bandsox_vmm::kill_process(pid);
             for _ in 0..100 {
                 if !bandsox_vmm::process_alive(pid) {
@@ -406,6 +418,22 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// Whether the VMM recorded for `vm` still runs: its pid exists and its command line
+    /// names this VM (QEMU names the VM directory; Firecracker runs with `--id=<id>`).
+    fn orphan_alive(&self, vm: &VmRecord) -> bool {
+        let (Some(pid), Ok(dir)) = (vm.pid, self.storage.vm_dir(&vm.id)) else {
+            return false;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            return false;
+        };
+        let needle = dir.as_os_str().as_encoded_bytes();
+        let fc_needle = format!("id={}\0", vm.id);
+        let fc_needle = fc_needle.as_bytes();
+        cmdline.windows(needle.len()).any(|w| w == needle)
+            || cmdline.windows(fc_needle.len()).any(|w| w == fc_needle)
     }
 
     pub(crate) fn entry(&self, id: &str) -> Option<Arc<VmEntry>> {
@@ -938,6 +966,8 @@ impl Manager {
                 "VM {id} has no disk left to boot from; delete it"
             )));
         }
+        // A VMM left running after a failed re-attach: the user asked for a fresh boot.
+        self.kill_orphan(&vm);
         let entry = self.register(id);
         let _guard = entry.lifecycle.lock().await;
         match self.launch(&entry, &vm, &Boot::Cold).await {

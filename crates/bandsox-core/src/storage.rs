@@ -8,6 +8,59 @@ use crate::error::{CoreError, Result};
 /// Default storage root.
 pub const DEFAULT_STORAGE: &str = "/var/lib/bandsox";
 
+/// Makes a storage root private to its owner: from now on this process creates files 0600
+/// and directories 0700 (umask 077), and a root made by an older version is fixed: the root
+/// 0700, the database, VM and snapshot directories and their files without group or other
+/// bits. (Image base disks are shared read-only content; the root's mode keeps others out.)
+fn secure_tree(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: umask has no preconditions and cannot fail.
+    unsafe { libc::umask(0o077) };
+    // `keep`: permission bits left alone (a Firecracker jail seals snapshot files 0640 for
+    // its own group).
+    let tighten = |p: &Path, keep: u32| {
+        if let Ok(m) = std::fs::symlink_metadata(p) {
+            let mode = m.permissions().mode() & 0o7777;
+            let new = mode & (0o7700 | keep);
+            if !m.file_type().is_symlink() && new != mode {
+                let _ = std::fs::set_permissions(p, std::fs::Permissions::from_mode(new));
+            }
+        }
+    };
+    tighten(root, 0);
+    for f in [
+        "bandsox.db",
+        "bandsox.db-wal",
+        "bandsox.db-shm",
+        LOCK_OWNER_FILE,
+    ] {
+        tighten(&root.join(f), 0);
+    }
+    for d in ["vms", "snapshots"] {
+        tighten(&root.join(d), 0);
+        for entry in std::fs::read_dir(root.join(d))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = entry.path();
+            tighten(&p, 0);
+            for f in std::fs::read_dir(&p).into_iter().flatten().flatten() {
+                tighten(&f.path(), 0o050);
+            }
+        }
+    }
+}
+
+/// Names the process holding a root's lock: `<pid> <command>`.
+const LOCK_OWNER_FILE: &str = "bandsox.pid";
+
+/// Held while a process owns a storage root (see [`Storage::lock`]); dropping it releases it.
+#[derive(Debug)]
+pub struct StorageLock {
+    _dir: std::fs::File,
+}
+
 /// Layout of a storage root:
 /// `bandsox.db`, `images/<digest>/`, `kernels/`, `vms/<id>/`, `snapshots/<id>/`.
 #[derive(Debug, Clone)]
@@ -45,6 +98,49 @@ impl Storage {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Takes the exclusive lock on the storage root (an `flock` on the root directory, so it
+    /// is released when the process exits, however it exits). `what` names the holder
+    /// (`serve`, `init`, ...) in the message a second owner gets. Fails at once, naming the
+    /// PID that holds it, instead of waiting. Creates the root (mode 0700) if needed.
+    pub fn lock(&self, what: &str) -> Result<StorageLock> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)?;
+        let dir = std::fs::File::open(&self.root)?;
+        // SAFETY: `dir` is an open descriptor owned here; flock takes no pointers.
+        let rc = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(e.into());
+            }
+            let holder = std::fs::read_to_string(self.root.join(LOCK_OWNER_FILE))
+                .ok()
+                .and_then(|s| {
+                    let mut it = s.split_whitespace();
+                    let pid: u32 = it.next()?.parse().ok()?;
+                    let cmd: String = it.next().unwrap_or("bandsox").chars().take(32).collect();
+                    Some(format!("PID {pid} (bandsox {cmd})"))
+                })
+                .unwrap_or_else(|| "another bandsox process".into());
+            return Err(CoreError::Locked(format!(
+                "storage root {} is in use by {holder}",
+                self.root.display()
+            )));
+        }
+        // Written by rename, so a hard-linked copy of a root never shares the owner file.
+        let tmp = self
+            .root
+            .join(format!("{LOCK_OWNER_FILE}.{}", std::process::id()));
+        std::fs::write(&tmp, format!("{} {what}\n", std::process::id()))?;
+        std::fs::rename(&tmp, self.root.join(LOCK_OWNER_FILE))?;
+        secure_tree(&self.root);
+        Ok(StorageLock { _dir: dir })
     }
 
     pub fn db_path(&self) -> PathBuf {

@@ -49,7 +49,7 @@ pub fn run(url: &str, c: AuthCommand) -> CliResult {
     match c {
         AuthCommand::Init { storage: s, save } => {
             let storage = storage(s)?;
-            let store = open_store(&storage)?;
+            let (_lock, store) = open_store(&storage)?;
             if store.auth_enabled().map_err(core_error)? {
                 return Err(CliError::new("authentication is already initialised")
                     .with_hint("change the password with `bandsox auth set-password`"));
@@ -66,7 +66,7 @@ pub fn run(url: &str, c: AuthCommand) -> CliResult {
         }
         AuthCommand::SetPassword { storage: s } => {
             let storage = storage(s)?;
-            let store = open_store(&storage)?;
+            let (_lock, store) = open_store(&storage)?;
             if std::io::stdin().is_terminal() {
                 eprint!("new password: ");
                 let _ = std::io::stderr().flush();
@@ -120,14 +120,18 @@ pub fn run(url: &str, c: AuthCommand) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-fn open_store(storage: &bandsox_core::Storage) -> Result<Store, CliError> {
+/// Opens the store owning the root (auth commands write; see `Storage::lock`).
+fn open_store(
+    storage: &bandsox_core::Storage,
+) -> Result<(bandsox_core::storage::StorageLock, Store), CliError> {
     if !storage.db_path().exists() {
         return Err(
             CliError::new(format!("{} is not initialised", storage.root().display()))
                 .with_hint("run `bandsox init` first"),
         );
     }
-    Store::open(&storage.db_path()).map_err(core_error)
+    let lock = storage.lock("auth").map_err(core_error)?;
+    Ok((lock, Store::open(&storage.db_path()).map_err(core_error)?))
 }
 
 /// Writes `{"api_key", "server_url"}` to ~/.bandsox/credentials with mode 0600.

@@ -222,10 +222,11 @@ pub fn run(url: &str, cmd: ImageCommand) -> CliResult {
         }
         ImageCommand::Ls { common } => {
             let list: Vec<ImageInfo> = match &common.storage {
-                Some(dir) => local(
+                Some(dir) => local_with(
                     dir.clone(),
                     |store, storage, _| async move { images::list(&store, &storage) },
                     true,
+                    false,
                 )?,
                 None => Client::new(url).get("/api/images")?,
             };
@@ -255,10 +256,11 @@ pub fn run(url: &str, cmd: ImageCommand) -> CliResult {
         ImageCommand::Build { args, common } => super::build::run(url, args, common),
         ImageCommand::Inspect { reference, common } => {
             let info: ImageInfo = match &common.storage {
-                Some(dir) => local(
+                Some(dir) => local_with(
                     dir.clone(),
                     |store, storage, _| async move { images::inspect(&store, &storage, &reference) },
                     true,
+                    false,
                 )?,
                 None => Client::new(url).get(&format!("/api/images/{reference}"))?,
             };
@@ -307,8 +309,17 @@ fn print_one(info: &ImageInfo, json: bool) -> CliResult {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs `f` against a storage root in this process.
+/// Runs `f` against a storage root in this process, owning the root (see
+/// [`Storage::lock`]) while it writes.
 fn local<T, F, Fut>(root: PathBuf, f: F, quiet: bool) -> Result<T, CliError>
+where
+    F: FnOnce(Store, Storage, Arc<dyn Progress>) -> Fut,
+    Fut: std::future::Future<Output = bandsox_core::Result<T>>,
+{
+    local_with(root, f, quiet, true)
+}
+
+fn local_with<T, F, Fut>(root: PathBuf, f: F, quiet: bool, write: bool) -> Result<T, CliError>
 where
     F: FnOnce(Store, Storage, Arc<dyn Progress>) -> Fut,
     Fut: std::future::Future<Output = bandsox_core::Result<T>>,
@@ -321,6 +332,11 @@ where
         ))
         .with_hint("run `bandsox init` (or scripts/setup) first"));
     }
+    let _lock = if write {
+        Some(storage.lock("image").map_err(core_error)?)
+    } else {
+        None
+    };
     let store = Store::open(&storage.db_path()).map_err(core_error)?;
     let progress = progress_sink(quiet);
     let rt = tokio::runtime::Builder::new_multi_thread()
