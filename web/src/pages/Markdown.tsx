@@ -30,12 +30,16 @@ export function MarkdownViewer() {
         const html = await marked.parse(String(r.content), { gfm: true, async: true });
         const clean = DOMPurify.sanitize(html, {
           USE_PROFILES: { html: true },
-          FORBID_TAGS: ["style", "form", "input", "textarea", "select", "button", "iframe", "object", "embed"],
+          FORBID_TAGS: ["style", "form", "textarea", "select", "button", "iframe", "object", "embed"],
           FORBID_ATTR: ["style"],
         });
         const el = box.current!;
         el.innerHTML = clean; // sanitised above: the only HTML insertion of the dashboard
-        for (const c of el.querySelectorAll<HTMLInputElement>("input")) c.disabled = true;
+        // Task-list checkboxes stay (read-only); any other input goes.
+        for (const c of el.querySelectorAll<HTMLInputElement>("input")) {
+          if (c.type === "checkbox") c.disabled = true;
+          else c.remove();
+        }
         for (const a of el.querySelectorAll("a")) {
           a.rel = "noopener noreferrer";
           if (/^https?:/i.test(a.href)) a.target = "_blank";

@@ -257,12 +257,15 @@ function Files({ id }: { id: string }) {
   const [newDir, setNewDir] = useState("");
   const [prog, setProg] = useState<{ name: string; f: number } | null>(null);
   const [over, setOver] = useState(false);
+  const [truncated, setTruncated] = useState(false);
   const [error, busy, run] = useAction();
   const input = useRef<HTMLInputElement>(null);
   const join = (d: string, n: string) => (d.endsWith("/") ? d + n : `${d}/${n}`);
   const load = (d = dir) =>
     run(async () => {
-      const list = await api<FileEntry[]>("GET", `/api/vms/${q(id)}/files?path=${q(d)}`);
+      const r = await api<{ files: FileEntry[]; truncated: boolean }>("GET", `/api/vms/${q(id)}/files?path=${q(d)}`);
+      const list = r.files;
+      setTruncated(r.truncated);
       list.sort((a, b) => Number(b.is_dir) - Number(a.is_dir) || a.name.localeCompare(b.name));
       setEntries(list);
       setDir(d);
@@ -413,6 +416,7 @@ function Files({ id }: { id: string }) {
           </tbody>
         </table>
       </div>
+      {truncated && <p class="muted">The listing was cut short: the directory holds more entries than one answer carries.</p>}
       {view && (
         <div class="notice" id="file-view">
           <div class="row spread">
