@@ -24,6 +24,7 @@ before(async () => {
   server = await startServer({ auth: true });
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
   page = await ctx.newPage();
+  page.on("pageerror", (e) => console.log("pageerror:", e.message));
   page.on("dialog", (d) => {
     dialogs.push(d.message());
     d.dismiss().catch(() => {});
@@ -214,6 +215,7 @@ test("keys: create (shown once), use it → 200, revoke → 401; change the pass
   await page.fill("input[autocomplete=new-password]", fresh);
   await page.click("button:text('Change password')");
   await page.locator("text=Password changed.").waitFor();
+  assert.equal((await page.request.get(`${server.url}/api/vms`)).status(), 200, "the page's session did not survive its own password change");
   const login = (password) =>
     fetch(`${server.url}/api/auth/login`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ password }) }).then((r) => r.status);
   assert.equal(await login(server.password), 401);
@@ -265,4 +267,29 @@ test("XSS: hostile VM name, metadata, file name and Markdown run nothing", LONG,
   await page.locator("#markdown").hover();
   assert.equal(await page.evaluate(() => window.__pwned ?? null), null);
   assert.deepEqual(dialogs, []);
+});
+
+test("dark mode and phone width: the home and details pages fit a 390 px screen", async () => {
+  const ctx = await browser.newContext({
+    viewport: { width: 390, height: 844 },
+    colorScheme: "dark",
+    storageState: await page.context().storageState(),
+  });
+  const phone = await ctx.newPage();
+  try {
+    for (const [path, name] of [["/", "phone_home"], [`/vm_details?id=${vmId}`, "phone_vm_details"]]) {
+      await phone.goto(server.url + path);
+      await phone.locator("main h1, main h2").first().waitFor();
+      await phone.waitForTimeout(300);
+      const [scroll, bg] = await phone.evaluate(() => [
+        document.documentElement.scrollWidth,
+        getComputedStyle(document.body).backgroundColor,
+      ]);
+      assert.ok(scroll <= 391, `${path} is ${scroll} px wide at 390`);
+      assert.equal(bg, "rgb(15, 18, 23)", "dark theme not applied");
+      await phone.screenshot({ path: join(SHOTS, `${name}.png`) });
+    }
+  } finally {
+    await ctx.close();
+  }
 });

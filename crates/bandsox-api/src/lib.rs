@@ -352,6 +352,6 @@ pub struct VmEvent {
 pub struct ChangePasswordRequest {
     /// The password in force now.
     pub current_password: String,
-    /// At least 12 characters.
+    /// At least 8 characters.
     pub new_password: String,
 }

@@ -102,21 +102,20 @@ fn answer_with(
     resp
 }
 
-async fn page() -> Response {
-    match file("index.html") {
-        Some(b) => answer(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            "no-cache",
-            b.to_vec(),
-        ),
-        None => answer(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            "no-cache",
-            PLACEHOLDER.as_bytes().to_vec(),
-        ),
-    }
+async fn page(req: Request) -> Response {
+    let csp = if req.uri().path() == "/terminal" {
+        TERMINAL_CSP
+    } else {
+        PAGE_CSP
+    };
+    let body = file("index.html").unwrap_or(PLACEHOLDER.as_bytes());
+    answer_with(
+        StatusCode::OK,
+        "text/html; charset=utf-8",
+        "no-cache",
+        body.to_vec(),
+        csp,
+    )
 }
 
 async fn asset(req: Request) -> Response {

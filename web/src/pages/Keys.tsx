@@ -95,7 +95,14 @@ function Password() {
         onSubmit={(e) => {
           e.preventDefault();
           setDone(false);
-          run(async () => (await api("PUT", "/api/auth/password", { current_password: cur, new_password: next }), setCur(""), setNext(""), setDone(true)));
+          run(async () => {
+            await api("PUT", "/api/auth/password", { current_password: cur, new_password: next });
+            // The change ends every session, this one too: log in again with the new password.
+            await api("POST", "/api/auth/login", { password: next });
+            setCur("");
+            setNext("");
+            setDone(true);
+          });
         }}
       >
         <label>
@@ -103,13 +110,13 @@ function Password() {
           <input type="password" autocomplete="current-password" value={cur} onInput={(e) => setCur(e.currentTarget.value)} />
         </label>
         <label>
-          New password (12+ characters)
-          <input type="password" autocomplete="new-password" minLength={12} value={next} onInput={(e) => setNext(e.currentTarget.value)} />
+          New password (8+ characters)
+          <input type="password" autocomplete="new-password" minLength={8} value={next} onInput={(e) => setNext(e.currentTarget.value)} />
         </label>
-        <button type="submit" disabled={busy || !cur || next.length < 12}>Change password</button>
+        <button type="submit" disabled={busy || !cur || next.length < 8}>Change password</button>
       </form>
       <ErrorBox error={error} />
-      {done && <p class="notice" role="status">Password changed.</p>}
+      {done && <p class="notice" role="status">Password changed. Other sessions have been logged out.</p>}
     </section>
   );
 }

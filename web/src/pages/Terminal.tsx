@@ -40,6 +40,7 @@ export function Terminal() {
     const { t, fit } = cur;
     const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/vms/${q(id)}/terminal`;
     const ws = new WebSocket(url, ["bandsox.terminal.binary"]);
+    let ours = false; // closed by this page (reconnect, leaving): no notice
     ws.binaryType = "arraybuffer";
     const enc = new TextEncoder();
     const send = (m: object) => ws.readyState === WebSocket.OPEN && ws.send(JSON.stringify(m));
@@ -55,14 +56,21 @@ export function Terminal() {
       else t.write(new Uint8Array(e.data));
     };
     ws.onclose = (e) => {
+      if (ours) return;
       setNotice(e.code === 1000 ? "The session ended (the shell exited or the VM stopped)." : `The connection closed (code ${e.code}${e.reason ? `: ${e.reason}` : ""}).`);
       api<Vm>("GET", `/api/vms/${q(id)}`).then(setVm).catch(() => {});
     };
     const d1 = t.onData((s) => send({ type: "input", data: b64(enc.encode(s)) }));
     const d2 = t.onBinary((s) => send({ type: "input", data: btoa(s) }));
     const d3 = t.onResize(resize);
-    return () => (d1.dispose(), d2.dispose(), d3.dispose(), ws.close());
-  }, [id, gen, term.current]);
+    return () => {
+      ours = true;
+      d1.dispose();
+      d2.dispose();
+      d3.dispose();
+      ws.close();
+    };
+  }, [id, gen]);
 
   return (
     <div class="term-page">

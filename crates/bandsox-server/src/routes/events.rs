@@ -3,7 +3,7 @@
 //!
 //! The server compares the VM table once a second and sends what changed: `vm` (a VM appeared
 //! or its status, name, metadata or expiry changed; data: [`VmEvent`] with the VM) and
-//! `vm_deleted` (data: [`VmEvent`] with the id). The first batch after connecting is every
+//! `vm_deleted` (data: [`VmEvent`] with the id). A comment line opens the stream; the first batch after connecting is every
 //! VM, so a client can start from the stream alone. The stream ends when the credential it
 //! was opened with is revoked.
 
@@ -50,6 +50,14 @@ fn async_stream(
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
     tokio::spawn(async move {
+        // A comment first, so a client knows at once that the feed is open.
+        if tx
+            .send(Event::default().comment("bandsox events"))
+            .await
+            .is_err()
+        {
+            return;
+        }
         let mut seen: HashMap<String, Seen> = HashMap::new();
         let mut tick = tokio::time::interval(TICK);
         loop {
