@@ -1,22 +1,25 @@
-// One bundle for every page: the server answers index.html at each page path and the path
-// picks the page.
+// One entry for every page: the server answers index.html at each page path and the path
+// picks the page. Other pages load as their own chunks, so the home page carries no xterm.js
+// or Markdown renderer.
 import { render } from "preact";
-import "./style.css";
 import { Home } from "./pages/Home";
-import { Keys } from "./pages/Keys";
-import { Login } from "./pages/Login";
-import { MarkdownViewer } from "./pages/Markdown";
-import { Terminal } from "./pages/Terminal";
-import { VmDetails } from "./pages/VmDetails";
+import "./style.css";
 
-const pages: Record<string, () => preact.JSX.Element> = {
-  "/": Home,
-  "/login": Login,
-  "/vm_details": VmDetails,
-  "/terminal": Terminal,
-  "/markdown_viewer": MarkdownViewer,
-  "/keys": Keys,
+type Loader = () => Promise<() => preact.JSX.Element>;
+
+const pages: Record<string, Loader> = {
+  "/": () => Promise.resolve(Home), // the page most visits start on: in the entry chunk
+  "/login": () => import("./pages/Login").then((m) => m.Login),
+  "/vm_details": () => import("./pages/VmDetails").then((m) => m.VmDetails),
+  "/terminal": () => import("./pages/Terminal").then((m) => m.Terminal),
+  "/markdown_viewer": () => import("./pages/Markdown").then((m) => m.MarkdownViewer),
+  "/keys": () => import("./pages/Keys").then((m) => m.Keys),
 };
 
-const Page = pages[location.pathname] ?? (() => <p>No such page.</p>);
-render(<Page />, document.getElementById("app")!);
+const root = document.getElementById("app")!;
+const load = pages[location.pathname];
+if (load) {
+  load().then((Page) => render(<Page />, root));
+} else {
+  render(<p>No such page.</p>, root);
+}

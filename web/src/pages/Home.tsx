@@ -22,17 +22,33 @@ function useVms(): [Map<string, Vm>, boolean, () => void] {
       if (poll) clearInterval(poll);
       poll = undefined;
     };
+    // Events come in bursts (the first batch is every VM): apply them once a frame.
+    let pending: [string, Vm | null][] = [];
+    let queued = false;
+    const flush = () => {
+      queued = false;
+      const batch = pending;
+      pending = [];
+      setVms((m) => {
+        const n = new Map(m);
+        for (const [id, vm] of batch) vm ? n.set(id, vm) : n.delete(id);
+        return n;
+      });
+    };
+    const push = (id: string, vm: Vm | null) => {
+      pending.push([id, vm]);
+      if (!queued) {
+        queued = true;
+        setTimeout(flush, 50);
+      }
+    };
     es.addEventListener("vm", (e) => {
       const ev = JSON.parse((e as MessageEvent).data);
-      setVms((m) => new Map(m).set(ev.id, ev.vm));
+      push(ev.id, ev.vm);
     });
     es.addEventListener("vm_deleted", (e) => {
       const ev = JSON.parse((e as MessageEvent).data);
-      setVms((m) => {
-        const n = new Map(m);
-        n.delete(ev.id);
-        return n;
-      });
+      push(ev.id, null);
     });
     es.onerror = () => {
       setLive(false);
