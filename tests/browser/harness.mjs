@@ -40,6 +40,7 @@ export async function startServer({ auth = false } = {}) {
   const url = `http://127.0.0.1:${port}`;
   const proc = spawn(BIN, ["serve", "--port", String(port), "--proxy-port", "0", "--storage", root], {
     stdio: ["ignore", "ignore", "inherit"],
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG ?? "warn" },
   });
   const vms = [];
   const headers = { "content-type": "application/json", ...(key ? { authorization: `Bearer ${key}` } : {}) };

@@ -401,3 +401,23 @@ pub struct VmStatsInfo {
     pub net_rx_bytes: Option<u64>,
     pub net_tx_bytes: Option<u64>,
 }
+
+/// One event of `GET /api/events` (server-sent events): a VM appeared or changed (`vm`, with
+/// the VM as `GET /api/vms/{id}` shows it) or was deleted (`vm_deleted`, with its id only).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VmEvent {
+    /// `vm` or `vm_deleted` (also the SSE `event:` name).
+    pub kind: String,
+    pub id: String,
+    /// The VM now, for `vm`.
+    pub vm: Option<VmInfo>,
+}
+
+/// Body of `PUT /api/auth/password`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ChangePasswordRequest {
+    /// The password in force now.
+    pub current_password: String,
+    /// At least 8 characters.
+    pub new_password: String,
+}

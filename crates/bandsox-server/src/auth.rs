@@ -219,6 +219,12 @@ fn websocket_token(req: &Request) -> Option<String> {
 /// with its [`Credential`] in its extensions.
 pub async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     match check(&s, &req) {
+        Err(e)
+            if crate::dashboard::is_page(req.uri().path())
+                && e.status == StatusCode::UNAUTHORIZED =>
+        {
+            crate::dashboard::to_login(&req)
+        }
         Ok(cred) => {
             req.extensions_mut().insert(cred);
             next.run(req).await
@@ -272,6 +278,7 @@ fn authenticate(s: &AppState, req: &Request) -> ApiResult<Credential> {
             | "/healthz"
             | "/readyz"
     ) || crate::docs::is_docs_path(path)
+        || crate::dashboard::is_public(path)
     {
         return Ok(Credential::Public);
     }
@@ -404,6 +411,52 @@ pub async fn check_route(
         }
     };
     Ok(Json(serde_json::json!({ "authenticated": authenticated })))
+}
+
+/// `PUT /api/auth/password`: changes the admin password (argon2id). Every session ends (log in
+/// again with the new password; API keys stay valid) and open sockets check their credential
+/// again.
+#[utoipa::path(
+    put,
+    path = "/api/auth/password",
+    tag = "auth",
+    summary = "Change the admin password (needs the current one; every session ends)",
+    operation_id = "auth_change_password",
+    request_body = bandsox_api::ChangePasswordRequest,
+    responses((status = 200, description = "success", body = serde_json::Value))
+)]
+pub async fn change_password(
+    State(s): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<bandsox_api::ChangePasswordRequest>, JsonRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let Json(req) = body?;
+    let store = s.manager.store();
+    if !store.auth_enabled()? {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "auth_disabled",
+            "authentication is not initialised",
+        ));
+    }
+    if !s.login_limiter.allow(peer.ip()) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many failed password checks from this address; try again in a minute",
+        ));
+    }
+    if !store.verify_password(&req.current_password)? {
+        s.login_limiter.failed(peer.ip());
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the current password is wrong",
+        ));
+    }
+    store.set_password(&req.new_password)?;
+    s.credentials_changed();
+    Ok(Json(serde_json::json!({ "status": "ok" })))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -3,6 +3,7 @@
 //! on loopback addresses.
 
 pub mod auth;
+pub mod dashboard;
 pub mod discovery;
 pub mod docs;
 pub mod error;
@@ -144,7 +145,10 @@ pub async fn serve(
     if let Some(p) = &proxy {
         state.proxy.port = p.local_addr()?.port();
     }
-    tracing::info!(addr = %api.local_addr()?, "bandsox API listening");
+    tracing::info!(addr = %api.local_addr()?, "bandsox API and dashboard listening");
+    if !dashboard::built() {
+        tracing::warn!("this binary has no dashboard (web/dist was missing at build time): / serves a placeholder; run `npm ci && npm run build` in web/ and rebuild");
+    }
     let stop = listen::stop_on(shutdown);
     let proxy_task = match proxy {
         Some(listener) => {

@@ -43,7 +43,7 @@ use crate::{auth, routes};
         routes::build::from_dockerfile, routes::build::build_image,
         routes::ws::terminal, routes::ws::exec_stream, routes::socket::socket,
         auth::login, auth::logout, auth::check_route, auth::list_keys, auth::create_key,
-        auth::revoke_key,
+        auth::revoke_key, auth::change_password, routes::events::events,
     ),
     components(schemas(bandsox_api::Problem)),
     modifiers(&Conventions),

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod commands;
+pub mod events;
 pub mod files;
 pub mod health;
 pub mod images;
@@ -182,6 +183,8 @@ fn routes() -> Router<AppState> {
             "/api/auth/keys/{id}",
             axum::routing::delete(auth::revoke_key),
         )
+        .route("/api/auth/password", put(auth::change_password))
+        .route("/api/events", get(events::events))
         .route("/api/version", get(vms::version))
         .route("/api/openapi.json", get(crate::openapi::serve_spec))
         .route("/api/vms", get(vms::list).post(vms::create))
@@ -263,6 +266,7 @@ fn routes() -> Router<AppState> {
         .route("/api/vms/{id}/stats", get(health::stats))
         .route_layer(axum::middleware::from_fn(crate::observe::mark_route))
         .merge(crate::docs::router())
+        .merge(crate::dashboard::router())
         .fallback(vms::not_found)
         .method_not_allowed_fallback(vms::method_not_allowed)
 }

@@ -445,7 +445,7 @@ fn looks_secret(name: &str) -> bool {
     .any(|s| n.contains(s))
 }
 
-fn vm_info(m: &bandsox_core::Manager, vm: VmRecord) -> VmInfo {
+pub(crate) fn vm_info(m: &bandsox_core::Manager, vm: VmRecord) -> VmInfo {
     let network_config = m
         .vm_network(&vm.id)
         .ok()
