@@ -41,8 +41,8 @@ pub struct CreateVmRequest {
     #[serde(default)]
     pub timeout_action: Option<String>,
     /// Extension: use the template of this image and shape when there is one, and build it
-    /// in the background after a cold create (default: the server's setting, on unless
-    /// `--no-auto-template`). `false` always cold boots and builds nothing.
+    /// in the background after a cold create (default: the server's setting, off unless
+    /// `bandsox serve --auto-template`). `false` always cold boots and builds nothing.
     #[serde(default)]
     pub template: Option<bool>,
 }

@@ -32,7 +32,10 @@ pub async fn run(runs: usize, templates_only: bool) -> Result<()> {
 
 async fn run_in(work: &Path, runs: usize, templates_only: bool) -> Result<()> {
     let storage = crate::util::prepare_storage(work)?;
-    let mgr = Manager::open(ManagerConfig::new(storage.clone())).await?;
+    let mut config = ManagerConfig::new(storage.clone());
+    // The first-create row measures a cold create with its background template build.
+    config.auto_template = true;
+    let mgr = Manager::open(config).await?;
     let (backend, accel) = mgr.backend();
     if templates_only {
         return templates(&mgr, runs, backend, accel).await;

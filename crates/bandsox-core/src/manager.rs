@@ -79,7 +79,8 @@ pub struct ManagerConfig {
     /// Nameservers written to guests' `/etc/resolv.conf` (`bandsox serve --dns`).
     pub dns: Vec<std::net::Ipv4Addr>,
     /// Build a template in the background after a cold create, so the next create of that
-    /// image and shape is a restore (`bandsox serve --no-auto-template` turns it off).
+    /// image and shape is a restore (`bandsox serve --auto-template`; off by default until
+    /// the whole test suite runs with it on).
     pub auto_template: bool,
 }
 
@@ -90,7 +91,7 @@ impl ManagerConfig {
             boot_timeout: Duration::from_secs(90),
             limits: Limits::default(),
             dns: bandsox_net::default_resolvers(),
-            auto_template: true,
+            auto_template: false,
         }
     }
 }

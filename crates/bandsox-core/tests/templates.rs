@@ -55,9 +55,9 @@ fn req(name: &str) -> CreateVm {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn template_clones_are_fast_and_each_its_own_machine() {
     let ts = fresh_storage();
-    let mgr = Manager::open(ManagerConfig::new(ts.storage.clone()))
-        .await
-        .unwrap();
+    let mut config = ManagerConfig::new(ts.storage.clone());
+    config.auto_template = true;
+    let mgr = Manager::open(config).await.unwrap();
 
     // Cold create; the template is built behind it.
     let t0 = Instant::now();

@@ -46,10 +46,11 @@ pub struct ServeArgs {
     /// non-loopback resolvers, else 1.1.1.1,8.8.8.8].
     #[arg(long, value_delimiter = ',')]
     dns: Vec<std::net::Ipv4Addr>,
-    /// Do not build templates in the background after cold creates (creates still use
-    /// templates built with `bandsox template build`).
+    /// Build a template in the background after each cold create, so the next create of that
+    /// image and shape restores it (templates built with `bandsox template build` are used
+    /// either way).
     #[arg(long)]
-    no_auto_template: bool,
+    auto_template: bool,
     /// Port of the guest port proxy (`/api/vms/ID/ports/PORT/...`), a listener of its own so
     /// guest pages never share the API's origin; 0 picks a free port [default: --port + 1].
     #[arg(long)]
@@ -117,7 +118,7 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
         if !a.dns.is_empty() {
             config.dns = a.dns;
         }
-        config.auto_template = !a.no_auto_template;
+        config.auto_template = a.auto_template;
         let choice = match a.vmm.as_deref() {
             Some(v) => VmmChoice::parse(v).unwrap_or_default(),
             None => VmmChoice::from_env().map_err(core_error)?,
