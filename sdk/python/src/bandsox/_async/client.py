@@ -626,7 +626,8 @@ class AsyncBandSox:
 
     async def list_templates(self) -> List[JsonDict]:
         """Template objects (``id``, ``image``, ``vcpu``, ``mem_mib``, ``current``, ...)."""
-        return await self._json("GET", "/api/templates")
+        templates: List[JsonDict] = await self._json("GET", "/api/templates")
+        return templates
 
     async def build_template(
         self,
@@ -637,7 +638,7 @@ class AsyncBandSox:
         enable_networking: bool = True,
     ) -> JsonDict:
         """Builds (or returns the existing) template of an image and shape."""
-        return await self._json(
+        built: JsonDict = await self._json(
             "POST",
             "/api/templates",
             json={
@@ -649,6 +650,7 @@ class AsyncBandSox:
             },
             timeout=self.boot_timeout * 2 + 600,
         )
+        return built
 
     async def delete_template(self, template_id: str) -> None:
         """Deletes a template (VMs created from it keep running)."""

@@ -628,7 +628,8 @@ class BandSox:
 
     def list_templates(self) -> List[JsonDict]:
         """Template objects (``id``, ``image``, ``vcpu``, ``mem_mib``, ``current``, ...)."""
-        return self._json("GET", "/api/templates")
+        templates: List[JsonDict] = self._json("GET", "/api/templates")
+        return templates
 
     def build_template(
         self,
@@ -639,7 +640,7 @@ class BandSox:
         enable_networking: bool = True,
     ) -> JsonDict:
         """Builds (or returns the existing) template of an image and shape."""
-        return self._json(
+        built: JsonDict = self._json(
             "POST",
             "/api/templates",
             json={
@@ -651,6 +652,7 @@ class BandSox:
             },
             timeout=self.boot_timeout * 2 + 600,
         )
+        return built
 
     def delete_template(self, template_id: str) -> None:
         """Deletes a template (VMs created from it keep running)."""
