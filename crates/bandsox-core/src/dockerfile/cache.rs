@@ -7,6 +7,7 @@
 //! Cache snapshots are ordinary snapshots marked in their metadata: hidden from snapshot
 //! lists, at most [`MAX_ENTRIES`] (the oldest go first), and removed with their image.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
@@ -36,14 +37,17 @@ pub(super) fn chain(prev: &str, step: &str, extra: &str) -> String {
 }
 
 impl Manager {
-    /// The snapshot recorded for step key `key`.
-    pub(super) fn cached_step(&self, key: &str) -> Result<Option<String>> {
+    /// The cache snapshots by step key (one read of the snapshot table).
+    pub(super) fn cached_steps(&self) -> Result<HashMap<String, String>> {
         Ok(self
             .store()
             .list_snapshots()?
             .into_iter()
-            .find(|s| s.metadata.get(CACHE_KEY).and_then(|v| v.as_str()) == Some(key))
-            .map(|s| s.id))
+            .filter_map(|s| {
+                let key = s.metadata.get(CACHE_KEY)?.as_str()?.to_owned();
+                Some((key, s.id))
+            })
+            .collect())
     }
 
     /// Snapshots build VM `vm` under step key `key` and drops the oldest entries beyond

@@ -332,12 +332,7 @@ fn walk<W: io::Write>(
     ignore: &Ignore,
     packed: &mut Packed,
 ) -> Result<()> {
-    let mut names: Vec<_> = fs::read_dir(root.join(rel))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    for name in names {
+    for name in children(&root.join(rel))? {
         let child = rel.join(&name);
         if ignore.is_ignored(&child) {
             continue;
@@ -405,12 +400,7 @@ pub fn digest(root: &Path, rels: &[PathBuf], ignore: &Ignore) -> Result<String> 
         } else if meta.is_file() {
             io::copy(&mut File::open(&path)?, h)?;
         } else if meta.is_dir() {
-            let mut names: Vec<_> = fs::read_dir(&path)?
-                .filter_map(|e| e.ok())
-                .map(|e| e.file_name())
-                .collect();
-            names.sort();
-            for n in names {
+            for n in children(&path)? {
                 let child = rel.join(n);
                 if !ignore.is_ignored(&child) {
                     add(h, root, &child, ignore)?;
@@ -425,6 +415,16 @@ pub fn digest(root: &Path, rels: &[PathBuf], ignore: &Ignore) -> Result<String> 
         add(&mut h, root, rel, ignore)?;
     }
     Ok(hex::encode(h.finalize()))
+}
+
+/// The names in folder `dir`, sorted (walks are deterministic: tars and digests repeat).
+fn children(dir: &Path) -> Result<Vec<std::ffi::OsString>> {
+    let mut names: Vec<_> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// A tar archive (plain, gzip, bzip2 or xz) by its first bytes, as `ADD` decides.
@@ -450,12 +450,7 @@ pub fn pack_dir<W: io::Write>(dir: &Path, extra: Option<(&str, &[u8])>, out: W) 
     let mut packed = Packed::default();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
-        let mut names: Vec<_> = fs::read_dir(dir.join(&rel))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .collect();
-        names.sort();
-        for name in names {
+        for name in children(&dir.join(&rel))? {
             let child = rel.join(&name);
             let keep_anyway =
                 rel.as_os_str().is_empty() && (name == ".dockerignore" || name == "Dockerfile");

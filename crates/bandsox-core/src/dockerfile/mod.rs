@@ -421,6 +421,7 @@ impl Manager {
         stage: &Stage,
         keys: &[Option<String>],
     ) -> Result<Option<(usize, String)>> {
+        let cached = self.cached_steps()?;
         let mut hit = None;
         for (n, step) in stage.steps.iter().enumerate() {
             if !matches!(step, Step::Run(_) | Step::Copy(_)) {
@@ -429,8 +430,8 @@ impl Manager {
             let Some(Some(key)) = keys.get(n) else {
                 break;
             };
-            match self.cached_step(key)? {
-                Some(snapshot) => hit = Some((n, snapshot)),
+            match cached.get(key) {
+                Some(snapshot) => hit = Some((n, snapshot.clone())),
                 None => break,
             }
         }
@@ -549,13 +550,7 @@ impl Manager {
                             .into(),
                     ));
                 }
-                let (tree, t) = (tree.clone(), tar.clone());
-                blocking(move || {
-                    bandsox_image::unpack::apply_layer_file(&tree, &t, None)
-                        .map(|_| ())
-                        .map_err(CoreError::from)
-                })
-                .await?;
+                unpack_into(tree, &tar).await?;
             }
             Fs::Vm(id) => {
                 let mut file = tokio::fs::File::open(&tar).await?;
@@ -616,14 +611,7 @@ impl Manager {
             &args.iter().map(String::as_str).collect::<Vec<_>>(),
         );
         self.stream_tar(id, argv, &tar).await?;
-        std::fs::create_dir_all(dest)?;
-        let (d, t) = (dest.to_path_buf(), tar.clone());
-        blocking(move || {
-            bandsox_image::unpack::apply_layer_file(&d, &t, None)
-                .map(|_| ())
-                .map_err(CoreError::from)
-        })
-        .await?;
+        unpack_into(dest, &tar).await?;
         let _ = std::fs::remove_file(&tar);
         Ok(())
     }
@@ -642,13 +630,7 @@ impl Manager {
                 let tar = work.next_path("rootfs.tar");
                 self.export_tree(id, &tar).await?;
                 let tree = work.next_path("rootfs");
-                let (tar2, tree2) = (tar.clone(), tree.clone());
-                blocking(move || {
-                    std::fs::create_dir_all(&tree2)?;
-                    bandsox_image::unpack::apply_layer_file(&tree2, &tar2, None)?;
-                    Ok(())
-                })
-                .await?;
+                unpack_into(&tree, &tar).await?;
                 let _ = std::fs::remove_file(&tar);
                 tree
             }
@@ -829,6 +811,18 @@ fn read_dockerfile(context: &Path, path: &str) -> Result<String> {
     }
     String::from_utf8(std::fs::read(&file)?)
         .map_err(|_| bad(format!("the Dockerfile `{path}` is not UTF-8")))
+}
+
+/// Unpacks tar `tar` (from a build VM or a `COPY`) into folder `dir`, created if missing,
+/// with the safe unpacker image layers use.
+async fn unpack_into(dir: &Path, tar: &Path) -> Result<()> {
+    let (dir, tar) = (dir.to_path_buf(), tar.to_path_buf());
+    blocking(move || {
+        std::fs::create_dir_all(&dir)?;
+        bandsox_image::unpack::apply_layer_file(&dir, &tar, None)?;
+        Ok(())
+    })
+    .await
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
