@@ -11,6 +11,7 @@ pub mod listen;
 pub mod observe;
 pub mod openapi;
 pub mod origin;
+pub mod resolve;
 pub mod routes;
 mod util;
 
