@@ -156,12 +156,17 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", e.message);
-            if let Some(hint) = &e.hint {
-                eprintln!("hint: {hint}");
-            }
+            report(&e);
             ExitCode::from(e.exit_code)
         }
+    }
+}
+
+/// Prints an error as `error: ...` and, when there is one, `hint: ...` on stderr.
+pub fn report(e: &CliError) {
+    eprintln!("error: {}", e.message);
+    if let Some(hint) = &e.hint {
+        eprintln!("hint: {hint}");
     }
 }
 

@@ -7,6 +7,13 @@ use bandsox_protocol::ErrorBody;
 pub enum CoreError {
     #[error("{kind} `{id}` not found")]
     NotFound { kind: &'static str, id: String },
+    /// A reference (name or id prefix) matches several objects.
+    #[error("{kind} reference `{reference}` is ambiguous; it matches {}", .candidates.join(", "))]
+    Ambiguous {
+        kind: &'static str,
+        reference: String,
+        candidates: Vec<String>,
+    },
     #[error("{0}")]
     InvalidInput(String),
     #[error("{0}")]
@@ -67,6 +74,7 @@ impl CoreError {
             Self::NotFound { kind: "VM", .. } => "vm_not_found",
             Self::NotFound { kind: "image", .. } => "image_not_found",
             Self::NotFound { .. } => "not_found",
+            Self::Ambiguous { .. } => "ambiguous_reference",
             Self::InvalidInput(_) => "invalid_input",
             Self::Conflict(_) => "conflict",
             Self::NotInitialised(_) => "not_initialised",
@@ -99,6 +107,10 @@ impl CoreError {
             ),
             Self::NotFound { kind: "VM", .. } => Some("list VMs with `bandsox vm list`"),
             Self::NotFound { kind: "image", .. } => Some("list images with `bandsox image ls`"),
+            Self::NotFound {
+                kind: "snapshot", ..
+            } => Some("list snapshots with `bandsox snapshot ls`"),
+            Self::Ambiguous { .. } => Some("use the full id, or a longer id prefix"),
             Self::ImageInUse(_) => Some("delete the VMs and snapshots that use it first"),
             Self::LimitReached(_) => Some(
                 "delete VMs you no longer need, or raise the limit (`bandsox serve --max-vms`)",

@@ -14,6 +14,7 @@ pub mod init;
 pub mod manager;
 pub mod network;
 pub mod observe;
+pub mod resolve;
 pub mod snapshots;
 pub mod storage;
 pub mod store;

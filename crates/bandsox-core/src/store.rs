@@ -355,6 +355,23 @@ impl Store {
             .optional()?)
     }
 
+    /// `(id, name)` of every VM (for the reference resolver).
+    pub fn list_vm_names(&self) -> Result<Vec<(String, String)>> {
+        self.id_names("SELECT id, name FROM vms ORDER BY created_at DESC, id")
+    }
+
+    /// `(id, name)` of every snapshot (for the reference resolver).
+    pub fn list_snapshot_names(&self) -> Result<Vec<(String, String)>> {
+        self.id_names("SELECT id, name FROM snapshots ORDER BY created_at DESC, id")
+    }
+
+    fn id_names(&self, sql: &str) -> Result<Vec<(String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(sql)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// All snapshots, newest first.
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
         let conn = self.conn();

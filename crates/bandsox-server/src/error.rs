@@ -42,7 +42,7 @@ impl From<CoreError> for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             "invalid_input" | "guest_error" | "build_failed" => StatusCode::UNPROCESSABLE_ENTITY,
-            "conflict" | "image_in_use" => StatusCode::CONFLICT,
+            "conflict" | "image_in_use" | "ambiguous_reference" => StatusCode::CONFLICT,
             "disk_too_small"
             | "digest_mismatch"
             | "unsupported_media_type"

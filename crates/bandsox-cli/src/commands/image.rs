@@ -90,7 +90,7 @@ pub enum ImageCommand {
         common: Common,
     },
     /// List cached images.
-    #[command(alias = "list")]
+    #[command(visible_alias = "list")]
     Ls {
         #[command(flatten)]
         common: Common,
@@ -102,7 +102,7 @@ pub enum ImageCommand {
         common: Common,
     },
     /// Remove an image (refused while a VM uses it).
-    #[command(alias = "remove")]
+    #[command(visible_aliases = ["remove", "delete"])]
     Rm {
         reference: String,
         #[command(flatten)]

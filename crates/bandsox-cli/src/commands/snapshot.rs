@@ -12,21 +12,32 @@ use crate::CliResult;
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
     /// List snapshots.
+    #[command(visible_alias = "ls")]
     List {
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show one snapshot.
     Info {
+        /// Snapshot id, unique id prefix (4+ characters) or name.
         snapshot: String,
+        /// Print it as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Delete a snapshot (VMs restored from it are not affected).
-    Delete { snapshot: String },
+    /// Delete snapshots (VMs restored from them are not affected).
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Snapshot ids, id prefixes or names.
+        #[arg(required = true)]
+        snapshots: Vec<String>,
+    },
     /// Start a new VM from a snapshot; prints its id.
     Restore {
+        /// Snapshot id, unique id prefix or name.
         snapshot: String,
+        /// Name of the new VM.
         #[arg(long)]
         name: Option<String>,
         /// Accepted for BandSox compatibility.
@@ -34,7 +45,12 @@ pub enum SnapshotCommand {
         enable_networking: bool,
     },
     /// Rename a snapshot (names are labels).
-    Rename { snapshot: String, name: String },
+    Rename {
+        /// Snapshot id, unique id prefix or name.
+        snapshot: String,
+        /// The new name.
+        name: String,
+    },
 }
 
 pub fn run(url: &str, c: SnapshotCommand) -> CliResult {
@@ -74,10 +90,13 @@ pub fn run(url: &str, c: SnapshotCommand) -> CliResult {
                 println!("size        {} MiB", s.size_bytes >> 20);
             }
         }
-        SnapshotCommand::Delete { snapshot } => {
-            let r: StatusResponse =
-                client.delete(&format!("/api/snapshots/{}", segment(&snapshot)))?;
-            println!("{}", r.status);
+        SnapshotCommand::Delete { snapshots } => {
+            return crate::commands::vm::each(&snapshots, |snapshot| {
+                let r: StatusResponse =
+                    client.delete(&format!("/api/snapshots/{}", segment(snapshot)))?;
+                println!("{}", r.status);
+                Ok(())
+            })
         }
         SnapshotCommand::Restore {
             snapshot,

@@ -78,32 +78,65 @@ pub struct ExecArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
-    /// List VMs.
+    /// List VMs, newest first.
+    #[command(visible_alias = "ls")]
     List {
+        /// Only VMs in this state (creating, running, paused, stopped, failed).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only VMs whose name contains this text.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only VMs created from this image reference.
+        #[arg(long)]
+        image: Option<String>,
+        /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show one VM.
     Info {
+        /// VM id, unique id prefix (4+ characters) or name.
         vm: String,
+        /// Print it as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Power a VM off (its disk is kept).
-    Stop { vm: String },
-    /// Freeze a VM's vCPUs.
-    Pause { vm: String },
+    /// Power VMs off (their disks are kept).
+    Stop {
+        /// VM ids, id prefixes or names.
+        #[arg(required = true)]
+        vms: Vec<String>,
+    },
+    /// Freeze VMs' vCPUs.
+    Pause {
+        /// VM ids, id prefixes or names.
+        #[arg(required = true)]
+        vms: Vec<String>,
+    },
     /// Rename a VM (names are labels).
-    Rename { vm: String, name: String },
+    Rename {
+        /// VM id, unique id prefix or name.
+        vm: String,
+        /// The new name.
+        name: String,
+    },
     /// Snapshot a VM (BandSox's `vm save`); prints the snapshot id.
     Save {
+        /// VM id, unique id prefix or name.
         vm: String,
+        /// Name of the snapshot.
         name: String,
+        /// Print the answer as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Continue a paused VM.
-    Resume { vm: String },
+    /// Continue paused VMs.
+    Resume {
+        /// VM ids, id prefixes or names.
+        #[arg(required = true)]
+        vms: Vec<String>,
+    },
     /// Fork a running VM into N new running VMs (its memory and disk at this instant);
     /// prints their ids, one a line.
     Fork {
@@ -115,8 +148,13 @@ pub enum VmCommand {
         #[arg(long = "name")]
         names: Vec<String>,
     },
-    /// Stop a VM and remove it with all its files.
-    Delete { vm: String },
+    /// Stop VMs and remove them with all their files.
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// VM ids, id prefixes or names.
+        #[arg(required = true)]
+        vms: Vec<String>,
+    },
 }
 
 fn parse_kv(s: &str) -> Result<(String, String), String> {
@@ -292,8 +330,24 @@ fn exec_streamed(
 pub fn run(url: &str, c: VmCommand) -> CliResult {
     let client = Client::new(url);
     match c {
-        VmCommand::List { json } => {
-            let vms: Vec<VmInfo> = client.get("/api/vms")?;
+        VmCommand::List {
+            status,
+            name,
+            image,
+            json,
+        } => {
+            let mut query = Vec::new();
+            for (k, v) in [("status", status), ("name", name), ("image", image)] {
+                if let Some(v) = v {
+                    query.push(format!("{k}={}", segment(&v)));
+                }
+            }
+            let path = if query.is_empty() {
+                "/api/vms".to_owned()
+            } else {
+                format!("/api/vms?{}", query.join("&"))
+            };
+            let vms: Vec<VmInfo> = client.get(&path)?;
             if json {
                 println!("{}", serde_json::to_string(&vms).unwrap_or_default());
             } else {
@@ -326,9 +380,9 @@ pub fn run(url: &str, c: VmCommand) -> CliResult {
                 }
             }
         }
-        VmCommand::Stop { vm } => post_action(&client, &vm, "stop")?,
-        VmCommand::Pause { vm } => post_action(&client, &vm, "pause")?,
-        VmCommand::Resume { vm } => post_action(&client, &vm, "resume")?,
+        VmCommand::Stop { vms } => return each(&vms, |vm| post_action(&client, vm, "stop")),
+        VmCommand::Pause { vms } => return each(&vms, |vm| post_action(&client, vm, "pause")),
+        VmCommand::Resume { vms } => return each(&vms, |vm| post_action(&client, vm, "resume")),
         VmCommand::Rename { vm, name } => {
             let r: Renamed = client.put(
                 &format!("/api/vms/{}/name", segment(&vm)),
@@ -361,12 +415,32 @@ pub fn run(url: &str, c: VmCommand) -> CliResult {
                 println!("{id}");
             }
         }
-        VmCommand::Delete { vm } => {
-            let r: StatusResponse = client.delete(&format!("/api/vms/{}", segment(&vm)))?;
-            println!("{}", r.status);
+        VmCommand::Delete { vms } => {
+            return each(&vms, |vm| {
+                let r: StatusResponse = client.delete(&format!("/api/vms/{}", segment(vm)))?;
+                println!("{}", r.status);
+                Ok(())
+            })
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `op` on every reference, going on past failures (as `docker stop a b` does): each
+/// failure is printed as it happens and the exit code is that of the first one.
+pub fn each(refs: &[String], mut op: impl FnMut(&str) -> Result<(), CliError>) -> CliResult {
+    let mut first: Option<u8> = None;
+    for r in refs {
+        if let Err(e) = op(r) {
+            if refs.len() > 1 {
+                crate::report(&e);
+                first.get_or_insert(e.exit_code);
+            } else {
+                return Err(e);
+            }
+        }
+    }
+    Ok(first.map_or(ExitCode::SUCCESS, ExitCode::from))
 }
 
 /// `bandsox start|restart VM`.

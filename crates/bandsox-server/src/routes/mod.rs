@@ -100,7 +100,7 @@ impl AppState {
 /// headers, problem+json for every error, authentication and the origin policy, body caps and
 /// budget, the per-VM operation limit, then the routes.
 pub fn router(state: AppState) -> Router {
-    limited(&state)
+    resolving(&state, limited(&state).with_state(state.clone()))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,
@@ -111,7 +111,16 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             crate::observe::observe,
         ))
-        .with_state(state)
+}
+
+/// `inner` behind the reference resolver: it rewrites the path before `inner` routes it, so
+/// it wraps the whole router (a `Router::layer` runs after routing).
+fn resolving(state: &AppState, inner: Router) -> Router {
+    use tower::Layer;
+    Router::new().fallback_service(
+        axum::middleware::from_fn_with_state(state.clone(), crate::resolve::references)
+            .layer(inner),
+    )
 }
 
 /// The metrics alone, without authentication, for `serve --metrics-listen` (an address only
@@ -127,7 +136,7 @@ pub fn metrics_router(state: AppState) -> Router {
 /// limit, then the proxy. Guest answers pass through as they are (plus the sandbox policy).
 pub fn proxy_router(state: AppState) -> Router {
     let proxied = || axum::routing::any(proxy::proxy);
-    Router::new()
+    let routes = Router::new()
         .route("/api/vms/{id}/ports/{port}", proxied())
         .route("/api/vms/{id}/ports/{port}/", proxied())
         .route("/api/vms/{id}/ports/{port}/{*path}", proxied())
@@ -138,6 +147,8 @@ pub fn proxy_router(state: AppState) -> Router {
             crate::limits::per_vm,
         ))
         .layer(DefaultBodyLimit::disable())
+        .with_state(state.clone());
+    resolving(&state, routes)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::proxy_guard,
@@ -146,15 +157,17 @@ pub fn proxy_router(state: AppState) -> Router {
             state.clone(),
             crate::observe::observe,
         ))
-        .with_state(state)
 }
 
 /// The API for requests that were already authenticated (operations on a persistent socket):
 /// the same routes and limits, without the guard.
 pub(crate) fn routes_for(state: AppState) -> Router {
-    limited(&state)
-        .layer(axum::middleware::from_fn(crate::error::problems_only))
-        .with_state(state)
+    resolving(
+        &state,
+        limited(&state)
+            .layer(axum::middleware::from_fn(crate::error::problems_only))
+            .with_state(state.clone()),
+    )
 }
 
 fn limited(state: &AppState) -> Router<AppState> {

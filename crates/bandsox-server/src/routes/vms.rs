@@ -70,6 +70,8 @@ pub struct ListQuery {
     status: Option<String>,
     /// Extension: only VMs whose name contains this text.
     name: Option<String>,
+    /// Extension: only VMs created from this image reference.
+    image: Option<String>,
 }
 
 /// Lists VMs newest first. The body is a plain list (as BandSox clients expect); the number of
@@ -101,6 +103,7 @@ pub async fn list(
                 .as_deref()
                 .is_none_or(|st| vm.status.as_str() == st)
             && q.name.as_deref().is_none_or(|n| vm.name.contains(n))
+            && q.image.as_deref().is_none_or(|i| vm.image == i)
     };
     let matching: Vec<VmRecord> = vms.into_iter().filter(matches).collect();
     let total = matching.len();
