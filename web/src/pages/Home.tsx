@@ -5,61 +5,90 @@ import { ErrorBox, Frame, parseEnv, parseObject, Status, useAction } from "../ui
 const PAGE = 50;
 const STATUSES = ["all", "running", "paused", "stopped", "creating", "failed"];
 
-/** Follows VM changes: the list once, then `GET /api/events`; polling if the feed fails. */
-function useVms(): [Map<string, Vm>, boolean, () => void] {
-  const [vms, setVms] = useState<Map<string, Vm>>(new Map());
-  const [live, setLive] = useState(false);
+/**
+ * Follows VMs through `GET /api/events` (a `snapshot` of every VM, then changes); polls the
+ * list while the feed is down. The feed opens as soon as this module runs, before the first
+ * render, and the page subscribes to it.
+ */
+const feed = {
+  vms: null as Map<string, Vm> | null,
+  live: false,
+  listeners: new Set<() => void>(),
+  started: false,
+};
+
+function startFeed() {
+  if (feed.started) return;
+  feed.started = true;
+  const emit = () => feed.listeners.forEach((f) => f());
   const reload = () =>
     api<Vm[]>("GET", "/api/vms")
-      .then((list) => setVms(new Map(list.map((v) => [v.id, v]))))
+      .then((list) => ((feed.vms = new Map(list.map((v) => [v.id, v]))), emit()))
       .catch(() => {});
+  let poll: number | undefined;
+  const es = new EventSource("/api/events");
+  es.onopen = () => {
+    feed.live = true;
+    if (poll) clearInterval(poll);
+    poll = undefined;
+    emit();
+  };
+  // Events come in bursts: apply them once per 50 ms.
+  let pending: [string, Vm | null][] = [];
+  let queued = false;
+  const flush = () => {
+    queued = false;
+    const n = new Map(feed.vms ?? []);
+    for (const [id, vm] of pending) vm ? n.set(id, vm) : n.delete(id);
+    pending = [];
+    feed.vms = n;
+    emit();
+  };
+  const push = (id: string, vm: Vm | null) => {
+    pending.push([id, vm]);
+    if (!queued) {
+      queued = true;
+      setTimeout(flush, 50);
+    }
+  };
+  es.addEventListener("snapshot", (e) => {
+    pending = [];
+    const list: Vm[] = JSON.parse((e as MessageEvent).data);
+    feed.vms = new Map(list.map((v) => [v.id, v]));
+    emit();
+  });
+  es.addEventListener("vm", (e) => {
+    const ev = JSON.parse((e as MessageEvent).data);
+    push(ev.id, ev.vm);
+  });
+  es.addEventListener("vm_deleted", (e) => {
+    const ev = JSON.parse((e as MessageEvent).data);
+    push(ev.id, null);
+  });
+  es.onerror = () => {
+    feed.live = false;
+    emit();
+    if (!poll) {
+      reload();
+      poll = window.setInterval(reload, 5000);
+    }
+  };
+  return reload;
+}
+
+let reloadFeed: (() => Promise<void>) | undefined;
+if (location.pathname === "/") reloadFeed = startFeed();
+
+function useVms(): [Map<string, Vm>, boolean, () => void] {
+  const [, setTick] = useState(0);
   useEffect(() => {
-    reload();
-    let poll: number | undefined;
-    const es = new EventSource("/api/events");
-    es.onopen = () => {
-      setLive(true);
-      if (poll) clearInterval(poll);
-      poll = undefined;
-    };
-    // Events come in bursts (the first batch is every VM): apply them once a frame.
-    let pending: [string, Vm | null][] = [];
-    let queued = false;
-    const flush = () => {
-      queued = false;
-      const batch = pending;
-      pending = [];
-      setVms((m) => {
-        const n = new Map(m);
-        for (const [id, vm] of batch) vm ? n.set(id, vm) : n.delete(id);
-        return n;
-      });
-    };
-    const push = (id: string, vm: Vm | null) => {
-      pending.push([id, vm]);
-      if (!queued) {
-        queued = true;
-        setTimeout(flush, 50);
-      }
-    };
-    es.addEventListener("vm", (e) => {
-      const ev = JSON.parse((e as MessageEvent).data);
-      push(ev.id, ev.vm);
-    });
-    es.addEventListener("vm_deleted", (e) => {
-      const ev = JSON.parse((e as MessageEvent).data);
-      push(ev.id, null);
-    });
-    es.onerror = () => {
-      setLive(false);
-      if (!poll) poll = window.setInterval(reload, 5000);
-    };
-    return () => {
-      es.close();
-      if (poll) clearInterval(poll);
-    };
+    reloadFeed ??= startFeed();
+    const f = () => setTick((t) => t + 1);
+    feed.listeners.add(f);
+    f();
+    return () => void feed.listeners.delete(f);
   }, []);
-  return [vms, live, reload];
+  return [feed.vms ?? new Map(), feed.live, () => reloadFeed?.()];
 }
 
 function matches(vm: Vm, text: string): boolean {

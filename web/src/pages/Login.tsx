@@ -1,4 +1,4 @@
-import { useState } from "preact/hooks";
+import { useEffect, useState } from "preact/hooks";
 import { api } from "../api";
 import { ErrorBox, param } from "../ui";
 
@@ -11,6 +11,12 @@ export function Login() {
   const [password, setPassword] = useState("");
   const [error, setError] = useState<unknown>(null);
   const [busy, setBusy] = useState(false);
+  // Already in (a live session, or auth is off): no login step.
+  useEffect(() => {
+    api<{ authenticated: boolean }>("GET", "/api/auth/check")
+      .then((r) => r.authenticated && location.replace(safeNext(param("next"))))
+      .catch(() => {});
+  }, []);
   const submit = async (e: Event) => {
     e.preventDefault();
     setBusy(true);

@@ -1,11 +1,12 @@
 //! `GET /api/events`: VM status changes as server-sent events, for the dashboard and any
 //! client that wants to follow VMs without polling the list.
 //!
-//! The server compares the VM table once a second and sends what changed: `vm` (a VM appeared
-//! or its status, name, metadata or expiry changed; data: [`VmEvent`] with the VM) and
-//! `vm_deleted` (data: [`VmEvent`] with the id). A comment line opens the stream; the first batch after connecting is every
-//! VM, so a client can start from the stream alone. The stream ends when the credential it
-//! was opened with is revoked.
+//! A comment line opens the stream, then `snapshot` (data: every VM, as `GET /api/vms` lists
+//! them), so a client can start from the stream alone and resynchronises on every reconnect.
+//! After that the server compares the VM table once a second and sends what changed: `vm` (a VM
+//! appeared or its status, name, metadata or expiry changed; data: [`VmEvent`] with the VM) and
+//! `vm_deleted` (data: [`VmEvent`] with the id). The stream ends when the credential it was
+//! opened with is revoked.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -28,9 +29,9 @@ const TICK: Duration = Duration::from_secs(1);
     get,
     path = "/api/events",
     tag = "vms",
-    summary = "VM changes as server-sent events (`vm`, `vm_deleted`; data: VmEvent JSON)",
+    summary = "VM changes as server-sent events (`snapshot` first, then `vm`, `vm_deleted`)",
     operation_id = "vms_events",
-    responses((status = 200, description = "a `text/event-stream`: `event: vm` / `event: vm_deleted`, each `data:` line a VmEvent; the first batch lists every VM", body = VmEvent, content_type = "text/event-stream"))
+    responses((status = 200, description = "a `text/event-stream`: first `event: snapshot` (data: the list of every VM, as `GET /api/vms`), then `event: vm` / `event: vm_deleted` (data: a VmEvent) as VMs change", body = VmEvent, content_type = "text/event-stream"))
 )]
 pub async fn events(
     State(s): State<AppState>,
@@ -43,6 +44,16 @@ pub async fn events(
 
 /// What decides whether a VM changed.
 type Seen = (String, String, String, Option<u64>, u64);
+
+fn seen_of(vm: &bandsox_core::VmRecord) -> Seen {
+    (
+        vm.status.to_string(),
+        vm.name.clone(),
+        vm.metadata.to_string(),
+        vm.expires_at.map(|e| e as u64),
+        vm.updated_at as u64,
+    )
+}
 
 fn async_stream(
     s: AppState,
@@ -59,6 +70,7 @@ fn async_stream(
             return;
         }
         let mut seen: HashMap<String, Seen> = HashMap::new();
+        let mut first = true;
         let mut tick = tokio::time::interval(TICK);
         loop {
             tick.tick().await;
@@ -75,14 +87,27 @@ fn async_stream(
             };
             let mut now: HashMap<String, Seen> = HashMap::with_capacity(vms.len());
             let mut out = Vec::new();
+            if std::mem::take(&mut first) {
+                let mut all = Vec::with_capacity(vms.len());
+                for vm in vms {
+                    now.insert(vm.id.clone(), seen_of(&vm));
+                    all.push(super::vms::vm_info(&s.manager, vm));
+                }
+                seen = now;
+                let Ok(data) = serde_json::to_string(&all) else {
+                    continue;
+                };
+                if tx
+                    .send(Event::default().event("snapshot").data(data))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
             for vm in vms {
-                let key: Seen = (
-                    vm.status.to_string(),
-                    vm.name.clone(),
-                    vm.metadata.to_string(),
-                    vm.expires_at.map(|e| e as u64),
-                    vm.updated_at as u64,
-                );
+                let key = seen_of(&vm);
                 let id = vm.id.clone();
                 if seen.get(&id) != Some(&key) {
                     let info = super::vms::vm_info(&s.manager, vm);
