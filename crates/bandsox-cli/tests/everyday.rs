@@ -183,3 +183,61 @@ fn references_filters_and_aliases() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(ids(&bandsox(&url, &["vm", "ls", "--json"])).is_empty());
 }
+
+#[test]
+fn references_need_credentials() {
+    let root = common::TestRoot::new("bsxeverydayauth");
+    seed(root.path());
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bandsox"))
+        .args(["auth", "init", "--storage"])
+        .arg(root.path())
+        .env("HOME", root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let key = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("API key"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let port = free_port();
+    let _server = start_server(root.path(), port);
+    let url = format!("http://127.0.0.1:{port}");
+
+    // Without credentials an ambiguous name is refused like any other path: nothing is
+    // looked up, nothing about the names is told.
+    let (status, body) = answer(ureq::get(&format!("{url}/api/vms/twin")).call());
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    let with_key = |path: &str| {
+        answer(
+            ureq::get(&format!("{url}{path}"))
+                .set("Authorization", &format!("Bearer {key}"))
+                .call(),
+        )
+    };
+    let (status, body) = with_key("/api/vms/twin");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("ambiguous_reference"))
+    );
+    assert_eq!(with_key("/api/vms/web").1["id"], WEB);
+    // A refused request is still counted under its route.
+    let metrics = ureq::get(&format!("{url}/metrics"))
+        .set("Authorization", &format!("Bearer {key}"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bandsox_http_requests_total")
+                && l.contains(r#"route="/api/vms/{id}""#)
+                && l.contains(r#"status="401""#)),
+        "{metrics}"
+    );
+}

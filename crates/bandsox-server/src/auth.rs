@@ -245,6 +245,11 @@ pub async fn proxy_guard(State(s): State<AppState>, mut req: Request, next: Next
     }
 }
 
+/// Whether [`guard`] lets `req` through.
+pub(crate) fn would_pass(s: &AppState, req: &Request) -> bool {
+    check(s, req).is_ok()
+}
+
 fn check(s: &AppState, req: &Request) -> ApiResult<Credential> {
     let cred = authenticate(s, req)?;
     crate::origin::check(req, s.public_origin.as_deref())?;

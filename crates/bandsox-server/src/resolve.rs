@@ -22,26 +22,45 @@ pub async fn references(State(s): State<AppState>, mut req: Request, next: Next)
     next.run(req).await
 }
 
-/// The request's URI with its reference replaced by a full id, when it needs replacing.
-fn rewrite(m: &Manager, uri: &Uri) -> Result<Option<Uri>, ApiError> {
-    let path = uri.path();
+/// [`references`] for requests the API guard will let through; others go on unchanged and
+/// are refused by the guard, so nobody learns which names exist without credentials.
+pub async fn references_when_authenticated(
+    State(s): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if reference_of(req.uri().path()).is_none() || crate::auth::would_pass(&s, &req) {
+        references(State(s), req, next).await
+    } else {
+        next.run(req).await
+    }
+}
+
+/// The reference in a path that names one (not a full id), as
+/// `(route prefix, reference segment, rest after it, whether it is a VM)`.
+fn reference_of(path: &str) -> Option<(&'static str, &str, Option<&str>, bool)> {
     let (prefix, rest, vm) = if let Some(r) = path.strip_prefix("/api/vms/") {
         ("/api/vms/", r, true)
     } else if let Some(r) = path.strip_prefix("/api/snapshots/") {
         ("/api/snapshots/", r, false)
     } else {
-        return Ok(None);
+        return None;
     };
     let (segment, tail) = match rest.split_once('/') {
         Some((s, t)) => (s, Some(t)),
         None => (rest, None),
     };
-    if segment.is_empty()
+    let plain = segment.is_empty()
         || is_full_id(segment)
-        || (vm && segment == "from-dockerfile" && tail.is_none())
-    {
+        || (vm && segment == "from-dockerfile" && tail.is_none());
+    (!plain).then_some((prefix, segment, tail, vm))
+}
+
+/// The request's URI with its reference replaced by a full id, when it needs replacing.
+fn rewrite(m: &Manager, uri: &Uri) -> Result<Option<Uri>, ApiError> {
+    let Some((prefix, segment, tail, vm)) = reference_of(uri.path()) else {
         return Ok(None);
-    }
+    };
     let reference = crate::util::percent_decode_lossy(segment);
     let resolved = if vm {
         m.resolve_vm(&reference)

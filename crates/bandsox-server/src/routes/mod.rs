@@ -97,13 +97,25 @@ impl AppState {
 }
 
 /// The API (and the dashboard) on its listener. From the outside in: default security
-/// headers, problem+json for every error, authentication and the origin policy, body caps and
-/// budget, the per-VM operation limit, then the routes.
+/// headers, problem+json for every error, the reference resolver, authentication and the
+/// origin policy, body caps and budget, the per-VM operation limit, then the routes.
 pub fn router(state: AppState) -> Router {
-    resolving(&state, limited(&state).with_state(state.clone()))
+    // The guard runs after routing (so a refused request is still counted under its route);
+    // the resolver before it only resolves references for authenticated requests.
+    let inner = limited(&state)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,
+        ))
+        .layer(axum::middleware::from_fn(crate::observe::mark_route))
+        .with_state(state.clone());
+    Router::new()
+        .fallback_service(tower::Layer::layer(
+            &axum::middleware::from_fn_with_state(
+                state.clone(),
+                crate::resolve::references_when_authenticated,
+            ),
+            inner,
         ))
         .layer(axum::middleware::from_fn(crate::error::problems_only))
         .layer(axum::middleware::from_fn(crate::headers::api_defaults))
