@@ -298,10 +298,10 @@ fn bodies_are_capped_and_slow_or_many_clients_dropped() {
 
     // Beyond the connection cap, new connections are closed at once; the server still answers
     // once they go.
-    let held: Vec<TcpStream> = (0..8)
-        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
-        .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // The slow client's connection must be gone first; each held one is known accepted (it
+    // was answered and stays open), else one of them, not `extra`, would be the refused one.
+    drop(slow);
+    let held: Vec<TcpStream> = (0..8).map(|_| accepted(port)).collect();
     let mut extra = TcpStream::connect(("127.0.0.1", port)).unwrap();
     extra
         .write_all(b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -445,4 +445,21 @@ fn errors_headers_tokens_and_cookies() {
             .call(),
     );
     assert_eq!(st, 404);
+}
+
+/// A keep-alive connection the server has accepted and answered (retried while earlier
+/// connections are still being released).
+fn accepted(port: u16) -> TcpStream {
+    for _ in 0..50 {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /api/version HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .unwrap();
+        let mut buf = [0u8; 64];
+        if matches!(c.read(&mut buf), Ok(n) if n > 0) {
+            return c;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the server accepted no connection");
 }
