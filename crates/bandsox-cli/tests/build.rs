@@ -232,24 +232,6 @@ fn dockerfile_builds_and_bad_input() {
     assert!(vm_ids(&url).is_empty());
 }
 
-fn key_of(root: &std::path::Path) -> String {
-    let out = std::process::Command::new(common::BIN)
-        .args(["auth", "init", "--storage"])
-        .arg(root)
-        .env("HOME", root)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("API key"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 const STAGED: &str = r#"FROM bandsox/busybox AS build
 WORKDIR /src
 COPY folder ./folder
@@ -271,7 +253,7 @@ fn context_builds_with_auth() {
     let storage = dir.path().join("storage");
     let out = init(&storage);
     assert!(out.status.success(), "init: {}", text(&out.stderr));
-    let key = key_of(&storage);
+    let key = common::auth_init(&storage).1;
     let bearer = format!("Bearer {key}");
     let port = free_port();
     let _server = start_server(&storage, port);

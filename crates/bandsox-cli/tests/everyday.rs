@@ -188,22 +188,7 @@ fn references_filters_and_aliases() {
 fn references_need_credentials() {
     let root = common::TestRoot::new("bsxeverydayauth");
     seed(root.path());
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bandsox"))
-        .args(["auth", "init", "--storage"])
-        .arg(root.path())
-        .env("HOME", root.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    let key = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("API key"))
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
+    let (_, key) = common::auth_init(root.path());
     let port = free_port();
     let _server = start_server(root.path(), port);
     let url = format!("http://127.0.0.1:{port}");

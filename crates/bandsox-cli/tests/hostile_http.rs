@@ -9,36 +9,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{answer, free_port, init, start_server_with, text, TestRoot, BIN};
+use common::{answer, auth_init, free_port, init, start_server_with, TestRoot};
 
 const FAKE_VM: &str = "0f0f0f0f-0000-4000-8000-000000000000";
-
-/// `auth init` on `storage`: (password, API key).
-fn auth_init(storage: &Path) -> (String, String) {
-    let out = Command::new(BIN)
-        .args(["auth", "init", "--storage"])
-        .arg(storage)
-        .env("HOME", storage)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    let field = |name: &str| {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
-    };
-    (field("admin password"), field("API key"))
-}
 
 /// One raw HTTP/1.1 exchange; the status line's code and the whole answer.
 fn raw(port: u16, request: &str) -> (u16, String) {

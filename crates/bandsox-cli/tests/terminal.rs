@@ -83,23 +83,7 @@ fn bandsox(url: &str, key: Option<&str>) -> Command {
 fn session(auth: bool) {
     let root = TestRoot::new("bsxterm");
     assert!(init(root.path()).status.success());
-    let key = auth.then(|| {
-        let out = Command::new(BIN)
-            .args(["auth", "init", "--storage"])
-            .arg(root.path())
-            .env("HOME", root.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix("API key"))
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned()
-    });
+    let key = auth.then(|| common::auth_init(root.path()).1);
     let key = key.as_deref();
     let bearer = key.map(|k| format!("Bearer {k}")).unwrap_or_default();
     let port = free_port();

@@ -144,3 +144,26 @@ impl Drop for TestRoot {
         cleanup::clean_root(self.dir.path());
     }
 }
+
+/// `auth init` on `storage` (also its HOME): (admin password, API key).
+pub fn auth_init(storage: &Path) -> (String, String) {
+    let out = Command::new(BIN)
+        .args(["auth", "init", "--storage"])
+        .arg(storage)
+        .env("HOME", storage)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    (field("admin password"), field("API key"))
+}
