@@ -294,7 +294,7 @@ pub fn pack(
             .unwrap_or_default();
         if meta.is_dir() {
             // A folder's contents go into the destination, as Docker does.
-            walk(&mut b, root, rel, dest, true, owner, ignore, &mut packed)?;
+            walk(&mut b, root, rel, dest, owner, ignore, &mut packed)?;
             continue;
         }
         let target = if into_dir || name.is_empty() {
@@ -321,31 +321,49 @@ pub fn pack(
 }
 
 /// Adds the contents of folder `rel` under `target`, depth first, links as links.
-#[allow(clippy::too_many_arguments)]
 fn walk<W: io::Write>(
     b: &mut tar::Builder<W>,
     root: &Path,
     rel: &Path,
     target: &str,
-    top: bool,
     owner: Owner,
     ignore: &Ignore,
     packed: &mut Packed,
 ) -> Result<()> {
+    visit(
+        root,
+        rel,
+        &|child| ignore.is_ignored(child),
+        &mut |child, path, meta| {
+            let below = child.strip_prefix(rel).unwrap_or(child);
+            let t = format!("{target}/{}", below.to_string_lossy());
+            if below.components().count() == 1 {
+                packed.tops.push(t.clone());
+            }
+            append(b, path, meta, &t, owner, packed)
+        },
+    )
+}
+
+/// Calls `f(relative path, path, metadata)` for everything below folder `rel` of `root`,
+/// depth first in name order (tars and digests repeat), folders before their contents;
+/// `skip` leaves a path and everything under it out.
+fn visit(
+    root: &Path,
+    rel: &Path,
+    skip: &dyn Fn(&Path) -> bool,
+    f: &mut dyn FnMut(&Path, &Path, &fs::Metadata) -> Result<()>,
+) -> Result<()> {
     for name in children(&root.join(rel))? {
         let child = rel.join(&name);
-        if ignore.is_ignored(&child) {
+        if skip(&child) {
             continue;
         }
         let path = root.join(&child);
         let meta = fs::symlink_metadata(&path)?;
-        let t = format!("{target}/{}", name.to_string_lossy());
-        if top {
-            packed.tops.push(t.clone());
-        }
-        append(b, &path, &meta, &t, owner, packed)?;
+        f(&child, &path, &meta)?;
         if meta.is_dir() {
-            walk(b, root, &child, &t, false, owner, ignore, packed)?;
+            visit(root, &child, skip, f)?;
         }
     }
     Ok(())
@@ -448,35 +466,26 @@ pub fn pack_dir<W: io::Write>(dir: &Path, extra: Option<(&str, &[u8])>, out: W) 
     let mut b = tar::Builder::new(out);
     b.follow_symlinks(false);
     let mut packed = Packed::default();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        for name in children(&dir.join(&rel))? {
-            let child = rel.join(&name);
-            let keep_anyway =
-                rel.as_os_str().is_empty() && (name == ".dockerignore" || name == "Dockerfile");
-            if ignore.is_ignored(&child) && !keep_anyway {
-                continue;
-            }
-            let path = dir.join(&child);
-            let meta = fs::symlink_metadata(&path)?;
-            let owner = Owner {
-                uid: u64::from(meta.uid()),
-                gid: u64::from(meta.gid()),
-                mode: None,
-            };
-            append(
-                &mut b,
-                &path,
-                &meta,
-                &child.to_string_lossy(),
-                owner,
-                &mut packed,
-            )?;
-            if meta.is_dir() {
-                stack.push(child);
-            }
-        }
-    }
+    let skip = |child: &Path| {
+        // The Dockerfile and .dockerignore go along even when ignored, as Docker sends them.
+        let kept = child == Path::new(".dockerignore") || child == Path::new("Dockerfile");
+        ignore.is_ignored(child) && !kept
+    };
+    visit(dir, Path::new(""), &skip, &mut |child, path, meta| {
+        let owner = Owner {
+            uid: u64::from(meta.uid()),
+            gid: u64::from(meta.gid()),
+            mode: None,
+        };
+        append(
+            &mut b,
+            path,
+            meta,
+            &child.to_string_lossy(),
+            owner,
+            &mut packed,
+        )
+    })?;
     if let Some((name, bytes)) = extra {
         let mut h = tar::Header::new_gnu();
         h.set_size(bytes.len() as u64);
@@ -614,5 +623,43 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.tops, vec!["/x/renamed"]);
+    }
+
+    #[test]
+    fn packs_a_context_folder() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        fs::create_dir_all(root.join("src/deep")).unwrap();
+        fs::create_dir_all(root.join("node_modules/x")).unwrap();
+        fs::write(root.join("Dockerfile"), "FROM scratch\n").unwrap();
+        fs::write(
+            root.join(".dockerignore"),
+            "node_modules\nDockerfile\n*.log\n",
+        )
+        .unwrap();
+        fs::write(root.join("src/deep/main.rs"), "fn main() {}").unwrap();
+        fs::write(root.join("node_modules/x/i.js"), "x").unwrap();
+        fs::write(root.join("build.log"), "x").unwrap();
+        symlink("deep/main.rs", root.join("src/link")).unwrap();
+        let tar = pack_dir(root, Some(("Dockerfile.extra", b"FROM a\n")), Vec::new()).unwrap();
+        let mut names = Vec::new();
+        for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+            let e = e.unwrap();
+            let kind = e.header().entry_type();
+            names.push(format!("{} {kind:?}", e.path().unwrap().display()));
+        }
+        // Ignored paths are left out, the Dockerfile and .dockerignore go along anyway.
+        assert_eq!(
+            names,
+            vec![
+                ".dockerignore Regular",
+                "Dockerfile Regular",
+                "src/ Directory",
+                "src/deep/ Directory",
+                "src/deep/main.rs Regular",
+                "src/link Symlink",
+                "Dockerfile.extra Regular",
+            ]
+        );
     }
 }
