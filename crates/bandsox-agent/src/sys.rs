@@ -86,8 +86,9 @@ pub fn set_realtime_ns(unix_ns: u64) -> io::Result<()> {
     check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }).map(drop)
 }
 
-/// Mixes `bytes` into the kernel RNG and credits them (`RNDADDENTROPY` on /dev/urandom,
-/// which needs CAP_SYS_ADMIN: the agent runs as root).
+/// Mixes `bytes` into the kernel RNG, credits them and reseeds the CRNG from them at once
+/// (`RNDADDENTROPY` + `RNDRESEEDCRNG` on /dev/urandom, which need CAP_SYS_ADMIN: the agent
+/// runs as root).
 pub fn add_entropy(bytes: &[u8]) -> io::Result<()> {
     // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
     let mut info = Vec::with_capacity(8 + bytes.len());
@@ -100,7 +101,12 @@ pub fn add_entropy(bytes: &[u8]) -> io::Result<()> {
     const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
     // SAFETY: `info` holds a complete rand_pool_info whose buf_size matches the bytes that
     // follow; the kernel only reads from it during the call.
-    check(unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) }).map(drop)
+    check(unsafe { libc::ioctl(f.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) })?;
+    // Once the CRNG is ready, credited bytes only reach it at its next scheduled reseed (up
+    // to a minute away): clones of one template would read the same /dev/urandom until then.
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    check(unsafe { libc::ioctl(f.as_raw_fd(), RNDRESEEDCRNG as _) }).map(drop)
 }
 
 /// `sync(2)`.
