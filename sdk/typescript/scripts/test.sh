@@ -14,7 +14,7 @@ if (( node_major < 18 )); then
 fi
 
 npm ci --no-audit --no-fund --loglevel=error
-npx tsc -p tsconfig.json
+npm run build --silent # dist/esm (import) and dist/cjs (require)
 npx tsc -p tsconfig.test.json
 
 # The packed package type-checks in a consumer project that has only @types/node (the published
@@ -31,13 +31,22 @@ cp examples/*.ts "$consumer/"
 echo '{"type": "module"}' >"$consumer/package.json"
 npx tsc --noEmit --strict --module nodenext --moduleResolution nodenext --target es2022 \
   --types node --typeRoots "$consumer/node_modules/@types" "$consumer"/*.ts
+# ...and a CommonJS consumer gets the "require" declarations (dist/cjs) with the same types.
+cat >"$consumer/cjs.cts" <<'TS'
+import bandsox = require("bandsox");
+const client: bandsox.Client = new bandsox.Client({ baseURL: "http://127.0.0.1:8000", token: "t", projectID: "p" });
+const status: bandsox.SandboxStatus | undefined = undefined;
+export const shapes = [client.baseURL, status, bandsox.VM_STATUSES.length];
+TS
+npx tsc --noEmit --strict --module nodenext --moduleResolution nodenext --target es2022 \
+  --types node --typeRoots "$consumer/node_modules/@types" "$consumer/cjs.cts"
 
 # No ambient client configuration: the tests choose URLs and keys themselves.
 unset BANDSOX_URL BANDSOX_API_KEY
 
 # One file at a time (each starts its own server and VMs; Node 18 has no --test-concurrency).
 failed=0
-for t in unit auth live examples; do
+for t in unit auth live vtrix examples; do
   echo "== sdk/typescript: $t tests"
   node --test "build-test/test/$t.test.js" || failed=1
 done

@@ -1,6 +1,6 @@
 /** `BandSox`: the client of a `bandsox serve` server. */
 
-import { UnsupportedError } from "./errors.js";
+import { UnsupportedError, VmNotFoundError } from "./errors.js";
 import { execStream } from "./stream.js";
 import { Transport, compact, seg } from "./transport.js";
 import type {
@@ -116,6 +116,7 @@ export class BandSox {
   /** A {@link MicroVM} handle with its info fetched (throws `VmNotFoundError`). */
   async getVm(vmId: string, call: CallOptions = {}): Promise<MicroVM> {
     const info = await this.getVmInfo(vmId, call);
+    if (info === null) throw new VmNotFoundError(`VM ${vmId} not found`, { statusCode: 404, code: "vm_not_found" });
     return new MicroVM(this, info.id ?? vmId, info);
   }
 
@@ -124,9 +125,14 @@ export class BandSox {
     return new MicroVM(this, vmId, null);
   }
 
-  /** The VM object. */
-  async getVmInfo(vmId: string, call: CallOptions = {}): Promise<VmInfo> {
-    return await this.transport.json("GET", `/api/vms/${seg(vmId)}`, call);
+  /** The VM object, or null when there is no such VM (404 `vm_not_found`, as BandSox's `get_vm_info`). */
+  async getVmInfo(vmId: string, call: CallOptions = {}): Promise<VmInfo | null> {
+    try {
+      return await this.transport.json<VmInfo>("GET", `/api/vms/${seg(vmId)}`, call);
+    } catch (e) {
+      if (e instanceof VmNotFoundError) return null;
+      throw e;
+    }
   }
 
   /** VM objects, newest first (`limit`, `offset`, `metadata_equals`, `status`, `name`). */

@@ -26,14 +26,22 @@ const WAIT_SLICE_S = 20;
 export class Command {
   /** Exit status; null while the command runs (updated by `wait()`/`refresh()`). */
   exitCode: number | null = null;
+  /**
+   * When the command started: the client's clock when it was sent (`runCommandDetached`), then
+   * the guest's `started_at_ms` once a state was read (`refresh`, `wait`, `logs`). Undefined for
+   * a `getCommand(id)` handle until then.
+   */
   startedAt: Date | undefined;
 
   constructor(
-    readonly vm: MicroVM,
+    readonly vm: MicroVM<string>,
     readonly cmdId: string,
     public pid: number,
     readonly cwd: string | undefined,
-  ) {}
+    startedAt?: Date,
+  ) {
+    this.startedAt = startedAt;
+  }
 
   private suffix(rest = ""): string {
     return `/commands/${seg(this.cmdId)}${rest}`;
@@ -151,6 +159,7 @@ export class Command {
 /** A finished command: `exitCode`, `stdout`, `stderr` and `output` (both). */
 export class CommandFinished {
   readonly output: string;
+  private readonly sentAt: Date | undefined;
 
   constructor(
     /** The durable command, or null when it ran over the exec-stream WebSocket. */
@@ -158,12 +167,20 @@ export class CommandFinished {
     readonly exitCode: number,
     readonly stdoutText: string,
     readonly stderrText: string,
+    /** When it was sent (for a command that ran over the exec-stream WebSocket). */
+    startedAt?: Date,
   ) {
     this.output = stdoutText + stderrText;
+    this.sentAt = startedAt;
   }
 
   get cmdId(): string | undefined {
     return this.command?.cmdId;
+  }
+
+  /** When the command started (see {@link Command.startedAt}). */
+  get startedAt(): Date | undefined {
+    return this.command?.startedAt ?? this.sentAt;
   }
 
   /** Same as `stdoutText` (a method, like `Command.stdout()`). */

@@ -9,12 +9,21 @@ export interface NetworkConfig {
   [key: string]: unknown;
 }
 
+/**
+ * A VM's state, as the server stores it (`VmStatus` in crates/bandsox-core/src/store.rs):
+ * `creating` while it boots, `running`, `paused`, `stopped` (disk kept), `failed` (see `error`).
+ */
+export type VmStatus = "creating" | "running" | "paused" | "stopped" | "failed";
+
+/** The Vtrix `Sandbox`'s words for {@link VmStatus}: `active` is `running`. */
+export type SandboxStatus = "creating" | "active" | "paused" | "stopped" | "failed";
+
 export interface VmInfo {
   id: string;
   name: string | null;
   image: string;
   image_digest?: string | null;
-  status: "created" | "booting" | "running" | "paused" | "stopped" | "failed" | string;
+  status: VmStatus;
   vcpu: number;
   mem_mib: number;
   disk_size_mib?: number;
@@ -147,7 +156,7 @@ export interface ListVmsOptions {
   limit?: number;
   offset?: number;
   metadata_equals?: Record<string, unknown>;
-  status?: string;
+  status?: VmStatus;
   /** Substring of the name. */
   name?: string;
 }

@@ -9,7 +9,7 @@ import { pipeline } from "node:stream/promises";
 
 import type { BandSox } from "./client.js";
 import { Command, CommandFinished, signalName } from "./command.js";
-import { BandSoxError, NotFoundError } from "./errors.js";
+import { BandSoxError, NotFoundError, VmNotFoundError } from "./errors.js";
 import { EXEC_MARGIN_MS, EventQueue, type StreamEvent, execStream } from "./stream.js";
 import { Terminal } from "./terminal.js";
 import { VmSocket } from "./socket.js";
@@ -32,6 +32,7 @@ import type {
   RunOptions,
   SnapshotOptions,
   VmInfo,
+  VmStatus,
   WriteFileOptions,
   WriteFilesEntry,
   WriteResult,
@@ -53,7 +54,11 @@ function toBase64(content: Uint8Array | string): string {
   return typeof content === "string" ? Buffer.from(content, "utf8").toString("base64") : Buffer.from(content).toString("base64");
 }
 
-export class MicroVM {
+/**
+ * One VM. `S` is the type of {@link status}: the server's {@link VmStatus} here, Vtrix's words
+ * in `Sandbox`.
+ */
+export class MicroVM<S extends string = VmStatus> {
   /** The VM id. */
   readonly id: string;
   private cached: VmInfo | null;
@@ -74,8 +79,8 @@ export class MicroVM {
   }
 
   /** Cached status (call `getInfo()`/`refresh()` for the current one). */
-  get status(): string | undefined {
-    return this.cached?.status;
+  get status(): S | undefined {
+    return this.cached?.status as S | undefined; // `Sandbox` overrides this with Vtrix's words
   }
 
   get name(): string | null | undefined {
@@ -150,9 +155,12 @@ export class MicroVM {
 
   // -- lifecycle ---------------------------------------------------------------------------------
 
+  /** The VM object, fetched now (throws `VmNotFoundError` once the VM is gone). */
   async getInfo(call: CallOptions = {}): Promise<VmInfo> {
-    this.cached = await this.client.getVmInfo(this.id, call);
-    return this.cached;
+    const info = await this.client.getVmInfo(this.id, call);
+    if (info === null) throw new VmNotFoundError(`VM ${this.id} not found`, { statusCode: 404, code: "vm_not_found" });
+    this.cached = info;
+    return info;
   }
 
   /** Same as {@link getInfo} (Vtrix's name). */
@@ -483,6 +491,7 @@ export class MicroVM {
     let stdout = "";
     let stderr = "";
     const timeoutS = opts.timeout_sec ?? 600;
+    const startedAt = new Date();
     const exitCode = await this.stream(
       line,
       timeoutS,
@@ -497,7 +506,7 @@ export class MicroVM {
       },
       opts.signal,
     );
-    return new CommandFinished(null, exitCode, stdout, stderr);
+    return new CommandFinished(null, exitCode, stdout, stderr, startedAt);
   }
 
   /** exec-stream over the persistent socket when open, else its own WebSocket. */
@@ -514,6 +523,7 @@ export class MicroVM {
     args?: string[],
     opts: Omit<RunOptions, "stdout" | "stderr" | "stdin"> & { stdinOpen?: boolean; user?: string } & CallOptions = {},
   ): Promise<Command> {
+    const sentAt = new Date();
     const out = await this.request<{ cmd_id: string; pid: number }>("POST", "/commands", {
       json: compact({
         command: this.commandLine(cmd, args, opts),
@@ -526,7 +536,7 @@ export class MicroVM {
       timeout: opts.timeout,
       signal: opts.signal,
     });
-    return new Command(this, out.cmd_id, out.pid, opts.working_dir);
+    return new Command(this, out.cmd_id, out.pid, opts.working_dir, sentAt);
   }
 
   /** Runs a command and yields typed events: `start`, `stdout`, `stderr`, then `done`. */

@@ -50,6 +50,7 @@ const EXPECT: Record<string, RegExp[]> = {
   "errors.ts": [/^404$/, /^vm_not_found$/, /^true$/, /not found/, /^(timed out|answered in time)/],
   "terminal.ts": [/^resized to 100x30$/],
   "auth.ts": [/^true 401$/, /authenticated: true/, /^0$/, /ci-runner/],
+  "vtrix.ts": [/^exit_code=0$/, /^hello$/, /^Linux$/, /^detached: production \(started true\)$/, /^\{"port": 8080\}$/, /^Found 1 sandboxes: active$/],
 };
 
 const examples = readdirSync(join(SDK_DIR, "examples")).filter((f) => f.endsWith(".ts")).sort();
@@ -69,13 +70,18 @@ for (const f of examples) {
     const env: NodeJS.ProcessEnv = { ...process.env, BANDSOX_URL: (auth ? authServer : server).url };
     delete env.BANDSOX_API_KEY;
     if (auth) env.BANDSOX_ADMIN_PASSWORD = authServer.password;
+    if (f === "vtrix.ts") {
+      // The Vtrix example runs with authentication on: its token is an API key.
+      env.BANDSOX_URL = authServer.url;
+      env.BANDSOX_API_KEY = authServer.apiKey;
+    }
     const js = join(SDK_DIR, "build-test", "examples", f.replace(/\.ts$/, ".js"));
     let stdout: string;
     try {
       ({ stdout } = await run(process.execPath, [js], { env, cwd: SDK_DIR, timeout: 180_000 }));
     } catch (e) {
       const err = e as { stdout?: string; stderr?: string; message: string };
-      assert.fail(`${f} failed: ${err.message}\n${err.stdout ?? ""}\n${err.stderr ?? ""}\n${(auth ? authServer : server).logTail()}`);
+      assert.fail(`${f} failed: ${err.message}\n${err.stdout ?? ""}\n${err.stderr ?? ""}\n${(auth || f === "vtrix.ts" ? authServer : server).logTail()}`);
     }
     const lines = stdout.split("\n");
     let at = 0;

@@ -69,8 +69,8 @@ describe("VMs", () => {
     assert.ok(vm.createdAt && Math.abs(vm.createdAt.getTime() - Date.now()) < 600_000, String(vm.createdAt));
     assert.equal((await bs.version()).version, "0.1.0");
     const info = await bs.getVmInfo(vm.id);
-    assert.equal(info.id, vm.id);
-    assert.equal(info.env_vars?.GREETING, "hello");
+    assert.equal(info?.id, vm.id);
+    assert.equal(info?.env_vars?.GREETING, "hello");
     const again = await bs.getVm(vm.id);
     assert.equal(again.id, vm.id);
     assert.equal((await vm.getInfo()).name, "ts-shared");
@@ -95,7 +95,7 @@ describe("VMs", () => {
     assert.equal(await vm.rename("ts-renamed"), "ts-renamed");
     assert.equal(vm.name, "ts-renamed");
     assert.equal(await bs.renameVm(vm.id, "ts-shared"), "ts-shared");
-    assert.equal((await bs.getVmInfo(vm.id)).name, "ts-shared");
+    assert.equal((await bs.getVmInfo(vm.id))?.name, "ts-shared");
     const updated = await vm.updateMetadata({ suite: "typescript", role: "shared", n: 1 });
     assert.equal(updated.metadata.n, 1);
     const viaClient = await bs.updateVmMetadata(vm.id, { suite: "typescript", role: "shared" });

@@ -13,6 +13,7 @@ import {
   BandSox,
   BandSoxError,
   BandSoxTimeoutError,
+  Client,
   Command,
   CommandFinished,
   CommandNotFoundError,
@@ -21,12 +22,17 @@ import {
   MicroVM,
   NotFoundError,
   RateLimitedError,
+  Sandbox,
   SnapshotNotFoundError,
   Terminal,
   VmNotFoundError,
   errorFromCode,
   errorFromProblem,
+  parseCpu,
+  parseMiB,
+  sandboxStatus,
   shellQuote,
+  VM_STATUSES,
 } from "bandsox";
 
 import { SDK_DIR } from "./helpers.js";
@@ -68,14 +74,14 @@ it("every public method is exercised by the live tests or the examples", () => {
     .map((f) => readFileSync(f, "utf8"))
     .join("\n");
   const missing: string[] = [];
-  for (const cls of [BandSox, MicroVM, Command, CommandFinished, Terminal]) {
+  for (const cls of [BandSox, MicroVM, Command, CommandFinished, Terminal, Client, Sandbox]) {
     const proto = cls.prototype;
     for (const name of Object.getOwnPropertyNames(proto)) {
       if (name === "constructor" || name === "request" || name === "vmAction") continue; // @internal
       const d = Object.getOwnPropertyDescriptor(proto, name);
       if (!d || (typeof d.value !== "function" && !d.get)) continue;
       // Private helpers are not on the public surface (TypeScript `private` is erased at runtime).
-      if (["path", "suffix", "absorb", "collect", "commandLine", "stream", "sizeTimeout", "uploadBlob", "listAt", "fail", "send", "t"].includes(name)) continue;
+      if (["path", "suffix", "absorb", "collect", "commandLine", "stream", "sizeTimeout", "uploadBlob", "listAt", "fail", "send", "t", "proxyBase", "reboot"].includes(name)) continue;
       if (!new RegExp(`\\.${name}\\b`).test(sources)) missing.push(`${cls.name}.${name}`);
     }
   }
@@ -137,4 +143,19 @@ it("turns non-JSON answers into clear errors", async () => {
   assert.ok(v instanceof BandSoxError && v.code === "bad_response", String(v));
   const n = await bs.getVmInfo("missing/../x").catch((x: unknown) => x);
   assert.ok(n instanceof NotFoundError, String(n));
+});
+
+it("VmStatus lists exactly the server's states (crates/bandsox-core/src/store.rs)", () => {
+  const store = readFileSync(join(SDK_DIR, "..", "..", "crates", "bandsox-core", "src", "store.rs"), "utf8");
+  const body = /impl VmStatus \{[\s\S]*?fn as_str[\s\S]*?match self \{([\s\S]*?)\}/.exec(store)?.[1] ?? "";
+  const server = [...body.matchAll(/=> "([a-z_]+)"/g)].map((m) => m[1]);
+  assert.deepEqual([...VM_STATUSES], server);
+  assert.deepEqual(VM_STATUSES.map(sandboxStatus), ["creating", "active", "paused", "stopped", "failed"]);
+});
+
+it("parses Vtrix spec quantities", () => {
+  assert.deepEqual(["4Gi", "512Mi", "1G", "2048", 300, "1.5Gi"].map((v) => parseMiB(v, "memory")), [4096, 512, 954, 2048, 300, 1536]);
+  assert.deepEqual(["2", "500m", 1.5, 4].map(parseCpu), [2, 1, 2, 4]);
+  for (const bad of ["lots", "-1Gi", "", 0, -5]) assert.throws(() => parseMiB(bad, "memory"), InvalidInputError);
+  for (const bad of ["two", "-1", 0, "1.5x"]) assert.throws(() => parseCpu(bad), InvalidInputError);
 });
