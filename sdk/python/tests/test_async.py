@@ -57,5 +57,14 @@ def test_async_errors(server: Server, tmp_path):
             dockerfile.write_text(f"FROM {IMAGE}\nCOPY . /x\n")
             with pytest.raises(errors.InvalidInputError, match="COPY/ADD need a build context"):
                 await bs.create_vm_from_dockerfile(dockerfile)
+            # A folder is its own build context (the tar goes up from the async client too).
+            (tmp_path / "hello.txt").write_text("from the context\n")
+            dockerfile.write_text(f"FROM {IMAGE}\nCOPY hello.txt /x/\n")
+            vm = await bs.create_vm_from_dockerfile(tmp_path, tag="sdk/async-ctx:1")
+            try:
+                r = await vm.exec_command("cat /x/hello.txt")
+                assert r.stdout == "from the context\n"
+            finally:
+                await vm.delete()
 
     asyncio.run(run())

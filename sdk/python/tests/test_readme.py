@@ -43,7 +43,7 @@ def test_readme_examples_run(server: Server, auth_server: Server, monkeypatch, c
             pytest.fail(f"README block {i} failed: {type(e).__name__}: {e}\n{code}")
     out = capsys.readouterr().out
     for expected in ("Hello from the VM!", "exit code 0",
-                     "0 VMs", "saved", "404 vm_not_found", "is not supported", "built\nhi\n", "a\n b\n",
+                     "0 VMs", "saved", "404 vm_not_found", "is not supported", "hello\nfrom the context\n", "a\n b\n",
                      "running readme-vm-2", "local server: True", "Hello from local mode",
                      "guest at 10.231.", "200 {'up': True} {\"up\": true}"):
         assert expected in out, f"{expected!r} not in README output:\n{out}"

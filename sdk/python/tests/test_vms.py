@@ -210,6 +210,66 @@ def test_stop_start_restart(bs: BandSox, vm: MicroVM):
     assert vm.exec_command("cat /root/marker").stdout == "persisted\n"
 
 
+def test_create_vm_from_dockerfile_folder_is_the_context(bs: BandSox, tmp_path):
+    # A folder with a Dockerfile, as BandSox takes it: COPY of a file and a folder, the
+    # .dockerignore applied, ARG from build_args.
+    ctx = tmp_path / "app"
+    (ctx / "src" / "sub").mkdir(parents=True)
+    (ctx / "src" / "main.sh").write_text("echo main\n")
+    (ctx / "src" / "sub" / "deep.txt").write_text("deep\n")
+    (ctx / "src" / "debug.log").write_text("log\n")
+    (ctx / "config.txt").write_text("cfg\n")
+    (ctx / "secret.env").write_text("TOKEN=x\n")
+    (ctx / ".dockerignore").write_text("secret.env\n**/*.log\n")
+    (ctx / "Dockerfile").write_text(
+        f"FROM {IMAGE}\nARG GREETING=hi\nCOPY config.txt /etc/app.conf\nCOPY src /app/src\n"
+        "COPY . /ctx\nRUN echo $GREETING > /greeting\n"
+    )
+    vm = bs.create_vm_from_dockerfile(ctx, tag="sdk/ctx:1", build_args={"GREETING": "hello"})
+    try:
+        r = vm.exec_command(
+            "cat /etc/app.conf /app/src/main.sh /app/src/sub/deep.txt /greeting; "
+            "ls -A /ctx | tr '\\n' ' '; echo; ls -A /app/src | tr '\\n' ' '"
+        )
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout == (
+            "cfg\necho main\ndeep\nhello\n"
+            ".dockerignore Dockerfile config.txt src \n"
+            "main.sh sub "
+        )
+    finally:
+        vm.delete()
+    # The Dockerfile's path plus context= is the same build (reused from the tag's cache).
+    vm = bs.create_vm_from_dockerfile(
+        ctx / "Dockerfile", tag="sdk/ctx:1", build_args={"GREETING": "hello"}, context=ctx
+    )
+    try:
+        assert vm.exec_command("cat /greeting /etc/app.conf").stdout == "hello\ncfg\n"
+    finally:
+        vm.delete()
+    with pytest.raises(errors.InvalidInputError, match="no file named Dockerfile"):
+        bs.create_vm_from_dockerfile(ctx / "src")
+
+
+def test_create_vm_from_dockerfile_context_cannot_be_left(bs: BandSox, tmp_path):
+    (tmp_path / "outside.txt").write_text("host secret\n")
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "ok.txt").write_text("ok\n")
+    (ctx / "link").symlink_to(tmp_path / "outside.txt")
+    before = {v["id"] for v in bs.list_vms()}
+    for source in ["../outside.txt", "link"]:
+        (ctx / "Dockerfile").write_text(f"FROM {IMAGE}\nCOPY {source} /x\n")
+        with pytest.raises(errors.InvalidInputError) as ei:
+            bs.create_vm_from_dockerfile(ctx, tag="sdk/escape:1")
+        assert ei.value.code == "invalid_input", ei.value
+    # Without a context, COPY is refused before any VM boots.
+    (ctx / "Dockerfile").write_text(f"FROM {IMAGE}\nCOPY ok.txt /x\n")
+    with pytest.raises(errors.InvalidInputError, match="COPY/ADD need a build context"):
+        bs.create_vm_from_dockerfile(ctx / "Dockerfile")
+    assert {v["id"] for v in bs.list_vms()} == before
+
+
 def test_create_vm_from_dockerfile(bs: BandSox, tmp_path):
     dockerfile = tmp_path / "Dockerfile"
     dockerfile.write_text(f"FROM {IMAGE}\nENV BUILT=yes\nWORKDIR /app\nRUN echo built > made\n")

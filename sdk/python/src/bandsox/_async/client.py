@@ -14,6 +14,9 @@ import fnmatch
 import json as _json
 import os
 import shlex
+import stat as _stat
+import tarfile
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -51,6 +54,38 @@ __all__ = ["AsyncBandSox", "AsyncMicroVM", "AsyncCommand"]
 OutputCallback = Callable[[str], Any]
 JsonDict = Dict[str, Any]
 StrPath = Union[str, "os.PathLike[str]"]
+
+
+def _pack_context(root: Path, out: Any) -> None:
+    """Writes the folder ``root`` to ``out`` as a tar: files, folders and symbolic links (as
+    links, never followed), sorted, paths relative to ``root``. The server applies
+    ``.dockerignore`` and refuses sources that leave the context."""
+    if not root.is_dir():
+        raise errors.InvalidInputError(
+            f"build context {root} is not a folder", code="invalid_input"
+        )
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            dirnames.sort()
+            here = Path(dirpath)
+            for entry in sorted(dirnames + filenames):
+                full = here / entry
+                st = full.lstat()
+                if not (
+                    _stat.S_ISREG(st.st_mode)
+                    or _stat.S_ISDIR(st.st_mode)
+                    or _stat.S_ISLNK(st.st_mode)
+                ):
+                    continue  # sockets, FIFOs, devices: not part of a build context
+                rel = full.relative_to(root).as_posix()
+                info = tar.gettarinfo(str(full), arcname=rel)
+                if info.isreg():
+                    with open(full, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+    out.flush()
+    out.seek(0)
 
 #: Extra seconds the client waits beyond a command's own timeout.
 _EXEC_MARGIN_S = 30.0
@@ -454,23 +489,42 @@ class AsyncBandSox:
         metadata: Optional[Mapping[str, Any]] = None,
         mcp: Optional[Mapping[str, Any]] = None,
         *,
+        context: Optional[StrPath] = None,
+        build_args: Optional[Mapping[str, str]] = None,
         force_rebuild: bool = False,
         timeout: Optional[float] = None,
     ) -> "AsyncMicroVM":
         """Builds an image from a Dockerfile on the server (in a VM; ``RUN`` steps run there),
         then creates a VM of it (``POST /api/vms/from-dockerfile``).
 
-        There is no build context: ``COPY``/``ADD`` are refused (``InvalidInputError``). A
-        failing step raises ``InvalidInputError`` with code ``build_failed`` and the step's
-        output tail. ``tag`` names the image (default ``bandsox-build-<id>``); the same
-        Dockerfile under the same tag is reused unless ``force_rebuild``. ``timeout`` bounds
-        the whole build (default 3 x ``boot_timeout`` plus 10 minutes).
+        ``dockerfile_path`` is a Dockerfile, or a folder holding one named ``Dockerfile``: then
+        that folder is the build context, as with BandSox (``COPY``/``ADD`` read from it). A
+        Dockerfile elsewhere gets the folder ``context`` as its context, or none (then
+        ``COPY``/``ADD`` are refused with ``InvalidInputError``). The context is packed as a tar
+        (files, folders and symbolic links; sockets and devices are left out) and the server
+        applies its ``.dockerignore``; sources outside the context (``../``, links out of it)
+        are refused. ``build_args`` fill ``ARG`` values. A failing step raises
+        ``InvalidInputError`` with code ``build_failed`` and the step's output tail. ``tag``
+        names the image (default ``bandsox-build-<id>``); the same Dockerfile, arguments and
+        context under the same tag are reused unless ``force_rebuild``. ``timeout`` bounds the
+        whole build (default 3 x ``boot_timeout`` plus 10 minutes).
         """
         if mcp:
             raise errors.UnsupportedError(
                 "MCP server injection (mcp=...) is not supported", code="unsupported"
             )
-        with open(dockerfile_path, "rb") as f:
+        path = Path(dockerfile_path)
+        if path.is_dir():
+            if context is None:
+                context = path
+            path = path / "Dockerfile"
+            if not path.is_file():
+                raise errors.InvalidInputError(
+                    f"{dockerfile_path} has no file named Dockerfile",
+                    code="invalid_input",
+                    hint="pass the Dockerfile's path, or a folder that holds one",
+                )
+        with open(path, "rb") as f:
             text = f.read()
         fields = _drop_none(
             {
@@ -482,16 +536,18 @@ class AsyncBandSox:
                 "force_rebuild": "true" if force_rebuild else "false",
                 "env_vars": _json.dumps(dict(env_vars)) if env_vars is not None else None,
                 "metadata": _json.dumps(dict(metadata)) if metadata is not None else None,
+                "build_args": _json.dumps(dict(build_args)) if build_args is not None else None,
             }
         )
         t = timeout if timeout is not None else 3 * self.boot_timeout + 600.0
-        out = await self._json(
-            "POST",
-            "/api/vms/from-dockerfile",
-            data=fields,
-            files={"dockerfile": ("Dockerfile", text, "text/plain")},
-            timeout=t,
-        )
+        files: Dict[str, Any] = {"dockerfile": ("Dockerfile", text, "text/plain")}
+        with tempfile.TemporaryFile() as tar:
+            if context is not None:
+                _pack_context(Path(context), tar)
+                files["context"] = ("context.tar", tar, "application/x-tar")
+            out = await self._json(
+                "POST", "/api/vms/from-dockerfile", data=fields, files=files, timeout=t
+            )
         return await self._created(out)
 
     async def list_vms(
