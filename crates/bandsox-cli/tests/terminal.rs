@@ -35,12 +35,16 @@ fn open_pty(cols: u16, rows: u16) -> (OwnedFd, OwnedFd) {
         )
     };
     assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty succeeded, so both descriptors are open and owned by nobody else.
     unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
 }
 
 fn lflags(fd: &OwnedFd) -> libc::tcflag_t {
+    // SAFETY: termios is plain old data; zeroed is a valid value.
     let mut t: libc::termios = unsafe { std::mem::zeroed() };
-    assert_eq!(unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) }, 0);
+    // SAFETY: tcgetattr fills the termios we own from an open descriptor.
+    let rc = unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut t) };
+    assert_eq!(rc, 0);
     t.c_lflag
 }
 
@@ -101,6 +105,7 @@ fn session(auth: bool) {
     let before = lflags(&slave);
     assert_ne!(before & libc::ICANON, 0, "a fresh pty is canonical");
     let slave_fd = slave.as_raw_fd();
+    // SAFETY: the pre_exec hook only calls setsid and ioctl, both async-signal-safe.
     let mut child = unsafe {
         bandsox(&url, key)
             .args(["terminal", &id])
@@ -151,10 +156,9 @@ fn session(auth: bool) {
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    assert_eq!(
-        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
-        0
-    );
+    // SAFETY: TIOCSWINSZ reads the winsize we own.
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(rc, 0);
     std::thread::sleep(Duration::from_millis(300));
     writer.write_all(b"stty size\r").unwrap();
     wait_for(&output, "30 100");

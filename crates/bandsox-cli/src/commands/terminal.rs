@@ -63,9 +63,11 @@ impl Drop for RawMode {
 /// Columns and rows of the terminal on stdout (or stdin), if there is one.
 fn window_size() -> Option<(u16, u16)> {
     for fd in [1, 0] {
-        // SAFETY: TIOCGWINSZ fills the winsize we own.
+        // SAFETY: winsize is plain old data; zeroed is a valid value.
         let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
-        if unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) } == 0 && ws.ws_col > 0 {
+        // SAFETY: TIOCGWINSZ fills the winsize we own.
+        let rc = unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) };
+        if rc == 0 && ws.ws_col > 0 {
             return Some((ws.ws_col, ws.ws_row));
         }
     }

@@ -432,18 +432,12 @@ mod tests {
         }
         std::fs::write(u.join("etc/changed"), "new\n").unwrap();
         std::fs::write(u.join("merged/from-upper"), "upper\n").unwrap();
-        let wh = std::ffi::CString::new(u.join("etc/deleted").to_str().unwrap()).unwrap();
-        // SAFETY: a valid C string; mknod of a 0:0 character device is overlayfs's whiteout.
-        assert_eq!(
-            unsafe { libc::mknod(wh.as_ptr(), libc::S_IFCHR | 0o644, 0) },
-            0
-        );
-        let wh = std::ffi::CString::new(u.join("gone").to_str().unwrap()).unwrap();
-        // SAFETY: as above.
-        assert_eq!(
-            unsafe { libc::mknod(wh.as_ptr(), libc::S_IFCHR | 0o644, 0) },
-            0
-        );
+        for gone in ["etc/deleted", "gone"] {
+            let wh = std::ffi::CString::new(u.join(gone).to_str().unwrap()).unwrap();
+            // SAFETY: a valid C string; mknod of a 0:0 character device is overlayfs's whiteout.
+            let rc = unsafe { libc::mknod(wh.as_ptr(), libc::S_IFCHR | 0o644, 0) };
+            assert_eq!(rc, 0);
+        }
         let name = std::ffi::CString::new("trusted.overlay.opaque").unwrap();
         let dir = std::ffi::CString::new(u.join("opaque").to_str().unwrap()).unwrap();
         // SAFETY: valid C strings and a 1-byte value.
