@@ -3,7 +3,7 @@
 //! (required fields, types, enums, bounds, no unknown properties).
 
 use serde_json::Value as Json;
-use serde_yaml::Value as Yaml;
+use serde_yaml_ng::Value as Yaml;
 
 pub struct ApiSpec {
     root: Yaml,
@@ -18,7 +18,7 @@ impl ApiSpec {
             "/../bandsox-vmm/tests/firecracker-api.yaml"
         );
         let text = std::fs::read_to_string(path).expect("read firecracker-api.yaml");
-        let root: Yaml = serde_yaml::from_str(&text).expect("parse firecracker-api.yaml");
+        let root: Yaml = serde_yaml_ng::from_str(&text).expect("parse firecracker-api.yaml");
         assert_eq!(root["swagger"].as_str(), Some("2.0"));
         Self { root }
     }
