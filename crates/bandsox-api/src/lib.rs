@@ -161,6 +161,16 @@ pub struct VmInfo {
     /// VMM backend the VM runs under (`firecracker`, `qemu`).
     #[serde(default)]
     pub vmm: String,
+    /// Why the VM last left the running state: `user` (stop or pause asked for), `timeout`,
+    /// `guest_poweroff` (the guest powered off or rebooted itself), `vmm_exited` (the VMM
+    /// process died), `host_restart` (the server restarted and could not take the VM over)
+    /// or `boot_failed` (`start` could not boot it). `null` while it runs.
+    #[serde(default)]
+    #[schema(example = "timeout")]
+    pub stop_reason: Option<String>,
+    /// Unix seconds at which it did.
+    #[serde(default)]
+    pub stopped_at: Option<f64>,
 }
 
 /// `POST /api/vms/{id}/snapshot`.

@@ -126,6 +126,8 @@ fn stopped_record(i: usize) -> VmRecord {
         expires_at: None,
         timeout_action: TimeoutAction::Stop,
         vmm: "qemu".into(),
+        stop_reason: None,
+        stopped_at: None,
     }
 }
 

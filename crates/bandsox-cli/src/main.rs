@@ -7,6 +7,7 @@
 
 mod client;
 mod commands;
+mod human;
 mod ws;
 
 use std::process::ExitCode;
@@ -111,11 +112,22 @@ enum Command {
     Restart { vm: String },
     /// Live CPU, memory, disk and network use of VMs (like `docker stats`).
     Stats(commands::stats::StatsArgs),
-    /// Add seconds to a VM's timeout.
+    /// Add seconds to a VM's timeout (a VM without one is refused: see `timeout`).
     Extend {
+        /// VM id, unique id prefix (4+ characters) or name.
         vm: String,
         /// Seconds to add (1 to 86400).
         seconds: u64,
+    },
+    /// Set a VM's timeout: SECONDS from now (0 clears it), and what happens then.
+    Timeout {
+        /// VM id, unique id prefix (4+ characters) or name.
+        vm: String,
+        /// Seconds from now (0 to 86400; 0 = never).
+        seconds: u64,
+        /// What happens at the timeout: stop, pause or delete [default: the VM's current one].
+        #[arg(long, value_parser = ["stop", "pause", "delete"])]
+        action: Option<String>,
     },
 }
 
@@ -152,6 +164,11 @@ fn main() -> ExitCode {
         Command::Restart { vm } => commands::vm::action(&url, &vm, "restart"),
         Command::Stats(a) => commands::stats::run(&url, a),
         Command::Extend { vm, seconds } => commands::vm::extend(&url, &vm, seconds),
+        Command::Timeout {
+            vm,
+            seconds,
+            action,
+        } => commands::vm::set_timeout(&url, &vm, seconds, action),
     };
     match result {
         Ok(code) => code,

@@ -40,6 +40,8 @@ fn vm(id: &str, name: &str, image: &str, status: VmStatus) -> VmRecord {
         expires_at: None,
         timeout_action: TimeoutAction::Stop,
         vmm: "qemu".into(),
+        stop_reason: None,
+        stopped_at: None,
     }
 }
 
@@ -225,4 +227,212 @@ fn references_need_credentials() {
                 && l.contains(r#"status="401""#)),
         "{metrics}"
     );
+}
+
+/// `bandsox` with `BANDSOX_API_KEY` set when a key is given (and a HOME without credentials).
+fn cli(url: &str, home: &Path, key: Option<&str>, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(common::BIN);
+    cmd.args(args)
+        .env("BANDSOX_URL", url)
+        .env("HOME", home)
+        .env_remove("BANDSOX_API_KEY")
+        .stdin(std::process::Stdio::null());
+    if let Some(k) = key {
+        cmd.env("BANDSOX_API_KEY", k);
+    }
+    cmd.output().unwrap()
+}
+
+const GHOST: &str = "6a057000-0000-4000-8000-000000000021";
+const IDLE: &str = "1d1e0000-0000-4000-8000-000000000022";
+const LATE: &str = "1a7e0000-0000-4000-8000-000000000023";
+
+/// `extend` refusals, `timeout`, and the stop reason a server restart leaves, with auth off
+/// and on.
+fn timeouts_and_stop_reasons(auth: bool) {
+    let root = common::TestRoot::new("bsxttl");
+    let store = Store::open(&root.path().join("bandsox.db")).unwrap();
+    // A VM the last server left running, whose VMM is gone: this server cannot take it over.
+    let mut ghost = vm(GHOST, "ghost", "bandsox/busybox", VmStatus::Running);
+    ghost.stop_reason = Some(bandsox_core::StopReason::User);
+    store.insert_vm(&ghost).unwrap();
+    store
+        .insert_vm(&vm(IDLE, "idle", "bandsox/busybox", VmStatus::Stopped))
+        .unwrap();
+    let mut late = vm(LATE, "late", "bandsox/busybox", VmStatus::Stopped);
+    late.expires_at = Some(bandsox_core::store::now() + 100.0);
+    store.insert_vm(&late).unwrap();
+    drop(store);
+    let key = auth.then(|| common::auth_init(root.path()).1);
+    let key = key.as_deref();
+    let home = root.path().join("home");
+    let port = free_port();
+    let started = bandsox_core::store::now();
+    let _server = start_server(root.path(), port);
+    let url = format!("http://127.0.0.1:{port}");
+    let run = |args: &[&str]| cli(&url, &home, key, args);
+
+    let out = run(&["vm", "info", "ghost", "--json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "stopped", "{v}");
+    assert_eq!(v["stop_reason"], "host_restart", "{v}");
+    let at = v["stopped_at"].as_f64().unwrap();
+    assert!(at >= started - 1.0 && at <= bandsox_core::store::now(), "{v}");
+    let out = run(&["vm", "info", "ghost"]);
+    let info = text(&out.stdout);
+    assert!(
+        info.lines().any(|l| l.starts_with("stopped     host_restart, ")
+            && (l.ends_with(" ago") || l.ends_with("just now"))),
+        "{info}"
+    );
+    // A VM that never stopped under this version has no reason.
+    let out = run(&["vm", "info", "idle", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((&v["stop_reason"], &v["stopped_at"]), (&serde_json::Value::Null, &serde_json::Value::Null));
+
+    // `extend` on a VM without a timeout is refused (it used to give it a short life).
+    let out = run(&["extend", "idle", "60"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "error: VM `{IDLE}` has no timeout to extend\n\
+             hint: set one with `bandsox timeout VM SECONDS` (POST /api/vms/{{id}}/timeout)\n"
+        )
+    );
+    let mut req = ureq::post(&format!("{url}/api/vms/idle/extend"));
+    if let Some(k) = key {
+        req = req.set("Authorization", &format!("Bearer {k}"));
+    }
+    let (status, body) = answer(req.send_json(serde_json::json!({"seconds": 60})));
+    assert_eq!((status, body["code"].as_str()), (409, Some("conflict")), "{body}");
+    assert_eq!(body["expires_at"], serde_json::Value::Null);
+    // A stopped VM's timeout cannot fire, so it is not extended either.
+    let out = run(&["extend", "late", "60"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).starts_with(&format!("error: VM `{LATE}` is stopped; ")),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["extend", "idle", "0"]);
+    assert!(!out.status.success());
+    // `timeout` sets one.
+    let out = run(&["timeout", "idle", "600", "--action", "pause"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "expires in 10 minutes (pause)\n");
+    let out = run(&["vm", "info", "idle", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["timeout_action"], "pause");
+    let left = v["expires_at"].as_f64().unwrap() - bandsox_core::store::now();
+    assert!((590.0..=600.0).contains(&left), "{v}");
+    assert_eq!(text(&run(&["timeout", "idle", "0"]).stdout), "no timeout\n");
+
+    if auth {
+        // Without the key every one of these is refused.
+        for args in [
+            &["extend", "idle", "60"][..],
+            &["timeout", "idle", "60"],
+            &["vm", "info", "ghost"],
+        ] {
+            let out = cli(&url, &home, None, args);
+            assert_eq!(out.status.code(), Some(6), "{args:?}: {}", text(&out.stderr));
+        }
+    }
+}
+
+#[test]
+fn timeouts_and_stop_reasons_auth_off() {
+    timeouts_and_stop_reasons(false);
+}
+
+#[test]
+fn timeouts_and_stop_reasons_auth_on() {
+    timeouts_and_stop_reasons(true);
+}
+
+/// Polls `GET /api/vms/{id}` until `done` holds (at most `secs` seconds); returns the VM.
+fn wait_vm(url: &str, id: &str, secs: u64, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let (_, v) = answer(ureq::get(&format!("{url}/api/vms/{id}")).call());
+        if done(&v) {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "gave up waiting: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Every kind of stop of one real VM records its reason and time: a timeout (stop and
+/// pause), a guest power-off, `vm stop`, a VMM killed under it; `extend` on a running VM
+/// without a timeout is refused and leaves it running.
+#[test]
+fn stop_reasons_of_a_real_vm() {
+    let root = common::TestRoot::new("bsxstops");
+    let out = common::init(root.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let port = free_port();
+    let _server = start_server(root.path(), port);
+    let url = format!("http://127.0.0.1:{port}");
+    let out = bandsox(&url, &["create", "bandsox/busybox", "--name", "life"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_owned();
+    let ok = |args: &[&str]| {
+        let out = bandsox(&url, args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    };
+    let reason = |v: &serde_json::Value| v["stop_reason"].as_str().map(str::to_owned);
+
+    // The issue's case: `extend` on a VM without a timeout must not give it a short life.
+    let out = bandsox(&url, &["extend", "life", "2"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let v = wait_vm(&url, &id, 1, |_| true);
+    assert_eq!((v["status"].as_str(), reason(&v)), (Some("running"), None), "{v}");
+
+    // Timeout with action pause, then stop.
+    ok(&["timeout", "life", "1", "--action", "pause"]);
+    let v = wait_vm(&url, &id, 10, |v| v["status"] == "paused");
+    assert_eq!(reason(&v).as_deref(), Some("timeout"), "{v}");
+    assert!(v["stopped_at"].as_f64().is_some(), "{v}");
+    ok(&["vm", "resume", "life"]);
+    let v = wait_vm(&url, &id, 1, |_| true);
+    assert_eq!((reason(&v), &v["stopped_at"]), (None, &serde_json::Value::Null), "{v}");
+    ok(&["timeout", "life", "1", "--action", "stop"]);
+    let v = wait_vm(&url, &id, 30, |v| v["status"] == "stopped");
+    assert_eq!(reason(&v).as_deref(), Some("timeout"), "{v}");
+
+    // The guest powers itself off.
+    ok(&["start", "life"]);
+    let _ = bandsox(&url, &["exec", "life", "--", "poweroff", "-f"]);
+    let v = wait_vm(&url, &id, 30, |v| v["status"] != "running");
+    assert_eq!(
+        (v["status"].as_str(), reason(&v).as_deref(), &v["error"]),
+        (Some("stopped"), Some("guest_poweroff"), &serde_json::Value::Null),
+        "{v}"
+    );
+
+    // `vm stop`.
+    ok(&["start", "life"]);
+    ok(&["vm", "stop", "life"]);
+    let v = wait_vm(&url, &id, 1, |_| true);
+    assert_eq!((v["status"].as_str(), reason(&v).as_deref()), (Some("stopped"), Some("user")), "{v}");
+    let out = bandsox(&url, &["vm", "info", "life"]);
+    assert!(text(&out.stdout).contains("\nstopped     user, "), "{}", text(&out.stdout));
+
+    // The VMM dies under the VM.
+    ok(&["start", "life"]);
+    let v = wait_vm(&url, &id, 1, |_| true);
+    let pid = v["pid"].as_u64().unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let v = wait_vm(&url, &id, 10, |v| v["status"] == "failed");
+    assert_eq!(reason(&v).as_deref(), Some("vmm_exited"), "{v}");
+    assert!(v["error"].as_str().unwrap().contains("signal 9"), "{v}");
+
+    ok(&["vm", "rm", "life"]);
 }

@@ -18,6 +18,9 @@ pub enum CoreError {
     InvalidInput(String),
     #[error("{0}")]
     Conflict(String),
+    /// `extend` on a VM that has no timeout (extending "never" is refused).
+    #[error("VM `{id}` has no timeout to extend")]
+    NoTimeout { id: String },
     #[error("{0}")]
     NotInitialised(String),
     /// Another process owns the storage root.
@@ -76,7 +79,7 @@ impl CoreError {
             Self::NotFound { .. } => "not_found",
             Self::Ambiguous { .. } => "ambiguous_reference",
             Self::InvalidInput(_) => "invalid_input",
-            Self::Conflict(_) => "conflict",
+            Self::Conflict(_) | Self::NoTimeout { .. } => "conflict",
             Self::NotInitialised(_) => "not_initialised",
             Self::Locked(_) => "storage_locked",
             Self::ImageInUse(_) => "image_in_use",
@@ -111,6 +114,9 @@ impl CoreError {
                 kind: "snapshot", ..
             } => Some("list snapshots with `bandsox snapshot ls`"),
             Self::Ambiguous { .. } => Some("use the full id, or a longer id prefix"),
+            Self::NoTimeout { .. } => {
+                Some("set one with `bandsox timeout VM SECONDS` (POST /api/vms/{id}/timeout)")
+            }
             Self::ImageInUse(_) => Some("delete the VMs and snapshots that use it first"),
             Self::LimitReached(_) => Some(
                 "delete VMs you no longer need, or raise the limit (`bandsox serve --max-vms`)",

@@ -27,5 +27,5 @@ pub use backend::{select_driver, VmmChoice};
 pub use error::{CoreError, Result};
 pub use manager::{CreateVm, Limits, Manager, ManagerConfig};
 pub use storage::Storage;
-pub use store::{ImageRecord, VmRecord, VmStatus};
+pub use store::{ImageRecord, StopReason, VmRecord, VmStatus};
 pub use template::{TemplateRecord, TemplateShape};

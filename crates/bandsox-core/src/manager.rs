@@ -20,7 +20,7 @@ use crate::backend::VmmChoice;
 use crate::error::{CoreError, Result};
 use crate::images;
 use crate::storage::{new_id, validate_id, Storage};
-use crate::store::{now, Store, VmRecord, VmStatus};
+use crate::store::{now, StopReason, Store, VmRecord, VmStatus};
 
 /// File name of a VM's writable disk inside its directory.
 pub(crate) const DATA_DISK: &str = "disk.ext4";
@@ -350,11 +350,12 @@ impl Manager {
                             let msg = format!(
                                 "could not re-attach to its VMM (PID {pid} still runs; delete or start the VM to stop it): {e}"
                             );
-                            self.store.set_vm_state(
+                            self.store.set_vm_stopped(
                                 &vm.id,
                                 VmStatus::Failed,
                                 Some(pid),
                                 Some(&msg),
+                                StopReason::HostRestart,
                             )?;
                             continue;
                         }
@@ -362,8 +363,13 @@ impl Manager {
                         self.net_down_blocking(&vm.id);
                         self.remove_sockets(&vm.id);
                         let msg = format!("lost while the server was down: {e}");
-                        self.store
-                            .set_vm_state(&vm.id, VmStatus::Stopped, None, Some(&msg))?;
+                        self.store.set_vm_stopped(
+                            &vm.id,
+                            VmStatus::Stopped,
+                            None,
+                            Some(&msg),
+                            StopReason::HostRestart,
+                        )?;
                     }
                 }
             }
@@ -502,6 +508,8 @@ impl Manager {
             expires_at: None,
             timeout_action: req.timeout_action,
             vmm: self.driver.name().into(),
+            stop_reason: None,
+            stopped_at: None,
         };
         let net = if req.enable_networking {
             crate::network::NetChoice::Enabled
@@ -817,11 +825,30 @@ impl Manager {
                 return;
             }
             let Some(mgr) = mgr.upgrade() else { return };
-            tracing::warn!(vm = %entry.id, %exit, "VMM exited unexpectedly");
-            let msg = format!("the VMM exited unexpectedly ({exit})");
-            let _ = mgr
-                .store
-                .set_vm_state(&entry.id, VmStatus::Failed, None, Some(&msg));
+            // Status 0 is a guest that powered off (or rebooted: VMMs run with no reboot);
+            // anything else is a VMM that died under the VM.
+            let msg = if exit.code == Some(0) {
+                tracing::info!(vm = %entry.id, "the guest powered off");
+                let _ = mgr.store.set_vm_stopped(
+                    &entry.id,
+                    VmStatus::Stopped,
+                    None,
+                    None,
+                    StopReason::GuestPoweroff,
+                );
+                "the guest powered off".to_owned()
+            } else {
+                tracing::warn!(vm = %entry.id, %exit, "VMM exited unexpectedly");
+                let msg = format!("the VMM exited unexpectedly ({exit})");
+                let _ = mgr.store.set_vm_stopped(
+                    &entry.id,
+                    VmStatus::Failed,
+                    None,
+                    Some(&msg),
+                    StopReason::VmmExited,
+                );
+                msg
+            };
             entry.ready.send_replace(Readiness::Gone(msg));
             *entry.agent.lock().await = None;
             entry.set_handle(None);
@@ -882,15 +909,20 @@ impl Manager {
 
     /// Stops the vCPUs of a running VM. Pausing a paused VM is a no-op.
     pub async fn pause_vm(&self, id: &str) -> Result<VmRecord> {
-        self.set_paused(id, true).await
+        self.set_paused(id, true, StopReason::User).await
     }
 
     /// Resumes a paused VM. Resuming a running VM is a no-op.
     pub async fn resume_vm(&self, id: &str) -> Result<VmRecord> {
-        self.set_paused(id, false).await
+        self.set_paused(id, false, StopReason::User).await
     }
 
-    async fn set_paused(&self, id: &str, pause: bool) -> Result<VmRecord> {
+    pub(crate) async fn set_paused(
+        &self,
+        id: &str,
+        pause: bool,
+        reason: StopReason,
+    ) -> Result<VmRecord> {
         let vm = self.get_vm(id)?;
         let entry = self.entry(id).ok_or_else(|| not_running(&vm))?;
         let _guard = entry.lifecycle.lock().await;
@@ -912,7 +944,11 @@ impl Manager {
         } else {
             handle.resume().await?;
         }
-        self.store.set_vm_state(id, to, vm.pid, None)?;
+        if pause {
+            self.store.set_vm_stopped(id, to, vm.pid, None, reason)?;
+        } else {
+            self.store.set_vm_state(id, to, vm.pid, None)?;
+        }
         self.get_vm(id)
     }
 
@@ -937,13 +973,19 @@ impl Manager {
     /// Powers a VM off (the agent syncs and powers off; the VMM is killed after a grace
     /// period). Stopping a stopped VM is a no-op.
     pub async fn stop_vm(&self, id: &str) -> Result<VmRecord> {
+        self.stop_vm_because(id, StopReason::User).await
+    }
+
+    /// [`Manager::stop_vm`], recording `reason`.
+    pub(crate) async fn stop_vm_because(&self, id: &str, reason: StopReason) -> Result<VmRecord> {
         let vm = self.get_vm(id)?;
         let Some(entry) = self.entry(id) else {
             return Ok(vm);
         };
         let _guard = entry.lifecycle.lock().await;
         self.stop_locked(&entry).await?;
-        self.store.set_vm_state(id, VmStatus::Stopped, None, None)?;
+        self.store
+            .set_vm_stopped(id, VmStatus::Stopped, None, None, reason)?;
         self.vms
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -975,8 +1017,13 @@ impl Manager {
             Ok(()) => self.get_vm(id),
             Err(e) => {
                 self.unregister(id);
-                self.store
-                    .set_vm_state(id, VmStatus::Stopped, None, Some(&e.to_string()))?;
+                self.store.set_vm_stopped(
+                    id,
+                    VmStatus::Stopped,
+                    None,
+                    Some(&e.to_string()),
+                    StopReason::BootFailed,
+                )?;
                 Err(e)
             }
         }

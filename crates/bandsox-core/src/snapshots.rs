@@ -246,6 +246,8 @@ impl Manager {
             expires_at: None,
             timeout_action: TimeoutAction::Stop,
             vmm: self.backend().0.into(),
+            stop_reason: None,
+            stopped_at: None,
         };
         let boot = Boot::Restore {
             state: &dir.join(STATE_FILE),

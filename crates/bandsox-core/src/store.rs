@@ -93,6 +93,11 @@ CREATE TABLE snapshot_networks (
     nic          INTEGER NOT NULL
 );
 "#,
+    // Why and when a VM last stopped (rows from before this have neither).
+    r#"
+ALTER TABLE vms ADD COLUMN stop_reason TEXT;
+ALTER TABLE vms ADD COLUMN stopped_at REAL;
+"#,
 ];
 
 /// Lifecycle state of a VM. Transitions: `creating -> running <-> paused -> stopped`,
@@ -162,6 +167,63 @@ pub struct VmRecord {
     pub timeout_action: TimeoutAction,
     /// VMM backend the VM runs under (`firecracker`, `qemu`).
     pub vmm: String,
+    /// Why the VM last left the running state (`None` while it runs, and for VMs stopped
+    /// before this was recorded).
+    #[serde(default)]
+    pub stop_reason: Option<StopReason>,
+    /// Unix seconds at which it did.
+    #[serde(default)]
+    pub stopped_at: Option<f64>,
+}
+
+/// Why a VM is not running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// Stopped or paused through the API or CLI.
+    User,
+    /// Its timeout expired (the action was `stop` or `pause`).
+    Timeout,
+    /// The guest powered off or rebooted by itself (the VMM exited with status 0; a guest
+    /// kernel panic reboots, so it lands here too).
+    GuestPoweroff,
+    /// The VMM process died (killed, crashed or exited with an error).
+    VmmExited,
+    /// The server restarted and could not take the VM over.
+    HostRestart,
+    /// `start` could not boot it.
+    BootFailed,
+}
+
+impl StopReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "user",
+            Self::Timeout => "timeout",
+            Self::GuestPoweroff => "guest_poweroff",
+            Self::VmmExited => "vmm_exited",
+            Self::HostRestart => "host_restart",
+            Self::BootFailed => "boot_failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "user" => Self::User,
+            "timeout" => Self::Timeout,
+            "guest_poweroff" => Self::GuestPoweroff,
+            "vmm_exited" => Self::VmmExited,
+            "host_restart" => Self::HostRestart,
+            "boot_failed" => Self::BootFailed,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What happens to a VM when its timeout expires.
@@ -261,8 +323,10 @@ impl Store {
         self.conn().execute(
             "INSERT INTO vms (id, name, image, image_digest, status, vcpu, mem_mib, disk_size_mib,
                               created_at, updated_at, pid, error, metadata, env_vars,
-                              restored_from, expires_at, timeout_action, vmm)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                              restored_from, expires_at, timeout_action, vmm, stop_reason,
+                              stopped_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17,
+                     ?18, ?19, ?20)",
             params![
                 vm.id,
                 vm.name,
@@ -282,6 +346,8 @@ impl Store {
                 vm.expires_at,
                 vm.timeout_action.as_str(),
                 vm.vmm,
+                vm.stop_reason.map(StopReason::as_str),
+                vm.stopped_at,
             ],
         )?;
         Ok(())
@@ -407,7 +473,8 @@ impl Store {
         Ok(())
     }
 
-    /// Sets status, pid and error of a VM.
+    /// Sets status, pid and error of a VM. A VM that comes up (`creating`, `running`) loses
+    /// its stop reason; for the other states use [`Store::set_vm_stopped`].
     pub fn set_vm_state(
         &self,
         id: &str,
@@ -415,9 +482,35 @@ impl Store {
         pid: Option<u32>,
         error: Option<&str>,
     ) -> Result<()> {
+        let sql = if matches!(status, VmStatus::Creating | VmStatus::Running) {
+            "UPDATE vms SET status = ?2, pid = ?3, error = ?4, updated_at = ?5, stop_reason = NULL,
+                 stopped_at = NULL WHERE id = ?1"
+        } else {
+            "UPDATE vms SET status = ?2, pid = ?3, error = ?4, updated_at = ?5 WHERE id = ?1"
+        };
+        let n = self
+            .conn()
+            .execute(sql, params![id, status.as_str(), pid, error, now()])?;
+        if n == 0 {
+            return Err(CoreError::vm_not_found(id));
+        }
+        Ok(())
+    }
+
+    /// Records that a VM stopped (or paused, or failed) and why, at the current time.
+    pub fn set_vm_stopped(
+        &self,
+        id: &str,
+        status: VmStatus,
+        pid: Option<u32>,
+        error: Option<&str>,
+        reason: StopReason,
+    ) -> Result<()> {
+        let t = now();
         let n = self.conn().execute(
-            "UPDATE vms SET status = ?2, pid = ?3, error = ?4, updated_at = ?5 WHERE id = ?1",
-            params![id, status.as_str(), pid, error, now()],
+            "UPDATE vms SET status = ?2, pid = ?3, error = ?4, updated_at = ?5, stop_reason = ?6,
+                 stopped_at = ?5 WHERE id = ?1",
+            params![id, status.as_str(), pid, error, t, reason.as_str()],
         )?;
         if n == 0 {
             return Err(CoreError::vm_not_found(id));
@@ -488,7 +581,8 @@ impl Store {
 /// The columns [`vm_from_row`] reads, in its order (positional access: listing 1 000 VMs is
 /// on the API's hot path, and looking columns up by name costs more than the query).
 const VM_COLUMNS: &str = "id, name, image, image_digest, status, vcpu, mem_mib, disk_size_mib, \
-    created_at, updated_at, pid, error, metadata, env_vars, restored_from, expires_at, timeout_action, vmm";
+    created_at, updated_at, pid, error, metadata, env_vars, restored_from, expires_at, timeout_action, vmm, \
+    stop_reason, stopped_at";
 
 fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<VmRecord> {
     let status: String = r.get(4)?;
@@ -513,6 +607,11 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<VmRecord> {
         expires_at: r.get(15)?,
         timeout_action: TimeoutAction::parse(&r.get::<_, String>(16)?).unwrap_or_default(),
         vmm: r.get(17)?,
+        stop_reason: r
+            .get::<_, Option<String>>(18)?
+            .as_deref()
+            .and_then(StopReason::parse),
+        stopped_at: r.get(19)?,
     })
 }
 
@@ -578,6 +677,8 @@ mod tests {
             expires_at: None,
             timeout_action: TimeoutAction::Stop,
             vmm: "firecracker".into(),
+            stop_reason: None,
+            stopped_at: None,
         }
     }
 
@@ -622,6 +723,26 @@ mod tests {
             store.set_vm_state("zz", VmStatus::Failed, None, None),
             Err(CoreError::NotFound { .. })
         ));
+        // A stop records its reason and time; coming up again clears them.
+        store
+            .set_vm_stopped("a", VmStatus::Stopped, None, None, StopReason::Timeout)
+            .unwrap();
+        let a = store.get_vm("a").unwrap().unwrap();
+        assert_eq!(a.stop_reason, Some(StopReason::Timeout));
+        assert!(a.stopped_at.is_some_and(|t| t > 1.0));
+        store
+            .set_vm_state("a", VmStatus::Paused, Some(1), None)
+            .unwrap();
+        assert_eq!(
+            store.get_vm("a").unwrap().unwrap().stop_reason,
+            Some(StopReason::Timeout),
+            "only coming up clears the reason"
+        );
+        store
+            .set_vm_state("a", VmStatus::Running, Some(1), None)
+            .unwrap();
+        let a = store.get_vm("a").unwrap().unwrap();
+        assert_eq!((a.stop_reason, a.stopped_at), (None, None));
         // Reopening keeps the data and does not re-run migrations.
         drop(store);
         let store = Store::open(&dir.path().join("db")).unwrap();

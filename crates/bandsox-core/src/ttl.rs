@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::{CoreError, Result};
 use crate::manager::Manager;
-use crate::store::{now, TimeoutAction, VmRecord, VmStatus};
+use crate::store::{now, StopReason, TimeoutAction, VmRecord, VmStatus};
 
 /// Longest timeout that can be set or added in one call, in seconds.
 pub const MAX_TIMEOUT_S: u64 = 86_400;
@@ -31,8 +31,9 @@ impl Manager {
         self.get_vm(id)
     }
 
-    /// Adds `seconds` (1 to [`MAX_TIMEOUT_S`]) to a VM's timeout; a VM without one gets one
-    /// that many seconds from now.
+    /// Adds `seconds` (1 to [`MAX_TIMEOUT_S`]) to a VM's timeout. A VM without a timeout is
+    /// refused (extending "never" would give it a short life), and so is a VM that is not
+    /// running or paused (its timeout cannot fire).
     pub fn extend_timeout(&self, id: &str, seconds: u64) -> Result<VmRecord> {
         let vm = self.get_vm(id)?;
         if seconds == 0 || seconds > MAX_TIMEOUT_S {
@@ -40,7 +41,16 @@ impl Manager {
                 "an extension is 1 to {MAX_TIMEOUT_S} seconds, got {seconds}"
             )));
         }
-        let base = vm.expires_at.unwrap_or_else(now).max(now());
+        let Some(expires_at) = vm.expires_at else {
+            return Err(CoreError::NoTimeout { id: vm.id });
+        };
+        if !matches!(vm.status, VmStatus::Running | VmStatus::Paused) {
+            return Err(CoreError::Conflict(format!(
+                "VM `{id}` is {}; only a running or paused VM's timeout can be extended",
+                vm.status
+            )));
+        }
+        let base = expires_at.max(now());
         self.store()
             .set_vm_timeout(id, Some(base + seconds as f64), vm.timeout_action)?;
         self.get_vm(id)
@@ -71,8 +81,14 @@ impl Manager {
             // Clear first so a failing action is not retried every second.
             let _ = self.store().set_vm_timeout(&vm.id, None, vm.timeout_action);
             let result = match vm.timeout_action {
-                TimeoutAction::Stop => self.stop_vm(&vm.id).await.map(drop),
-                TimeoutAction::Pause => self.pause_vm(&vm.id).await.map(drop),
+                TimeoutAction::Stop => self
+                    .stop_vm_because(&vm.id, StopReason::Timeout)
+                    .await
+                    .map(drop),
+                TimeoutAction::Pause => self
+                    .set_paused(&vm.id, true, StopReason::Timeout)
+                    .await
+                    .map(drop),
                 TimeoutAction::Delete => self.delete_vm(&vm.id).await,
             };
             if let Err(e) = result {

@@ -43,6 +43,13 @@ export interface VmInfo {
   timeout_action?: string | null;
   /** VMM backend the VM runs under: "firecracker" or "qemu". */
   vmm?: string;
+  /**
+   * Why the VM last left the running state: "user", "timeout", "guest_poweroff",
+   * "vmm_exited", "host_restart" or "boot_failed"; null while it runs.
+   */
+  stop_reason?: string | null;
+  /** Unix seconds at which it did. */
+  stopped_at?: number | null;
   [key: string]: unknown;
 }
 

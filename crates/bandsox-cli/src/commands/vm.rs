@@ -351,13 +351,17 @@ pub fn run(url: &str, c: VmCommand) -> CliResult {
             if json {
                 println!("{}", serde_json::to_string(&vms).unwrap_or_default());
             } else {
-                println!("{:<36}  {:<20}  {:<9}  IMAGE", "ID", "NAME", "STATUS");
+                println!(
+                    "{:<36}  {:<20}  {:<9}  {:<16}  IMAGE",
+                    "ID", "NAME", "STATUS", "CREATED"
+                );
                 for vm in vms {
                     println!(
-                        "{:<36}  {:<20}  {:<9}  {}",
+                        "{:<36}  {:<20}  {:<9}  {:<16}  {}",
                         vm.id,
                         truncate(&vm.name, 20),
                         vm.status,
+                        crate::human::relative(vm.created_at),
                         vm.image
                     );
                 }
@@ -375,6 +379,19 @@ pub fn run(url: &str, c: VmCommand) -> CliResult {
                 println!("vcpu        {}", info.vcpu);
                 println!("mem_mib     {}", info.mem_mib);
                 println!("disk_mib    {}", info.disk_size_mib);
+                if let Some(t) = info.expires_at {
+                    println!(
+                        "expires     {} ({})",
+                        crate::human::relative(t),
+                        info.timeout_action
+                    );
+                }
+                if let Some(r) = &info.stop_reason {
+                    match info.stopped_at {
+                        Some(t) => println!("stopped     {r}, {}", crate::human::relative(t)),
+                        None => println!("stopped     {r}"),
+                    }
+                }
                 if let Some(e) = info.error {
                     println!("error       {e}");
                 }
@@ -456,11 +473,30 @@ pub fn extend(url: &str, vm: &str, seconds: u64) -> CliResult {
         &serde_json::json!({ "seconds": seconds }),
         Duration::from_secs(60),
     )?;
+    print_expiry(&info);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bandsox timeout VM SECONDS [--action A]`: prints the new expiry time.
+pub fn set_timeout(url: &str, vm: &str, seconds: u64, action: Option<String>) -> CliResult {
+    let info: VmInfo = Client::new(url).post(
+        &format!("/api/vms/{}/timeout", segment(vm)),
+        &serde_json::json!({ "timeout_s": seconds, "action": action }),
+        Duration::from_secs(60),
+    )?;
+    print_expiry(&info);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_expiry(info: &VmInfo) {
     match info.expires_at {
-        Some(t) => println!("expires at {t:.0} (unix seconds)"),
+        Some(t) => println!(
+            "expires {} ({})",
+            crate::human::relative(t),
+            info.timeout_action
+        ),
         None => println!("no timeout"),
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// `POST /api/vms/{vm}/{action}` with an empty body; prints the status.

@@ -488,5 +488,7 @@ pub(crate) fn vm_info(m: &bandsox_core::Manager, vm: VmRecord) -> VmInfo {
         expires_at: vm.expires_at,
         timeout_action: vm.timeout_action.as_str().into(),
         vmm: vm.vmm,
+        stop_reason: vm.stop_reason.map(|r| r.as_str().to_owned()),
+        stopped_at: vm.stopped_at,
     }
 }

@@ -193,6 +193,11 @@ class VmInfo(TypedDict, total=False):
     expires_at: Optional[float]
     timeout_action: str
     vmm: str
+    #: Why the VM last left the running state (``user``, ``timeout``, ``guest_poweroff``,
+    #: ``vmm_exited``, ``host_restart``, ``boot_failed``); ``None`` while it runs.
+    stop_reason: Optional[str]
+    #: Unix seconds at which it did.
+    stopped_at: Optional[float]
 
 
 class SnapshotInfo(TypedDict, total=False):
