@@ -58,17 +58,46 @@ impl Client {
         &self.base
     }
 
-    /// A transport error: the server cannot be reached.
-    pub fn unreachable(&self, e: impl std::fmt::Display) -> CliError {
+    /// A transport error: the server cannot be reached. Only the innermost cause is shown
+    /// ("Connection refused (os error 111)"), not the whole chain of wrappers.
+    pub fn unreachable(&self, e: &(dyn std::error::Error + 'static)) -> CliError {
+        let mut cause: &dyn std::error::Error = e;
+        while let Some(inner) = cause.source() {
+            cause = inner;
+        }
         CliError {
-            message: format!("cannot reach the bandsox server at {}: {e}", self.base),
+            message: format!("cannot reach the bandsox server at {}: {cause}", self.base),
             hint: Some("start it with `bandsox serve`, or point --url / BANDSOX_URL at it".into()),
             exit_code: 5,
         }
     }
 
+    /// The URL of `path` on the server; a server URL that is not `http://` or `https://` is a
+    /// usage error.
+    pub fn url(&self, path: &str) -> Result<String, CliError> {
+        let ok = ["http://", "https://"]
+            .iter()
+            .any(|s| self.base.len() > s.len() && self.base[..s.len()].eq_ignore_ascii_case(s));
+        if !ok {
+            return Err(CliError {
+                message: format!(
+                    "the server URL `{}` is not an http:// or https:// URL",
+                    self.base
+                ),
+                hint: Some(format!(
+                    "pass --url http://{} (or set BANDSOX_URL)",
+                    self.base
+                        .split_once("://")
+                        .map_or(self.base.as_str(), |(_, r)| r)
+                )),
+                exit_code: 2,
+            });
+        }
+        Ok(format!("{}{path}", self.base))
+    }
+
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
-        let req = self.agent.get(&format!("{}{path}", self.base));
+        let req = self.agent.get(&self.url(path)?);
         self.finish(req.call())
     }
 
@@ -78,10 +107,7 @@ impl Client {
         body: &B,
         timeout: Duration,
     ) -> Result<T, CliError> {
-        let req = self
-            .agent
-            .post(&format!("{}{path}", self.base))
-            .timeout(timeout);
+        let req = self.agent.post(&self.url(path)?).timeout(timeout);
         self.finish(req.send_json(body))
     }
 
@@ -105,7 +131,7 @@ impl Client {
     ) -> Result<T, CliError> {
         let req = self
             .agent
-            .post(&format!("{}{path}", self.base))
+            .post(&self.url(path)?)
             .set("Content-Type", content_type)
             .timeout(timeout);
         self.finish(req.send(body))
@@ -115,7 +141,7 @@ impl Client {
     pub fn get_reader(&self, path: &str) -> Result<impl std::io::Read + Send, CliError> {
         let req = self
             .agent
-            .get(&format!("{}{path}", self.base))
+            .get(&self.url(path)?)
             .timeout(Duration::from_secs(3600));
         req.call()
             .map(|r| r.into_reader())
@@ -129,7 +155,7 @@ impl Client {
     ) -> Result<T, CliError> {
         let req = self
             .agent
-            .put(&format!("{}{path}", self.base))
+            .put(&self.url(path)?)
             .timeout(Duration::from_secs(60));
         self.finish(req.send_json(body))
     }
@@ -137,7 +163,7 @@ impl Client {
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
         let req = self
             .agent
-            .delete(&format!("{}{path}", self.base))
+            .delete(&self.url(path)?)
             .timeout(Duration::from_secs(120));
         self.finish(req.call())
     }
@@ -157,7 +183,7 @@ impl Client {
                 let body = r.into_string().unwrap_or_default();
                 problem_error(status, &body)
             }
-            ureq::Error::Transport(t) => self.unreachable(t),
+            ureq::Error::Transport(t) => self.unreachable(&t),
         }
     }
 }

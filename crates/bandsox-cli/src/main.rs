@@ -29,15 +29,16 @@ struct Cli {
         long,
         global = true,
         env = "BANDSOX_URL",
-        default_value = "http://127.0.0.1:8000"
+        default_value = "http://127.0.0.1:8000",
+        help_heading = "Global options"
     )]
     url: String,
     /// Server host: for client commands it replaces the host of --url; for `serve` it is the
     /// address to listen on [default: 127.0.0.1].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     host: Option<String>,
     /// Server port (like --host) [default: 8000].
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     port: Option<u16>,
     #[command(subcommand)]
     command: Command,
@@ -64,20 +65,39 @@ impl Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Prepare a storage root: kernel, initramfs, database and the default image.
+    #[command(after_help = "Examples:\n  bandsox init\n  bandsox init --storage /srv/bandsox")]
     Init(commands::init::InitArgs),
     /// Run the API server.
+    #[command(
+        after_help = "Examples:\n  bandsox serve\n  bandsox serve --host 0.0.0.0 --port 8000 --public-url https://sandbox.example.com"
+    )]
     Serve(commands::serve::ServeArgs),
     /// Create a VM from an image and print its id.
+    #[command(
+        after_help = "Examples:\n  bandsox create bandsox/busybox\n  bandsox create alpine:3.20 --name web --mem 512 --timeout 3600"
+    )]
     Create(commands::vm::CreateArgs),
     /// Run a command in a VM and exit with its exit code.
+    #[command(
+        after_help = "Examples:\n  bandsox exec web -- uname -a\n  bandsox exec -it web -- sh\n  tar c . | bandsox exec -i web -- tar x -C /root\n  bandsox exec --json web -- 'ls /; exit 3'"
+    )]
     Exec(commands::vm::ExecArgs),
     /// Manage VMs.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  bandsox vm ls --status running\n  bandsox vm info web\n  bandsox vm stop web db\n  bandsox vm rm d842"
+    )]
     Vm(commands::vm::VmCommand),
     /// Manage images: pull, import, list, inspect, remove.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  bandsox image pull alpine:3.20\n  bandsox image ls\n  bandsox image rm alpine:3.20"
+    )]
     Image(commands::image::ImageCommand),
     /// Build an image from a Dockerfile (in VMs): `bandsox build [-f FILE] DIR -t NAME`.
+    #[command(
+        after_help = "Examples:\n  bandsox build . -t myapp\n  bandsox build -f docker/Dockerfile . -t myapp:1"
+    )]
     Build {
         #[command(flatten)]
         args: commands::build::BuildArgs,
@@ -86,33 +106,68 @@ enum Command {
     },
     /// Authentication: password, API keys.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  bandsox auth init\n  bandsox auth create-key ci\n  bandsox auth list-keys"
+    )]
     Auth(commands::auth::AuthCommand),
     /// Copy files or directories between the host and a VM (`VM:/path` on one side).
+    #[command(
+        after_help = "Examples:\n  bandsox cp ./src web:/root/src\n  bandsox cp web:/var/log/app.log ."
+    )]
     Cp(commands::cp::CpArgs),
     /// Print shell completions (bash, zsh, fish, ...).
-    Completions { shell: clap_complete::Shell },
+    #[command(
+        after_help = "Examples:\n  bandsox completions bash > /etc/bash_completion.d/bandsox\n  bandsox completions zsh > \"${fpath[1]}/_bandsox\""
+    )]
+    Completions {
+        /// The shell to print completions for.
+        shell: clap_complete::Shell,
+    },
     /// Manage snapshots.
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  bandsox vm save web base\n  bandsox snapshot ls\n  bandsox snapshot restore base --name web2\n  bandsox snapshot rm base"
+    )]
     Snapshot(commands::snapshot::SnapshotCommand),
     /// Manage templates (paused, agent-ready VMs that creates restore from).
     #[command(subcommand)]
+    #[command(
+        after_help = "Examples:\n  bandsox template ls\n  bandsox template build bandsox/busybox --mem 256"
+    )]
     Template(commands::template::TemplateCommand),
     /// List a VM's durable background commands.
+    #[command(after_help = "Examples:\n  bandsox commands web")]
     Commands(commands::durable::CommandsArgs),
     /// Print (and with --follow, follow) a durable command's output.
+    #[command(after_help = "Examples:\n  bandsox logs web cmd-1 --follow")]
     Logs(commands::durable::LogsArgs),
     /// Open an interactive shell in a VM (raw TTY, resizes follow the window).
-    Terminal { vm: String },
+    #[command(after_help = "Examples:\n  bandsox terminal web")]
+    Terminal {
+        /// VM id, unique id prefix (4+ characters) or name.
+        vm: String,
+    },
     /// Boot a stopped VM again.
-    Start { vm: String },
+    #[command(after_help = "Examples:\n  bandsox start web")]
+    Start {
+        /// VM id, unique id prefix (4+ characters) or name.
+        vm: String,
+    },
     /// Remove bandsox network namespaces, interfaces and nftables rules that belong to no
     /// live VM (run as root on the server's host; never touches anything not named by bandsox).
+    #[command(after_help = "Examples:\n  sudo bandsox cleanup")]
     Cleanup(commands::cleanup::CleanupArgs),
     /// Stop and start a VM.
-    Restart { vm: String },
+    #[command(after_help = "Examples:\n  bandsox restart web")]
+    Restart {
+        /// VM id, unique id prefix (4+ characters) or name.
+        vm: String,
+    },
     /// Live CPU, memory, disk and network use of VMs (like `docker stats`).
+    #[command(after_help = "Examples:\n  bandsox stats\n  bandsox stats web db")]
     Stats(commands::stats::StatsArgs),
     /// Add seconds to a VM's timeout (a VM without one is refused: see `timeout`).
+    #[command(after_help = "Examples:\n  bandsox extend web 600")]
     Extend {
         /// VM id, unique id prefix (4+ characters) or name.
         vm: String,
@@ -120,6 +175,9 @@ enum Command {
         seconds: u64,
     },
     /// Set a VM's timeout: SECONDS from now (0 clears it), and what happens then.
+    #[command(
+        after_help = "Examples:\n  bandsox timeout web 3600\n  bandsox timeout web 600 --action delete\n  bandsox timeout web 0"
+    )]
     Timeout {
         /// VM id, unique id prefix (4+ characters) or name.
         vm: String,
@@ -132,7 +190,20 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A reader that goes away (`bandsox vm ls | head -1`, `--help | head`) ends the command
+    // quietly, as it ends `cat`, instead of a panic in `println!`. The server keeps Rust's
+    // default (SIGPIPE ignored): a client hanging up must never kill it.
+    // SAFETY: setting a signal disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        // SAFETY: as above, still before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        }
+    }
     let url = cli.server_url();
     let result = match cli.command {
         Command::Init(a) => commands::init::run(a),

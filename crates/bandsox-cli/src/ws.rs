@@ -21,13 +21,10 @@ pub fn connect(
     protocols: &[&str],
     read_timeout: Option<Duration>,
 ) -> Result<Socket, CliError> {
-    let url = format!(
-        "{}{path}",
-        client
-            .base()
-            .replacen("https://", "wss://", 1)
-            .replacen("http://", "ws://", 1)
-    );
+    let url = client
+        .url(path)?
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
     let mut offered: Vec<String> = protocols.iter().map(|p| (*p).to_owned()).collect();
     if let Some(key) = api_key() {
         offered.push(format!(
@@ -55,7 +52,7 @@ pub fn connect(
                 .unwrap_or_default();
             problem_error(resp.status().as_u16(), &body)
         }
-        e => client.unreachable(e),
+        e => client.unreachable(&e),
     })?;
     if let MaybeTlsStream::Plain(s) = ws.get_ref() {
         s.set_read_timeout(read_timeout)

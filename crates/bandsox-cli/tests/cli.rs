@@ -302,3 +302,76 @@ fn storage_root_is_private() {
     assert_eq!(mode(&storage.join("bandsox.db")), 0o600);
     assert_eq!(readable_by_nobody(&storage), Vec::<String>::new());
 }
+
+/// A reader that goes away before the output is written (`bandsox completions zsh | head`)
+/// ends the CLI by SIGPIPE, quietly, not with a panic (exit 101).
+#[test]
+fn a_broken_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    for args in [
+        &["completions", "zsh"][..],
+        &["--help"],
+        &["exec", "--help"],
+    ] {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {out:?}"
+        );
+        assert!(out.stderr.is_empty(), "{args:?}: {}", text(&out.stderr));
+    }
+}
+
+/// Every command's help has an example block, and the global options sit under their own
+/// heading instead of among the command's own.
+#[test]
+fn every_command_has_examples_and_global_options_apart() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let help = text(&out.stdout);
+    let commands: Vec<String> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|c| c != "help")
+        .collect();
+    assert!(commands.len() > 15, "{help}");
+    for c in &commands {
+        let out = Command::new(BIN).args([c, "--help"]).output().unwrap();
+        let h = text(&out.stdout);
+        assert!(out.status.success(), "{c}: {}", text(&out.stderr));
+        assert!(h.contains("\nExamples:\n  "), "{c} has no examples:\n{h}");
+        let (own, global) = h.split_once("Global options:").unwrap_or((&h, ""));
+        assert!(global.contains("--url"), "{c}: no global heading:\n{h}");
+        assert!(
+            !own.contains("--url"),
+            "{c}: --url among its own options:\n{h}"
+        );
+        // Every argument and option is described (on its line, or on the next, indented).
+        let lines: Vec<&str> = own.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if !l.starts_with("  ") || l.starts_with("   ") {
+                continue;
+            }
+            let t = l.trim_start();
+            if !t.starts_with(['-', '<', '[']) {
+                continue;
+            }
+            let inline = t.split("  ").filter(|w| !w.trim().is_empty()).count() >= 2;
+            let below = lines
+                .get(i + 1)
+                .is_some_and(|n| n.starts_with("          ") && !n.trim().is_empty());
+            assert!(inline || below, "{c}: undescribed `{t}`:\n{h}");
+        }
+    }
+}

@@ -212,13 +212,31 @@ fn references_need_credentials() {
         (409, Some("ambiguous_reference"))
     );
     assert_eq!(with_key("/api/vms/web").1["id"], WEB);
+    let metrics = || {
+        ureq::get(&format!("{url}/metrics"))
+            .set("Authorization", &format!("Bearer {key}"))
+            .call()
+            .unwrap()
+            .into_string()
+            .unwrap()
+    };
+    let checks = |m: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix("bandsox_credential_checks_total "))
+            .unwrap_or_else(|| panic!("{m}"))
+            .parse()
+            .unwrap()
+    };
+    // The key is looked up once per request, also when the resolver needed it first (one
+    // for the request, one for the second scrape itself).
+    let before = checks(&metrics());
+    assert_eq!(with_key("/api/vms/web").0, 200);
+    assert_eq!(checks(&metrics()) - before, 2);
+    let before = checks(&metrics());
+    assert_eq!(with_key("/api/vms").0, 200);
+    assert_eq!(checks(&metrics()) - before, 2);
     // A refused request is still counted under its route.
-    let metrics = ureq::get(&format!("{url}/metrics"))
-        .set("Authorization", &format!("Bearer {key}"))
-        .call()
-        .unwrap()
-        .into_string()
-        .unwrap();
+    let metrics = metrics();
     assert!(
         metrics
             .lines()
@@ -278,18 +296,25 @@ fn timeouts_and_stop_reasons(auth: bool) {
     assert_eq!(v["status"], "stopped", "{v}");
     assert_eq!(v["stop_reason"], "host_restart", "{v}");
     let at = v["stopped_at"].as_f64().unwrap();
-    assert!(at >= started - 1.0 && at <= bandsox_core::store::now(), "{v}");
+    assert!(
+        at >= started - 1.0 && at <= bandsox_core::store::now(),
+        "{v}"
+    );
     let out = run(&["vm", "info", "ghost"]);
     let info = text(&out.stdout);
     assert!(
-        info.lines().any(|l| l.starts_with("stopped     host_restart, ")
-            && (l.ends_with(" ago") || l.ends_with("just now"))),
+        info.lines()
+            .any(|l| l.starts_with("stopped     host_restart, ")
+                && (l.ends_with(" ago") || l.ends_with("just now"))),
         "{info}"
     );
     // A VM that never stopped under this version has no reason.
     let out = run(&["vm", "info", "idle", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((&v["stop_reason"], &v["stopped_at"]), (&serde_json::Value::Null, &serde_json::Value::Null));
+    assert_eq!(
+        (&v["stop_reason"], &v["stopped_at"]),
+        (&serde_json::Value::Null, &serde_json::Value::Null)
+    );
 
     // `extend` on a VM without a timeout is refused (it used to give it a short life).
     let out = run(&["extend", "idle", "60"]);
@@ -306,7 +331,11 @@ fn timeouts_and_stop_reasons(auth: bool) {
         req = req.set("Authorization", &format!("Bearer {k}"));
     }
     let (status, body) = answer(req.send_json(serde_json::json!({"seconds": 60})));
-    assert_eq!((status, body["code"].as_str()), (409, Some("conflict")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("conflict")),
+        "{body}"
+    );
     assert_eq!(body["expires_at"], serde_json::Value::Null);
     // A stopped VM's timeout cannot fire, so it is not extended either.
     let out = run(&["extend", "late", "60"]);
@@ -329,7 +358,64 @@ fn timeouts_and_stop_reasons(auth: bool) {
     assert!((590.0..=600.0).contains(&left), "{v}");
     assert_eq!(text(&run(&["timeout", "idle", "0"]).stdout), "no timeout\n");
 
+    // A VM that is not running: the next command to run is in the hint.
+    for args in [
+        &["vm", "pause", "idle"][..],
+        &["exec", "idle", "--", "true"],
+    ] {
+        let out = run(args);
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+        assert_eq!(
+            text(&out.stderr),
+            format!(
+                "error: VM `{IDLE}` is stopped, not running\nhint: start it with `bandsox start VM`\n"
+            ),
+            "{args:?}"
+        );
+    }
+    // A server URL without a scheme is a usage error naming the fix.
+    let out = cli("localhost:18300", &home, key, &["vm", "ls"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        "error: the server URL `localhost:18300` is not an http:// or https:// URL\n\
+         hint: pass --url http://localhost:18300 (or set BANDSOX_URL)\n"
+    );
+    // An unreachable server: one line with the cause, not the chain of wrappers.
+    let out = cli(
+        &format!("http://127.0.0.1:{}", free_port()),
+        &home,
+        key,
+        &["vm", "ls"],
+    );
+    assert_eq!(out.status.code(), Some(5));
+    let err = text(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with("error: cannot reach the bandsox server at http://127.0.0.1:")
+            && lines[0].ends_with(": Connection refused (os error 111)"),
+        "{err}"
+    );
+
     if auth {
+        // A missing key and a wrong key are told apart; both hints name BANDSOX_API_KEY.
+        let out = cli(&url, &home, None, &["vm", "ls"]);
+        let err = text(&out.stderr);
+        assert!(err.starts_with("error: this server requires an API key and none was sent\nhint: set BANDSOX_API_KEY"), "{err}");
+        let out = cli(&url, &home, Some("bsx_kwrong"), &["vm", "ls"]);
+        assert_eq!(out.status.code(), Some(6));
+        let err = text(&out.stderr);
+        assert!(
+            err.starts_with("error: the API key or session is not valid"),
+            "{err}"
+        );
+        assert!(err.contains("\nhint: check BANDSOX_API_KEY"), "{err}");
         // Without the key every one of these is refused.
         for args in [
             &["extend", "idle", "60"][..],
@@ -337,7 +423,12 @@ fn timeouts_and_stop_reasons(auth: bool) {
             &["vm", "info", "ghost"],
         ] {
             let out = cli(&url, &home, None, args);
-            assert_eq!(out.status.code(), Some(6), "{args:?}: {}", text(&out.stderr));
+            assert_eq!(
+                out.status.code(),
+                Some(6),
+                "{args:?}: {}",
+                text(&out.stderr)
+            );
         }
     }
 }
@@ -353,7 +444,12 @@ fn timeouts_and_stop_reasons_auth_on() {
 }
 
 /// Polls `GET /api/vms/{id}` until `done` holds (at most `secs` seconds); returns the VM.
-fn wait_vm(url: &str, id: &str, secs: u64, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+fn wait_vm(
+    url: &str,
+    id: &str,
+    secs: u64,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     loop {
         let (_, v) = answer(ureq::get(&format!("{url}/api/vms/{id}")).call());
@@ -390,7 +486,11 @@ fn stop_reasons_of_a_real_vm() {
     assert_eq!(out.status.code(), Some(4), "{}", text(&out.stderr));
     std::thread::sleep(std::time::Duration::from_secs(4));
     let v = wait_vm(&url, &id, 1, |_| true);
-    assert_eq!((v["status"].as_str(), reason(&v)), (Some("running"), None), "{v}");
+    assert_eq!(
+        (v["status"].as_str(), reason(&v)),
+        (Some("running"), None),
+        "{v}"
+    );
 
     // Timeout with action pause, then stop.
     ok(&["timeout", "life", "1", "--action", "pause"]);
@@ -399,7 +499,11 @@ fn stop_reasons_of_a_real_vm() {
     assert!(v["stopped_at"].as_f64().is_some(), "{v}");
     ok(&["vm", "resume", "life"]);
     let v = wait_vm(&url, &id, 1, |_| true);
-    assert_eq!((reason(&v), &v["stopped_at"]), (None, &serde_json::Value::Null), "{v}");
+    assert_eq!(
+        (reason(&v), &v["stopped_at"]),
+        (None, &serde_json::Value::Null),
+        "{v}"
+    );
     ok(&["timeout", "life", "1", "--action", "stop"]);
     let v = wait_vm(&url, &id, 30, |v| v["status"] == "stopped");
     assert_eq!(reason(&v).as_deref(), Some("timeout"), "{v}");
@@ -410,7 +514,11 @@ fn stop_reasons_of_a_real_vm() {
     let v = wait_vm(&url, &id, 30, |v| v["status"] != "running");
     assert_eq!(
         (v["status"].as_str(), reason(&v).as_deref(), &v["error"]),
-        (Some("stopped"), Some("guest_poweroff"), &serde_json::Value::Null),
+        (
+            Some("stopped"),
+            Some("guest_poweroff"),
+            &serde_json::Value::Null
+        ),
         "{v}"
     );
 
@@ -418,9 +526,17 @@ fn stop_reasons_of_a_real_vm() {
     ok(&["start", "life"]);
     ok(&["vm", "stop", "life"]);
     let v = wait_vm(&url, &id, 1, |_| true);
-    assert_eq!((v["status"].as_str(), reason(&v).as_deref()), (Some("stopped"), Some("user")), "{v}");
+    assert_eq!(
+        (v["status"].as_str(), reason(&v).as_deref()),
+        (Some("stopped"), Some("user")),
+        "{v}"
+    );
     let out = bandsox(&url, &["vm", "info", "life"]);
-    assert!(text(&out.stdout).contains("\nstopped     user, "), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("\nstopped     user, "),
+        "{}",
+        text(&out.stdout)
+    );
 
     // The VMM dies under the VM.
     ok(&["start", "life"]);

@@ -1,7 +1,8 @@
 //! `bandsox terminal` on a real pseudo-terminal against a real server and VM: raw mode while
 //! the session runs, the window size sent at start and on resize (SIGWINCH), the TTY's
 //! settings restored after the shell exits. And `bandsox exec` streams output as it comes;
-//! durable commands and their logs. Everything twice: with auth off and with a key.
+//! `exec -t` (a pty), `-i` (stdin), `--json` (exit code) and a broken pipe; durable commands
+//! and their logs. Everything twice: with auth off and with a key.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::result_large_err)]
 
@@ -174,6 +175,130 @@ fn session(auth: bool) {
     };
     assert!(status.success(), "{status:?}");
     assert_eq!(lflags(&slave), before, "the TTY's settings are restored");
+
+    // `exec -t`: a command on a terminal of the window's size, its input typed, its exit code.
+    output.lock().unwrap().clear();
+    let mut child = unsafe {
+        bandsox(&url, key)
+            .args([
+                "exec",
+                "-it",
+                &id,
+                "--",
+                "stty size; tty; read -r line; echo got-$line; exit 3",
+            ])
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave.try_clone().unwrap()))
+            .pre_exec(move || {
+                libc::setsid();
+                libc::ioctl(slave_fd, libc::TIOCSCTTY, 0);
+                Ok(())
+            })
+            .spawn()
+            .unwrap()
+    };
+    wait_for(&output, "30 100");
+    wait_for(&output, "/dev/pts/");
+    assert_eq!(lflags(&slave) & libc::ICANON, 0, "raw mode while it runs");
+    writer.write_all(b"typed\r").unwrap();
+    wait_for(&output, "got-typed");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "exec -t did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(3), "{status:?}");
+    assert_eq!(lflags(&slave), before, "the TTY's settings are restored");
+
+    // `exec -i`: stdin goes to the command until it ends.
+    let mut child = bandsox(&url, key)
+        .args(["exec", "-i", &id, "--", "cat; echo end"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stdin.write_all(b"world\n").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nworld\nend\n");
+    // Without -i the command's stdin is empty, whatever the CLI's is.
+    let mut child = bandsox(&url, key)
+        .args(["exec", &id, "--", "cat; echo end"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"ignored\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "end\n");
+    drop(stdin);
+
+    // `--json` exits with the command's code; `--timeout` still kills.
+    let out = bandsox(&url, key)
+        .args([
+            "exec",
+            "--json",
+            &id,
+            "--",
+            "echo out; echo err >&2; exit 2",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&v["exit_code"], &v["stdout"], &v["stderr"]),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!("out\n"),
+            &serde_json::json!("err\n")
+        ),
+        "{v}"
+    );
+    let out = bandsox(&url, key)
+        .args(["exec", "--timeout", "1", &id, "--", "sleep 5"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("timed out after 1 s"),
+        "{out:?}"
+    );
+
+    // A reader that goes away (`| head -1`) ends the CLI quietly: SIGPIPE, no panic.
+    let mut child = bandsox(&url, key)
+        .args(["exec", &id, "--", "echo first; sleep 1; seq 1 100000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        out.status.signal() == Some(libc::SIGPIPE) || out.status.code() == Some(141),
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // An unknown VM: one line, exit code 3.
     let out = bandsox(&url, key)

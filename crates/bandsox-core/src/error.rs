@@ -18,6 +18,12 @@ pub enum CoreError {
     InvalidInput(String),
     #[error("{0}")]
     Conflict(String),
+    /// An operation that needs a running VM, on one that is not.
+    #[error("VM `{id}` is {status}, not running")]
+    NotRunning {
+        id: String,
+        status: crate::store::VmStatus,
+    },
     /// `extend` on a VM that has no timeout (extending "never" is refused).
     #[error("VM `{id}` has no timeout to extend")]
     NoTimeout { id: String },
@@ -79,7 +85,7 @@ impl CoreError {
             Self::NotFound { .. } => "not_found",
             Self::Ambiguous { .. } => "ambiguous_reference",
             Self::InvalidInput(_) => "invalid_input",
-            Self::Conflict(_) | Self::NoTimeout { .. } => "conflict",
+            Self::Conflict(_) | Self::NoTimeout { .. } | Self::NotRunning { .. } => "conflict",
             Self::NotInitialised(_) => "not_initialised",
             Self::Locked(_) => "storage_locked",
             Self::ImageInUse(_) => "image_in_use",
@@ -114,6 +120,11 @@ impl CoreError {
                 kind: "snapshot", ..
             } => Some("list snapshots with `bandsox snapshot ls`"),
             Self::Ambiguous { .. } => Some("use the full id, or a longer id prefix"),
+            Self::NotRunning { status, .. } => Some(match status {
+                crate::store::VmStatus::Paused => "resume it with `bandsox vm resume VM`",
+                crate::store::VmStatus::Creating => "it is still booting; try again in a moment",
+                _ => "start it with `bandsox start VM`",
+            }),
             Self::NoTimeout { .. } => {
                 Some("set one with `bandsox timeout VM SECONDS` (POST /api/vms/{id}/timeout)")
             }

@@ -1113,7 +1113,10 @@ impl Manager {
 }
 
 fn not_running(vm: &VmRecord) -> CoreError {
-    CoreError::Conflict(format!("VM {} is {}, not running", vm.id, vm.status))
+    CoreError::NotRunning {
+        id: vm.id.clone(),
+        status: vm.status,
+    }
 }
 
 fn hostname_for(id: &str) -> String {

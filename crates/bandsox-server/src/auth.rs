@@ -215,10 +215,31 @@ fn websocket_token(req: &Request) -> Option<String> {
     })
 }
 
+/// The outcome of [`check`] for one request, computed once by whichever middleware needs it
+/// first (the reference resolver runs before the guard) and taken by the guard: credentials
+/// are looked up once per request.
+#[derive(Clone)]
+pub(crate) struct Checked(ApiResult<Credential>);
+
+/// [`check`] for `req`, stored in its extensions for the guard.
+pub(crate) fn check_once(s: &AppState, req: &mut Request) -> bool {
+    if let Some(Checked(r)) = req.extensions().get::<Checked>() {
+        return r.is_ok();
+    }
+    let r = check(s, req);
+    let ok = r.is_ok();
+    req.extensions_mut().insert(Checked(r));
+    ok
+}
+
 /// Middleware on every route: authentication, then the origin policy. The request goes on
 /// with its [`Credential`] in its extensions.
 pub async fn guard(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
-    match check(&s, &req) {
+    let checked = match req.extensions_mut().remove::<Checked>() {
+        Some(Checked(r)) => r,
+        None => check(&s, &req),
+    };
+    match checked {
         Err(e)
             if crate::dashboard::is_page(req.uri().path())
                 && e.status == StatusCode::UNAUTHORIZED =>
@@ -243,11 +264,6 @@ pub async fn proxy_guard(State(s): State<AppState>, mut req: Request, next: Next
         }
         Err(e) => e.into_response(),
     }
-}
-
-/// Whether [`guard`] lets `req` through.
-pub(crate) fn would_pass(s: &AppState, req: &Request) -> bool {
-    check(s, req).is_ok()
 }
 
 fn check(s: &AppState, req: &Request) -> ApiResult<Credential> {
@@ -293,6 +309,7 @@ fn authenticate(s: &AppState, req: &Request) -> ApiResult<Credential> {
     let Some(token) = token else {
         return Err(missing_credentials());
     };
+    s.observer.credential_checked();
     match store.authenticate(&token)? {
         Some(_) => Ok(Credential::Token(token)),
         None => Err(invalid_credentials()),

@@ -7,7 +7,7 @@ use bandsox_api::{Problem, PROBLEM_CONTENT_TYPE};
 use bandsox_core::CoreError;
 
 /// An error answer.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,

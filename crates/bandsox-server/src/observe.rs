@@ -69,6 +69,7 @@ pub struct Observer {
     durations: Family<RouteLabels, Histogram>,
     errors: Family<CodeLabels, Counter>,
     vms: Family<StateLabels, Gauge>,
+    credential_checks: Counter,
     /// Whether to write an access log line per request.
     pub access_log: bool,
     /// Whether to count requests (off only to measure what counting costs).
@@ -104,12 +105,19 @@ impl Observer {
         );
         registry.register("errors", "Error answers by problem code", errors.clone());
         registry.register("vms", "VMs by state", vms.clone());
+        let credential_checks = Counter::default();
+        registry.register(
+            "credential_checks",
+            "API keys and session tokens looked up (one per authenticated request)",
+            credential_checks.clone(),
+        );
         Self {
             registry,
             requests,
             durations,
             errors,
             vms,
+            credential_checks,
             access_log,
             metrics: true,
         }
@@ -120,6 +128,11 @@ impl Observer {
         let mut o = Self::new(false);
         o.metrics = false;
         o
+    }
+
+    /// Counts one lookup of a key or session token.
+    pub fn credential_checked(&self) {
+        self.credential_checks.inc();
     }
 
     fn record(&self, method: &str, route: &str, status: StatusCode, secs: f64, code: Option<&str>) {

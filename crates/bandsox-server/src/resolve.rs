@@ -26,10 +26,11 @@ pub async fn references(State(s): State<AppState>, mut req: Request, next: Next)
 /// are refused by the guard, so nobody learns which names exist without credentials.
 pub async fn references_when_authenticated(
     State(s): State<AppState>,
-    req: Request,
+    mut req: Request,
     next: Next,
 ) -> Response {
-    if reference_of(req.uri().path()).is_none() || crate::auth::would_pass(&s, &req) {
+    // The credential check is kept in the request for the guard, which does not repeat it.
+    if reference_of(req.uri().path()).is_none() || crate::auth::check_once(&s, &mut req) {
         references(State(s), req, next).await
     } else {
         next.run(req).await

@@ -42,7 +42,10 @@ pub enum AuthCommand {
         json: bool,
     },
     /// Revoke an API key.
-    RevokeKey { key_id: String },
+    RevokeKey {
+        /// Key id (see `auth list-keys`).
+        key_id: String,
+    },
 }
 
 pub fn run(url: &str, c: AuthCommand) -> CliResult {

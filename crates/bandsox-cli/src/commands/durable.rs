@@ -13,8 +13,9 @@ use crate::CliResult;
 
 #[derive(Debug, Args)]
 pub struct CommandsArgs {
-    /// VM id.
+    /// VM id, unique id prefix or name.
     vm: String,
+    /// Print the list as JSON.
     #[arg(long)]
     json: bool,
 }

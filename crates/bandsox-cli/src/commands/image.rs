@@ -385,19 +385,19 @@ fn pull_streamed(
     progress: Arc<dyn Progress>,
 ) -> Result<ImageInfo, CliError> {
     let client = Client::new(url);
-    let res = stream_request(&client, "/api/images/pull").send_json(body);
+    let res = stream_request(&client, "/api/images/pull")?.send_json(body);
     read_stream(&client, res, progress)
 }
 
 /// A POST asking for the NDJSON progress stream (with the API key when there is one).
-fn stream_request(client: &Client, path: &str) -> ureq::Request {
-    let req = ureq::post(&format!("{}{path}", client.base()))
+fn stream_request(client: &Client, path: &str) -> Result<ureq::Request, CliError> {
+    let req = ureq::post(&client.url(path)?)
         .timeout(Duration::from_secs(3600))
         .set("Accept", "application/x-ndjson");
-    match crate::client::api_key() {
+    Ok(match crate::client::api_key() {
         Some(key) => req.set("Authorization", &format!("Bearer {key}")),
         None => req,
-    }
+    })
 }
 
 /// Reads a progress stream to its `done` (the image) or `error` line.
@@ -414,11 +414,11 @@ fn read_stream(
             let body = r.into_string().unwrap_or_default();
             return Err(crate::client::problem_error(status, &body));
         }
-        Err(ureq::Error::Transport(t)) => return Err(client.unreachable(t)),
+        Err(ureq::Error::Transport(t)) => return Err(client.unreachable(&t)),
     };
     let mut seen: HashMap<String, u64> = HashMap::new();
     for line in std::io::BufReader::new(res.into_reader()).lines() {
-        let line = line.map_err(|e| client.unreachable(e))?;
+        let line = line.map_err(|e| client.unreachable(&e))?;
         if line.trim().is_empty() {
             continue;
         }
@@ -502,7 +502,7 @@ fn upload(
         target.push_str(&crate::client::segment(r));
     }
     let client = Client::new(url);
-    let res = stream_request(&client, &target)
+    let res = stream_request(&client, &target)?
         .set("Content-Type", "application/x-tar")
         .send(reader);
     read_stream(&client, res, progress)

@@ -32,7 +32,10 @@ pub enum TemplateCommand {
     },
     /// Delete a template (VMs made from it are not affected).
     #[command(alias = "delete")]
-    Rm { template: String },
+    Rm {
+        /// Template id (see `template ls`).
+        template: String,
+    },
 }
 
 pub fn run(url: &str, c: TemplateCommand) -> CliResult {

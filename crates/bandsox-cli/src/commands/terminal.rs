@@ -75,12 +75,22 @@ fn window_size() -> Option<(u16, u16)> {
 }
 
 pub fn run(url: &str, vm: &str) -> CliResult {
+    run_command(url, vm, None)
+}
+
+/// A terminal session running `command` (a shell command line) instead of the shell
+/// (`bandsox exec -t`); exits with its exit code.
+pub fn run_command(url: &str, vm: &str, command: Option<&str>) -> CliResult {
     let client = Client::new(url);
     let tty = std::io::stdin().is_terminal();
     let (cols, rows) = window_size().unwrap_or((80, 24));
+    let command = command.map_or_else(String::new, |c| format!("&command={}", segment(c)));
     let mut sock = ws::connect(
         &client,
-        &format!("/api/vms/{}/terminal?cols={cols}&rows={rows}", segment(vm)),
+        &format!(
+            "/api/vms/{}/terminal?cols={cols}&rows={rows}{command}",
+            segment(vm)
+        ),
         &["bandsox.terminal.binary"],
         Some(Duration::from_millis(20)),
     )?;
@@ -143,7 +153,13 @@ fn session(sock: &mut ws::Socket, input: &mpsc::Receiver<Option<Vec<u8>>>, vm: &
                     Some(f) if f.code == CloseCode::Library(4000) => {
                         Err(CliError::new(format!("cannot start a shell: {}", f.reason)))
                     }
-                    _ => Ok(ExitCode::SUCCESS),
+                    // `exit_code N`: how the shell or command ended.
+                    Some(f) => Ok(f
+                        .reason
+                        .strip_prefix("exit_code ")
+                        .and_then(|c| c.parse::<i64>().ok())
+                        .map_or(ExitCode::SUCCESS, |c| ExitCode::from(c.clamp(0, 255) as u8))),
+                    None => Ok(ExitCode::SUCCESS),
                 };
             }
             Ok(_) => {}

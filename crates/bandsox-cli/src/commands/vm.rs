@@ -5,9 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use bandsox_api::{
-    CreateVmRequest, CreateVmResponse, ExecRequest, ExecResponse, StatusResponse, VmInfo,
-};
+use bandsox_api::{CreateVmRequest, CreateVmResponse, ExecResponse, StatusResponse, VmInfo};
 use bandsox_api::{ForkResponse, Renamed, SnapshotCreated};
 use clap::{Args, Subcommand};
 
@@ -50,11 +48,19 @@ pub struct CreateArgs {
 
 #[derive(Debug, Args)]
 pub struct ExecArgs {
-    /// VM id.
+    /// VM id, unique id prefix (4+ characters) or name.
     vm: String,
-    /// Seconds before the command (and everything it started) is killed.
-    #[arg(long, default_value_t = 30)]
-    timeout: u64,
+    /// Seconds before the command (and everything it started) is killed, 1 to 3600
+    /// [default: no limit].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: Option<u64>,
+    /// Keep stdin open and send it to the command (like `docker exec -i`).
+    #[arg(long, short = 'i')]
+    interactive: bool,
+    /// Run the command on a terminal: raw mode, window size and resizes follow yours (like
+    /// `docker exec -t`; the output is one stream, and the input goes to it as typed).
+    #[arg(long, short = 't', conflicts_with_all = ["json", "detach"])]
+    tty: bool,
     /// Extra environment (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_kv)]
     env: Vec<(String, String)>,
@@ -64,11 +70,12 @@ pub struct ExecArgs {
     /// Run as this user (name or uid) in the guest.
     #[arg(long)]
     user: Option<String>,
-    /// Print the result as JSON instead of replaying output.
+    /// Print `{"exit_code", "stdout", "stderr"}` when it ends instead of replaying output
+    /// (the exit code is still the command's).
     #[arg(long)]
     json: bool,
     /// Start it as a durable background command and print its id (see `bandsox logs`).
-    #[arg(long, short)]
+    #[arg(long, short, conflicts_with = "interactive")]
     detach: bool,
     /// The command. Several words are joined with shell quoting; one word is run as a shell
     /// command line.
@@ -140,6 +147,7 @@ pub enum VmCommand {
     /// Fork a running VM into N new running VMs (its memory and disk at this instant);
     /// prints their ids, one a line.
     Fork {
+        /// VM id, unique id prefix or name (running).
         vm: String,
         /// How many clones (1 to 16).
         #[arg(short = 'n', long = "count", default_value_t = 1)]
@@ -236,56 +244,98 @@ pub fn exec(url: &str, a: ExecArgs) -> CliResult {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if !a.json {
-        return exec_streamed(&client, &a.vm, command, a.timeout, a.env, a.cwd, a.user);
+    if a.tty {
+        if !a.env.is_empty() || a.cwd.is_some() || a.user.is_some() || a.timeout.is_some() {
+            return Err(CliError {
+                message: "--env, --cwd, --user and --timeout do not apply with -t".into(),
+                hint: Some(
+                    "drop -t, or set them in the command line (`cd DIR && env K=V CMD`)".into(),
+                ),
+                exit_code: 2,
+            });
+        }
+        return crate::commands::terminal::run_command(url, &a.vm, Some(command.as_str()));
     }
-    let req = ExecRequest {
-        command,
-        timeout: a.timeout,
-        env: (!a.env.is_empty()).then(|| a.env.into_iter().collect()),
-        cwd: a.cwd,
-        user: a.user,
-    };
-    let res: ExecResponse = client.post(
-        &format!("/api/vms/{}/exec", segment(&a.vm)),
-        &req,
-        Duration::from_secs(a.timeout + 60),
-    )?;
-    println!("{}", serde_json::to_string(&res).unwrap_or_default());
-    Ok(ExitCode::SUCCESS)
+    let start = serde_json::json!({
+        "command": command,
+        // 0: no limit (docker exec has none either).
+        "timeout": a.timeout.unwrap_or(0),
+        "env": a.env.into_iter().collect::<BTreeMap<_, _>>(),
+        "cwd": a.cwd,
+        "user": a.user,
+        "stdin": a.interactive,
+    });
+    exec_streamed(&client, &a.vm, &start, a.interactive, a.json)
 }
 
-/// Runs `command` over the exec-stream WebSocket, writing its output as it arrives, and exits
-/// with its exit code (128 + signal when killed).
+/// Runs a command over the exec-stream WebSocket (`start` is its first frame), writing its
+/// output as it arrives (or, with `json`, printing `{"exit_code", "stdout", "stderr"}` at the
+/// end), and exits with its exit code (128 + signal when killed). With `stdin`, this
+/// process's stdin is sent to it until it ends.
 fn exec_streamed(
     client: &Client,
     vm: &str,
-    command: String,
-    timeout: u64,
-    env: Vec<(String, String)>,
-    cwd: Option<String>,
-    user: Option<String>,
+    start: &serde_json::Value,
+    stdin: bool,
+    json: bool,
 ) -> CliResult {
+    use std::sync::mpsc;
     use tungstenite::Message;
+    // With stdin to forward, reads wake up every 20 ms to send what arrived.
     let mut sock = crate::ws::connect(
         client,
         &format!("/api/vms/{}/exec-stream", segment(vm)),
         &["bandsox.exec"],
-        None,
+        stdin.then_some(Duration::from_millis(20)),
     )?;
-    let start = serde_json::json!({
-        "command": command,
-        "timeout": timeout,
-        "env": env.into_iter().collect::<BTreeMap<_, _>>(),
-        "cwd": cwd,
-        "user": user,
-    });
     let lost = |e: tungstenite::Error| CliError::new(format!("connection to the server lost: {e}"));
     sock.send(Message::Text(start.to_string().into()))
         .map_err(lost)?;
+    let input = stdin.then(|| {
+        let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match stdin.read(&mut buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(None);
+                        return;
+                    }
+                    Ok(n) => {
+                        if tx.send(Some(buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        rx
+    });
+    let mut stdin_open = input.is_some();
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    let (mut all_out, mut all_err) = (String::new(), String::new());
     loop {
-        let frame = match sock.read().map_err(lost)? {
+        while stdin_open {
+            let Some(rx) = &input else { break };
+            let frame = match rx.try_recv() {
+                Ok(Some(bytes)) => Message::Binary(bytes.into()),
+                Ok(None) | Err(mpsc::TryRecvError::Disconnected) => {
+                    stdin_open = false;
+                    Message::Text(r#"{"type":"stdin_eof"}"#.into())
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+            };
+            sock.send(frame).map_err(lost)?;
+        }
+        let msg = match sock.read() {
+            Ok(m) => m,
+            Err(e) if crate::ws::timed_out(&e) => continue,
+            Err(e) => return Err(lost(e)),
+        };
+        let frame = match msg {
             Message::Text(t) => serde_json::from_str::<serde_json::Value>(t.as_str())
                 .map_err(|e| CliError::new(format!("unreadable frame from the server: {e}")))?,
             Message::Close(_) => {
@@ -295,17 +345,35 @@ fn exec_streamed(
             }
             _ => continue,
         };
-        let data = frame["data"].as_str().unwrap_or_default().as_bytes();
+        let data = frame["data"].as_str().unwrap_or_default();
         match frame["type"].as_str() {
+            Some("stdout") if json => all_out.push_str(data),
+            Some("stderr") if json => all_err.push_str(data),
             Some("stdout") => {
-                let _ = out.write_all(data);
-                let _ = out.flush();
+                // A reader that went away (`| head -1`): stop quietly, as `cat` would.
+                if out
+                    .write_all(data.as_bytes())
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
+                    return Ok(ExitCode::from(141));
+                }
             }
             Some("stderr") => {
-                let _ = err.write_all(data);
+                let _ = err.write_all(data.as_bytes());
             }
             Some("exit") => {
                 let code = frame["exit_code"].as_i64().unwrap_or(1);
+                if json {
+                    let res = ExecResponse {
+                        exit_code: code as i32,
+                        stdout: all_out,
+                        stderr: all_err,
+                        stdout_dropped_bytes: 0,
+                        stderr_dropped_bytes: 0,
+                    };
+                    println!("{}", serde_json::to_string(&res).unwrap_or_default());
+                }
                 return Ok(ExitCode::from(code.clamp(0, 255) as u8));
             }
             _ => {

@@ -8,7 +8,7 @@ use bandsox_protocol::{
 };
 
 use super::unexpected;
-use crate::agent::{AgentStream, StreamItem};
+use crate::agent::{AgentStream, StreamItem, StreamSender};
 use crate::error::{CoreError, Result};
 use crate::manager::Manager;
 
@@ -33,7 +33,28 @@ pub struct ExecStream {
     done: bool,
 }
 
+/// Writes the stdin of a streaming exec started with `stdin: true`, while another task reads
+/// its output.
+pub struct ExecStdin(StreamSender);
+
+impl ExecStdin {
+    /// Sends bytes (waits while the guest's stdin window is full).
+    pub async fn write(&self, bytes: &[u8]) -> Result<()> {
+        self.0.send_data(Channel::Stdin, bytes).await
+    }
+
+    /// Ends the program's stdin.
+    pub async fn close(&self) -> Result<()> {
+        self.0.send_eof(Channel::Stdin).await
+    }
+}
+
 impl ExecStream {
+    /// A writer of the program's stdin (only useful when the request had `stdin: true`).
+    pub fn stdin(&self) -> ExecStdin {
+        ExecStdin(self.stream.sender())
+    }
+
     /// The next event; `None` after [`ExecEvent::Exited`].
     pub async fn next(&mut self) -> Result<Option<ExecEvent>> {
         if self.done {
@@ -148,7 +169,8 @@ impl Manager {
         stdin: Option<Vec<u8>>,
     ) -> Result<ExecStream> {
         check_one_program(&req)?;
-        req.stdin = stdin.is_some();
+        // `req.stdin` alone: the caller writes it through [`ExecStream::stdin`].
+        req.stdin |= stdin.is_some();
         let req = self.with_vm_env(id, req)?;
         let agent = self.agent(id).await?;
         let stream = agent.open(&Request::Exec(req)).await?;

@@ -16,7 +16,7 @@ use bandsox_protocol::{ExecRequest, ReplyBody};
 use crate::error::{CoreError, Result};
 use crate::manager::Manager;
 
-pub use commands::{CmdStarted, ExecEvent, ExecStream, LogEvent, LogStream, Logs};
+pub use commands::{CmdStarted, ExecEvent, ExecStdin, ExecStream, LogEvent, LogStream, Logs};
 pub use files::{FileContent, TextWindow, WriteOptions};
 pub use pty::PtyStart;
 pub use python::{PythonRequest, PythonResult};

@@ -8,7 +8,9 @@
 //! (UTF-8, invalid bytes replaced: BandSox's server behaviour). The session ends when either
 //! side closes; closing the socket kills the shell.
 //!
-//! Exec stream: the first client frame is `{"command", "timeout"}`; the server sends
+//! Exec stream: the first client frame is `{"command", "timeout"}` (`timeout: 0`: no limit;
+//! `"stdin": true`: the client then sends the program's input as `{"type":"stdin","data":
+//! <base64>}` or binary frames, and ends it with `{"type":"stdin_eof"}`); the server sends
 //! `{"type":"stdout"|"stderr","data"}` as output arrives, then `{"type":"exit","exit_code"}`
 //! or `{"type":"error","error"}`.
 
@@ -97,6 +99,9 @@ pub struct TerminalQuery {
     cols: u16,
     #[serde(default = "rows")]
     rows: u16,
+    /// A shell command line to run instead of the shell (`bandsox exec -t`).
+    #[serde(default)]
+    command: Option<String>,
 }
 
 fn cols() -> u16 {
@@ -172,6 +177,7 @@ async fn run_terminal(
     let start = PtyStart {
         cols: q.cols.max(1),
         rows: q.rows.max(1),
+        command: q.command.filter(|c| !c.trim().is_empty()),
         ..Default::default()
     };
     let cmd = match s.manager.pty_start(&id, start).await {
@@ -202,7 +208,16 @@ async fn run_terminal(
                     }
                 }
                 Ok(Some(LogEvent::Start { .. })) => {}
-                Ok(Some(LogEvent::End { .. })) | Ok(None) => {
+                Ok(Some(LogEvent::End { info, .. })) => {
+                    // The reason carries the exit code (128 + n for signal n).
+                    let reason = match info.status {
+                        Some(st) => format!("exit_code {}", st.exit_code.or(st.signal.map(|s| 128 + s)).unwrap_or(1)),
+                        None => "session ended".to_owned(),
+                    };
+                    close(socket, 1000, &reason).await;
+                    return;
+                }
+                Ok(None) => {
                     close(socket, 1000, "session ended").await;
                     return;
                 }
@@ -239,13 +254,16 @@ async fn run_terminal(
     let _ = s.manager.cmd_kill(&id, &cmd, "KILL").await;
 }
 
-/// The first frame of an exec stream (`timeout` in seconds, 1 to 3600, default 600; `env`,
-/// `cwd` and `user` are our extensions).
+/// The first frame of an exec stream (`timeout` in seconds, 1 to 3600, default 600, 0 for no
+/// limit; `env`, `cwd`, `user` and `stdin` are our extensions).
 #[derive(Debug, Deserialize)]
 pub(super) struct ExecStart {
     command: String,
     #[serde(default)]
     timeout: Option<u64>,
+    /// The client streams stdin frames (only on `/exec-stream`).
+    #[serde(default)]
+    stdin: bool,
     #[serde(default)]
     env: std::collections::BTreeMap<String, String>,
     #[serde(default)]
@@ -255,12 +273,16 @@ pub(super) struct ExecStart {
 }
 
 impl ExecStart {
-    /// The agent request and the timeout in seconds.
+    /// The agent request and the timeout in seconds (0: none). Stdin stays closed: the
+    /// caller that forwards it opens it.
     pub(super) fn into_request(self) -> (ExecRequest, u64) {
-        let timeout_s = self.timeout.unwrap_or(600).clamp(1, 3600);
+        let timeout_s = match self.timeout {
+            Some(0) => 0,
+            t => t.unwrap_or(600).clamp(1, 3600),
+        };
         let req = ExecRequest {
             command: Some(self.command),
-            timeout_ms: Some(timeout_s * 1000),
+            timeout_ms: (timeout_s > 0).then_some(timeout_s * 1000),
             env: self.env,
             cwd: self.cwd,
             user: self.user,
@@ -268,6 +290,14 @@ impl ExecStart {
         };
         (req, timeout_s)
     }
+}
+
+/// Client frames of an exec stream after the first.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StdinFrame {
+    Stdin { data: String },
+    StdinEof,
 }
 
 /// `GET /api/vms/{id}/exec-stream` (WebSocket).
@@ -349,7 +379,9 @@ async fn run_exec_stream(s: AppState, id: String, cred: Credential, mut socket: 
         )
         .await;
     };
-    let (req, timeout_s) = start.into_request();
+    let with_stdin = start.stdin;
+    let (mut req, timeout_s) = start.into_request();
+    req.stdin = with_stdin;
     let mut stream = match s.manager.exec_stream(&id, req, None).await {
         Ok(st) => st,
         Err(e) => {
@@ -357,6 +389,30 @@ async fn run_exec_stream(s: AppState, id: String, cred: Credential, mut socket: 
             return close(socket, 1000, "").await;
         }
     };
+    // Stdin frames go to a task of their own, so a guest slow to read its input never holds
+    // up its output. `None` ends the input.
+    let stdin_tx = with_stdin.then(|| {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(16);
+        let stdin = stream.stdin();
+        tokio::spawn(async move {
+            while let Some(item) = rx.recv().await {
+                let sent = match item {
+                    Some(bytes) => stdin.write(&bytes).await,
+                    None => {
+                        let _ = stdin.close().await;
+                        return;
+                    }
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+            // The client went away without ending its input: end it.
+            let _ = stdin.close().await;
+        });
+        tx
+    });
+    let mut reading = stdin_tx.is_some();
     let revoked = revoked(s.clone(), cred);
     tokio::pin!(revoked);
     loop {
@@ -364,6 +420,33 @@ async fn run_exec_stream(s: AppState, id: String, cred: Credential, mut socket: 
             () = &mut revoked => {
                 // The command stops with the socket, as when a client closes it.
                 return close(socket, CLOSE_UNAUTHORIZED, "the credential of this socket was revoked").await;
+            }
+            msg = socket.recv(), if reading => {
+                let input = match msg {
+                    Some(Ok(Message::Binary(b))) => Some(Some(b.to_vec())),
+                    Some(Ok(Message::Text(t))) => match serde_json::from_str::<StdinFrame>(&t) {
+                        Ok(StdinFrame::Stdin { data }) => base64::engine::general_purpose::STANDARD
+                            .decode(data.as_bytes())
+                            .ok()
+                            .map(Some),
+                        Ok(StdinFrame::StdinEof) => Some(None),
+                        Err(_) => None,
+                    },
+                    Some(Ok(_)) => None,
+                    // The client is gone: its input ends (what happens to the command is
+                    // decided where output is sent).
+                    Some(Err(_)) | None => {
+                        reading = false;
+                        Some(None)
+                    }
+                };
+                if let (Some(item), Some(tx)) = (input, &stdin_tx) {
+                    if item.is_none() {
+                        reading = false;
+                    }
+                    let _ = tx.send(item).await;
+                }
+                continue;
             }
             next = stream.next() => next,
         };
