@@ -178,6 +178,7 @@ fn session(auth: bool) {
 
     // `exec -t`: a command on a terminal of the window's size, its input typed, its exit code.
     output.lock().unwrap().clear();
+    // SAFETY: the pre_exec hook only calls setsid and ioctl, both async-signal-safe.
     let mut child = unsafe {
         bandsox(&url, key)
             .args([
