@@ -458,3 +458,135 @@ fn context_builds_with_auth() {
     );
     assert_eq!(r["stdout"], "hi\n", "{r}");
 }
+
+/// `COPY --from` with a pattern, a `FROM scratch` stage with `ADD` of a local gzip tar and
+/// `--chown` by names from the stage's own `/etc/passwd` and `/etc/group`, and setuid bits
+/// kept from the context and from a `RUN` in an earlier stage, into a VM of the result.
+#[test]
+fn scratch_stage_archives_owners_patterns_and_setuid() {
+    let dir = TestRoot::new("bsxscr");
+    let storage = dir.path().join("storage");
+    let out = init(&storage);
+    assert!(out.status.success(), "init: {}", text(&out.stderr));
+    let port = free_port();
+    let _server = start_server(&storage, port);
+    let url = format!("http://127.0.0.1:{port}");
+
+    let ctx = dir.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1234:1234::/home:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(ctx.join("group"), "root:x:0:\nstaff:x:2345:app\n").unwrap();
+    std::fs::write(ctx.join("hello.txt"), "hello\n").unwrap();
+    let suid = ctx.join("suid.sh");
+    std::fs::write(&suid, "#!/bin/sh\necho suid\n").unwrap();
+    std::fs::set_permissions(&suid, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    // tools.tar.gz: bin/tool (owned 1234:2345, mode 0750) and etc/tool.conf.
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, body, mode) in [
+        ("bin/tool", &b"tool v1\n"[..], 0o750),
+        ("etc/tool.conf", b"x=1\n", 0o644),
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(body.len() as u64);
+        h.set_mode(mode);
+        h.set_uid(1234);
+        h.set_gid(2345);
+        tar.append_data(&mut h, path, body).unwrap();
+    }
+    std::fs::write(ctx.join("tools.tar"), tar.into_inner().unwrap()).unwrap();
+    let gz = std::process::Command::new("gzip")
+        .arg(ctx.join("tools.tar"))
+        .status()
+        .unwrap();
+    assert!(gz.success());
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        "FROM bandsox/busybox AS base\n\
+         RUN mkdir -p /out && echo one > /out/a.js && echo two > /out/b.js && echo no > /out/c.txt \
+         && cp /bin/busybox /out/suidbin && chmod 4755 /out/suidbin\n\
+         FROM scratch\n\
+         COPY --from=base /bin /bin/\n\
+         COPY passwd group /etc/\n\
+         COPY --from=base /out/*.js /js/\n\
+         COPY --from=base /out/suidbin /usr/local/bin/\n\
+         ADD tools.tar.gz /opt/\n\
+         COPY --chown=app:staff hello.txt /home/\n\
+         COPY --chown=app suid.sh /usr/local/bin/\n",
+    )
+    .unwrap();
+    let out = bandsox(
+        &url,
+        &[
+            "build",
+            ctx.to_str().unwrap(),
+            "-t",
+            "test/scratch:1",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let (st, created) = answer(
+        ureq::post(&format!("{url}/api/vms")).send_json(json!({ "image": "test/scratch:1" })),
+    );
+    assert_eq!(st, 200, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (st, r) = exec(
+        &url,
+        &id,
+        "ls /js | tr '\\n' ' '; echo; cat /opt/bin/tool /opt/etc/tool.conf; \
+         stat -c '%n %u:%g %a' /opt/bin/tool /home/hello.txt /usr/local/bin/suid.sh /usr/local/bin/suidbin",
+    );
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(
+        r["stdout"].as_str().unwrap(),
+        "a.js b.js \ntool v1\nx=1\n\
+         /opt/bin/tool 1234:2345 750\n\
+         /home/hello.txt 1234:2345 644\n\
+         /usr/local/bin/suid.sh 1234:1234 4755\n\
+         /usr/local/bin/suidbin 0:0 4755\n",
+        "{r}"
+    );
+    let (st, _) = answer(ureq::delete(&format!("{url}/api/vms/{id}")).call());
+    assert_eq!(st, 200);
+
+    // Names the stage's files do not hold, or no /etc/passwd at all: refused, nothing left.
+    let (_, images_before) = answer(ureq::get(&format!("{url}/api/images")).call());
+    for (df, needle) in [
+        (
+            "FROM scratch\nCOPY passwd group /etc/\nCOPY --chown=ghost hello.txt /x\n",
+            "no user `ghost`",
+        ),
+        (
+            "FROM scratch\nCOPY --chown=app hello.txt /x\n",
+            "no /etc/passwd",
+        ),
+        (
+            "FROM bandsox/busybox AS b\nFROM scratch\nCOPY --from=b /*.txt /x/\n",
+            "folder before its first wildcard",
+        ),
+    ] {
+        std::fs::write(ctx.join("Dockerfile"), df).unwrap();
+        let out = bandsox(
+            &url,
+            &["build", ctx.to_str().unwrap(), "-t", "test/bad-scratch:1"],
+        );
+        assert_eq!(out.status.code(), Some(1), "{df}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{df}: {}",
+            text(&out.stderr)
+        );
+    }
+    let (_, images_after) = answer(ureq::get(&format!("{url}/api/images")).call());
+    assert_eq!(images_after, images_before, "a failed build left an image");
+    assert_eq!(
+        vm_ids(&url),
+        Vec::<String>::new(),
+        "a failed build left a VM"
+    );
+}

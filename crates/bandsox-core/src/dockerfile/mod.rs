@@ -17,6 +17,7 @@
 mod cache;
 mod context;
 mod parse;
+mod tree;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -526,7 +527,12 @@ impl Manager {
             let cwd = state.cwd.as_deref().unwrap_or("/").trim_end_matches('/');
             format!("{cwd}/{}", copy.dest)
         };
-        let (owner, chown_by_name) = owner_of(copy)?;
+        let (mut owner, mut chown_by_name) = owner_of(copy)?;
+        if let (Fs::Tree(t), Some(spec)) = (fs, &chown_by_name) {
+            // No guest to run `chown` in: the names are looked up in the tree's own files.
+            owner = tree::resolve_owner(t, spec, owner)?;
+            chown_by_name = None;
+        }
         let dest_is_dir = match fs {
             Fs::Vm(id) => self
                 .stat(id, dest.trim_end_matches('/'))
@@ -542,15 +548,12 @@ impl Manager {
         })
         .await?;
         match fs {
-            Fs::Tree(tree) => {
-                if !packed.archives.is_empty() || chown_by_name.is_some() {
-                    return Err(bad(
-                        "in a FROM scratch stage ADD does not unpack archives and --chown \
-                         takes numeric ids only"
-                            .into(),
-                    ));
+            Fs::Tree(t) => {
+                unpack_into(t, &tar).await?;
+                for (aside, into) in packed.archives {
+                    let (t, scratch) = (t.clone(), work.next_path("add"));
+                    blocking(move || tree::unpack_archive(&t, &aside, &into, &scratch)).await?;
                 }
-                unpack_into(tree, &tar).await?;
             }
             Fs::Vm(id) => {
                 let mut file = tokio::fs::File::open(&tar).await?;
@@ -583,7 +586,8 @@ impl Manager {
         Ok(())
     }
 
-    /// Copies `sources` (plain paths) out of build VM `id` into folder `dest` on the host.
+    /// Copies `sources` (plain paths; for a pattern, the folder above its first wildcard) out
+    /// of build VM `id` into folder `dest` on the host.
     async fn export_paths(
         &self,
         work: &mut Work,
@@ -593,12 +597,25 @@ impl Manager {
     ) -> Result<()> {
         let mut args = Vec::new();
         for s in sources {
-            if context::has_glob(s) {
+            // A pattern is matched on the host (as for the context) in what is exported: the
+            // folder above its first wildcard.
+            let rel = s.trim_start_matches('/');
+            let rel = if context::has_glob(rel) {
+                let plain: Vec<&str> = rel
+                    .split('/')
+                    .take_while(|c| !context::has_glob(c))
+                    .collect();
+                plain.join("/")
+            } else {
+                rel.to_owned()
+            };
+            if rel.is_empty() && context::has_glob(s) {
                 return Err(bad(format!(
-                    "COPY --from takes plain paths, not patterns (`{s}`)"
+                    "COPY --from: a pattern needs a folder before its first wildcard (`{s}`); \
+                     the whole file system of a stage is not exported"
                 )));
             }
-            let rel = s.trim_start_matches('/');
+            let rel = rel.as_str();
             args.push(if rel.is_empty() {
                 ".".to_owned()
             } else {
