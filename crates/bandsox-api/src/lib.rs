@@ -40,9 +40,10 @@ pub struct CreateVmRequest {
     /// Extension: `stop` (default), `pause` or `delete`.
     #[serde(default)]
     pub timeout_action: Option<String>,
-    /// Extension: use the template of this image and shape when there is one, and build it
-    /// in the background after a cold create (default: the server's setting, off unless
-    /// `bandsox serve --auto-template`). `false` always cold boots and builds nothing.
+    /// Extension: unset uses the template of this image and shape when there is one, and
+    /// after a cold create builds it in the background unless the server runs with
+    /// `--no-auto-template`; `true` also builds it then; `false` always cold boots and builds
+    /// nothing.
     #[serde(default)]
     pub template: Option<bool>,
 }

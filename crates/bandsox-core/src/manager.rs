@@ -79,9 +79,13 @@ pub struct ManagerConfig {
     /// Nameservers written to guests' `/etc/resolv.conf` (`bandsox serve --dns`).
     pub dns: Vec<std::net::Ipv4Addr>,
     /// Build a template in the background after a cold create, so the next create of that
-    /// image and shape is a restore (`bandsox serve --auto-template`; off by default until
-    /// the whole test suite runs with it on).
+    /// image and shape is a restore. `bandsox serve` turns it on unless
+    /// `--no-auto-template` / `BANDSOX_AUTO_TEMPLATE=0`; off here, for embedders and tests
+    /// that count VMMs. Templates that exist are used either way.
     pub auto_template: bool,
+    /// How long a background build waits after the cold create that asked for it, so the
+    /// new VM's first commands do not compete with the build's boot for CPU.
+    pub template_build_delay: Duration,
 }
 
 impl ManagerConfig {
@@ -92,6 +96,7 @@ impl ManagerConfig {
             limits: Limits::default(),
             dns: bandsox_net::default_resolvers(),
             auto_template: false,
+            template_build_delay: Duration::from_secs(2),
         }
     }
 }
@@ -306,6 +311,10 @@ impl Manager {
         self.config.boot_timeout
     }
 
+    pub(crate) fn config(&self) -> &ManagerConfig {
+        &self.config
+    }
+
     /// The VMM backend.
     pub(crate) fn driver(&self) -> &Arc<dyn VmmDriver> {
         &self.driver
@@ -477,7 +486,10 @@ impl Manager {
             disk_size_mib: req.disk_size_mib,
             enable_networking: req.enable_networking,
         };
-        let use_template = req.template.unwrap_or(self.config.auto_template);
+        // `template: false` neither uses nor builds one; unset uses one that exists and builds
+        // one when the server builds in the background; `true` also builds one.
+        let use_template = req.template != Some(false);
+        let build_template = req.template.unwrap_or(self.config.auto_template);
         let template = if use_template {
             self.find_template(&image.record.digest, &shape)?
         } else {
@@ -530,7 +542,7 @@ impl Manager {
             }
             None => {
                 let vm = self.create_from(record, Boot::Cold, net).await?;
-                if use_template {
+                if build_template {
                     self.spawn_template_build(
                         req.image.clone(),
                         image.record.digest.clone(),

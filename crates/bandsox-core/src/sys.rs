@@ -20,6 +20,22 @@ pub fn free_space_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
+/// Nice 19 for every thread of process `pid` (a nice value is per thread on Linux; threads
+/// started later inherit their creator's). Best effort.
+pub fn lower_priority(pid: u32) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return;
+    };
+    for t in tasks.flatten() {
+        if let Ok(tid) = t.file_name().to_string_lossy().parse::<libc::id_t>() {
+            // SAFETY: setpriority takes plain integers and touches no memory of ours.
+            unsafe {
+                libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+            }
+        }
+    }
+}
+
 /// Copies `src` to a new file `dst`: a reflink (shared extents) when the filesystem supports
 /// it, else a sparse copy that skips holes. `dst` must not exist. Not synced: callers that
 /// need durability call `sync_all` themselves.

@@ -142,13 +142,17 @@ impl Manager {
     ) -> Result<(String, String, String)> {
         let (kernel, initramfs) = bandsox_image::assets::kernel_paths(self.storage().root())?;
         let (k, i) = (file_identity(&kernel)?, file_identity(&initramfs)?);
+        // The nameservers reach the guest on the kernel command line at boot: a template
+        // booted with others would hand its clones a stale /etc/resolv.conf.
+        let dns: Vec<String> = self.config().dns.iter().map(|a| a.to_string()).collect();
         let text = format!(
-            "bandsox-template-v1\n{}\n{digest}\n{}\n{}\n{}\n{}\n{k}\n{i}\n",
+            "bandsox-template-v2\n{}\n{digest}\n{}\n{}\n{}\n{}\n{k}\n{i}\n{}\n",
             self.backend().0,
             shape.vcpu,
             shape.mem_mib,
             shape.disk_size_mib,
-            shape.enable_networking
+            shape.enable_networking,
+            dns.join(",")
         );
         let key = hex::encode(&Sha256::digest(text.as_bytes())[..16]);
         Ok((key, k, i))
@@ -245,7 +249,10 @@ impl Manager {
             return;
         }
         let mgr = Arc::downgrade(self);
+        let delay = self.config().template_build_delay;
         tokio::spawn(async move {
+            // The new VM's first commands go first; a manager dropped meanwhile builds nothing.
+            tokio::time::sleep(delay).await;
             let Some(mgr) = mgr.upgrade() else { return };
             match mgr.build_template_for(&image, &digest, &shape).await {
                 Ok(t) => {
@@ -404,7 +411,12 @@ impl Manager {
             initramfs.clone(),
         )?;
         let handle = self.driver().spawn(&spec).await?;
+        // Killed if this future is dropped half-way (the server's runtime shutting down):
+        // the build VMM is no user VM and must not outlive its server.
+        let mut guard = KillOnDrop(Some(handle.pid()));
         std::fs::write(dir.join("pid"), handle.pid().to_string())?;
+        // Background work: user VMs get the CPU first.
+        crate::sys::lower_priority(handle.pid());
         let saved = async {
             let timeout = self.boot_timeout();
             let agent = tokio::select! {
@@ -415,6 +427,8 @@ impl Manager {
                 }),
             };
             agent.ping(Duration::from_secs(10)).await?;
+            // Threads the VMM started during boot.
+            crate::sys::lower_priority(handle.pid());
             // No host frame may be cut in half by the pause.
             let writer = agent.write_lock().await;
             handle.pause().await?;
@@ -424,6 +438,7 @@ impl Manager {
         }
         .await;
         let _ = handle.kill().await;
+        guard.0 = None;
         saved.map(|()| (kernel, initramfs))
     }
 
@@ -476,6 +491,17 @@ pub(crate) fn boot_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
         dir.join(INITRAMFS_FILE),
         dir.join(DISK_FILE),
     )
+}
+
+/// SIGKILLs a build VMM when dropped while armed.
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.take() {
+            bandsox_vmm::kill_process(pid);
+        }
+    }
 }
 
 fn link_or_copy(from: &Path, to: &Path) -> std::io::Result<()> {

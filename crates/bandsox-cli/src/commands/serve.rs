@@ -46,10 +46,13 @@ pub struct ServeArgs {
     /// non-loopback resolvers, else 1.1.1.1,8.8.8.8].
     #[arg(long, value_delimiter = ',')]
     dns: Vec<std::net::Ipv4Addr>,
-    /// Build a template in the background after each cold create, so the next create of that
-    /// image and shape restores it (templates built with `bandsox template build` are used
-    /// either way).
+    /// Build no template in the background after a cold create (by default one is built, so
+    /// the next create of that image and shape restores it; templates that exist are used
+    /// either way) [env: BANDSOX_AUTO_TEMPLATE=0].
     #[arg(long)]
+    no_auto_template: bool,
+    /// Build templates in the background (the default; wins over BANDSOX_AUTO_TEMPLATE=0).
+    #[arg(long, hide = true, conflicts_with = "no_auto_template")]
     auto_template: bool,
     /// Port of the guest port proxy (`/api/vms/ID/ports/PORT/...`), a listener of its own so
     /// guest pages never share the API's origin; 0 picks a free port [default: --port + 1].
@@ -97,6 +100,7 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
         .parse()
         .map_err(|_| CliError::new("--host must be an IP address such as 127.0.0.1"))?;
     let port = port.unwrap_or(8000);
+    let build_templates = auto_template(&a)?;
     init_logging(&a.log_format);
     let storage = storage(a.storage)?;
     // One server per storage root (two would both re-attach the VMs, run their timeouts, ...):
@@ -118,7 +122,7 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
         if !a.dns.is_empty() {
             config.dns = a.dns;
         }
-        config.auto_template = a.auto_template;
+        config.auto_template = build_templates;
         let choice = match a.vmm.as_deref() {
             Some(v) => VmmChoice::parse(v).unwrap_or_default(),
             None => VmmChoice::from_env().map_err(core_error)?,
@@ -159,6 +163,26 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
             .map_err(|e| CliError::new(e.to_string()))
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Background template builds: on unless `--no-auto-template` or `BANDSOX_AUTO_TEMPLATE`
+/// says off; a flag wins over the variable.
+fn auto_template(a: &ServeArgs) -> Result<bool, CliError> {
+    if a.no_auto_template || a.auto_template {
+        return Ok(a.auto_template);
+    }
+    match std::env::var("BANDSOX_AUTO_TEMPLATE").ok().as_deref() {
+        None | Some("") => Ok(true),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "1" | "true" | "on" | "yes" => Ok(true),
+            "0" | "false" | "off" | "no" => Ok(false),
+            _ => Err(CliError::new(format!(
+                "BANDSOX_AUTO_TEMPLATE must be 1 or 0, got `{}`",
+                v.escape_debug()
+            ))
+            .with_hint("unset it to build templates in the background, or set it to 0 to build none")),
+        },
+    }
 }
 
 /// Takes `<root>/server.lock` (see `bandsox_server::discovery`); a root that does not exist

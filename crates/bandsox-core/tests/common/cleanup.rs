@@ -33,14 +33,17 @@ pub fn kill_processes_mentioning(needle: &Path) {
     }
 }
 
-/// Deletes the network namespaces (`bsx-<id>`) of this root's VMs that a failed test left.
+/// Deletes the network namespaces (`bsx-<id>`) of this root's VMs and template builds
+/// (`templates/.build-<id>`) that a failed test, or a server killed mid-build, left.
 pub fn remove_vm_namespaces(root: &Path) {
-    for e in std::fs::read_dir(root.join("vms"))
+    let vms = std::fs::read_dir(root.join("vms")).into_iter().flatten();
+    let builds = std::fs::read_dir(root.join("templates"))
         .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let ns = format!("bsx-{}", e.file_name().to_string_lossy());
+        .flatten();
+    for e in vms.chain(builds).flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let id = name.strip_prefix(".build-").unwrap_or(&name);
+        let ns = format!("bsx-{id}");
         if Path::new("/run/netns").join(&ns).exists() {
             let _ = std::process::Command::new("ip")
                 .args(["netns", "delete", &ns])
