@@ -180,7 +180,9 @@ fn auto_template(a: &ServeArgs) -> Result<bool, CliError> {
                 "BANDSOX_AUTO_TEMPLATE must be 1 or 0, got `{}`",
                 v.escape_debug()
             ))
-            .with_hint("unset it to build templates in the background, or set it to 0 to build none")),
+            .with_hint(
+                "unset it to build templates in the background, or set it to 0 to build none",
+            )),
         },
     }
 }
