@@ -24,7 +24,7 @@ where
 /// `<work>/storage`, initialised (kernel, initramfs, `bandsox/busybox`).
 pub fn prepare_storage(work: &Path) -> Result<Storage> {
     let storage = Storage::new(work.join("storage"))?;
-    let agent = std::env::var_os("BANDSOX_AGENT_BIN")
+    let agent = bandsox_config::get_os(bandsox_config::AGENT_BIN)
         .map(PathBuf::from)
         .context("set BANDSOX_AGENT_BIN to the static bandsox-agent (the bench/ scripts do)")?;
     initialise(&InitRequest {

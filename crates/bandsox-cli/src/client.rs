@@ -225,7 +225,7 @@ pub fn credentials_path() -> Option<std::path::PathBuf> {
 
 /// The API key from `BANDSOX_API_KEY`, else from the credentials file.
 pub(crate) fn api_key() -> Option<String> {
-    if let Ok(k) = std::env::var("BANDSOX_API_KEY") {
+    if let Some(k) = bandsox_config::get(bandsox_config::API_KEY) {
         return Some(k);
     }
     let raw = std::fs::read(credentials_path()?).ok()?;

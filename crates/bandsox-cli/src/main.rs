@@ -28,7 +28,7 @@ struct Cli {
     #[arg(
         long,
         global = true,
-        env = "BANDSOX_URL",
+        env = bandsox_config::URL,
         default_value = "http://127.0.0.1:8000",
         help_heading = "Global options"
     )]

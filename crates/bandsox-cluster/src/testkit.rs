@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 /// The etcd binary: `BANDSOX_ETCD_BIN`, else `etcd` on PATH (Debian's `etcd-server`).
 pub fn etcd_bin() -> PathBuf {
-    std::env::var_os("BANDSOX_ETCD_BIN").map_or_else(|| PathBuf::from("etcd"), PathBuf::from)
+    bandsox_config::get_os(bandsox_config::ETCD_BIN)
+        .map_or_else(|| PathBuf::from("etcd"), PathBuf::from)
 }
 
 /// A local etcd cluster of `n` members.

@@ -31,8 +31,8 @@ impl VmmChoice {
 
     /// `BANDSOX_VMM`, or `auto`.
     pub fn from_env() -> Result<Self> {
-        match std::env::var("BANDSOX_VMM") {
-            Ok(v) if !v.is_empty() => Self::parse(&v).ok_or_else(|| {
+        match bandsox_config::get(bandsox_config::VMM) {
+            Some(v) if !v.is_empty() => Self::parse(&v).ok_or_else(|| {
                 CoreError::InvalidInput(format!(
                     "BANDSOX_VMM={v}: expected auto, firecracker or qemu"
                 ))

@@ -26,7 +26,7 @@ const META_FILE: &str = "image.json";
 /// Base disk file name.
 const DISK_FILE: &str = "rootfs.ext4";
 /// Environment variable listing extra plain-HTTP registries (comma-separated `host[:port]`).
-pub const INSECURE_REGISTRIES_ENV: &str = "BANDSOX_INSECURE_REGISTRIES";
+pub const INSECURE_REGISTRIES_ENV: &str = bandsox_config::INSECURE_REGISTRIES;
 
 /// Name of the default offline image built by `bandsox init`.
 pub const DEFAULT_IMAGE: &str = "bandsox/busybox";
@@ -193,7 +193,7 @@ pub fn blobs_dir(storage: &Storage) -> PathBuf {
 /// Pull options from the environment: `BANDSOX_INSECURE_REGISTRIES`, Docker config.
 pub fn pull_options_from_env() -> PullOptions {
     PullOptions {
-        insecure_registries: std::env::var(INSECURE_REGISTRIES_ENV)
+        insecure_registries: bandsox_config::get(INSECURE_REGISTRIES_ENV)
             .map(|v| {
                 v.split(',')
                     .map(str::trim)

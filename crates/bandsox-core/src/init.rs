@@ -156,7 +156,7 @@ fn tempdir_in(parent: &Path) -> Result<PathBuf> {
 
 /// The newest Debian kernel package in `BANDSOX_KERNEL_DEB` (a file or directory) or the cache.
 pub fn find_kernel_deb() -> Result<PathBuf> {
-    let place = std::env::var_os("BANDSOX_KERNEL_DEB")
+    let place = bandsox_config::get_os(bandsox_config::KERNEL_DEB)
         .map_or_else(|| PathBuf::from(KERNEL_DEB_CACHE), PathBuf::from);
     if place.is_file() {
         return Ok(place);

@@ -83,7 +83,7 @@ impl Storage {
     /// The root from `BANDSOX_STORAGE`, else the default.
     pub fn from_env() -> Result<Self> {
         Self::new(
-            std::env::var_os("BANDSOX_STORAGE")
+            bandsox_config::get_os(bandsox_config::STORAGE)
                 .map_or_else(|| PathBuf::from(DEFAULT_STORAGE), PathBuf::from),
         )
     }

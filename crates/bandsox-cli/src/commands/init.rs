@@ -57,7 +57,7 @@ pub struct InitArgs {
     #[arg(long)]
     kernel_deb: Option<PathBuf>,
     /// Static guest agent binary [default: `bandsox-agent` next to this binary].
-    #[arg(long, env = "BANDSOX_AGENT_BIN")]
+    #[arg(long, env = bandsox_config::AGENT_BIN)]
     agent: Option<PathBuf>,
     /// Static busybox for the default image `bandsox/busybox`.
     #[arg(long, default_value = "/bin/busybox")]

@@ -171,7 +171,7 @@ fn auto_template(a: &ServeArgs) -> Result<bool, CliError> {
     if a.no_auto_template || a.auto_template {
         return Ok(a.auto_template);
     }
-    match std::env::var("BANDSOX_AUTO_TEMPLATE").ok().as_deref() {
+    match bandsox_config::get(bandsox_config::AUTO_TEMPLATE).as_deref() {
         None | Some("") => Ok(true),
         Some(v) => match v.to_ascii_lowercase().as_str() {
             "1" | "true" | "on" | "yes" => Ok(true),

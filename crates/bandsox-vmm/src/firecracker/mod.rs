@@ -56,7 +56,7 @@ const NET_IFACE: &str = "eth0";
 /// Where Firecracker is looked for: `BANDSOX_FIRECRACKER_BIN`, then `PATH`, then
 /// `/usr/bin/firecracker`.
 pub fn find_firecracker() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BANDSOX_FIRECRACKER_BIN") {
+    if let Some(p) = bandsox_config::get_os(bandsox_config::FIRECRACKER_BIN) {
         let p = PathBuf::from(p);
         return p.is_file().then_some(p);
     }
@@ -68,7 +68,7 @@ pub fn find_firecracker() -> Option<PathBuf> {
 
 /// Where the jailer is looked for: `BANDSOX_JAILER_BIN`, next to `firecracker`, then `PATH`.
 pub fn find_jailer(firecracker: &Path) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BANDSOX_JAILER_BIN") {
+    if let Some(p) = bandsox_config::get_os(bandsox_config::JAILER_BIN) {
         let p = PathBuf::from(p);
         return p.is_file().then_some(p);
     }
@@ -117,8 +117,7 @@ impl FirecrackerConfig {
     /// `jailer` is given, uid/gid from `BANDSOX_FC_UID`/`BANDSOX_FC_GID` (default 65534).
     pub fn new(binary: PathBuf, jailer: Option<PathBuf>, chroot_base: PathBuf) -> Self {
         let id = |var: &str| {
-            std::env::var(var)
-                .ok()
+            bandsox_config::get(var)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(65534)
         };
@@ -129,8 +128,8 @@ impl FirecrackerConfig {
                 netns: None,
             }),
             chroot_base,
-            uid: id("BANDSOX_FC_UID"),
-            gid: id("BANDSOX_FC_GID"),
+            uid: id(bandsox_config::FC_UID),
+            gid: id(bandsox_config::FC_GID),
             cgroup_mounts: PathBuf::from(cgroup::MOUNTS),
             cgroup_limits: CgroupLimits::Required,
             api_timeout: Duration::from_secs(10),
@@ -150,16 +149,15 @@ impl FirecrackerConfig {
             binary: FIRECRACKER_BINARY.into(),
             package: "firecracker (see docs/firecracker.md)",
         })?;
-        let use_jailer = std::env::var("BANDSOX_FC_JAILER").map_or(true, |v| v != "0");
+        let use_jailer = bandsox_config::get(bandsox_config::FC_JAILER).as_deref() != Some("0");
         let jailer = if use_jailer {
             find_jailer(&binary)
         } else {
             None
         };
         let mut config = Self::new(binary, jailer, chroot_base);
-        if let Some(v) = std::env::var("BANDSOX_FC_CGROUP_LIMITS")
-            .ok()
-            .filter(|v| !v.is_empty())
+        if let Some(v) =
+            bandsox_config::get(bandsox_config::FC_CGROUP_LIMITS).filter(|v| !v.is_empty())
         {
             config.cgroup_limits = CgroupLimits::parse(&v).ok_or_else(|| {
                 VmmError::CgroupLimits(format!(

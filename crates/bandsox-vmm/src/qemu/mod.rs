@@ -39,7 +39,7 @@ pub enum Accel {
 impl Accel {
     /// Picks the accelerator for this host (see the module docs).
     pub fn detect() -> Self {
-        match std::env::var("BANDSOX_ACCEL").ok().as_deref() {
+        match bandsox_config::get(bandsox_config::ACCEL).as_deref() {
             Some("kvm") => return Self::Kvm,
             Some("tcg") => return Self::Tcg,
             _ => {}
@@ -70,7 +70,7 @@ pub struct QemuDriver {
 impl QemuDriver {
     /// Finds the QEMU binary (`BANDSOX_QEMU_BIN` or `PATH`) and detects the accelerator.
     pub fn new() -> Result<Self, VmmError> {
-        let binary = match std::env::var_os("BANDSOX_QEMU_BIN") {
+        let binary = match bandsox_config::get_os(bandsox_config::QEMU_BIN) {
             Some(p) => PathBuf::from(p),
             None => find_in_path(QEMU_BINARY).ok_or(VmmError::BinaryMissing {
                 binary: QEMU_BINARY.into(),
