@@ -378,6 +378,11 @@ fn session(auth: bool) {
     );
     let out = run(&["logs", &id, "no-such-command"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: no command with id `no-such-command` in this VM\n\
+         hint: list the VM's commands with `bandsox commands VM`\n"
+    );
 
     ureq::delete(&format!("{url}/api/vms/{id}"))
         .set("Authorization", &bearer)

@@ -54,7 +54,7 @@ pub enum CoreError {
     ExecTimeout { timeout_s: u64 },
     #[error("guest agent: {0}")]
     Agent(String),
-    #[error("guest agent error ({}): {}", .0.code, .0.message)]
+    #[error("{}", guest_message(.0))]
     Guest(ErrorBody),
     #[error("VMM: {0}")]
     Vmm(#[from] bandsox_vmm::VmmError),
@@ -120,6 +120,9 @@ impl CoreError {
                 kind: "snapshot", ..
             } => Some("list snapshots with `bandsox snapshot ls`"),
             Self::Ambiguous { .. } => Some("use the full id, or a longer id prefix"),
+            Self::Guest(b) if b.code == bandsox_protocol::ErrorCode::UnknownCommand => {
+                Some("list the VM's commands with `bandsox commands VM`")
+            }
             Self::NotRunning { status, .. } => Some(match status {
                 crate::store::VmStatus::Paused => "resume it with `bandsox vm resume VM`",
                 crate::store::VmStatus::Creating => "it is still booting; try again in a moment",
@@ -139,6 +142,15 @@ impl CoreError {
             ),
             _ => None,
         }
+    }
+}
+
+/// The line for an error from inside the guest: an unknown command id is the user's mistake
+/// and its message names it ("no command with id `cmd-99`"); others keep the agent's code.
+fn guest_message(b: &ErrorBody) -> String {
+    match b.code {
+        bandsox_protocol::ErrorCode::UnknownCommand => format!("{} in this VM", b.message),
+        _ => format!("guest agent error ({}): {}", b.code, b.message),
     }
 }
 
