@@ -161,6 +161,20 @@ fn references_filters_and_aliases() {
     assert_eq!(out.status.code(), Some(3), "3 characters are no prefix");
     let out = bandsox(&url, &["snapshot", "ls", "--json"]);
     assert_eq!(ids(&out).len(), 2);
+    // Tables show times for people; --json keeps Unix seconds.
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["created_at"], 1.0);
+    let table = text(&bandsox(&url, &["snapshot", "ls"]).stdout);
+    assert!(
+        table.lines().next().unwrap().ends_with("CREATED"),
+        "{table}"
+    );
+    assert!(
+        table.lines().skip(1).all(|l| l.ends_with(" days ago")),
+        "{table}"
+    );
+    let table = text(&bandsox(&url, &["vm", "ls"]).stdout);
+    assert!(table.contains(" days ago "), "{table}");
     let (status, _) = answer(ureq::delete(&format!("{url}/api/snapshots/base")).call());
     assert_eq!(status, 200);
     let out = bandsox(&url, &["snapshot", "rm", "other", "base"]);

@@ -237,17 +237,18 @@ pub fn run(url: &str, cmd: ImageCommand) -> CliResult {
                 );
             } else {
                 println!(
-                    "{:<50} {:<14} {:>9} {:<15} VMS",
-                    "REFERENCE", "DIGEST", "SIZE_MIB", "SOURCE"
+                    "{:<50} {:<14} {:>9} {:<15} {:>3}  CREATED",
+                    "REFERENCE", "DIGEST", "SIZE_MIB", "SOURCE", "VMS"
                 );
                 for i in &list {
                     println!(
-                        "{:<50} {:<14} {:>9} {:<15} {}",
+                        "{:<50} {:<14} {:>9} {:<15} {:>3}  {}",
                         i.record.reference,
                         bandsox_image::oci::short(&i.record.digest),
                         i.record.size_bytes >> 20,
                         i.meta.as_ref().map_or("-", |m| m.source.as_str()),
-                        i.used_by_vms.len()
+                        i.used_by_vms.len(),
+                        crate::human::relative(i.record.created_at)
                     );
                 }
             }

@@ -62,16 +62,17 @@ pub fn run(url: &str, c: SnapshotCommand) -> CliResult {
                 println!("{}", serde_json::to_string(&snaps).unwrap_or_default());
             } else {
                 println!(
-                    "{:<36}  {:<24}  {:<36}  {:>9}",
+                    "{:<36}  {:<24}  {:<36}  {:>9}  CREATED",
                     "ID", "NAME", "SOURCE VM", "SIZE MIB"
                 );
                 for s in snaps {
                     println!(
-                        "{:<36}  {:<24}  {:<36}  {:>9}",
+                        "{:<36}  {:<24}  {:<36}  {:>9}  {}",
                         s.id,
                         s.name.chars().take(24).collect::<String>(),
                         s.source_vm_id,
-                        s.size_bytes >> 20
+                        s.size_bytes >> 20,
+                        crate::human::relative(s.created_at)
                     );
                 }
             }

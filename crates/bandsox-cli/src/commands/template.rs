@@ -47,19 +47,20 @@ pub fn run(url: &str, c: TemplateCommand) -> CliResult {
                 println!("{}", serde_json::to_string(&ts).unwrap_or_default());
             } else {
                 println!(
-                    "{:<32}  {:<28}  {:>4}  {:>7}  {:>8}  {:<3}  {:<7}",
+                    "{:<32}  {:<28}  {:>4}  {:>7}  {:>8}  {:<3}  {:<7}  BUILT",
                     "ID", "IMAGE", "VCPU", "MEM MIB", "DISK MIB", "NET", "CURRENT"
                 );
                 for t in ts {
                     println!(
-                        "{:<32}  {:<28}  {:>4}  {:>7}  {:>8}  {:<3}  {:<7}",
+                        "{:<32}  {:<28}  {:>4}  {:>7}  {:>8}  {:<3}  {:<7}  {}",
                         t.id,
                         t.image.chars().take(28).collect::<String>(),
                         t.vcpu,
                         t.mem_mib,
                         t.disk_size_mib,
                         if t.enable_networking { "on" } else { "off" },
-                        if t.current { "yes" } else { "stale" }
+                        if t.current { "yes" } else { "stale" },
+                        crate::human::relative(t.created_at)
                     );
                 }
             }
