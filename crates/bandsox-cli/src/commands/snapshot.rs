@@ -13,12 +13,14 @@ use crate::CliResult;
 pub enum SnapshotCommand {
     /// List snapshots.
     #[command(visible_alias = "ls")]
+    #[command(after_help = "Examples:\n  bandsox snapshot ls\n  bandsox snapshot ls --json")]
     List {
         /// Print the list as JSON.
         #[arg(long)]
         json: bool,
     },
     /// Show one snapshot.
+    #[command(after_help = "Examples:\n  bandsox snapshot info base")]
     Info {
         /// Snapshot id, unique id prefix (4+ characters) or name.
         snapshot: String,
@@ -28,12 +30,16 @@ pub enum SnapshotCommand {
     },
     /// Delete snapshots (VMs restored from them are not affected).
     #[command(visible_alias = "rm")]
+    #[command(after_help = "Examples:\n  bandsox snapshot rm base old")]
     Delete {
         /// Snapshot ids, id prefixes or names.
         #[arg(required = true)]
         snapshots: Vec<String>,
     },
     /// Start a new VM from a snapshot; prints its id.
+    #[command(
+        after_help = "Examples:\n  bandsox snapshot restore base\n  bandsox snapshot restore base --name web2"
+    )]
     Restore {
         /// Snapshot id, unique id prefix or name.
         snapshot: String,
@@ -45,6 +51,7 @@ pub enum SnapshotCommand {
         enable_networking: bool,
     },
     /// Rename a snapshot (names are labels).
+    #[command(after_help = "Examples:\n  bandsox snapshot rename base golden")]
     Rename {
         /// Snapshot id, unique id prefix or name.
         snapshot: String,

@@ -87,6 +87,9 @@ pub struct ExecArgs {
 pub enum VmCommand {
     /// List VMs, newest first.
     #[command(visible_alias = "ls")]
+    #[command(
+        after_help = "Examples:\n  bandsox vm ls\n  bandsox vm ls --status running --json\n  bandsox vm ls --name web --image bandsox/busybox"
+    )]
     List {
         /// Only VMs in this state (creating, running, paused, stopped, failed).
         #[arg(long)]
@@ -102,6 +105,7 @@ pub enum VmCommand {
         json: bool,
     },
     /// Show one VM.
+    #[command(after_help = "Examples:\n  bandsox vm info web\n  bandsox vm info d842 --json")]
     Info {
         /// VM id, unique id prefix (4+ characters) or name.
         vm: String,
@@ -110,18 +114,21 @@ pub enum VmCommand {
         json: bool,
     },
     /// Power VMs off (their disks are kept).
+    #[command(after_help = "Examples:\n  bandsox vm stop web\n  bandsox vm stop web db d842")]
     Stop {
         /// VM ids, id prefixes or names.
         #[arg(required = true)]
         vms: Vec<String>,
     },
     /// Freeze VMs' vCPUs.
+    #[command(after_help = "Examples:\n  bandsox vm pause web")]
     Pause {
         /// VM ids, id prefixes or names.
         #[arg(required = true)]
         vms: Vec<String>,
     },
     /// Rename a VM (names are labels).
+    #[command(after_help = "Examples:\n  bandsox vm rename d842 web")]
     Rename {
         /// VM id, unique id prefix or name.
         vm: String,
@@ -129,6 +136,7 @@ pub enum VmCommand {
         name: String,
     },
     /// Snapshot a VM (BandSox's `vm save`); prints the snapshot id.
+    #[command(after_help = "Examples:\n  bandsox vm save web base")]
     Save {
         /// VM id, unique id prefix or name.
         vm: String,
@@ -139,6 +147,7 @@ pub enum VmCommand {
         json: bool,
     },
     /// Continue paused VMs.
+    #[command(after_help = "Examples:\n  bandsox vm resume web")]
     Resume {
         /// VM ids, id prefixes or names.
         #[arg(required = true)]
@@ -146,6 +155,9 @@ pub enum VmCommand {
     },
     /// Fork a running VM into N new running VMs (its memory and disk at this instant);
     /// prints their ids, one a line.
+    #[command(
+        after_help = "Examples:\n  bandsox vm fork web -n 3\n  bandsox vm fork web --name a --name b -n 2"
+    )]
     Fork {
         /// VM id, unique id prefix or name (running).
         vm: String,
@@ -158,6 +170,9 @@ pub enum VmCommand {
     },
     /// Stop VMs and remove them with all their files.
     #[command(visible_alias = "rm")]
+    #[command(
+        after_help = "Examples:\n  bandsox vm rm web\n  bandsox vm rm $(bandsox vm ls --status stopped --json | jq -r '.[].id')"
+    )]
     Delete {
         /// VM ids, id prefixes or names.
         #[arg(required = true)]
