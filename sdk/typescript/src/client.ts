@@ -2,6 +2,7 @@
 
 import { UnsupportedError, VmNotFoundError } from "./errors.js";
 import { execStream } from "./stream.js";
+import { packContext } from "./tar.js";
 import { Transport, compact, seg } from "./transport.js";
 import type {
   ApiKeyInfo,
@@ -76,21 +77,31 @@ export class BandSox {
   }
 
   /**
-   * Builds an image from Dockerfile text on the server (in a VM: `RUN` steps run there), then
-   * creates a VM of it (`POST /api/vms/from-dockerfile`). There is no build context: `COPY`/`ADD`
-   * are refused (`InvalidInputError`); a failing step throws `InvalidInputError` with code
-   * `build_failed` and the step's output tail. `tag` names the image (default
-   * `bandsox-build-<id>`); the same text under the same tag is reused unless `force_rebuild`.
-   * The default timeout is three boot timeouts plus ten minutes.
+   * Builds an image from Dockerfile text on the server (in VMs: `RUN` steps run there), then
+   * creates a VM of it (`POST /api/vms/from-dockerfile`). `context` is a local folder sent as
+   * the build context (a tar of its folders, files and links, built in memory; the server
+   * applies its `.dockerignore` and refuses sources that leave it); without one `COPY`/`ADD`
+   * are refused (`InvalidInputError`). `build_args` fill `ARG`s. A failing step throws
+   * `InvalidInputError` with code `build_failed` and the step's output tail. `tag` names the
+   * image (default `bandsox-build-<id>`); the same text, arguments and context under the same
+   * tag are reused unless `force_rebuild`. The default timeout is three boot timeouts plus ten
+   * minutes.
    */
   async createVmFromDockerfile(
     dockerfile: string,
-    options: { tag?: string; name?: string } & Partial<Omit<CreateVmOptions, "image">> = {},
+    options: { tag?: string; name?: string; context?: string; build_args?: Record<string, string> } & Partial<
+      Omit<CreateVmOptions, "image">
+    > = {},
     call: CallOptions = {},
   ): Promise<MicroVM> {
+    const { context, ...fields } = options;
     const form = new FormData();
     form.append("dockerfile", new Blob([dockerfile], { type: "text/plain" }), "Dockerfile");
-    for (const [key, value] of Object.entries(options)) {
+    if (context !== undefined) {
+      const tar = await packContext(context);
+      form.append("context", new Blob([tar], { type: "application/x-tar" }), "context.tar");
+    }
+    for (const [key, value] of Object.entries(fields)) {
       if (value === undefined || value === null) continue;
       form.append(key, typeof value === "object" ? JSON.stringify(value) : String(value));
     }

@@ -5,6 +5,7 @@ export { Command, CommandFinished } from "./command.js";
 export { Client, Sandbox, PROJECT_ID_KEY, USER_ID_KEY, parseCpu, parseMiB, sandboxInfo, sandboxStatus } from "./sandbox.js";
 export type { ClientOptions, CreateOptions, ListOptions, Payload, SandboxInfo, Spec } from "./sandbox.js";
 export { Terminal } from "./terminal.js";
+export { packContext } from "./tar.js";
 export * from "./errors.js";
 export type * from "./types.js";
 

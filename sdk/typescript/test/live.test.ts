@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { createHash, randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -136,6 +136,34 @@ describe("commands", () => {
     } finally {
       await built.delete();
     }
+  });
+
+  it("createVmFromDockerfile sends a context folder: COPY of a file and a folder, .dockerignore, no way out", async () => {
+    const ctx = mkdtempSync(join(local, "ctx-"));
+    mkdirSync(join(ctx, "src", "sub"), { recursive: true });
+    writeFileSync(join(ctx, "config.txt"), "cfg\n");
+    writeFileSync(join(ctx, "src", "main.sh"), "echo main\n");
+    writeFileSync(join(ctx, "src", "sub", "deep.txt"), "deep\n");
+    writeFileSync(join(ctx, "src", "debug.log"), "log\n");
+    writeFileSync(join(ctx, "secret.env"), "TOKEN=x\n");
+    writeFileSync(join(ctx, ".dockerignore"), "secret.env\n**/*.log\n");
+    const long = `${"d".repeat(60)}/${"f".repeat(70)}.txt`; // > 100 bytes: a PAX record
+    mkdirSync(join(ctx, "d".repeat(60)));
+    writeFileSync(join(ctx, long), "long\n");
+    const text = `FROM ${IMAGE}\nARG WORD=hi\nCOPY config.txt /etc/app.conf\nCOPY src /app/src\nCOPY ${long} /long.txt\nRUN echo $WORD > /word\n`;
+    const built = await bs.createVmFromDockerfile(text, { tag: "ts/ctx:1", context: ctx, build_args: { WORD: "hello" } });
+    try {
+      const r = await built.execCommand("cat /etc/app.conf /app/src/main.sh /app/src/sub/deep.txt /long.txt /word; ls -A /app/src");
+      assert.equal(r.stdout, "cfg\necho main\ndeep\nlong\nhello\nmain.sh\nsub\n", r.stderr);
+    } finally {
+      await built.delete();
+    }
+    writeFileSync(join(local, "outside.txt"), "host\n");
+    const out = await rejectsWith(
+      bs.createVmFromDockerfile(`FROM ${IMAGE}\nCOPY ../outside.txt /x\n`, { context: ctx }),
+      InvalidInputError,
+    );
+    assert.match(out.message, /outside the build context/);
   });
 
   it("execPython answers with a clear error on an image without Python", async () => {

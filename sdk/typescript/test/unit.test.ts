@@ -28,6 +28,7 @@ import {
   VmNotFoundError,
   errorFromCode,
   errorFromProblem,
+  packContext,
   parseCpu,
   parseMiB,
   sandboxStatus,
@@ -158,4 +159,28 @@ it("parses Vtrix spec quantities", () => {
   assert.deepEqual(["2", "500m", 1.5, 4].map(parseCpu), [2, 1, 2, 4]);
   for (const bad of ["lots", "-1Gi", "", 0, -5]) assert.throws(() => parseMiB(bad, "memory"), InvalidInputError);
   for (const bad of ["two", "-1", 0, "1.5x"]) assert.throws(() => parseCpu(bad), InvalidInputError);
+});
+
+it("packs a context folder as a tar that tar(1) reads back (long names, links, modes)", async () => {
+  const { mkdtempSync, mkdirSync, writeFileSync, symlinkSync, chmodSync, rmSync } = await import("node:fs");
+  const { tmpdir } = await import("node:os");
+  const { execFileSync } = await import("node:child_process");
+  const dir = mkdtempSync(join(tmpdir(), "bsx-ts-tar-"));
+  try {
+    const ctx = join(dir, "ctx");
+    const long = `${"d".repeat(60)}/${"f".repeat(99)}.txt`;
+    mkdirSync(join(ctx, "d".repeat(60)), { recursive: true });
+    writeFileSync(join(ctx, long), "long\n");
+    writeFileSync(join(ctx, "run.sh"), "#!/bin/sh\n");
+    chmodSync(join(ctx, "run.sh"), 0o4755);
+    symlinkSync(`../${"t".repeat(120)}`, join(ctx, "link"));
+    writeFileSync(join(dir, "c.tar"), await packContext(ctx));
+    const listing = execFileSync("tar", ["-tvf", join(dir, "c.tar")], { encoding: "utf8" });
+    const names = execFileSync("tar", ["-tf", join(dir, "c.tar")], { encoding: "utf8" }).trim().split("\n");
+    assert.deepEqual(names, [`${"d".repeat(60)}/`, long, "link", "run.sh"]);
+    assert.match(listing, /^-rwsr-xr-x .* run\.sh$/m);
+    assert.match(listing, new RegExp(`link -> \\.\\./${"t".repeat(120)}$`, "m"));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
