@@ -109,6 +109,42 @@ pub struct BuildTemplateRequest {
     pub enable_networking: bool,
 }
 
+/// `PUT /api/pools`: keep `size` VMs of an image and shape restored and paused (0 removes
+/// the pool).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SetPoolRequest {
+    pub image: String,
+    #[serde(default = "default_vcpu")]
+    #[schema(minimum = 1, maximum = 32)]
+    pub vcpu: u32,
+    #[serde(default = "default_mem_mib")]
+    #[schema(minimum = 64, maximum = 65536)]
+    pub mem_mib: u32,
+    #[serde(default = "default_disk_size_mib")]
+    #[schema(minimum = 64, maximum = 1048576)]
+    pub disk_size_mib: u64,
+    #[serde(default = "default_true")]
+    pub enable_networking: bool,
+    #[schema(minimum = 0, maximum = 64)]
+    pub size: usize,
+}
+
+/// A warm pool (`GET /api/pools`): its image and shape, the size wanted and the VMs ready.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PoolInfo {
+    pub image: String,
+    pub vcpu: u32,
+    pub mem_mib: u32,
+    pub disk_size_mib: u64,
+    pub enable_networking: bool,
+    /// VMs wanted.
+    pub size: usize,
+    /// Paused VMs of the current template, ready to be claimed by a create.
+    pub ready: usize,
+    /// The template the pool VMs are restored from, once built.
+    pub template: Option<String>,
+}
+
 fn default_vcpu() -> u32 {
     1
 }

@@ -219,3 +219,84 @@ fn switched_off_nothing_is_built_and_a_stopped_server_leaves_no_build_vmm() {
         exec(&url, v["id"].as_str().unwrap(), "true");
     }
 }
+
+/// Network namespaces named after a VM of `root`'s `vms/` directory entries in `ids`.
+fn namespaces(ids: &[String]) -> Vec<String> {
+    ids.iter()
+        .map(|id| format!("bsx-{id}"))
+        .filter(|ns| Path::new("/run/netns").join(ns).exists())
+        .collect()
+}
+
+fn vm_dirs(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join("vms"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn a_full_warm_pool_leaves_nothing_after_kill_9_and_drains_on_sigterm() {
+    let root = TestRoot::new("bsxpool");
+    assert!(init(root.path()).status.success());
+    // A bad pool is refused at start with a hint.
+    let out = Command::new(BIN)
+        .args(["serve", "--port", &free_port().to_string(), "--storage"])
+        .arg(root.path())
+        .args(["--warm-pool", "bandsox/busybox"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("hint:"), "{}", text(&out.stderr));
+
+    let vms_dir = root.path().join("vms");
+    for round in ["kill -9", "SIGTERM"] {
+        let port = free_port();
+        let url = format!("http://127.0.0.1:{port}");
+        let mut server =
+            common::start_server_with(root.path(), port, &["--warm-pool", "bandsox/busybox=1"]);
+        // Full: one pool VM paused (template built first), not listed as a VM.
+        let deadline = Instant::now() + Duration::from_secs(240);
+        let ids = loop {
+            let ids = vm_dirs(root.path());
+            if ids.len() == 1 && processes_mentioning(&vms_dir).len() == 1 {
+                // Give the restore time to finish and pause.
+                std::thread::sleep(Duration::from_secs(3));
+                break ids;
+            }
+            assert!(Instant::now() < deadline, "{round}: the pool never filled");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let (_, listed) = answer(ureq::get(&format!("{url}/api/vms")).call());
+        assert_eq!(listed, json!([]), "{round}: pool VMs are no user VMs");
+        assert_eq!(
+            namespaces(&ids).len(),
+            1,
+            "{round}: the pool VM has a namespace"
+        );
+        if round == "kill -9" {
+            server.child.kill().unwrap();
+            server.child.wait().unwrap();
+            // The VMM outlives a killed server; the next start removes it.
+            assert_eq!(processes_mentioning(&vms_dir).len(), 1);
+            let port = free_port();
+            let _after = serve_with_env(root.path(), port, &[]);
+            assert_eq!(processes_mentioning(&vms_dir), Vec::<u32>::new());
+            assert_eq!(namespaces(&ids), Vec::<String>::new());
+            assert_eq!(vm_dirs(root.path()), Vec::<String>::new());
+        } else {
+            let pid = server.child.id().to_string();
+            assert!(Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success());
+            assert!(server.child.wait().unwrap().success());
+            assert_eq!(processes_mentioning(&vms_dir), Vec::<u32>::new());
+            assert_eq!(namespaces(&ids), Vec::<String>::new());
+            assert_eq!(vm_dirs(root.path()), Vec::<String>::new());
+        }
+    }
+}

@@ -86,6 +86,10 @@ pub struct ManagerConfig {
     /// How long a background build waits after the cold create that asked for it, so the
     /// new VM's first commands do not compete with the build's boot for CPU.
     pub template_build_delay: Duration,
+    /// Warm pools kept from the start (`bandsox serve --warm-pool`).
+    pub warm_pools: Vec<crate::pool::PoolSpec>,
+    /// Most memory all warm-pool VMs together may be given, in MiB.
+    pub warm_pool_mem_mib: u64,
 }
 
 impl ManagerConfig {
@@ -97,6 +101,8 @@ impl ManagerConfig {
             dns: bandsox_net::default_resolvers(),
             auto_template: false,
             template_build_delay: Duration::from_secs(2),
+            warm_pools: Vec::new(),
+            warm_pool_mem_mib: 2048,
         }
     }
 }
@@ -252,6 +258,7 @@ pub struct Manager {
     /// Held while a new VM is counted against `max_vms` and recorded.
     admission: std::sync::Mutex<()>,
     templates: crate::template::Templates,
+    pub(crate) pools: crate::pool::Pools,
     /// This process owns the storage root while the manager lives.
     _lock: crate::storage::StorageLock,
 }
@@ -288,10 +295,15 @@ impl Manager {
             vms: RwLock::default(),
             admission: std::sync::Mutex::default(),
             templates: Default::default(),
+            pools: Default::default(),
             _lock: lock,
         });
         mgr.recover().await?;
         mgr.spawn_timeout_task();
+        for spec in mgr.config.warm_pools.clone() {
+            mgr.set_pool(spec)?;
+        }
+        mgr.spawn_pool_task();
         Ok(mgr)
     }
 
@@ -331,6 +343,7 @@ impl Manager {
     async fn recover(self: &Arc<Self>) -> Result<()> {
         self.sweep_snapshot_dirs()?;
         self.sweep_template_dirs();
+        self.sweep_pool_vms()?;
         for vm in self.store.list_vms()? {
             match vm.status {
                 VmStatus::Stopped | VmStatus::Failed => {
@@ -531,6 +544,12 @@ impl Manager {
         let vm = match &template {
             Some((t, dir)) => {
                 record.restored_from = Some(format!("template:{}", t.id));
+                if let Some(vm) = self.claim_from_pool(&t.id, &record).await? {
+                    if req.timeout_s > 0 {
+                        return self.set_timeout(&vm.id, req.timeout_s, Some(req.timeout_action));
+                    }
+                    return Ok(vm);
+                }
                 let (state, kernel, initramfs, disk) = crate::template::boot_files(dir);
                 let boot = Boot::Restore {
                     state: &state,
@@ -565,11 +584,22 @@ impl Manager {
         boot: Boot<'_>,
         net: crate::network::NetChoice,
     ) -> Result<VmRecord> {
+        self.create_in(record, boot, net, None).await
+    }
+
+    /// [`Manager::create_from`], as a warm-pool VM of template `pool` when given.
+    pub(crate) async fn create_in(
+        self: &Arc<Self>,
+        record: VmRecord,
+        boot: Boot<'_>,
+        net: crate::network::NetChoice,
+        pool: Option<&str>,
+    ) -> Result<VmRecord> {
         let id = record.id.clone();
         let dir = self.storage.vm_dir(&id)?;
         let entry = self.register(&id);
         let _guard = entry.lifecycle.lock().await;
-        if let Err(e) = self.admit(&record) {
+        if let Err(e) = self.admit(&record, pool) {
             self.unregister(&id);
             return Err(e);
         }
@@ -592,7 +622,10 @@ impl Manager {
             Err(e) => Err(e),
         };
         match launched {
-            Ok(()) => self.get_vm(&id),
+            Ok(()) => self
+                .store
+                .get_any_vm(&id)?
+                .ok_or_else(|| CoreError::vm_not_found(&id)),
             Err(e) => {
                 let console = read_tail(&dir.join("console.log"), 2048);
                 let _ = std::fs::remove_dir_all(&dir);
@@ -613,8 +646,12 @@ impl Manager {
 
     /// A fresh in-memory entry for VM `id`, in the booting state.
     /// Records a new VM unless the server already holds `max_vms`.
-    fn admit(&self, record: &VmRecord) -> Result<()> {
+    /// A warm-pool VM (`pool`: its template) is not counted.
+    fn admit(&self, record: &VmRecord, pool: Option<&str>) -> Result<()> {
         let _one_at_a_time = self.admission.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(template) = pool {
+            return self.store.insert_pool_vm(record, template);
+        }
         let max = self.config.limits.max_vms;
         if self.store.count_vms()? >= max {
             return Err(CoreError::LimitReached(format!(
@@ -797,35 +834,42 @@ impl Manager {
             }),
         };
         if matches!(boot, Boot::Restore { .. }) {
-            // The guest clock stood still while the snapshot waited.
-            let unix_ns = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            agent
-                .call(&Request::SetTime { unix_ns }, Duration::from_secs(10))
-                .await?;
-            // Clones of one snapshot start with the same RNG state: give each its own.
-            let bytes: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
-            agent
-                .call(&Request::AddEntropy { bytes }, Duration::from_secs(10))
-                .await?;
-            // A clone is its own machine: its hostname and a fresh machine id.
-            let identity = Request::SetIdentity {
-                hostname: guest_hostname(vm),
-                machine_id: crate::template::new_machine_id(),
-            };
-            match agent.call(&identity, Duration::from_secs(10)).await {
-                Ok(_) => {}
-                // Snapshots taken under an agent older than the op.
-                Err(CoreError::Guest(e)) if e.code == bandsox_protocol::ErrorCode::Unsupported => {
-                    tracing::warn!(vm = %vm.id, "the guest agent cannot set its identity: {}", e.message);
-                }
-                Err(e) => return Err(e),
-            }
+            self.fix_identity(&agent, vm).await?;
         }
         *entry.agent.lock().await = Some(agent);
         Ok(handle.pid())
+    }
+
+    /// After a restore or a pool claim: the host's clock, fresh entropy, the VM's hostname
+    /// and a new machine id.
+    pub(crate) async fn fix_identity(&self, agent: &AgentClient, vm: &VmRecord) -> Result<()> {
+        // The guest clock stood still while the snapshot waited.
+        let unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        agent
+            .call(&Request::SetTime { unix_ns }, Duration::from_secs(10))
+            .await?;
+        // Clones of one snapshot start with the same RNG state: give each its own.
+        let bytes: Vec<u8> = (0..64).map(|_| rand::random::<u8>()).collect();
+        agent
+            .call(&Request::AddEntropy { bytes }, Duration::from_secs(10))
+            .await?;
+        // A clone is its own machine: its hostname and a fresh machine id.
+        let identity = Request::SetIdentity {
+            hostname: guest_hostname(vm),
+            machine_id: crate::template::new_machine_id(),
+        };
+        match agent.call(&identity, Duration::from_secs(10)).await {
+            Ok(_) => {}
+            // Snapshots taken under an agent older than the op.
+            Err(CoreError::Guest(e)) if e.code == bandsox_protocol::ErrorCode::Unsupported => {
+                tracing::warn!(vm = %vm.id, "the guest agent cannot set its identity: {}", e.message);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
     fn spawn_watcher(self: &Arc<Self>, entry: Arc<VmEntry>) {
@@ -1089,6 +1133,12 @@ impl Manager {
     /// Stops a VM if needed and removes every file, socket and record of it.
     pub async fn delete_vm(&self, id: &str) -> Result<()> {
         let vm = self.get_vm(id)?;
+        self.remove_vm(vm).await
+    }
+
+    /// [`Manager::delete_vm`] of a record in hand (a user VM or a warm-pool VM).
+    pub(crate) async fn remove_vm(&self, vm: VmRecord) -> Result<()> {
+        let id = vm.id.as_str();
         if let Some(entry) = self.entry(id) {
             let _guard = entry.lifecycle.lock().await;
             self.stop_locked(&entry).await?;
@@ -1113,6 +1163,24 @@ impl Manager {
             .unwrap_or_else(|p| p.into_inner())
             .remove(id);
         Ok(())
+    }
+
+    /// A VM of a previous server that is not to be kept (a warm-pool VM): its VMM (only if
+    /// its command line names the VM), namespace, lease, files and record.
+    pub(crate) fn purge_orphan(&self, vm: &VmRecord) -> Result<()> {
+        self.kill_orphan(vm);
+        self.net_down_blocking(&vm.id);
+        let dir = self.storage.vm_dir(&vm.id)?;
+        if let Ok(Some(net)) = self.vm_network(&vm.id) {
+            if let Some(lease) = net.lease {
+                bandsox_net::release_lease(lease, &dir);
+            }
+        }
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+        self.store.delete_vm(&vm.id)
     }
 
     fn remove_sockets(&self, id: &str) {

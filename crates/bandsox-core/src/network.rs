@@ -206,7 +206,9 @@ pub fn cleanup_host(db: &std::path::Path) -> Result<bandsox_net::Cleaned> {
     let store = crate::store::Store::open(db)?;
     let mut live_ids = std::collections::HashSet::new();
     let mut live_leases = std::collections::HashSet::new();
-    for vm in store.list_vms()? {
+    // Warm-pool VMs are live too (they are not user VMs, so list_vms leaves them out).
+    let pool = store.list_pool_vms()?.into_iter().map(|(vm, _)| vm);
+    for vm in store.list_vms()?.into_iter().chain(pool) {
         use crate::store::VmStatus as S;
         let alive = matches!(vm.status, S::Running | S::Paused | S::Creating)
             && vm.pid.is_some_and(bandsox_vmm::process_alive);

@@ -98,6 +98,14 @@ CREATE TABLE snapshot_networks (
 ALTER TABLE vms ADD COLUMN stop_reason TEXT;
 ALTER TABLE vms ADD COLUMN stopped_at REAL;
 "#,
+    // Warm-pool VMs: restored from a template and paused, not user VMs (never listed,
+    // counted or found by id) until a create claims one.
+    r#"
+CREATE TABLE pool_vms (
+    vm_id     TEXT PRIMARY KEY REFERENCES vms(id) ON DELETE CASCADE,
+    template  TEXT NOT NULL
+);
+"#,
 ];
 
 /// Lifecycle state of a VM. Transitions: `creating -> running <-> paused -> stopped`,
@@ -320,7 +328,98 @@ impl Store {
     }
 
     pub fn insert_vm(&self, vm: &VmRecord) -> Result<()> {
-        self.conn().execute(
+        insert_vm_row(&self.conn(), vm)
+    }
+
+    /// Records a warm-pool VM of `template` (its row and its pool membership at once, so it
+    /// is never seen as a user VM).
+    pub fn insert_pool_vm(&self, vm: &VmRecord, template: &str) -> Result<()> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        insert_vm_row(&tx, vm)?;
+        tx.execute(
+            "INSERT INTO pool_vms (vm_id, template) VALUES (?1, ?2)",
+            params![vm.id, template],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every warm-pool VM with its template, oldest first.
+    pub fn list_pool_vms(&self) -> Result<Vec<(VmRecord, String)>> {
+        let conn = self.conn();
+        let cols = VM_COLUMNS
+            .split(", ")
+            .map(|c| format!("v.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {cols}, p.template FROM vms v JOIN pool_vms p ON p.vm_id = v.id ORDER BY v.created_at, v.id"
+        ))?;
+        let n = VM_COLUMNS.split(',').count();
+        let rows = stmt.query_map([], |r| Ok((vm_from_row(r)?, r.get::<_, String>(n)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Takes a paused warm-pool VM of `template` out of the pool and makes it a user VM
+    /// (`creating`, with these labels): its id, or `None` when the pool has none ready.
+    pub(crate) fn claim_pool_vm(
+        &self,
+        template: &str,
+        vm: &VmRecord,
+        max_vms: usize,
+    ) -> Result<Option<String>> {
+        let conn = self.conn();
+        let tx = conn.unchecked_transaction()?;
+        let users: i64 = tx.query_row(USER_VM_COUNT, [], |r| r.get(0))?;
+        if usize::try_from(users).unwrap_or(usize::MAX) >= max_vms {
+            return Err(CoreError::LimitReached(format!(
+                "this server allows at most {max_vms} VMs"
+            )));
+        }
+        let id: Option<String> = tx
+            .query_row(
+                "SELECT p.vm_id FROM pool_vms p JOIN vms v ON v.id = p.vm_id
+                 WHERE p.template = ?1 AND v.status = 'paused' ORDER BY v.created_at LIMIT 1",
+                [template],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(id) = id else { return Ok(None) };
+        tx.execute("DELETE FROM pool_vms WHERE vm_id = ?1", [&id])?;
+        tx.execute(
+            "UPDATE vms SET name = ?2, image = ?3, status = 'creating', created_at = ?4,
+                 updated_at = ?4, metadata = ?5, env_vars = ?6, timeout_action = ?7 WHERE id = ?1",
+            params![
+                id,
+                vm.name,
+                vm.image,
+                vm.created_at,
+                vm.metadata.to_string(),
+                serde_json::to_string(&vm.env_vars).unwrap_or_else(|_| "{}".into()),
+                vm.timeout_action.as_str(),
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Some(id))
+    }
+
+    /// A VM by id, warm-pool VMs included.
+    pub(crate) fn get_any_vm(&self, id: &str) -> Result<Option<VmRecord>> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"),
+                [id],
+                vm_from_row,
+            )
+            .optional()?)
+    }
+}
+
+fn insert_vm_row(conn: &Connection, vm: &VmRecord) -> Result<()> {
+    {
+        conn.execute(
             "INSERT INTO vms (id, name, image, image_digest, status, vcpu, mem_mib, disk_size_mib,
                               created_at, updated_at, pid, error, metadata, env_vars,
                               restored_from, expires_at, timeout_action, vmm, stop_reason,
@@ -350,9 +449,11 @@ impl Store {
                 vm.stopped_at,
             ],
         )?;
-        Ok(())
     }
+    Ok(())
+}
 
+impl Store {
     /// Renames a VM and/or replaces its metadata.
     pub fn update_vm_labels(
         &self,
@@ -522,7 +623,7 @@ impl Store {
         Ok(self
             .conn()
             .query_row(
-                &format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1"),
+                &format!("SELECT {VM_COLUMNS} FROM vms WHERE id = ?1 AND {NOT_POOL}"),
                 [id],
                 vm_from_row,
             )
@@ -533,16 +634,14 @@ impl Store {
     pub fn list_vms(&self) -> Result<Vec<VmRecord>> {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {VM_COLUMNS} FROM vms ORDER BY created_at DESC, id"
+            "SELECT {VM_COLUMNS} FROM vms WHERE {NOT_POOL} ORDER BY created_at DESC, id"
         ))?;
         let rows = stmt.query_map([], vm_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     pub fn count_vms(&self) -> Result<usize> {
-        let n: i64 = self
-            .conn()
-            .query_row("SELECT COUNT(*) FROM vms", [], |r| r.get(0))?;
+        let n: i64 = self.conn().query_row(USER_VM_COUNT, [], |r| r.get(0))?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 
@@ -580,6 +679,10 @@ impl Store {
 
 /// The columns [`vm_from_row`] reads, in its order (positional access: listing 1 000 VMs is
 /// on the API's hot path, and looking columns up by name costs more than the query).
+/// User VMs: not in a warm pool.
+const NOT_POOL: &str = "id NOT IN (SELECT vm_id FROM pool_vms)";
+const USER_VM_COUNT: &str = "SELECT COUNT(*) FROM vms WHERE id NOT IN (SELECT vm_id FROM pool_vms)";
+
 const VM_COLUMNS: &str = "id, name, image, image_digest, status, vcpu, mem_mib, disk_size_mib, \
     created_at, updated_at, pid, error, metadata, env_vars, restored_from, expires_at, timeout_action, vmm, \
     stop_reason, stopped_at";

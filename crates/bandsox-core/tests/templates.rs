@@ -240,3 +240,81 @@ async fn fork_keeps_processes_and_files_and_the_source_runs_on() {
     drop(mgr);
     assert_storage_clean(ts.root());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_warm_pool_is_claimed_refilled_and_drained() {
+    use bandsox_core::{PoolSpec, TemplateShape};
+    let ts = fresh_storage();
+    let mut config = ManagerConfig::new(ts.storage.clone());
+    config.warm_pools = vec![PoolSpec {
+        image: "bandsox/busybox".into(),
+        shape: TemplateShape {
+            vcpu: 1,
+            mem_mib: 128,
+            disk_size_mib: 4096,
+            enable_networking: false,
+        },
+        size: 1,
+    }];
+    let mgr = Manager::open(config).await.unwrap();
+    let ready = |mgr: &Manager| mgr.pools().unwrap()[0].ready;
+    let wait_ready = |mgr: std::sync::Arc<Manager>| async move {
+        let deadline = Instant::now() + Duration::from_secs(240);
+        while ready(&mgr) < 1 {
+            assert!(Instant::now() < deadline, "the pool never filled");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+
+    // The template is built, then one VM restored and paused; it is no user VM.
+    wait_ready(mgr.clone()).await;
+    assert!(mgr.list_vms().unwrap().is_empty());
+    let pooled = mgr.store().list_pool_vms().unwrap();
+    assert_eq!(pooled.len(), 1);
+    assert_eq!(pooled[0].0.status, bandsox_core::VmStatus::Paused);
+    assert!(mgr.get_vm(&pooled[0].0.id).is_err(), "found by id");
+
+    // A create of that image and shape takes it.
+    let t0 = Instant::now();
+    let vm = mgr.create_vm(req("claimed")).await.unwrap();
+    assert_eq!(sh(&mgr, &vm.id, "hostname").await, "claimed");
+    let claim_s = t0.elapsed().as_secs_f64();
+    assert_eq!(vm.id, pooled[0].0.id, "the pool VM was claimed");
+    assert_eq!(vm.name, "claimed");
+    assert_eq!(mgr.list_vms().unwrap().len(), 1);
+
+    // Refilled behind it; the next claim is another machine.
+    wait_ready(mgr.clone()).await;
+    let refill = mgr.store().list_pool_vms().unwrap();
+    assert_eq!(refill.len(), 1);
+    assert_ne!(refill[0].0.id, vm.id);
+    let vm2 = mgr.create_vm(req("claimed-2")).await.unwrap();
+    assert_eq!(vm2.id, refill[0].0.id);
+    let probe = "cat /etc/machine-id; head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
+    assert_ne!(
+        sh(&mgr, &vm.id, probe).await,
+        sh(&mgr, &vm2.id, probe).await
+    );
+    eprintln!("warm-pool create -> first exec {claim_s:.3} s");
+
+    // Another shape never takes a pool VM.
+    let other = mgr
+        .create_vm(CreateVm {
+            mem_mib: 192,
+            ..req("other")
+        })
+        .await
+        .unwrap();
+    assert_eq!(other.restored_from, None);
+
+    // Drained: no pool VM, VMM or file is left; user VMs are untouched.
+    wait_ready(mgr.clone()).await;
+    mgr.drain_pools().await;
+    assert!(mgr.store().list_pool_vms().unwrap().is_empty());
+    assert_eq!(mgr.list_vms().unwrap().len(), 3);
+    for vm in mgr.list_vms().unwrap() {
+        mgr.delete_vm(&vm.id).await.unwrap();
+    }
+    drop(mgr);
+    assert_storage_clean(ts.root());
+}

@@ -51,6 +51,14 @@ pub struct ServeArgs {
     /// either way) [env: BANDSOX_AUTO_TEMPLATE=0].
     #[arg(long)]
     no_auto_template: bool,
+    /// Keep N VMs of IMAGE restored from its template and paused, so a create of that image
+    /// and shape is a resume: IMAGE[:VCPUxMEM_MIB]=N, e.g. `bandsox/busybox=2` or
+    /// `alpine:3.19:2x256=1` (other shape fields are the create defaults). Repeatable.
+    #[arg(long = "warm-pool", value_name = "IMAGE[:SHAPE]=N")]
+    warm_pools: Vec<String>,
+    /// Most memory all warm-pool VMs together may be given, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    warm_pool_mem_mib: u64,
     /// Build templates in the background (the default; wins over BANDSOX_AUTO_TEMPLATE=0).
     #[arg(long, hide = true, conflicts_with = "no_auto_template")]
     auto_template: bool,
@@ -101,6 +109,15 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
         .map_err(|_| CliError::new("--host must be an IP address such as 127.0.0.1"))?;
     let port = port.unwrap_or(8000);
     let build_templates = auto_template(&a)?;
+    let warm_pools = a
+        .warm_pools
+        .iter()
+        .map(|p| bandsox_core::PoolSpec::parse(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            CliError::new(format!("--warm-pool: {e}"))
+                .with_hint("give IMAGE[:VCPUxMEM_MIB]=N, e.g. --warm-pool bandsox/busybox=2")
+        })?;
     init_logging(&a.log_format);
     let storage = storage(a.storage)?;
     // One server per storage root (two would both re-attach the VMs, run their timeouts, ...):
@@ -123,6 +140,8 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
             config.dns = a.dns;
         }
         config.auto_template = build_templates;
+        config.warm_pools = warm_pools;
+        config.warm_pool_mem_mib = a.warm_pool_mem_mib;
         let choice = match a.vmm.as_deref() {
             Some(v) => VmmChoice::parse(v).unwrap_or_default(),
             None => VmmChoice::from_env().map_err(core_error)?,
@@ -158,9 +177,10 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
             }
             tracing::info!("shutting down; VMs keep running");
         };
-        bandsox_server::serve(manager, opts, shutdown)
-            .await
-            .map_err(|e| CliError::new(e.to_string()))
+        let served = bandsox_server::serve(manager.clone(), opts, shutdown).await;
+        // Warm-pool VMs are no user VMs: they do not outlive the server.
+        manager.drain_pools().await;
+        served.map_err(|e| CliError::new(e.to_string()))
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -266,6 +266,10 @@ fn routes() -> Router<AppState> {
             get(templates::list).post(templates::build),
         )
         .route(
+            "/api/pools",
+            get(templates::list_pools).put(templates::set_pool),
+        )
+        .route(
             "/api/templates/{id}",
             get(templates::get).delete(templates::delete),
         )

@@ -1,11 +1,14 @@
-//! `/api/templates`: list, build and remove templates (creates use them by themselves), and
-//! `POST /api/vms/{id}/fork`.
+//! `/api/templates`: list, build and remove templates (creates use them by themselves),
+//! `/api/pools` (warm pools) and `POST /api/vms/{id}/fork`.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::Json;
-use bandsox_api::{BuildTemplateRequest, ForkRequest, ForkResponse, StatusResponse, TemplateInfo};
-use bandsox_core::{TemplateRecord, TemplateShape};
+use bandsox_api::{
+    BuildTemplateRequest, ForkRequest, ForkResponse, PoolInfo, SetPoolRequest, StatusResponse,
+    TemplateInfo,
+};
+use bandsox_core::{PoolSpec, TemplateRecord, TemplateShape};
 
 use super::AppState;
 use crate::error::ApiResult;
@@ -120,4 +123,62 @@ pub async fn fork(
     Ok(Json(ForkResponse {
         ids: vms.into_iter().map(|v| v.id).collect(),
     }))
+}
+
+fn pool_infos(s: &AppState) -> ApiResult<Json<Vec<PoolInfo>>> {
+    let pools = s.manager.pools()?;
+    Ok(Json(
+        pools
+            .into_iter()
+            .map(|p| PoolInfo {
+                image: p.image,
+                vcpu: p.vcpu,
+                mem_mib: p.mem_mib,
+                disk_size_mib: p.disk_size_mib,
+                enable_networking: p.enable_networking,
+                size: p.size,
+                ready: p.ready,
+                template: p.template,
+            })
+            .collect(),
+    ))
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/pools",
+    tag = "templates",
+    summary = "List warm pools and how many VMs each holds ready",
+    operation_id = "pools_list",
+    responses((status = 200, description = "success", body = Vec<PoolInfo>))
+)]
+pub async fn list_pools(State(s): State<AppState>) -> ApiResult<Json<Vec<PoolInfo>>> {
+    pool_infos(&s)
+}
+
+#[utoipa::path(
+    put,
+    path = "/api/pools",
+    tag = "templates",
+    summary = "Set the size of the warm pool of an image and shape (0 removes it); it fills in the background",
+    operation_id = "pools_set",
+    request_body = SetPoolRequest,
+    responses((status = 200, description = "success: every pool", body = Vec<PoolInfo>))
+)]
+pub async fn set_pool(
+    State(s): State<AppState>,
+    body: Result<Json<SetPoolRequest>, JsonRejection>,
+) -> ApiResult<Json<Vec<PoolInfo>>> {
+    let Json(req) = body?;
+    s.manager.set_pool(PoolSpec {
+        image: req.image,
+        shape: TemplateShape {
+            vcpu: req.vcpu,
+            mem_mib: req.mem_mib,
+            disk_size_mib: req.disk_size_mib,
+            enable_networking: req.enable_networking,
+        },
+        size: req.size,
+    })?;
+    pool_infos(&s)
 }
