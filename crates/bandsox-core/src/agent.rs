@@ -4,7 +4,11 @@
 //! lock, one whole frame at a time. Flow control in both directions:
 //! - guest -> host: the host returns credit as the caller consumes bytes, in batches of
 //!   [`CREDIT_BATCH_BYTES`] (one credit frame per data frame cost a third of the throughput
-//!   under TCG), so a guest that floods output waits instead of filling host memory;
+//!   under TCG), so a guest that floods output waits instead of filling host memory. The
+//!   reader holds the guest to that window: data beyond what the host granted on a channel,
+//!   more than [`MAX_QUEUED_CONTROL`] unread control frames on a stream, or stdin credit past
+//!   any window the host could have used closes the connection (a compromised guest PID 1
+//!   cannot grow host memory);
 //! - host -> guest: `Credit(Stdin)` frames from the guest fill a per-stream byte semaphore and
 //!   [`AgentStream::send_data`] waits on it, so the host never has more than the window in
 //!   flight. The semaphore closes when the stream's reply arrives or the connection drops, so a
@@ -37,11 +41,41 @@ const HELLO_INTERVAL: Duration = Duration::from_millis(200);
 
 pub use bandsox_protocol::frame::CREDIT_BATCH_BYTES;
 
+/// Unread frames other than non-empty data (events, EOFs, empty data) one stream may have
+/// queued; an agent sends a handful per stream.
+pub const MAX_QUEUED_CONTROL: u32 = 64;
+
+/// Stdin window the guest may grant at most: it only gives back what it consumed, so its
+/// grants never lift the window above [`frame::INITIAL_WINDOW`]; far above that is hostile.
+const MAX_STDIN_WINDOW: usize = 64 * frame::INITIAL_WINDOW as usize;
+
+/// What the host granted the guest on one stream, shared by the stream (which grants) and
+/// the reader (which checks).
+struct RecvWindow {
+    /// Bytes granted per channel (the initial window plus every credit sent).
+    granted: [std::sync::atomic::AtomicU64; 3],
+    /// Control frames queued and not yet read.
+    control: AtomicU32,
+}
+
+impl RecvWindow {
+    fn new() -> Self {
+        let w = || std::sync::atomic::AtomicU64::new(u64::from(frame::INITIAL_WINDOW));
+        Self {
+            granted: [w(), w(), w()],
+            control: AtomicU32::new(0),
+        }
+    }
+}
+
 /// Where the reader task delivers one stream's frames.
 struct Route {
     tx: mpsc::UnboundedSender<Frame>,
     /// Bytes the host may still send on `Stdin`.
     stdin_window: Arc<Semaphore>,
+    window: Arc<RecvWindow>,
+    /// Data bytes received per channel.
+    received: [u64; 3],
 }
 
 type Routes = Arc<Mutex<HashMap<u32, Route>>>;
@@ -225,6 +259,7 @@ impl AgentClient {
         let id = self.inner.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         let stdin_window = Arc::new(Semaphore::new(frame::INITIAL_WINDOW as usize));
+        let window = Arc::new(RecvWindow::new());
         self.inner
             .routes
             .lock()
@@ -234,6 +269,8 @@ impl AgentClient {
                 Route {
                     tx,
                     stdin_window: Arc::clone(&stdin_window),
+                    window: Arc::clone(&window),
+                    received: [0; 3],
                 },
             );
         let stream = AgentStream {
@@ -242,6 +279,7 @@ impl AgentClient {
             client: self.clone(),
             finished: false,
             stdin_window,
+            window,
             pending_credit: [0; 3],
         };
         let mut out = Vec::new();
@@ -406,6 +444,7 @@ pub struct AgentStream {
     client: AgentClient,
     finished: bool,
     stdin_window: Arc<Semaphore>,
+    window: Arc<RecvWindow>,
     /// Consumed but not yet credited bytes per channel.
     pending_credit: [u32; 3],
 }
@@ -420,6 +459,9 @@ impl AgentStream {
                     "connection to the guest agent dropped".into(),
                 ));
             };
+            if is_control(&f) {
+                self.window.control.fetch_sub(1, Ordering::AcqRel);
+            }
             match f.kind {
                 FrameKind::Reply => {
                     self.finished = true;
@@ -445,6 +487,9 @@ impl AgentStream {
                     if *pending >= CREDIT_BATCH_BYTES {
                         let mut credit = Vec::new();
                         frame::encode_credit(&mut credit, self.id, ch, *pending);
+                        // Recorded before it is sent: the guest may use it at once.
+                        self.window.granted[ch as usize]
+                            .fetch_add(u64::from(*pending), Ordering::AcqRel);
                         *pending = 0;
                         self.client.send_raw(&credit).await?;
                     }
@@ -547,6 +592,62 @@ impl Drop for AgentStream {
     }
 }
 
+/// Frames the flow-control window does not cover, counted against [`MAX_QUEUED_CONTROL`]:
+/// everything queued for the stream but non-empty data (credit is used by the reader).
+fn is_control(f: &Frame) -> bool {
+    match f.kind {
+        FrameKind::Data => f.payload.len() <= 1,
+        FrameKind::Credit => false,
+        _ => true,
+    }
+}
+
+/// Accounts one incoming frame against what the host granted its stream; `Err` says how the
+/// guest broke the protocol.
+fn check_window(route: &mut Route, f: &Frame) -> std::result::Result<(), String> {
+    if is_control(f) {
+        let queued = route.window.control.fetch_add(1, Ordering::AcqRel) + 1;
+        if queued > MAX_QUEUED_CONTROL {
+            return Err(format!("{queued} unread control frames"));
+        }
+        return Ok(());
+    }
+    match f.kind {
+        FrameKind::Data => {
+            let Ok((ch, bytes)) = f.channel_payload() else {
+                return Err("a data frame on an unknown channel".into());
+            };
+            let i = ch as usize;
+            route.received[i] += bytes.len() as u64;
+            let granted = route.window.granted[i].load(Ordering::Acquire);
+            if route.received[i] > granted {
+                return Err(format!(
+                    "{} bytes on {ch:?} for a window of {granted}",
+                    route.received[i]
+                ));
+            }
+        }
+        FrameKind::Credit => {
+            if let Ok((Channel::Stdin, n)) = f.credit() {
+                if route.stdin_window.available_permits() + n as usize > MAX_STDIN_WINDOW {
+                    return Err(format!("stdin credit of {n} bytes past any window"));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Shuts the connection down both ways: the guest's writes fail at once instead of filling
+/// a socket nobody reads, and the host's writes fail instead of waiting.
+fn cut_off(reader: &tokio::net::unix::OwnedReadHalf) {
+    use std::os::fd::AsRawFd;
+    let stream: &UnixStream = reader.as_ref();
+    // SAFETY: shutdown(2) on a descriptor the stream keeps open; no memory is involved.
+    unsafe { libc::shutdown(stream.as_raw_fd(), libc::SHUT_RDWR) };
+}
+
 async fn read_loop(
     mut reader: tokio::net::unix::OwnedReadHalf,
     mut decoder: FrameDecoder,
@@ -559,10 +660,18 @@ async fn read_loop(
         loop {
             match decoder.next_frame() {
                 Ok(Some(f)) => {
-                    let routes = routes.lock().unwrap_or_else(|p| p.into_inner());
-                    let Some(route) = routes.get(&f.stream) else {
+                    let mut routes = routes.lock().unwrap_or_else(|p| p.into_inner());
+                    let Some(route) = routes.get_mut(&f.stream) else {
                         continue;
                     };
+                    if let Err(why) = check_window(route, &f) {
+                        tracing::warn!(
+                            stream = f.stream,
+                            "guest agent broke flow control ({why}); closing connection"
+                        );
+                        cut_off(&reader);
+                        break 'outer;
+                    }
                     match f.kind {
                         FrameKind::Credit => {
                             if let Ok((Channel::Stdin, n)) = f.credit() {
@@ -581,6 +690,7 @@ async fn read_loop(
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "corrupt frame from guest agent; closing connection");
+                    cut_off(&reader);
                     break 'outer;
                 }
             }
@@ -603,4 +713,199 @@ async fn read_loop(
     routes.clear();
     drop(routes);
     drop(stop);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bandsox_protocol::frame::INITIAL_WINDOW;
+
+    /// A fake guest on the other end of a socket pair: answers the hello, waits for the
+    /// first request after it, then runs `then` on the socket and that request's stream id.
+    async fn fake_guest<F, Fut>(then: F) -> (AgentClient, tokio::task::JoinHandle<()>)
+    where
+        F: FnOnce(UnixStream, u32) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let (host, mut guest) = UnixStream::pair().unwrap();
+        let task = tokio::spawn(async move {
+            let mut dec = FrameDecoder::new();
+            let mut buf = vec![0u8; 64 << 10];
+            let id = 'found: loop {
+                let n = guest.read(&mut buf).await.unwrap();
+                assert!(n > 0, "host closed before a request");
+                dec.push(&buf[..n]);
+                while let Some(f) = dec.next_frame().unwrap() {
+                    if f.kind != FrameKind::Request {
+                        continue;
+                    }
+                    // Every hello is answered (the host repeats it while it waits).
+                    if let Ok(Request::Hello(_)) = decode_json::<Request>(&f.payload) {
+                        let reply = Reply::Ok(ReplyBody::Hello(Hello {
+                            version: PROTOCOL_VERSION,
+                            software: "fake".into(),
+                            capabilities: vec![],
+                        }));
+                        let mut out = Vec::new();
+                        frame::encode_json(&mut out, f.stream, FrameKind::Reply, &reply).unwrap();
+                        guest.write_all(&out).await.unwrap();
+                    } else {
+                        break 'found f.stream;
+                    }
+                }
+            };
+            then(guest, id).await;
+        });
+        let client =
+            AgentClient::handshake(host, tokio::time::Instant::now() + Duration::from_secs(5))
+                .await
+                .unwrap();
+        (client, task)
+    }
+
+    /// Sends `total` bytes of stdout on `id` in 64 KiB frames, ignoring credit.
+    async fn flood(guest: &mut UnixStream, id: u32, total: usize) {
+        let chunk = vec![7u8; 64 << 10];
+        let mut out = Vec::new();
+        let mut sent = 0;
+        while sent < total {
+            let n = chunk.len().min(total - sent);
+            out.clear();
+            frame::encode_data(&mut out, id, Channel::Stdout, &chunk[..n]);
+            if guest.write_all(&out).await.is_err() {
+                return; // the host closed the connection
+            }
+            sent += n;
+        }
+    }
+
+    /// Reads (credit) until the host closes the connection.
+    async fn drain(guest: &mut UnixStream) {
+        let mut b = vec![0u8; 4096];
+        while matches!(guest.read(&mut b).await, Ok(n) if n > 0) {}
+    }
+
+    async fn wait_closed(client: &AgentClient) -> bool {
+        for _ in 0..200 {
+            if client.is_closed() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn a_guest_within_its_window_is_served() {
+        let (client, guest) = fake_guest(|mut g, id| async move {
+            flood(&mut g, id, INITIAL_WINDOW as usize).await;
+            drain(&mut g).await;
+        })
+        .await;
+        let mut stream = client.open(&Request::Ping).await.unwrap();
+        // Unread, a full window waits in the host; the connection stays up.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!client.is_closed());
+        let mut got = 0;
+        while got < INITIAL_WINDOW as usize {
+            match stream.next().await.unwrap() {
+                StreamItem::Data(Channel::Stdout, b) => got += b.len(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(!client.is_closed());
+        client.close().await;
+        guest.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_guest_beyond_its_window_is_cut_off() {
+        // 4 MiB for a 1 MiB window the host never extends (it reads nothing).
+        let (client, guest) = fake_guest(|mut g, id| async move {
+            flood(&mut g, id, 4 * INITIAL_WINDOW as usize).await;
+            // Stays connected: only the host may end it.
+            drain(&mut g).await;
+        })
+        .await;
+        let mut stream = client.open(&Request::Ping).await.unwrap();
+        assert!(wait_closed(&client).await, "the connection stayed open");
+        // What was queued is at most the window; then the stream ends with an error.
+        let mut got = 0;
+        let err = loop {
+            match stream.next().await {
+                Ok(StreamItem::Data(_, b)) => got += b.len(),
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(got <= INITIAL_WINDOW as usize, "{got} bytes queued");
+        assert!(matches!(err, CoreError::Agent(_)), "{err}");
+        guest.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn credit_extends_the_window() {
+        // The host reads as it goes, so it grants credit and 4 MiB is fine.
+        let (client, guest) = fake_guest(|mut g, id| async move {
+            let (mut r, mut w) = g.split();
+            // Send only within the granted window: wait for credit after each MiB.
+            let mut dec = FrameDecoder::new();
+            let mut granted = u64::from(INITIAL_WINDOW);
+            let mut sent = 0u64;
+            let mut buf = vec![0u8; 4096];
+            let chunk = vec![1u8; 64 << 10];
+            while sent < 4 * u64::from(INITIAL_WINDOW) {
+                while sent + chunk.len() as u64 > granted {
+                    let n = r.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "host closed early");
+                    dec.push(&buf[..n]);
+                    while let Some(f) = dec.next_frame().unwrap() {
+                        if let Ok((Channel::Stdout, n)) = f.credit() {
+                            granted += u64::from(n);
+                        }
+                    }
+                }
+                let mut out = Vec::new();
+                frame::encode_data(&mut out, id, Channel::Stdout, &chunk);
+                w.write_all(&out).await.unwrap();
+                sent += chunk.len() as u64;
+            }
+            let mut out = Vec::new();
+            frame::encode_json(&mut out, id, FrameKind::Reply, &Reply::Ok(ReplyBody::Done))
+                .unwrap();
+            w.write_all(&out).await.unwrap();
+            drain(&mut g).await;
+        })
+        .await;
+        let mut stream = client.open(&Request::Ping).await.unwrap();
+        let mut got = 0;
+        loop {
+            match stream.next().await.unwrap() {
+                StreamItem::Data(_, b) => got += b.len(),
+                StreamItem::Reply(_) => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, 4 * INITIAL_WINDOW as usize);
+        assert!(!client.is_closed());
+        client.close().await;
+        guest.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_events_is_cut_off() {
+        let (client, guest) = fake_guest(|mut g, id| async move {
+            let mut out = Vec::new();
+            for _ in 0..10_000 {
+                frame::encode_json(&mut out, id, FrameKind::Event, &Event::Started { pid: 1 })
+                    .unwrap();
+            }
+            let _ = g.write_all(&out).await;
+            drain(&mut g).await;
+        })
+        .await;
+        let _stream = client.open(&Request::Ping).await.unwrap();
+        assert!(wait_closed(&client).await, "the connection stayed open");
+        guest.await.unwrap();
+    }
 }
