@@ -210,13 +210,10 @@ fn second_owner_of_a_storage_root_is_refused() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded: {err}");
         assert!(
-            // `serve` is refused by its server.lock (naming the server), the others by the
-            // root's lock; both name the owner's PID.
-            (err.contains(&format!("in use by PID {pid}"))
-                || err.contains(&format!(
-                    "already served by another bandsox server (pid {pid}"
-                )))
-                && err.contains("hint:"),
+            // One lock for every owner: each is refused naming the owner's PID.
+            err.contains(&format!("in use by PID {pid} (bandsox serve)"))
+                && err.contains("hint:")
+                && err.lines().filter(|l| l.starts_with("error:")).count() == 1,
             "{args:?}: {err}"
         );
     }

@@ -139,6 +139,8 @@ impl Storage {
             .join(format!("{LOCK_OWNER_FILE}.{}", std::process::id()));
         std::fs::write(&tmp, format!("{} {what}\n", std::process::id()))?;
         std::fs::rename(&tmp, self.root.join(LOCK_OWNER_FILE))?;
+        // Older servers took a second lock on this file; this lock is the only one now.
+        let _ = std::fs::remove_file(self.root.join("server.lock"));
         secure_tree(&self.root);
         Ok(StorageLock { _dir: dir })
     }

@@ -2,14 +2,11 @@
 //! Python SDK's `BandSox(storage_dir=...)` reads it, and starts a server when it is missing
 //! or stale). Written once the API listener is bound, removed when the server stops.
 //!
-//! `<storage>/server.lock` keeps a second server off a root that one already serves (an
-//! exclusive `flock` held for the server's life; the kernel drops it when the process ends,
-//! however it ends).
+//! One server per root is kept by the root's lock, which the manager takes before it opens
+//! the database (`bandsox_core::Storage::lock`), not here.
 
-use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// File name inside the storage root.
@@ -24,46 +21,6 @@ pub fn local_url(addr: SocketAddr) -> String {
         ip => ip,
     };
     format!("http://{}", SocketAddr::new(ip, addr.port()))
-}
-
-/// Lock file name inside the storage root.
-pub const LOCK_FILE: &str = "server.lock";
-
-/// The held lock of a storage root (released on drop or when the process ends).
-#[derive(Debug)]
-pub struct RootLock {
-    _file: File,
-}
-
-/// Takes `<root>/server.lock`. `Ok(None)` when another process holds it.
-pub fn lock_root(root: &Path) -> io::Result<Option<RootLock>> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(root.join(LOCK_FILE))?;
-    // SAFETY: flock on a descriptor this function owns; no memory is involved.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        return Ok(Some(RootLock { _file: file }));
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(None)
-    } else {
-        Err(e)
-    }
-}
-
-/// `pid N at URL` of the server named by `<root>/server.json`, if the file reads.
-pub fn holder(root: &Path) -> Option<String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(root.join(SERVER_FILE)).ok()?).ok()?;
-    Some(format!(
-        "pid {} at {}",
-        v.get("pid")?.as_u64()?,
-        v.get("url")?.as_str()?
-    ))
 }
 
 /// The written file; dropping it removes the file if it still names this process.
@@ -120,17 +77,6 @@ mod tests {
             local_url("10.0.0.1:8".parse().unwrap()),
             "http://10.0.0.1:8"
         );
-    }
-
-    #[test]
-    fn one_lock_per_root() {
-        let dir = tempfile::tempdir().unwrap();
-        let held = lock_root(dir.path()).unwrap();
-        assert!(held.is_some());
-        // A second open file description (what a second server has) cannot take it.
-        assert!(lock_root(dir.path()).unwrap().is_none());
-        drop(held);
-        assert!(lock_root(dir.path()).unwrap().is_some());
     }
 
     #[test]

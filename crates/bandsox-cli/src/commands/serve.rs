@@ -121,8 +121,8 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
     init_logging(&a.log_format);
     let storage = storage(a.storage)?;
     // One server per storage root (two would both re-attach the VMs, run their timeouts, ...):
-    // taken before the manager touches anything, held until the process ends.
-    let _root_lock = lock_root(storage.root())?;
+    // the manager takes the root's lock before it opens the database or recovers anything,
+    // and a second owner fails there naming the PID that holds it.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -204,34 +204,6 @@ fn auto_template(a: &ServeArgs) -> Result<bool, CliError> {
                 "unset it to build templates in the background, or set it to 0 to build none",
             )),
         },
-    }
-}
-
-/// Takes `<root>/server.lock` (see `bandsox_server::discovery`); a root that does not exist
-/// yet is left to the manager's own error.
-fn lock_root(
-    root: &std::path::Path,
-) -> Result<Option<bandsox_server::discovery::RootLock>, CliError> {
-    use bandsox_server::discovery;
-    if !root.is_dir() {
-        return Ok(None);
-    }
-    match discovery::lock_root(root) {
-        Ok(Some(lock)) => Ok(Some(lock)),
-        Ok(None) => {
-            let holder = discovery::holder(root)
-                .map(|h| format!(" ({h})"))
-                .unwrap_or_default();
-            Err(CliError::new(format!(
-                "the storage root {} is already served by another bandsox server{holder}",
-                root.display()
-            ))
-            .with_hint("only one server may own a storage root: use that server, or stop it first"))
-        }
-        Err(e) => Err(CliError::new(format!(
-            "cannot lock the storage root {}: {e}",
-            root.display()
-        ))),
     }
 }
 
