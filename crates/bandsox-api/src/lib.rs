@@ -186,7 +186,7 @@ pub struct VmInfo {
     pub agent_ready: bool,
     pub error: Option<String>,
     pub metadata: serde_json::Value,
-    /// Variable values whose names look secret are shown as `<redacted>`.
+    /// Variable values whose names or values look secret (a URL with a password, a known token prefix, a long random string) are shown as `<redacted>`.
     pub env_vars: BTreeMap<String, String>,
     pub network_config: Option<serde_json::Value>,
     pub vsock_config: Option<serde_json::Value>,

@@ -438,3 +438,82 @@ fn accepted(port: u16) -> TcpStream {
     }
     panic!("the server accepted no connection");
 }
+
+/// Leases a server's failed creates left in the host-wide claims directory.
+fn claims_naming(storage: &std::path::Path) -> Vec<String> {
+    let needle = storage.display().to_string();
+    std::fs::read_dir("/run/bandsox-net/leases")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path()).is_ok_and(|c| c.contains(&needle)))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Creates that cannot succeed fail with their reason and leave nothing behind: a NUL in an
+/// env value (422 before anything exists), a VMM that exits at boot (503 `boot_failed` with
+/// the VMM's words, at once, its lease claim released); errors carry no host path and no
+/// 5 KB id.
+#[test]
+fn failed_creates_say_why_and_leave_nothing() {
+    let root = TestRoot::new("bsxfail");
+    let storage = root.path().join("s");
+    assert!(init(&storage).status.success());
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let _server = start_server_with(&storage, port, &["--proxy-port", "0"]);
+    let host_path = storage.display().to_string();
+    let create = |body: serde_json::Value| {
+        answer(
+            ureq::post(&format!("{url}/api/vms"))
+                .timeout(Duration::from_secs(120))
+                .send_json(body),
+        )
+    };
+    let nothing_left = || {
+        let (st, list) = answer(ureq::get(&format!("{url}/api/vms")).call());
+        assert_eq!(st, 200);
+        assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
+        assert_eq!(std::fs::read_dir(storage.join("vms")).unwrap().count(), 0);
+        assert_eq!(claims_naming(&storage), Vec::<String>::new());
+    };
+
+    let (st, p) = create(serde_json::json!({
+        "image": "bandsox/busybox", "env_vars": {"A": "x\u{0}y"}
+    }));
+    assert_eq!(st, 422, "{p}");
+    assert_eq!(p["code"], "invalid_input");
+    assert!(p["detail"].as_str().unwrap().contains("NUL"), "{p}");
+    nothing_left();
+
+    // More memory than any test host has: QEMU refuses it and exits at once.
+    let t = Instant::now();
+    let (st, p) = create(serde_json::json!({
+        "image": "bandsox/busybox", "mem_mib": 65536, "enable_networking": true
+    }));
+    let took = t.elapsed();
+    assert_eq!(st, 503, "{p}");
+    assert_eq!(p["code"], "boot_failed");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("memory"),
+        "the VMM's reason is lost: {detail}"
+    );
+    assert!(!detail.contains(&host_path), "{detail}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    nothing_left();
+
+    // A 5 KB id is not echoed back whole.
+    let long = "a".repeat(5000);
+    let (st, p) = answer(ureq::get(&format!("{url}/api/vms/{long}")).call());
+    assert!(st == 404 || st == 422, "{st}");
+    let detail = p["detail"].as_str().unwrap();
+    assert!(detail.len() < 300, "{} bytes: {detail}", detail.len());
+    let (st, p) = answer(
+        ureq::post(&format!("{url}/api/vms/{long}/exec"))
+            .send_json(serde_json::json!({"command": "true"})),
+    );
+    assert!(st == 404 || st == 422, "{st}");
+    assert!(p.to_string().len() < 600, "{p}");
+}

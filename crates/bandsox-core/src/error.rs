@@ -5,10 +5,10 @@ use bandsox_protocol::ErrorBody;
 /// Everything that can go wrong in a core operation.
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
-    #[error("{kind} `{id}` not found")]
+    #[error("{kind} `{}` not found", short(.id))]
     NotFound { kind: &'static str, id: String },
     /// A reference (name or id prefix) matches several objects.
-    #[error("{kind} reference `{reference}` is ambiguous; it matches {}", .candidates.join(", "))]
+    #[error("{kind} reference `{}` is ambiguous; it matches {}", short(.reference), .candidates.join(", "))]
     Ambiguous {
         kind: &'static str,
         reference: String,
@@ -50,6 +50,9 @@ pub enum CoreError {
     BuildFailed(String),
     #[error("VM did not become ready within {timeout_s} s: {detail}")]
     BootTimeout { timeout_s: u64, detail: String },
+    /// The VMM exited while the VM booted (the detail ends with its own last words).
+    #[error("the VM failed to boot: {0}")]
+    BootFailed(String),
     #[error("command timed out after {timeout_s} s")]
     ExecTimeout { timeout_s: u64 },
     #[error("guest agent: {0}")]
@@ -67,6 +70,41 @@ pub enum CoreError {
     /// Setting up or tearing down VM networking failed.
     #[error("network: {0}")]
     Network(String),
+}
+
+/// A user-supplied id or reference as messages show it: at most 80 characters (a 5 KB id is
+/// not echoed back), control characters escaped.
+pub fn short(s: &str) -> String {
+    const MAX: usize = 80;
+    let escaped: String = s.escape_debug().collect();
+    if escaped.chars().count() <= MAX {
+        escaped
+    } else {
+        let mut out: String = escaped.chars().take(MAX).collect();
+        out.push('…');
+        out
+    }
+}
+
+static STORAGE_ROOT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names the storage root [`scrub`] hides (the first one a process opens; a process owns one).
+pub(crate) fn set_storage_root(root: &std::path::Path) {
+    let _ = STORAGE_ROOT.set(root.display().to_string());
+}
+
+/// A message for a remote client without this host's storage paths: the storage root (where
+/// disks, sockets, kernels and images live) reads `<storage>`. Guest paths are left alone.
+pub fn scrub(text: &str) -> String {
+    scrub_root(text, STORAGE_ROOT.get().map_or("", String::as_str))
+}
+
+fn scrub_root(text: &str, root: &str) -> String {
+    if root.len() > 1 {
+        text.replace(root, "<storage>")
+    } else {
+        text.to_owned()
+    }
 }
 
 impl CoreError {
@@ -92,6 +130,7 @@ impl CoreError {
             Self::LimitReached(_) => "limit_reached",
             Self::DiskTooSmall { .. } => "disk_too_small",
             Self::BootTimeout { .. } => "boot_timeout",
+            Self::BootFailed(_) => "boot_failed",
             Self::ExecTimeout { .. } => "exec_timeout",
             Self::BuildFailed(_) => "build_failed",
             Self::Agent(_) => "agent_unavailable",
@@ -139,6 +178,9 @@ impl CoreError {
             Self::Image(e) => image_hint(e),
             Self::BootTimeout { .. } => Some(
                 "the guest console log is in <storage>/vms/<id>/console.log while the VM exists",
+            ),
+            Self::BootFailed(_) => Some(
+                "the VMM's reason is above; ask for less memory or fewer vCPUs if the host cannot give them",
             ),
             _ => None,
         }
@@ -208,3 +250,29 @@ fn image_hint(e: &bandsox_image::ImageError) -> Option<&'static str> {
 }
 
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_ids_are_cut_in_messages() {
+        let e = CoreError::vm_not_found(&"a".repeat(5000));
+        let m = e.to_string();
+        assert!(m.len() < 200, "{m}");
+        assert!(m.contains('…'));
+        let e = CoreError::vm_not_found("x\u{0}y");
+        assert_eq!(e.to_string(), "VM `x\\0y` not found");
+    }
+
+    #[test]
+    fn the_storage_root_is_scrubbed() {
+        assert_eq!(
+            scrub_root(
+                "cannot connect via /srv/bsx-root/vms/1/agent.sock: refused; guest /root/x",
+                "/srv/bsx-root"
+            ),
+            "cannot connect via <storage>/vms/1/agent.sock: refused; guest /root/x"
+        );
+    }
+}

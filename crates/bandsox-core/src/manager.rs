@@ -199,11 +199,18 @@ impl CreateVm {
                 )));
             }
         }
-        for k in self.env_vars.keys() {
+        for (k, v) in &self.env_vars {
             if k.is_empty() || k.contains('=') || k.contains('\0') {
                 return Err(CoreError::InvalidInput(format!(
                     "invalid environment variable name `{}`",
-                    k.escape_debug()
+                    crate::error::short(k)
+                )));
+            }
+            // A NUL cannot reach a program's environment: every exec would fail.
+            if v.contains('\0') {
+                return Err(CoreError::InvalidInput(format!(
+                    "the value of environment variable `{}` contains a NUL byte",
+                    crate::error::short(k)
                 )));
             }
         }
@@ -286,6 +293,7 @@ impl Manager {
         }
         // Before recovery: a second server must not touch the first one's VMs.
         let lock = storage.lock("serve")?;
+        crate::error::set_storage_root(storage.root());
         let store = Store::open(&storage.db_path())?;
         let mgr = Arc::new(Self {
             storage,
@@ -629,6 +637,13 @@ impl Manager {
             Err(e) => {
                 let console = read_tail(&dir.join("console.log"), 2048);
                 let _ = std::fs::remove_dir_all(&dir);
+                // The host-wide lease claim goes with the record (another server would wait
+                // for it to turn stale).
+                if let Ok(Some(net)) = self.vm_network(&id) {
+                    if let Some(lease) = net.lease {
+                        bandsox_net::release_lease(lease, &dir);
+                    }
+                }
                 self.store.delete_vm(&id)?;
                 self.unregister(&id);
                 Err(match e {
@@ -826,12 +841,37 @@ impl Manager {
         let connect = AgentClient::connect_handle(handle.as_ref(), timeout);
         // Stop waiting as soon as the VMM dies: a guest that panics does not need the whole
         // timeout to be reported.
+        let boot_failed = |exit: bandsox_vmm::VmmExit| -> CoreError {
+            let said = self
+                .storage
+                .vm_dir(&vm.id)
+                .ok()
+                .and_then(|dir| {
+                    ["qemu.log", "firecracker.log"]
+                        .iter()
+                        .map(|f| read_tail(&dir.join(f), 1024))
+                        .find(|t| !t.is_empty())
+                })
+                .map(|t| format!(": {t}"))
+                .unwrap_or_default();
+            CoreError::BootFailed(format!("the VMM exited during boot ({exit}){said}"))
+        };
         let agent = tokio::select! {
-            r = connect => r.map_err(|e| CoreError::BootTimeout { timeout_s: timeout.as_secs(), detail: e.to_string() })?,
-            exit = handle.wait() => return Err(CoreError::BootTimeout {
-                timeout_s: timeout.as_secs(),
-                detail: format!("the VMM exited during boot ({exit})"),
-            }),
+            r = connect => match r {
+                Ok(agent) => agent,
+                Err(e) => {
+                    // The channel broke because the VMM died (it reset the socket as it
+                    // exited): that is a boot failure with the VMM's reason, not a timeout.
+                    if let Some(exit) = handle.wait_exit(Duration::from_secs(1)).await {
+                        return Err(boot_failed(exit));
+                    }
+                    return Err(CoreError::BootTimeout {
+                        timeout_s: timeout.as_secs(),
+                        detail: e.to_string(),
+                    });
+                }
+            },
+            exit = handle.wait() => return Err(boot_failed(exit)),
         };
         if matches!(boot, Boot::Restore { .. }) {
             self.fix_identity(&agent, vm).await?;

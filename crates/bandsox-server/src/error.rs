@@ -53,6 +53,7 @@ impl From<CoreError> for ApiError {
             "not_initialised" => StatusCode::SERVICE_UNAVAILABLE,
             "limit_reached" | "too_many_operations" => StatusCode::TOO_MANY_REQUESTS,
             "boot_timeout" | "exec_timeout" => StatusCode::GATEWAY_TIMEOUT,
+            "boot_failed" => StatusCode::SERVICE_UNAVAILABLE,
             "agent_unavailable" => StatusCode::BAD_GATEWAY,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -62,7 +63,8 @@ impl From<CoreError> for ApiError {
         Self {
             status,
             code: e.code(),
-            detail: e.to_string(),
+            // No host paths (the storage root, sockets, disks) reach a client.
+            detail: bandsox_core::error::scrub(&e.to_string()),
             hint: e.hint(),
         }
     }

@@ -13,6 +13,7 @@ pub mod listen;
 pub mod observe;
 pub mod openapi;
 pub mod origin;
+mod redact;
 pub mod resolve;
 pub mod routes;
 mod util;

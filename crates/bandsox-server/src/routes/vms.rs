@@ -432,22 +432,6 @@ pub async fn delete(
     }))
 }
 
-/// Names of environment variables whose values are never shown.
-fn looks_secret(name: &str) -> bool {
-    let n = name.to_ascii_uppercase();
-    [
-        "KEY",
-        "SECRET",
-        "TOKEN",
-        "PASSWORD",
-        "PASSWD",
-        "CREDENTIAL",
-        "AUTH",
-    ]
-    .iter()
-    .any(|s| n.contains(s))
-}
-
 pub(crate) fn vm_info(m: &bandsox_core::Manager, vm: VmRecord) -> VmInfo {
     let network_config = m
         .vm_network(&vm.id)
@@ -458,7 +442,7 @@ pub(crate) fn vm_info(m: &bandsox_core::Manager, vm: VmRecord) -> VmInfo {
         .env_vars
         .into_iter()
         .map(|(k, v)| {
-            let v = if looks_secret(&k) {
+            let v = if crate::redact::is_secret(&k, &v) {
                 "<redacted>".to_owned()
             } else {
                 v
