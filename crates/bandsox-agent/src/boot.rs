@@ -4,8 +4,9 @@
 //! read the `bandsox.*` keys of the kernel command line; mount the image's read-only root and the
 //! writable layer (a block device or a tmpfs) as an overlay at `/newroot`; move `/dev`, `/proc`,
 //! `/sys` into it; free the initramfs and switch root the way busybox `switch_root` does (the
-//! agent keeps running); then mount `/dev/pts`, `/dev/shm`, `/tmp`, `/run`, bring up `lo` and
-//! set the hostname.
+//! agent keeps running); then mount `/dev/pts`, `/dev/shm`, `/run`, bring up `lo` and set the
+//! hostname. `/tmp` stays on the writable layer (the VM's disk, as in a container), so it
+//! holds as much as the disk, not half the RAM; `/dev/shm` is the RAM tmpfs.
 
 use std::fs;
 use std::os::fd::AsFd;
@@ -258,7 +259,6 @@ fn after_switch(params: &BootParams) {
             "newinstance,ptmxmode=0666,mode=0620",
         ),
         ("shm", "/dev/shm", "tmpfs", NOSUID | NODEV, "mode=1777"),
-        ("tmpfs", "/tmp", "tmpfs", NOSUID | NODEV, "mode=1777"),
         ("tmpfs", "/run", "tmpfs", NOSUID | NODEV, "mode=0755"),
     ];
     for &(source, target, fstype, flags, data) in mounts {
@@ -267,6 +267,7 @@ fn after_switch(params: &BootParams) {
             log!("{e}");
         }
     }
+    disk_tmp();
     for (link, target) in [
         ("/dev/fd", "/proc/self/fd"),
         ("/dev/stdin", "/proc/self/fd/0"),
@@ -294,6 +295,34 @@ fn after_switch(params: &BootParams) {
     });
     if let Err(e) = sys::sethostname(hostname.as_deref().unwrap_or("localhost")) {
         log!("set hostname: {e}");
+    }
+}
+
+/// `/tmp` on the root's writable layer, world-writable and sticky. A tmpfs only when the root
+/// cannot be written (a kernel without overlayfs).
+fn disk_tmp() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = Path::new("/tmp");
+    if fs::symlink_metadata(tmp).is_err() {
+        let _ = fs::create_dir(tmp);
+    }
+    let probe = tmp.join(".bandsox-probe");
+    match fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = fs::remove_file(&probe);
+            match fs::symlink_metadata(tmp) {
+                Ok(m) if m.is_dir() && m.permissions().mode() & 0o7777 != 0o1777 => {
+                    let _ = fs::set_permissions(tmp, fs::Permissions::from_mode(0o1777));
+                }
+                _ => {}
+            }
+        }
+        Err(e) => {
+            log!("/tmp is not writable on the root ({e}); using a tmpfs");
+            if let Err(e) = mount("tmpfs", "/tmp", "tmpfs", NOSUID | NODEV, Some("mode=1777")) {
+                log!("{e}");
+            }
+        }
     }
 }
 

@@ -127,7 +127,7 @@ async fn measure(mgr: &Manager, id: &str) -> Result<()> {
     // VM's disk (ext4 over virtio-blk: adds the guest's disk I/O). Floors: the same bytes
     // streamed raw into / out of the same file, and the bare channel (no file).
     let chunk = vec![0x5au8; 64 << 10];
-    let targets = [("/tmp/bulk.bin", "tmpfs"), ("/root/bulk.bin", "disk")];
+    let targets = [("/dev/shm/bulk.bin", "tmpfs"), ("/root/bulk.bin", "disk")];
     let mut up: Vec<Vec<Duration>> = vec![Vec::new(); targets.len()];
     let mut down: Vec<Vec<Duration>> = vec![Vec::new(); targets.len()];
     let mut raw_up_file: Vec<Vec<Duration>> = vec![Vec::new(); targets.len()];

@@ -63,7 +63,7 @@ async fn measure(mgr: &Arc<Manager>, runs: usize) -> Result<()> {
     let base = vm_with_mem(mgr, 256).await?;
     first_exec(mgr, &base).await?;
     let dirty = ExecRequest {
-        command: Some("head -c 67108864 /dev/urandom > /tmp/dirty".into()),
+        command: Some("head -c 67108864 /dev/urandom > /dev/shm/dirty".into()),
         timeout_ms: Some(120_000),
         ..Default::default()
     };
@@ -106,7 +106,7 @@ async fn measure(mgr: &Arc<Manager>, runs: usize) -> Result<()> {
     }
     let big = vm_with_mem(mgr, 1024).await?;
     let fill = ExecRequest {
-        command: Some("head -c 268435456 /dev/urandom > /tmp/dirty".into()),
+        command: Some("head -c 268435456 /dev/urandom > /dev/shm/dirty".into()),
         timeout_ms: Some(300_000),
         ..Default::default()
     };

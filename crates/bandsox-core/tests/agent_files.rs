@@ -1,6 +1,7 @@
 //! The file API inside a real VM (QEMU/TCG): every operation, bad input with nothing changed,
-//! binary data with every byte value, 16+ concurrent operations, and a 200 MiB upload and
-//! download checked with SHA-256 on both sides. One VM for the whole file.
+//! binary data with every byte value, 16+ concurrent operations, and a 200 MiB upload into
+//! `/tmp` of a 128 MiB VM (`/tmp` is on the disk, `/dev/shm` in RAM) and its download, checked
+//! with SHA-256 on both sides. One VM for the whole file.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -55,7 +56,7 @@ async fn files_in_a_real_vm() {
         .await
         .unwrap();
     let mut req = CreateVm::new("bandsox/busybox");
-    req.mem_mib = 256;
+    req.mem_mib = 128;
     let vm = mgr.create_vm(req).await.unwrap();
     let id = vm.id.clone();
     let t = Instant::now();
@@ -420,22 +421,32 @@ impl AsyncWrite for Sink {
 
 async fn large_file_round_trip(mgr: &Manager, id: &str) {
     const SIZE: u64 = 200 << 20;
+    // `/tmp` is the VM's disk (as in a container), `/dev/shm` its RAM.
+    assert_eq!(
+        sh(
+            mgr,
+            id,
+            "grep -c ' /tmp ' /proc/mounts; grep -c ' /dev/shm tmpfs ' /proc/mounts; stat -c %a /tmp"
+        )
+        .await,
+        "0\n1\n1777\n"
+    );
     let mut src = Source {
         left: SIZE,
         state: 0x9e37_79b9_7f4a_7c15,
         hasher: Sha256::new(),
     };
     let t = Instant::now();
-    let n = mgr.upload(id, "/work/big.bin", &mut src, P).await.unwrap();
+    let n = mgr.upload(id, "/tmp/big.bin", &mut src, P).await.unwrap();
     let up = t.elapsed();
     assert_eq!(n, SIZE);
     let want = hex::encode(src.hasher.finalize());
-    let guest = sh(mgr, id, "sha256sum /work/big.bin").await;
+    let guest = sh(mgr, id, "sha256sum /tmp/big.bin").await;
     assert_eq!(guest.split_whitespace().next(), Some(want.as_str()));
     let mut sink = Sink(Sha256::new(), 0);
     let t = Instant::now();
     assert_eq!(
-        mgr.download(id, "/work/big.bin", &mut sink).await.unwrap(),
+        mgr.download(id, "/tmp/big.bin", &mut sink).await.unwrap(),
         SIZE
     );
     let down = t.elapsed();
