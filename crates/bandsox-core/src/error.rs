@@ -45,6 +45,12 @@ pub enum CoreError {
         disk_size_mib: u64,
         needed_mib: u64,
     },
+    /// An image unpacks to more than the unpacked-size limit or the free space allows.
+    #[error("{0}")]
+    ImageTooLarge(String),
+    /// An image reference is taken and the import or pull was not forced.
+    #[error("image reference `{0}` already exists; it is not replaced unless forced")]
+    ImageExists(String),
     /// A Dockerfile build step failed (its output tail is in the message).
     #[error("build failed: {0}")]
     BuildFailed(String),
@@ -129,6 +135,8 @@ impl CoreError {
             Self::ImageInUse(_) => "image_in_use",
             Self::LimitReached(_) => "limit_reached",
             Self::DiskTooSmall { .. } => "disk_too_small",
+            Self::ImageTooLarge(_) => "image_too_large",
+            Self::ImageExists(_) => "image_exists",
             Self::BootTimeout { .. } => "boot_timeout",
             Self::BootFailed(_) => "boot_failed",
             Self::ExecTimeout { .. } => "exec_timeout",
@@ -175,6 +183,12 @@ impl CoreError {
                 "delete VMs you no longer need, or raise the limit (`bandsox serve --max-vms`)",
             ),
             Self::DiskTooSmall { .. } => Some("pass a larger disk_size_mib (--disk-size)"),
+            Self::ImageTooLarge(_) => Some(
+                "free disk space under the storage root, or raise BANDSOX_MAX_UNPACKED_MIB for the server",
+            ),
+            Self::ImageExists(_) => Some(
+                "pick another reference, or replace it on purpose with --force (API: ?force=true)",
+            ),
             Self::Image(e) => image_hint(e),
             Self::BootTimeout { .. } => Some(
                 "the guest console log is in <storage>/vms/<id>/console.log while the VM exists",

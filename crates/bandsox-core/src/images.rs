@@ -28,6 +28,14 @@ const DISK_FILE: &str = "rootfs.ext4";
 /// Environment variable listing extra plain-HTTP registries (comma-separated `host[:port]`).
 pub const INSECURE_REGISTRIES_ENV: &str = bandsox_config::INSECURE_REGISTRIES;
 
+/// Environment variable capping the unpacked size of one image (and of one import archive),
+/// in MiB.
+pub const MAX_UNPACKED_ENV: &str = "BANDSOX_MAX_UNPACKED_MIB";
+/// The cap without [`MAX_UNPACKED_ENV`].
+pub const DEFAULT_MAX_UNPACKED_MIB: u64 = 16 * 1024;
+/// Free space an import or pull leaves for everything else on the storage filesystem.
+pub const FREE_SPACE_RESERVE_MIB: u64 = 256;
+
 /// Name of the default offline image built by `bandsox init`.
 pub const DEFAULT_IMAGE: &str = "bandsox/busybox";
 
@@ -95,21 +103,31 @@ pub fn import_dir(
         source: "dir".into(),
         ..Default::default()
     };
-    record_tree(store, storage, reference, dir, config, meta)
+    record_tree(
+        store,
+        storage,
+        reference,
+        dir,
+        &bandsox_image::unpack::HeldModes::default(),
+        config,
+        meta,
+    )
 }
 
 /// Records the tree at `dir` as image `reference` (base disk by tree digest, config, `meta`
-/// with its `content_bytes` filled in).
+/// with its `content_bytes` filled in). `held` are the modes and owners the unpacker kept off
+/// the host tree; they go into the base disk and the digest.
 pub(crate) fn record_tree(
     store: &Store,
     storage: &Storage,
     reference: &str,
     dir: &Path,
+    held: &bandsox_image::unpack::HeldModes,
     config: serde_json::Value,
     meta: ImageMeta,
 ) -> Result<ImageRecord> {
     validate_reference(reference)?;
-    let digest = tree_digest(dir)?;
+    let digest = tree_digest_held(dir, held)?;
     let image_dir = storage.image_dir(&digest)?;
     let disk = image_dir.join(DISK_FILE);
     let content_bytes = bandsox_image::rootfs::dir_content_bytes(dir)?;
@@ -118,7 +136,7 @@ pub(crate) fn record_tree(
     } else {
         std::fs::create_dir_all(&image_dir)?;
         let tmp = image_dir.join("rootfs.ext4.tmp");
-        let built = bandsox_image::rootfs::make_ext4_from_dir(dir, &tmp, "bandsox-root");
+        let built = bandsox_image::rootfs::make_ext4_from_tree(dir, &tmp, "bandsox-root", held);
         let size = match built {
             Ok(size) => size,
             Err(e) => {
@@ -173,6 +191,10 @@ pub struct ImageMeta {
     /// only for the same text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dockerfile_digest: Option<String>,
+    /// `sha256:` of the base disk file as built, for images `bandsox init` checks (the
+    /// default image): a disk changed behind its back is rebuilt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_digest: Option<String>,
 }
 
 /// An image as `image ls` / `image inspect` show it.
@@ -258,7 +280,14 @@ pub async fn pull(
     let lock = key_lock(storage, &format!("ref:{name}"));
     let _guard = lock.lock().await;
     if !force {
-        if let Ok(found) = resolve(store, storage, &name) {
+        // A reference that names something other than this registry image (an import, a
+        // build, the default image) is never answered with it, nor silently replaced.
+        if let Some(found) = find(store, storage, reference)? {
+            let from_registry =
+                image_meta(storage, &found.record.digest).is_some_and(|m| m.source == "registry");
+            if !from_registry || found.record.reference != name {
+                return Err(CoreError::ImageExists(found.record.reference));
+            }
             return Ok(found.record);
         }
     }
@@ -275,6 +304,7 @@ pub async fn pull(
             .collect(),
         content_bytes: 0,
         dockerfile_digest: None,
+        disk_digest: None,
     };
     build_and_record(store, storage, &name, plan, meta, force, progress).await
 }
@@ -282,15 +312,23 @@ pub async fn pull(
 /// Imports a `docker save` archive or an OCI layout (directory or tar, optionally
 /// compressed) as `reference`. Without a reference, the archive's own tag (docker
 /// `RepoTags`) is used.
+///
+/// A reference that already exists (as written or normalised) is refused with
+/// [`CoreError::ImageExists`] unless `force`. The archive and the image it holds are each
+/// limited by [`unpack_limit`].
 pub async fn import(
     store: &Store,
     storage: &Storage,
     path: &Path,
     reference: Option<&str>,
+    force: bool,
     progress: Arc<dyn Progress>,
 ) -> Result<ImageRecord> {
     if let Some(r) = reference {
         validate_reference(r)?;
+        if !force {
+            refuse_existing(store, r)?;
+        }
     }
     let meta = std::fs::metadata(path)
         .map_err(|e| CoreError::InvalidInput(format!("cannot read {}: {e}", path.display())))?;
@@ -301,8 +339,11 @@ pub async fn import(
         } else {
             progress.phase("reading archive");
             let (archive, out) = (path.to_path_buf(), scratch.join("archive"));
+            let limit = unpack_limit(storage)?;
             tokio::task::spawn_blocking(move || {
-                bandsox_image::oci::extract_archive(&archive, &out).map(|()| out)
+                bandsox_image::oci::extract_archive(&archive, &out, limit.bytes)
+                    .map(|()| out)
+                    .map_err(|e| limit.explain(e))
             })
             .await
             .map_err(|e| CoreError::Io(std::io::Error::other(e)))??
@@ -319,6 +360,11 @@ pub async fn import(
             }
         };
         validate_reference(&reference)?;
+        let lock = key_lock(storage, &format!("ref:{reference}"));
+        let _guard = lock.lock().await;
+        if !force {
+            refuse_existing(store, &reference)?;
+        }
         let meta = ImageMeta {
             source: match kind {
                 bandsox_image::oci::DirKind::OciLayout => "oci-layout",
@@ -330,12 +376,87 @@ pub async fn import(
             layers: plan.layers.iter().map(|l| l.diff_id.clone()).collect(),
             content_bytes: 0,
             dockerfile_digest: None,
+            disk_digest: None,
         };
         build_and_record(store, storage, &reference, plan, meta, true, progress).await
     }
     .await;
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// [`CoreError::ImageExists`] when `reference` (as written or normalised) is taken.
+pub fn refuse_existing(store: &Store, reference: &str) -> Result<()> {
+    let mut names = vec![reference.to_owned()];
+    if let Ok(n) = bandsox_image::pull::normalize_reference(reference) {
+        names.push(n);
+    }
+    for name in names {
+        if store.get_image(&name)?.is_some() {
+            return Err(CoreError::ImageExists(name));
+        }
+    }
+    Ok(())
+}
+
+/// How many bytes one archive or image may unpack to: the smaller of
+/// [`MAX_UNPACKED_ENV`] (default [`DEFAULT_MAX_UNPACKED_MIB`]) and half the free space
+/// under the storage root above [`FREE_SPACE_RESERVE_MIB`] (the unpacked tree and the base
+/// disk built from it are both there at once).
+#[derive(Debug, Clone)]
+pub struct UnpackLimit {
+    pub bytes: u64,
+    /// Why it is this number, for the error message.
+    pub reason: String,
+}
+
+impl UnpackLimit {
+    /// Turns the image crate's size refusal into [`CoreError::ImageTooLarge`] naming the cause.
+    pub(crate) fn explain(&self, e: bandsox_image::ImageError) -> CoreError {
+        match e {
+            bandsox_image::ImageError::TooLarge { .. } => CoreError::ImageTooLarge(format!(
+                "the image unpacks to more than {} MiB ({}); nothing was kept",
+                self.bytes >> 20,
+                self.reason
+            )),
+            e => e.into(),
+        }
+    }
+}
+
+/// The [`UnpackLimit`] now.
+pub fn unpack_limit(storage: &Storage) -> Result<UnpackLimit> {
+    let configured_mib = match std::env::var(MAX_UNPACKED_ENV) {
+        Ok(v) => v
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| {
+                CoreError::InvalidInput(format!(
+                    "{MAX_UNPACKED_ENV}={} is not a positive number of MiB",
+                    v.chars().take(40).collect::<String>()
+                ))
+            })?,
+        Err(_) => DEFAULT_MAX_UNPACKED_MIB,
+    };
+    let configured = configured_mib.saturating_mul(1 << 20);
+    let free = crate::sys::free_space_bytes(storage.root())?;
+    let by_space = free.saturating_sub(FREE_SPACE_RESERVE_MIB << 20) / 2;
+    Ok(if by_space < configured {
+        UnpackLimit {
+            bytes: by_space,
+            reason: format!(
+                "not enough free space: {} MiB free under the storage root",
+                free >> 20
+            ),
+        }
+    } else {
+        UnpackLimit {
+            bytes: configured,
+            reason: format!("the limit {MAX_UNPACKED_ENV}={configured_mib}"),
+        }
+    })
 }
 
 /// Loads the plan of an image directory: the image named `reference` when the archive holds
@@ -378,18 +499,31 @@ async fn build_and_record(
             disk.metadata()?.len()
         }
         _ => {
+            let limit = unpack_limit(storage)?;
             let scratch = scratch_dir(storage)?;
             let (dir2, disk2, progress2) = (image_dir.clone(), disk.clone(), progress.clone());
             let built = tokio::task::spawn_blocking(move || -> Result<(u64, u64)> {
                 let root = scratch.join("root");
                 std::fs::create_dir_all(&root)?;
+                // The guest's `/` unless a layer sets it: 0755 whatever the umask.
+                std::fs::set_permissions(
+                    &root,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                )?;
                 let r = (|| {
-                    plan.apply(&root, progress2.as_ref())?;
+                    let mut unpacker = bandsox_image::unpack::Unpacker::with_limit(limit.bytes);
+                    plan.apply_with(&mut unpacker, &root, progress2.as_ref())
+                        .map_err(|e| limit.explain(e))?;
                     let content = bandsox_image::rootfs::dir_content_bytes(&root)?;
                     progress2.phase("building base disk");
                     let created = !dir2.exists();
                     std::fs::create_dir_all(&dir2)?;
-                    match bandsox_image::rootfs::make_ext4_from_dir(&root, &disk2, "bandsox-root") {
+                    match bandsox_image::rootfs::make_ext4_from_tree(
+                        &root,
+                        &disk2,
+                        "bandsox-root",
+                        &unpacker.held,
+                    ) {
                         Ok(size) => Ok((size, content)),
                         Err(e) => {
                             if created {
@@ -464,6 +598,56 @@ pub async fn resolve_for_create(
         });
     }
     Ok(image)
+}
+
+/// `sha256:` of the base disk file of image `digest`.
+pub fn disk_digest(storage: &Storage, digest: &str) -> Result<String> {
+    let disk = storage.image_dir(digest)?.join(DISK_FILE);
+    let mut f = std::fs::File::open(&disk)?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h)?;
+    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+}
+
+/// Whether the base disk of image `digest` is the file that was recorded for it
+/// ([`ImageMeta::disk_digest`]). A disk with no recorded digest gets it now (storage roots
+/// made before digests were recorded) and counts as unchanged; a missing disk is changed.
+pub fn verify_disk(storage: &Storage, digest: &str) -> Result<bool> {
+    let dir = storage.image_dir(digest)?;
+    if !dir.join(DISK_FILE).is_file() {
+        return Ok(false);
+    }
+    let Some(mut meta) = image_meta(storage, digest) else {
+        return Ok(false);
+    };
+    let actual = disk_digest(storage, digest)?;
+    match &meta.disk_digest {
+        Some(recorded) => Ok(*recorded == actual),
+        None => {
+            meta.disk_digest = Some(actual);
+            write_json_atomic(&dir.join(META_FILE), &meta)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Records the digest of the base disk of image `digest` in its meta (see [`verify_disk`]).
+pub fn record_disk_digest(storage: &Storage, digest: &str) -> Result<String> {
+    let dir = storage.image_dir(digest)?;
+    let mut meta = image_meta(storage, digest).unwrap_or_default();
+    let actual = disk_digest(storage, digest)?;
+    meta.disk_digest = Some(actual.clone());
+    write_json_atomic(&dir.join(META_FILE), &meta)?;
+    Ok(actual)
+}
+
+/// Removes the base disk of image `digest` (so the next import of its tree builds it anew).
+pub fn discard_disk(storage: &Storage, digest: &str) -> Result<()> {
+    match std::fs::remove_file(storage.image_dir(digest)?.join(DISK_FILE)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The stored meta of an image digest, if any.
@@ -649,11 +833,17 @@ pub fn image_env(config: &serde_json::Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// A new scratch directory under `images/`, mode 0700 from its creation: unpacked trees and
+/// uploads in it are reachable by root only.
 pub(crate) fn scratch_dir(storage: &Storage) -> Result<PathBuf> {
-    let p = storage
-        .images_dir()
-        .join(format!(".tmp-{}", crate::storage::new_id()));
-    std::fs::create_dir_all(&p)?;
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let images = storage.images_dir();
+    std::fs::create_dir_all(&images)?;
+    let p = images.join(format!(".tmp-{}", crate::storage::new_id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&p)?;
+    // The mode given to mkdir is masked by the umask; 0700 is never widened by it, but set it
+    // explicitly so the directory is 0700 whatever the umask was.
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
     Ok(p)
 }
 
@@ -673,6 +863,12 @@ fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// `sha256:` digest of a directory tree: every entry's relative path, type, mode, link target
 /// and content, in sorted order. Symlinks are hashed, never followed.
 pub fn tree_digest(dir: &Path) -> Result<String> {
+    tree_digest_held(dir, &bandsox_image::unpack::HeldModes::default())
+}
+
+/// [`tree_digest`] of a tree whose real modes and owners are partly `held` back from the host:
+/// those count instead of the host's.
+pub fn tree_digest_held(dir: &Path, held: &bandsox_image::unpack::HeldModes) -> Result<String> {
     let mut h = Sha256::new();
     let mut stack = vec![PathBuf::new()];
     let mut entries = Vec::new();
@@ -692,12 +888,19 @@ pub fn tree_digest(dir: &Path) -> Result<String> {
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let mut buf = vec![0u8; 64 << 10];
     for (rel, meta) in entries {
-        use std::os::unix::fs::MetadataExt;
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
         h.update(rel.as_os_str().as_encoded_bytes());
         h.update([0]);
-        h.update(meta.mode().to_le_bytes());
-        h.update(meta.uid().to_le_bytes());
-        h.update(meta.gid().to_le_bytes());
+        let (mode, uid, gid) = match held.get(&meta) {
+            Some(k) => (k.mode, k.uid, k.gid),
+            None => (meta.mode(), meta.uid(), meta.gid()),
+        };
+        h.update(mode.to_le_bytes());
+        h.update(uid.to_le_bytes());
+        h.update(gid.to_le_bytes());
+        if meta.file_type().is_char_device() || meta.file_type().is_block_device() {
+            h.update(meta.rdev().to_le_bytes());
+        }
         let full = dir.join(&rel);
         if meta.file_type().is_symlink() {
             h.update(std::fs::read_link(&full)?.as_os_str().as_encoded_bytes());

@@ -93,7 +93,7 @@ async fn docker_save_and_oci_layout_archives_import() {
         ],
         false,
     );
-    let rec = images::import(&st, &ts.storage, &ds, None, Arc::new(NoProgress))
+    let rec = images::import(&st, &ts.storage, &ds, None, false, Arc::new(NoProgress))
         .await
         .unwrap();
     assert_eq!(rec.reference, "example/saved:1");
@@ -125,6 +125,7 @@ async fn docker_save_and_oci_layout_archives_import() {
         &ts.storage,
         &lay,
         Some("example/oci:dir"),
+        false,
         Arc::new(NoProgress),
     )
     .await
@@ -136,6 +137,7 @@ async fn docker_save_and_oci_layout_archives_import() {
         &ts.storage,
         &archive,
         Some("example/oci:tar"),
+        false,
         Arc::new(NoProgress),
     )
     .await
@@ -226,9 +228,16 @@ async fn bad_archives_get_their_own_codes_and_leave_nothing() {
         ),
         (junk.as_path(), Some("../etc"), "invalid_input"),
     ] {
-        let err = images::import(&st, &ts.storage, path, reference, Arc::new(NoProgress))
-            .await
-            .unwrap_err();
+        let err = images::import(
+            &st,
+            &ts.storage,
+            path,
+            reference,
+            false,
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.code(), code, "{}: {err}", path.display());
     }
     assert_eq!(names(&ts.storage.images_dir()), before);

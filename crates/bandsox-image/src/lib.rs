@@ -111,6 +111,9 @@ pub enum ImageError {
     /// Any other registry failure.
     #[error("registry error: {0}")]
     Registry(String),
+    /// The image unpacks to more than the unpacked-size limit allows.
+    #[error("the image unpacks to more than {} MiB", limit_bytes >> 20)]
+    TooLarge { limit_bytes: u64 },
 }
 
 impl ImageError {

@@ -93,8 +93,20 @@ impl ImagePlan {
 
     /// Applies every layer in order onto `root` (an empty directory), checking each blob's
     /// digest (when known) and each uncompressed digest against the config's `diff_ids`.
+    /// Without limit; what is held back from the host is dropped (see [`Self::apply_with`]).
     pub fn apply(
         &self,
+        root: &Path,
+        progress: &dyn Progress,
+    ) -> Result<Vec<LayerStats>, ImageError> {
+        self.apply_with(&mut unpack::Unpacker::default(), root, progress)
+    }
+
+    /// [`Self::apply`] through `unpacker`: its size limit applies to the whole image, and its
+    /// [`unpack::HeldModes`] hold what the ext4 image must get and the host never does.
+    pub fn apply_with(
+        &self,
+        unpacker: &mut unpack::Unpacker,
         root: &Path,
         progress: &dyn Progress,
     ) -> Result<Vec<LayerStats>, ImageError> {
@@ -106,7 +118,7 @@ impl ImagePlan {
                 self.layers.len(),
                 short(layer.digest.as_deref().unwrap_or(&layer.diff_id))
             ));
-            let stats = unpack::apply_layer_file(root, &layer.path, layer.digest.as_deref())?;
+            let stats = unpacker.apply_layer_file(root, &layer.path, layer.digest.as_deref())?;
             if stats.diff_id != layer.diff_id {
                 return Err(ImageError::DigestMismatch {
                     what: format!("uncompressed layer {} (diff_id)", i + 1),
@@ -215,16 +227,21 @@ pub fn load_dir(dir: &Path, name: Option<&str>) -> Result<(ImagePlan, DirKind), 
 }
 
 /// Extracts an image archive (tar, optionally gzip/zstd-compressed) into `dest` with the same
-/// safe unpacker as layers: nothing can land outside `dest`.
-pub fn extract_archive(archive: &Path, dest: &Path) -> Result<(), ImageError> {
+/// safe unpacker as layers: nothing can land outside `dest`, and no more than `limit_bytes`
+/// ([`ImageError::TooLarge`]).
+pub fn extract_archive(archive: &Path, dest: &Path, limit_bytes: u64) -> Result<(), ImageError> {
     fs::create_dir_all(dest)
         .map_err(|e| ImageError::io(format!("create {}", dest.display()), e))?;
-    unpack::apply_layer_file(dest, archive, None).map_err(|e| match e {
-        ImageError::CorruptLayer(m) => {
-            ImageError::InvalidArchive(format!("{} is not a tar archive: {m}", archive.display()))
-        }
-        e => e,
-    })?;
+    let mut unpacker = unpack::Unpacker::with_limit(limit_bytes);
+    unpacker
+        .apply_layer_file(dest, archive, None)
+        .map_err(|e| match e {
+            ImageError::CorruptLayer(m) => ImageError::InvalidArchive(format!(
+                "{} is not a tar archive: {m}",
+                archive.display()
+            )),
+            e => e,
+        })?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path};
 use std::process::Command;
 
+use crate::unpack::HeldModes;
 use crate::util::{run_tool, temp_sibling};
 use crate::ImageError;
 
@@ -146,6 +147,18 @@ pub fn dir_content_bytes(dir: &Path) -> Result<u64, ImageError> {
 /// size + headroom (25%, at least 16 MiB, rounded up to whole MiB). The image is built under a
 /// temporary name and renamed over `out`. Returns the image size in bytes.
 pub fn make_ext4_from_dir(dir: &Path, out: &Path, label: &str) -> Result<u64, ImageError> {
+    make_ext4_from_tree(dir, out, label, &HeldModes::default())
+}
+
+/// [`make_ext4_from_dir`] for a tree unpacked from image layers: the modes and owners `held`
+/// back from the host copy (device nodes, FIFOs, setuid/setgid/sticky and world-write bits)
+/// are written into the image with `debugfs -w` before it is renamed into place.
+pub fn make_ext4_from_tree(
+    dir: &Path,
+    out: &Path,
+    label: &str,
+    held: &HeldModes,
+) -> Result<u64, ImageError> {
     if label.len() > 16 {
         return Err(ImageError::InvalidInput(format!(
             "ext4 label {label:?} is longer than 16 bytes"
@@ -176,12 +189,101 @@ pub fn make_ext4_from_dir(dir: &Path, out: &Path, label: &str) -> Result<u64, Im
                 .arg(dir)
                 .arg(&tmp),
         )?;
+        if !held.is_empty() {
+            restore_held(dir, &tmp, held)?;
+        }
         fs::rename(&tmp, out).map_err(|e| ImageError::io(format!("rename to {}", out.display()), e))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
     result.map(|()| size_bytes)
+}
+
+/// Sets the held-back modes and owners of `dir`'s entries inside the ext4 image `img`: one
+/// `debugfs -w` script of `sif` commands. A path debugfs cannot quote keeps its host mode
+/// (the safe one) and is logged.
+fn restore_held(dir: &Path, img: &Path, held: &HeldModes) -> Result<(), ImageError> {
+    use std::fmt::Write as _;
+    let mut script = String::new();
+    let mut done = std::collections::HashSet::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    let root_meta = fs::symlink_metadata(dir)
+        .map_err(|e| ImageError::io(format!("stat {}", dir.display()), e))?;
+    let mut visit = |meta: &fs::Metadata, rel: &str, script: &mut String| {
+        use std::os::unix::fs::MetadataExt;
+        let Some(h) = held.get(meta) else { return };
+        if !done.insert((meta.dev(), meta.ino())) {
+            return;
+        }
+        let path = if rel.is_empty() { "/" } else { rel };
+        if path
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control())
+        {
+            tracing::warn!(path, "cannot restore the mode of this path in the image");
+            return;
+        }
+        let _ = writeln!(script, "sif \"{path}\" mode 0{:o}", h.mode);
+        let _ = writeln!(script, "sif \"{path}\" uid {}", h.uid);
+        let _ = writeln!(script, "sif \"{path}\" gid {}", h.gid);
+    };
+    visit(&root_meta, "", &mut script);
+    while let Some((d, rel)) = stack.pop() {
+        let entries =
+            fs::read_dir(&d).map_err(|e| ImageError::io(format!("read {}", d.display()), e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| ImageError::io(format!("read {}", d.display()), e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            let child_rel = format!("{rel}/{name}");
+            let meta = fs::symlink_metadata(entry.path())
+                .map_err(|e| ImageError::io(format!("stat {}", entry.path().display()), e))?;
+            visit(&meta, &child_rel, &mut script);
+            if meta.is_dir() {
+                stack.push((entry.path(), child_rel));
+            }
+        }
+    }
+    if script.is_empty() {
+        return Ok(());
+    }
+    let script_path = temp_sibling(img);
+    fs::write(&script_path, &script)
+        .map_err(|e| ImageError::io(format!("write {}", script_path.display()), e))?;
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(img)
+        .output();
+    let _ = fs::remove_file(&script_path);
+    let out = match out {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ImageError::ToolMissing {
+                tool: "debugfs",
+                hint: "install e2fsprogs",
+            })
+        }
+        Err(e) => return Err(ImageError::io("run debugfs", e)),
+    };
+    // debugfs exits 0 even when a request fails; its errors are the stderr lines other than
+    // its version banner.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("debugfs "))
+        .collect();
+    if !out.status.success() || !errors.is_empty() {
+        return Err(ImageError::ToolFailed {
+            tool: "debugfs".into(),
+            status: out.status.to_string(),
+            stderr: errors.join("; "),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,15 +11,20 @@
 //! must already exist inside the root.
 //!
 //! Regular files, directories, symlinks, hard links, character and block devices and FIFOs
-//! are created with their mode (including setuid/setgid/sticky bits) and ownership (numeric
-//! uid/gid from the tar header; needs root). Extended attributes are not applied.
+//! are created with their ownership (numeric uid/gid from the tar header; needs root), but
+//! what would be dangerous on the host never materialises there with usable permissions:
+//! device nodes and FIFOs are made with mode 0 and owned by root, and setuid, setgid, sticky
+//! and world-write bits are stripped from files and directories. The real modes and owners
+//! are kept aside in [`HeldModes`] (by host inode) and written into the ext4 image only
+//! ([`crate::rootfs::make_ext4_from_tree`]). The unpacked size can be capped
+//! ([`Unpacker::with_limit`]). Extended attributes are not applied.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{lchown, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{lchown, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -33,6 +38,126 @@ const MAX_SYMLINK_HOPS: usize = 40;
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
 /// Prefix of a whiteout entry.
 const WHITEOUT_PREFIX: &str = ".wh.";
+/// Bytes every entry costs against the unpacked-size limit (an inode and a block), on top of
+/// its content.
+pub const ENTRY_COST_BYTES: u64 = 4096;
+/// Mode bits never given to a file or directory on the host: setuid, setgid, sticky and
+/// write-by-others.
+const HOST_STRIPPED_BITS: u32 = 0o7002;
+
+/// The real mode (with its file-type bits), owner and group of an entry whose host copy is
+/// held back (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Modes and owners of a tree that exist only in its ext4 image, never on the host: keyed by
+/// host inode (device, inode number), so hard links share one entry and a replaced entry (a
+/// new inode) drops it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeldModes {
+    by_inode: HashMap<(u64, u64), Held>,
+}
+
+impl HeldModes {
+    /// Nothing held back.
+    pub fn is_empty(&self) -> bool {
+        self.by_inode.is_empty()
+    }
+
+    /// Number of inodes held back.
+    pub fn len(&self) -> usize {
+        self.by_inode.len()
+    }
+
+    /// What is held back for the host entry `meta`, if anything.
+    pub fn get(&self, meta: &fs::Metadata) -> Option<Held> {
+        self.by_inode.get(&(meta.dev(), meta.ino())).copied()
+    }
+
+    fn set(&mut self, meta: &fs::Metadata, held: Option<Held>) {
+        let key = (meta.dev(), meta.ino());
+        match held {
+            Some(h) => {
+                self.by_inode.insert(key, h);
+            }
+            None => {
+                self.by_inode.remove(&key);
+            }
+        }
+    }
+}
+
+/// Applies layers one after another onto one tree, keeping what must not reach the host
+/// ([`HeldModes`]) and counting the unpacked bytes against a limit.
+#[derive(Debug, Clone)]
+pub struct Unpacker {
+    /// Modes and owners held back from the host tree so far.
+    pub held: HeldModes,
+    limit_bytes: u64,
+    used_bytes: u64,
+}
+
+impl Default for Unpacker {
+    fn default() -> Self {
+        Self::with_limit(u64::MAX)
+    }
+}
+
+impl Unpacker {
+    /// An unpacker that refuses to write more than `limit_bytes` (file contents plus
+    /// [`ENTRY_COST_BYTES`] per entry) with [`ImageError::TooLarge`].
+    pub fn with_limit(limit_bytes: u64) -> Self {
+        Self {
+            held: HeldModes::default(),
+            limit_bytes,
+            used_bytes: 0,
+        }
+    }
+
+    /// Bytes counted so far.
+    pub fn used_bytes(&self) -> u64 {
+        self.used_bytes
+    }
+
+    /// [`apply_layer_file`] through this unpacker.
+    pub fn apply_layer_file(
+        &mut self,
+        root: &Path,
+        blob: &Path,
+        expect_blob_digest: Option<&str>,
+    ) -> Result<LayerStats, ImageError> {
+        apply_file_with(self, root, blob, expect_blob_digest)
+    }
+
+    /// [`apply_layer`] through this unpacker.
+    pub fn apply_layer<R: Read>(
+        &mut self,
+        root: &Path,
+        tar_stream: R,
+    ) -> Result<LayerStats, ImageError> {
+        apply_with(self, root, tar_stream)
+    }
+
+    /// Counts `bytes` against the limit.
+    fn charge(&mut self, bytes: u64) -> Result<(), ImageError> {
+        self.used_bytes = self.used_bytes.saturating_add(bytes);
+        if self.used_bytes > self.limit_bytes {
+            return Err(ImageError::TooLarge {
+                limit_bytes: self.limit_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes that may still be written.
+    fn remaining(&self) -> u64 {
+        self.limit_bytes.saturating_sub(self.used_bytes)
+    }
+}
 
 /// Compression of a layer blob.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,7 +254,19 @@ impl<R: Read> Read for HashingReader<R> {
 /// first bytes. The blob's own digest and its uncompressed digest are returned in the stats
 /// so callers can check them against the manifest and the config's `diff_ids`; when
 /// `expect_blob_digest` is given it is checked here and a mismatch is an error.
+///
+/// Without an [`Unpacker`] nothing is limited and what is held back from the host (device
+/// nodes' and special modes) is dropped: use it for trees that never become an image.
 pub fn apply_layer_file(
+    root: &Path,
+    blob: &Path,
+    expect_blob_digest: Option<&str>,
+) -> Result<LayerStats, ImageError> {
+    Unpacker::default().apply_layer_file(root, blob, expect_blob_digest)
+}
+
+fn apply_file_with(
+    unpacker: &mut Unpacker,
     root: &Path,
     blob: &Path,
     expect_blob_digest: Option<&str>,
@@ -151,7 +288,7 @@ pub fn apply_layer_file(
                 .map_err(|e| ImageError::io(format!("zstd {}", blob.display()), e))?,
         ),
     };
-    let mut stats = apply_layer(root, decoded).map_err(|e| match e {
+    let mut stats = apply_with(unpacker, root, decoded).map_err(|e| match e {
         ImageError::Io { context, source } => {
             ImageError::io(format!("{context} (layer {})", blob.display()), source)
         }
@@ -175,8 +312,17 @@ pub fn apply_layer_file(
     Ok(stats)
 }
 
-/// Applies one uncompressed layer tar stream onto `root` (see the module docs).
+/// Applies one uncompressed layer tar stream onto `root` (see the module docs; like
+/// [`apply_layer_file`], without limit, and dropping what is held back from the host).
 pub fn apply_layer<R: Read>(root: &Path, tar_stream: R) -> Result<LayerStats, ImageError> {
+    Unpacker::default().apply_layer(root, tar_stream)
+}
+
+fn apply_with<R: Read>(
+    unpacker: &mut Unpacker,
+    root: &Path,
+    tar_stream: R,
+) -> Result<LayerStats, ImageError> {
     let mut hashing = HashingReader::new(tar_stream);
     let mut stats = LayerStats::default();
     {
@@ -185,6 +331,7 @@ pub fn apply_layer<R: Read>(root: &Path, tar_stream: R) -> Result<LayerStats, Im
             root,
             created: HashSet::new(),
             parent_cache: None,
+            unpacker,
         };
         let entries = archive
             .entries()
@@ -220,6 +367,7 @@ struct Applier<'a> {
     created: HashSet<PathBuf>,
     /// Last resolved parent: (components as written in the tar, real path).
     parent_cache: Option<(Vec<OsString>, PathBuf)>,
+    unpacker: &'a mut Unpacker,
 }
 
 impl Applier<'_> {
@@ -237,7 +385,8 @@ impl Applier<'_> {
         let Some(name) = comps.pop() else {
             // The root itself (`./`): apply its mode and owner.
             if entry.header().entry_type().is_dir() {
-                set_owner_mode(self.root, entry.header(), true)?;
+                let header = entry.header().clone();
+                self.set_meta(self.root, &header)?;
             }
             return Ok(());
         };
@@ -291,7 +440,8 @@ impl Applier<'_> {
                     }
                     None => fs::create_dir(&target).map_err(|e| io_at("mkdir", &target, e))?,
                 }
-                set_owner_mode(&target, &header, true)?;
+                self.unpacker.charge(ENTRY_COST_BYTES)?;
+                self.set_meta(&target, &header)?;
             }
             T::Regular | T::Continuous | T::GNUSparse => {
                 self.clear(&target, existing.as_ref())?;
@@ -302,13 +452,17 @@ impl Applier<'_> {
                     .mode(0o600)
                     .open(&target)
                     .map_err(|e| io_at("create", &target, e))?;
-                io::copy(entry, &mut f).map_err(|e| io_at("write", &target, e))?;
+                self.unpacker.charge(ENTRY_COST_BYTES)?;
+                let room = self.unpacker.remaining();
+                let written = io::copy(&mut entry.take(room.saturating_add(1)), &mut f)
+                    .map_err(|e| io_at("write", &target, e))?;
+                self.unpacker.charge(written)?;
                 if let Ok(mtime) = header.mtime() {
                     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
                     let _ = f.set_modified(t);
                 }
                 drop(f);
-                set_owner_mode(&target, &header, true)?;
+                self.set_meta(&target, &header)?;
             }
             T::Symlink => {
                 let Some(link) = entry.link_name_bytes() else {
@@ -320,7 +474,11 @@ impl Applier<'_> {
                 self.clear(&target, existing.as_ref())?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&link), &target)
                     .map_err(|e| io_at("symlink", &target, e))?;
-                set_owner_mode(&target, &header, false)?;
+                self.unpacker.charge(ENTRY_COST_BYTES)?;
+                let (uid, gid) = header_owner(&header);
+                lchown(&target, uid, gid).map_err(|e| io_at("chown", &target, e))?;
+                let meta = fs::symlink_metadata(&target).map_err(|e| io_at("stat", &target, e))?;
+                self.unpacker.held.set(&meta, None);
             }
             T::Link => {
                 let link = entry.link_name_bytes().map(|l| l.into_owned());
@@ -369,9 +527,24 @@ impl Applier<'_> {
                 let major = header.device_major().ok().flatten().unwrap_or(0);
                 let minor = header.device_minor().ok().flatten().unwrap_or(0);
                 self.clear(&target, existing.as_ref())?;
-                let mode = header.mode().unwrap_or(0o644);
-                mknod(&target, node, mode, major, minor).map_err(|e| io_at("mknod", &target, e))?;
-                set_owner_mode(&target, &header, true)?;
+                self.unpacker.charge(ENTRY_COST_BYTES)?;
+                // Mode 0 and owned by root on the host: nobody can open it here. Its real mode
+                // and owner go into the ext4 image only.
+                mknod(&target, node, 0, major, minor).map_err(|e| io_at("mknod", &target, e))?;
+                lchown(&target, Some(0), Some(0)).map_err(|e| io_at("chown", &target, e))?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(0o000))
+                    .map_err(|e| io_at("chmod", &target, e))?;
+                let meta = fs::symlink_metadata(&target).map_err(|e| io_at("stat", &target, e))?;
+                let (uid, gid) = header_owner(&header);
+                let type_bits = meta.mode() & libc::S_IFMT;
+                self.unpacker.held.set(
+                    &meta,
+                    Some(Held {
+                        mode: type_bits | (header.mode().unwrap_or(0o644) & 0o7777),
+                        uid: uid.unwrap_or(0),
+                        gid: gid.unwrap_or(0),
+                    }),
+                );
             }
             T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink => return Ok(()),
             other => {
@@ -386,12 +559,44 @@ impl Applier<'_> {
         Ok(())
     }
 
+    /// Gives a file or directory the header's owner and its mode without the bits the host
+    /// never gets ([`HOST_STRIPPED_BITS`]); the real mode is held back when they differ. Mode
+    /// after owner, because `chown` clears setuid/setgid bits.
+    fn set_meta(&mut self, path: &Path, header: &tar::Header) -> Result<(), ImageError> {
+        let (uid, gid) = header_owner(header);
+        lchown(path, uid, gid).map_err(|e| io_at("chown", path, e))?;
+        let mode = header.mode().ok().map(|m| m & 0o7777);
+        if let Some(mode) = mode {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode & !HOST_STRIPPED_BITS))
+                .map_err(|e| io_at("chmod", path, e))?;
+        }
+        let meta = fs::symlink_metadata(path).map_err(|e| io_at("stat", path, e))?;
+        let held = mode.filter(|m| m & HOST_STRIPPED_BITS != 0).map(|m| Held {
+            mode: (meta.mode() & libc::S_IFMT) | m,
+            uid: meta.uid(),
+            gid: meta.gid(),
+        });
+        self.unpacker.held.set(&meta, held);
+        Ok(())
+    }
+
+    /// Forgets anything held back for a directory the unpacker just made itself.
+    fn fresh_dir(&mut self, path: &Path) -> Result<(), ImageError> {
+        let meta = fs::symlink_metadata(path).map_err(|e| io_at("stat", path, e))?;
+        self.unpacker.held.set(&meta, None);
+        Ok(())
+    }
+
     /// Removes whatever is at `target` (never following it) so a new entry can take its place.
     fn clear(&mut self, target: &Path, existing: Option<&fs::Metadata>) -> Result<(), ImageError> {
         if let Some(m) = existing {
             if !m.is_file() {
                 // A directory or symlink may be part of the cached parent path.
                 self.parent_cache = None;
+            }
+            if m.nlink() <= 1 {
+                // Its inode is gone with it (entries a reused inode number gets are set anew).
+                self.unpacker.held.set(m, None);
             }
             remove_any(target)?;
         }
@@ -466,12 +671,14 @@ impl Applier<'_> {
                     self.parent_cache = None;
                     remove_any(&path)?;
                     fs::create_dir(&path).map_err(|e| io_at("mkdir", &path, e))?;
+                    self.fresh_dir(&path)?;
                     current.push(c);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
                     fs::create_dir(&path).map_err(|e| io_at("mkdir", &path, e))?;
                     fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
                         .map_err(|e| io_at("chmod", &path, e))?;
+                    self.fresh_dir(&path)?;
                     current.push(c);
                 }
                 Ok(_) => return Ok(None),
@@ -498,19 +705,11 @@ fn remove_any(path: &Path) -> Result<(), ImageError> {
     }
 }
 
-/// Applies the header's numeric owner and (unless `path` is a symlink) its mode. The mode is
-/// set after the owner because `chown` clears setuid/setgid bits.
-fn set_owner_mode(path: &Path, header: &tar::Header, with_mode: bool) -> Result<(), ImageError> {
+/// The header's numeric owner and group (each `None` when unreadable).
+fn header_owner(header: &tar::Header) -> (Option<u32>, Option<u32>) {
     let uid = header.uid().ok().and_then(|u| u32::try_from(u).ok());
     let gid = header.gid().ok().and_then(|g| u32::try_from(g).ok());
-    lchown(path, uid, gid).map_err(|e| io_at("chown", path, e))?;
-    if with_mode {
-        if let Ok(mode) = header.mode() {
-            fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
-                .map_err(|e| io_at("chmod", path, e))?;
-        }
-    }
-    Ok(())
+    (uid, gid)
 }
 
 fn io_at(what: &str, path: &Path, e: io::Error) -> ImageError {

@@ -8,7 +8,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use bandsox_image::oci::{self, LayoutLayer, NoProgress};
-use bandsox_image::unpack::{apply_layer, Compression};
+use bandsox_image::unpack::{apply_layer, Compression, Held, Unpacker};
 use bandsox_image::ImageError;
 
 /// Builds tar archives entry by entry, writing names raw (so `..` and absolute paths, which
@@ -66,6 +66,8 @@ fn layers_apply_in_order_with_whiteouts_links_modes_and_owners() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
     fs::create_dir(&root).unwrap();
+    let mut unpacker = Unpacker::default();
+    let mut apply = |root: &Path, tar: Vec<u8>| unpacker.apply_layer(root, tar.as_slice()).unwrap();
     apply(
         &root,
         Tar::default()
@@ -81,6 +83,8 @@ fn layers_apply_in_order_with_whiteouts_links_modes_and_owners() {
             .dir("usr/lib/")
             .raw(tar::EntryType::Fifo, "run/fifo", "", b"", 0o600)
             .raw(tar::EntryType::Char, "dev/null", "", b"", 0o666)
+            .raw(tar::EntryType::Directory, "tmp/", "", b"", 0o1777)
+            .raw(tar::EntryType::Regular, "bin/gone-suid", "", b"g", 0o4755)
             .done(),
     );
     let stats = apply(
@@ -91,6 +95,8 @@ fn layers_apply_in_order_with_whiteouts_links_modes_and_owners() {
             .file("opaque/new", b"new")
             .file("lib/libx.so", b"elf") // through the image's own symlink
             .file("etc/keep", b"changed")
+            // Replaced by a plain file: its held-back mode goes with the old inode.
+            .file("bin/gone-suid", b"plain")
             .done(),
     );
     assert_eq!(stats.whiteouts, 2);
@@ -108,22 +114,75 @@ fn layers_apply_in_order_with_whiteouts_links_modes_and_owners() {
     );
     assert_eq!((tool.uid(), tool.gid()), (1234, 4321));
     assert_eq!(tool.mtime(), 1_700_000_000);
+    // Special modes and nodes exist on the host only in a form nobody can use; the real
+    // ones are held back for the ext4 image.
+    let suid = fs::metadata(root.join("bin/suid")).unwrap();
+    assert_eq!(suid.permissions().mode() & 0o7777, 0o755);
+    let held = &unpacker.held;
     assert_eq!(
-        fs::metadata(root.join("bin/suid"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o7777,
-        0o4755
+        held.get(&suid),
+        Some(Held {
+            mode: 0o104755,
+            uid: 1234,
+            gid: 4321
+        })
     );
-    assert!(fs::symlink_metadata(root.join("run/fifo"))
-        .unwrap()
-        .file_type()
-        .is_fifo());
-    assert!(fs::symlink_metadata(root.join("dev/null"))
-        .unwrap()
-        .file_type()
-        .is_char_device());
+    let fifo = fs::symlink_metadata(root.join("run/fifo")).unwrap();
+    assert!(fifo.file_type().is_fifo());
+    assert_eq!((fifo.mode() & 0o7777, fifo.uid(), fifo.gid()), (0, 0, 0));
+    assert_eq!(held.get(&fifo).map(|h| h.mode), Some(0o010600));
+    let null = fs::symlink_metadata(root.join("dev/null")).unwrap();
+    assert!(null.file_type().is_char_device());
+    assert_eq!((null.mode() & 0o7777, null.uid(), null.gid()), (0, 0, 0));
+    assert_eq!(
+        held.get(&null),
+        Some(Held {
+            mode: 0o020666,
+            uid: 1234,
+            gid: 4321
+        })
+    );
+    let tmp = fs::metadata(root.join("tmp")).unwrap();
+    assert_eq!(tmp.mode() & 0o7777, 0o775);
+    assert_eq!(held.get(&tmp).map(|h| h.mode), Some(0o041777));
+    let gone = fs::metadata(root.join("bin/gone-suid")).unwrap();
+    assert_eq!(gone.mode() & 0o7777, 0o644);
+    assert_eq!(held.get(&gone), None);
+    assert_eq!(held.len(), 4);
+
+    // The ext4 image gets the real modes and owners.
+    let img = t.path().join("img.ext4");
+    match bandsox_image::rootfs::make_ext4_from_tree(&root, &img, "t", held) {
+        Err(ImageError::ToolMissing { .. }) => return,
+        r => {
+            r.unwrap();
+        }
+    }
+    let stat = |p: &str| {
+        let o = std::process::Command::new("debugfs")
+            .args(["-R", &format!("stat {p}")])
+            .arg(&img)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let s = stat("/dev/null");
+    assert!(
+        s.contains("Type: character special") && s.contains("Mode:  0666"),
+        "{s}"
+    );
+    assert!(
+        s.contains("User:  1234") && s.contains("Group:  4321"),
+        "{s}"
+    );
+    let s = stat("/bin/suid");
+    assert!(s.contains("Mode:  04755"), "{s}");
+    let s = stat("/tmp");
+    assert!(s.contains("Mode:  01777"), "{s}");
+    let s = stat("/bin/gone-suid");
+    assert!(s.contains("Mode:  0644"), "{s}");
+    let s = stat("/run/fifo");
+    assert!(s.contains("Type: FIFO") && s.contains("Mode:  0600"), "{s}");
 }
 
 /// A layer that plants symlinks to host paths and then writes through them, uses `..` and

@@ -42,7 +42,10 @@ impl From<CoreError> for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             "invalid_input" | "guest_error" | "build_failed" => StatusCode::UNPROCESSABLE_ENTITY,
-            "conflict" | "image_in_use" | "ambiguous_reference" => StatusCode::CONFLICT,
+            "conflict" | "image_in_use" | "image_exists" | "ambiguous_reference" => {
+                StatusCode::CONFLICT
+            }
+            "image_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
             "disk_too_small"
             | "digest_mismatch"
             | "unsupported_media_type"

@@ -61,6 +61,9 @@ pub enum ImageCommand {
         /// Name to register (default: the archive's own tag).
         #[arg(long)]
         reference: Option<String>,
+        /// Replace an image that already has this reference (refused otherwise).
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         common: Common,
     },
@@ -164,15 +167,22 @@ pub fn run(url: &str, cmd: ImageCommand) -> CliResult {
         ImageCommand::Import {
             path,
             reference,
+            force,
             common,
         } => {
             let info = match &common.storage {
                 Some(dir) => local(
                     dir.clone(),
                     |store, storage, progress| async move {
-                        let rec =
-                            images::import(&store, &storage, &path, reference.as_deref(), progress)
-                                .await?;
+                        let rec = images::import(
+                            &store,
+                            &storage,
+                            &path,
+                            reference.as_deref(),
+                            force,
+                            progress,
+                        )
+                        .await?;
                         images::inspect(&store, &storage, &rec.reference)
                     },
                     common.quiet,
@@ -181,6 +191,7 @@ pub fn run(url: &str, cmd: ImageCommand) -> CliResult {
                     url,
                     &path,
                     reference.as_deref(),
+                    force,
                     progress_sink(common.quiet),
                 )?,
             };
@@ -477,6 +488,7 @@ fn upload(
     url: &str,
     path: &std::path::Path,
     reference: Option<&str>,
+    force: bool,
     progress: Arc<dyn Progress>,
 ) -> Result<ImageInfo, CliError> {
     let meta = std::fs::metadata(path)
@@ -497,10 +509,17 @@ fn upload(
                 .map_err(|e| CliError::new(format!("cannot open {}: {e}", path.display())))?,
         )
     };
-    let mut target = "/api/images/import".to_owned();
+    let mut query = Vec::new();
     if let Some(r) = reference {
-        target.push_str("?reference=");
-        target.push_str(&crate::client::segment(r));
+        query.push(format!("reference={}", crate::client::segment(r)));
+    }
+    if force {
+        query.push("force=true".to_owned());
+    }
+    let mut target = "/api/images/import".to_owned();
+    if !query.is_empty() {
+        target.push('?');
+        target.push_str(&query.join("&"));
     }
     let client = Client::new(url);
     let res = stream_request(&client, &target)?

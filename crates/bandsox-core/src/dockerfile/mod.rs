@@ -641,15 +641,18 @@ impl Manager {
         reference: &str,
         meta: ImageMeta,
     ) -> Result<ImageRecord> {
-        let tree = match &built.fs {
-            Fs::Tree(t) => t.clone(),
+        // A stage built in a VM keeps its device nodes and setuid/setgid/sticky bits (in the
+        // base disk only, never on the host); a tree assembled by COPY alone does not.
+        let (tree, held) = match &built.fs {
+            Fs::Tree(t) => (t.clone(), bandsox_image::unpack::HeldModes::default()),
             Fs::Vm(id) => {
                 let tar = work.next_path("rootfs.tar");
                 self.export_tree(id, &tar).await?;
                 let tree = work.next_path("rootfs");
-                unpack_into(&tree, &tar).await?;
+                let held =
+                    unpack_image_tree(&tree, &tar, images::unpack_limit(self.storage())?).await?;
                 let _ = std::fs::remove_file(&tar);
-                tree
+                (tree, held)
             }
         };
         for d in VIRTUAL_DIRS {
@@ -658,7 +661,15 @@ impl Manager {
         let me = Arc::clone(self);
         let (reference, config) = (reference.to_owned(), built.config.clone());
         blocking(move || {
-            images::record_tree(me.store(), me.storage(), &reference, &tree, config, meta)
+            images::record_tree(
+                me.store(),
+                me.storage(),
+                &reference,
+                &tree,
+                &held,
+                config,
+                meta,
+            )
         })
         .await
     }
@@ -838,6 +849,27 @@ async fn unpack_into(dir: &Path, tar: &Path) -> Result<()> {
         std::fs::create_dir_all(&dir)?;
         bandsox_image::unpack::apply_layer_file(&dir, &tar, None)?;
         Ok(())
+    })
+    .await
+}
+
+/// Unpacks a stage's root filesystem tar into `dir` (created) within `limit`; what must not
+/// reach the host is returned for the base disk.
+async fn unpack_image_tree(
+    dir: &Path,
+    tar: &Path,
+    limit: images::UnpackLimit,
+) -> Result<bandsox_image::unpack::HeldModes> {
+    let (dir, tar) = (dir.to_path_buf(), tar.to_path_buf());
+    blocking(move || {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::create_dir_all(&dir)?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+        let mut unpacker = bandsox_image::unpack::Unpacker::with_limit(limit.bytes);
+        unpacker
+            .apply_layer_file(&dir, &tar, None)
+            .map_err(|e| limit.explain(e))?;
+        Ok(unpacker.held)
     })
     .await
 }

@@ -37,7 +37,8 @@ pub struct PullRequest {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
-    /// Pull and convert again even when cached.
+    /// Pull and convert again even when cached, and replace a reference that names an
+    /// imported or built image (refused with 409 `image_exists` otherwise).
     #[serde(default)]
     pub force: bool,
 }
@@ -48,6 +49,10 @@ pub struct PullRequest {
 pub struct ImportQuery {
     /// Name to register; defaults to the archive's own tag (docker `RepoTags`).
     pub reference: Option<String>,
+    /// Replace an image that already has this reference; without it an existing reference
+    /// answers 409 `image_exists`.
+    #[serde(default)]
+    pub force: bool,
 }
 
 #[utoipa::path(
@@ -70,7 +75,11 @@ pub async fn list(State(s): State<AppState>) -> ApiResult<Json<Vec<ImageInfo>>> 
     summary = "Pull an image from a registry and convert it",
     operation_id = "images_pull",
     request_body = PullRequest,
-    responses((status = 200, description = "success; with `Accept: application/x-ndjson` the answer is instead a stream of progress events, one JSON object a line (`phase`, `layer`, then `done` with the image or `error` with a problem body); see docs/IMAGES.md", body = ImageInfo))
+    responses(
+        (status = 200, description = "success; with `Accept: application/x-ndjson` the answer is instead a stream of progress events, one JSON object a line (`phase`, `layer`, then `done` with the image or `error` with a problem body); see docs/IMAGES.md", body = ImageInfo),
+        (status = 409, description = "`image_exists`: the reference names an imported or built image; pass `force: true` to replace it"),
+        (status = 413, description = "`image_too_large`: the image unpacks to more than BANDSOX_MAX_UNPACKED_MIB or half the free space allows; nothing is kept"),
+    )
 )]
 pub async fn pull(
     State(s): State<AppState>,
@@ -282,7 +291,11 @@ where
     operation_id = "images_import",
     params(ImportQuery),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the archive: a tar, optionally gzip- or zstd-compressed"),
-    responses((status = 201, description = "created; with `Accept: application/x-ndjson` the answer is instead `200` and a stream of progress events as for the pull; see docs/IMAGES.md", body = ImageInfo))
+    responses(
+        (status = 201, description = "created; with `Accept: application/x-ndjson` the answer is instead `200` and a stream of progress events as for the pull; see docs/IMAGES.md", body = ImageInfo),
+        (status = 409, description = "`image_exists`: the reference (as written or normalised) is taken; pass `?force=true` to replace it"),
+        (status = 413, description = "`image_too_large`: the archive or the image unpacks to more than BANDSOX_MAX_UNPACKED_MIB or half the free space allows; nothing is kept"),
+    )
 )]
 pub async fn import(
     State(s): State<AppState>,
@@ -292,6 +305,16 @@ pub async fn import(
 ) -> ApiResult<Response> {
     if let Some(r) = &q.reference {
         images::validate_reference(r)?;
+        if !q.force {
+            // Refused before the upload is stored. The body is still read (and dropped), so
+            // a client streaming a large archive gets this answer rather than a reset.
+            let m = &s.manager;
+            if let Err(e) = images::refuse_existing(m.store(), r) {
+                let mut stream = body.into_data_stream();
+                while let Some(Ok(_)) = stream.next().await {}
+                return Err(e.into());
+            }
+        }
     }
     let upload = s
         .manager
@@ -309,6 +332,7 @@ pub async fn import(
             m.storage(),
             &upload,
             q.reference.as_deref(),
+            q.force,
             progress,
         )
         .await;
