@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../../bandsox-core/tests/image_support/mod.rs"]
+mod image_support;
 
 use std::process::Command;
 
@@ -151,4 +153,70 @@ fn rootfs_url_and_skip_kernel() {
     // Flags that contradict each other are a usage error.
     let out = init(&["--storage", f, "--skip-kernel", "--kernel-url", "/x"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+}
+
+/// `init` keeps `bandsox/busybox` only when it is the tree init builds and its base disk is the
+/// file init recorded: a re-pointed reference and a changed disk are both rebuilt, with a
+/// warning.
+#[test]
+fn init_verifies_the_default_image() {
+    let dir = TestRoot::new("bsxinitverify");
+    let storage = dir.path().join("storage");
+    let s = storage.to_str().unwrap();
+    let json = |out: &std::process::Output| -> Value {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let v = json(&init(&["--storage", s, "--skip-kernel", "--json"]));
+    let digest = v["default_image"]["digest"].as_str().unwrap().to_owned();
+    let disk = storage
+        .join("images")
+        .join(digest.trim_start_matches("sha256:"))
+        .join("rootfs.ext4");
+    let disk_sha = sha256(&disk);
+    // A second run keeps it, silently.
+    let out = init(&["--storage", s, "--skip-kernel", "--json"]);
+    assert!(!text(&out.stderr).contains("warning"), "{}", text(&out.stderr));
+    assert_eq!(json(&out)["default_image"]["built"], false);
+
+    // Re-pointed on purpose (a forced import): the next init points it back.
+    let work = tempfile::tempdir().unwrap();
+    let lay = work.path().join("other");
+    image_support::layout(
+        &lay,
+        vec![image_support::Tar::default().file("other", b"x\n").done()],
+        serde_json::json!({}),
+        "v1",
+    );
+    let out = Command::new(BIN)
+        .args(["image", "import", lay.to_str().unwrap(), "--reference"])
+        .args(["bandsox/busybox", "--force", "--quiet", "--storage", s])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = init(&["--storage", s, "--skip-kernel", "--json"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("warning: image bandsox/busybox pointed at"), "{err}");
+    let v = json(&out);
+    assert_eq!(v["default_image"]["digest"], digest.as_str(), "{v}");
+    assert_eq!(v["default_image"]["built"], true);
+
+    // The base disk changed behind init's back: rebuilt.
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&disk).unwrap();
+        f.seek(SeekFrom::Start(1 << 20)).unwrap();
+        f.write_all(b"tampered").unwrap();
+    }
+    let tampered = sha256(&disk);
+    assert_ne!(tampered, disk_sha);
+    let out = init(&["--storage", s, "--skip-kernel", "--json"]);
+    let err = text(&out.stderr);
+    assert!(err.contains("changed since it was built; rebuilt"), "{err}");
+    assert_eq!(json(&out)["default_image"]["built"], true);
+    // A new disk (mkfs output differs run to run), recorded: the next run keeps it.
+    assert_ne!(sha256(&disk), tampered);
+    let out = init(&["--storage", s, "--skip-kernel", "--json"]);
+    assert!(!text(&out.stderr).contains("warning"), "{}", text(&out.stderr));
+    assert_eq!(json(&out)["default_image"]["built"], false);
 }

@@ -42,6 +42,8 @@ pub struct InitOutcome {
     pub default_image: Option<(crate::store::ImageRecord, bool)>,
     /// The image made of `rootfs`, and whether it was (re)built.
     pub base_image: Option<(crate::store::ImageRecord, bool)>,
+    /// What was found wrong and repaired (a re-pointed or changed default image).
+    pub warnings: Vec<String>,
 }
 
 /// Prepares a storage root so VMs can be created.
@@ -63,9 +65,16 @@ pub fn initialise(req: &InitRequest) -> Result<InitOutcome> {
             force: req.force,
         })?)
     };
+    let mut warnings = Vec::new();
     let default_image = match &req.busybox {
         None => None,
-        Some(busybox) => Some(import_busybox(&store, &req.storage, busybox, req.force)?),
+        Some(busybox) => Some(import_busybox(
+            &store,
+            &req.storage,
+            busybox,
+            req.force,
+            &mut warnings,
+        )?),
     };
     let base_image = match &req.rootfs {
         None => None,
@@ -75,6 +84,7 @@ pub fn initialise(req: &InitRequest) -> Result<InitOutcome> {
         kernel: report,
         default_image,
         base_image,
+        warnings,
     })
 }
 
@@ -91,7 +101,8 @@ fn import_ext4(
             return Ok((existing.record, false));
         }
     }
-    let tmp = tempdir_in(&storage.images_dir())?;
+    let scratch = tempdir_in(&storage.images_dir())?;
+    let tmp = tree_root_in(&scratch)?;
     let result = (|| {
         let out = std::process::Command::new("debugfs")
             .arg("-R")
@@ -119,38 +130,78 @@ fn import_ext4(
         });
         images::import_dir(store, storage, BASE_IMAGE, &tmp, config)
     })();
-    let _ = std::fs::remove_dir_all(&tmp);
+    let _ = std::fs::remove_dir_all(&scratch);
     Ok((result?, true))
 }
 
+/// Builds the default image's tree and checks [`DEFAULT_IMAGE`] against it: kept when the
+/// reference names exactly that tree (its digest) and its base disk is the file recorded
+/// when it was built; otherwise (re-pointed to another image, disk changed, or `force`)
+/// rebuilt and re-pointed, with a warning for what was wrong.
 fn import_busybox(
     store: &Store,
     storage: &Storage,
     busybox: &Path,
     force: bool,
+    warnings: &mut Vec<String>,
 ) -> Result<(crate::store::ImageRecord, bool)> {
-    if !force {
-        if let Ok(existing) = images::resolve(store, storage, DEFAULT_IMAGE) {
-            return Ok((existing.record, false));
-        }
-    }
-    let tmp = tempdir_in(&storage.images_dir())?;
+    let scratch = tempdir_in(&storage.images_dir())?;
+    let tmp = tree_root_in(&scratch)?;
     let result = (|| {
         bandsox_image::rootfs::build_busybox_rootfs(busybox, &tmp)?;
+        let expected = images::tree_digest(&tmp)?;
+        let existing = images::resolve(store, storage, DEFAULT_IMAGE).ok();
+        if let Some(existing) = &existing {
+            if existing.record.digest != expected {
+                warnings.push(format!(
+                    "image {DEFAULT_IMAGE} pointed at {}, not the image init builds ({expected}); re-pointed",
+                    existing.record.digest
+                ));
+            }
+        }
+        // The base disk of the expected tree, if one exists, must be the one built for it.
+        if storage.image_dir(&expected)?.join("rootfs.ext4").is_file()
+            && !images::verify_disk(storage, &expected)?
+        {
+            warnings.push(format!(
+                "the base disk of {DEFAULT_IMAGE} ({expected}) changed since it was built; rebuilt"
+            ));
+            images::discard_disk(storage, &expected)?;
+        } else if !force {
+            if let Some(existing) = existing.filter(|e| e.record.digest == expected) {
+                return Ok((existing.record, false));
+            }
+        }
         let config = serde_json::json!({
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "WorkingDir": "/",
             "Cmd": ["/bin/sh"],
         });
-        images::import_dir(store, storage, DEFAULT_IMAGE, &tmp, config)
+        let rec = images::import_dir(store, storage, DEFAULT_IMAGE, &tmp, config)?;
+        images::record_disk_digest(storage, &rec.digest)?;
+        Ok((rec, true))
     })();
-    let _ = std::fs::remove_dir_all(&tmp);
-    Ok((result?, true))
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
 }
 
+/// `scratch/root`, mode 0755: the root directory of an image tree (its mode becomes the
+/// guest's `/`), inside a 0700 scratch directory.
+fn tree_root_in(scratch: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = scratch.join("root");
+    std::fs::create_dir(&p)?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
+    Ok(p)
+}
+
+/// A new 0700 scratch directory under `parent`.
 fn tempdir_in(parent: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::create_dir_all(parent)?;
     let p = parent.join(format!(".tmp-{}", crate::storage::new_id()));
-    std::fs::create_dir_all(&p)?;
+    std::fs::DirBuilder::new().mode(0o700).create(&p)?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
     Ok(p)
 }
 

@@ -131,6 +131,9 @@ pub fn run(a: InitArgs) -> CliResult {
             serde_json::json!({"reference": img.reference, "digest": img.digest, "built": built})
         })
     };
+    for w in &outcome.warnings {
+        eprintln!("warning: {w}");
+    }
     if a.json {
         let k = outcome.kernel.as_ref();
         let v = serde_json::json!({

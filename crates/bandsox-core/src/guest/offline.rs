@@ -7,6 +7,15 @@
 //! (`trusted.overlay.opaque="y"`) hides the lower directory's content, and a lower directory
 //! shows through only under an upper directory (or none). Symlinks are resolved inside the
 //! guest's root, component by component, never on the host (at most 40 of them).
+//!
+//! The writable disk was written by the guest's kernel, so its filesystem structures are
+//! hostile input to `debugfs`. When the server runs as root, debugfs therefore runs with the
+//! least privilege that still reads the disk (see [`debugfs_command`]): user and group
+//! `nobody`, no supplementary groups, only `CAP_DAC_READ_SEARCH` (it reads any file, so it can
+//! open the disk under the 0700 storage root; it writes nothing that `nobody` could not and
+//! cannot signal or trace root's processes), no new privileges, and its own network and IPC
+//! namespaces (no network to send anything to). It never gets a path to write: file contents
+//! come back on its stdout, which is a file the server opened.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -122,14 +131,18 @@ pub(crate) fn extract(layers: &Layers, path: &str, out: &Path) -> Result<u64> {
     let Target::File(img, inner) = resolve(layers, path, false)? else {
         unreachable!("resolve answers a file or an error when no directory is wanted")
     };
-    let out_s = out
-        .to_str()
-        .filter(|s| quotable(s))
-        .ok_or_else(|| CoreError::Io(std::io::Error::other("temporary path cannot be quoted")))?;
-    debugfs(&img, &format!("dump \"{inner}\" \"{out_s}\""))?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(out)?;
+    let status = debugfs_command(&img, &format!("cat \"{inner}\""))
+        .stdout(file)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(debugfs_missing)?;
     match std::fs::metadata(out) {
-        Ok(m) => Ok(m.len()),
-        Err(_) => Err(CoreError::Io(std::io::Error::other(format!(
+        Ok(m) if status.success() => Ok(m.len()),
+        _ => Err(CoreError::Io(std::io::Error::other(format!(
             "debugfs could not copy `{path}` out of the VM's disk"
         )))),
     }
@@ -379,17 +392,58 @@ fn stat(img: &Path, path: &str) -> Result<Kind> {
 
 /// Runs one read-only debugfs request against `img`; its stdout.
 fn debugfs(img: &Path, request: &str) -> Result<String> {
-    let out = Command::new("debugfs")
+    let out = debugfs_command(img, request)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(debugfs_missing)?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The user and group an unprivileged debugfs runs as.
+const DEBUGFS_UID: u32 = 65534;
+
+/// `debugfs -c -R REQUEST IMG` (read-only, catastrophic mode: the bitmaps are not even read),
+/// with its privileges dropped when this process is root: `unshare --net --ipc` then
+/// `setpriv` to `nobody` with only `CAP_DAC_READ_SEARCH` and no new privileges (see the
+/// module docs). Both tools are util-linux, present on every Debian system.
+fn debugfs_command(img: &Path, request: &str) -> Command {
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.uid() == 0
+    });
+    let mut cmd = if root {
+        let mut c = Command::new("unshare");
+        c.args(["--net", "--ipc", "--", "setpriv"])
+            .arg(format!("--reuid={DEBUGFS_UID}"))
+            .arg(format!("--regid={DEBUGFS_UID}"))
+            .args([
+                "--clear-groups",
+                "--inh-caps=-all,+dac_read_search",
+                "--ambient-caps=-all,+dac_read_search",
+                "--bounding-set=-all,+dac_read_search",
+                "--no-new-privs",
+                "--",
+                "debugfs",
+            ]);
+        c
+    } else {
+        Command::new("debugfs")
+    };
+    // Nothing of the server's environment but where the tools are.
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    cmd.arg("-c")
         .arg("-R")
         .arg(request)
         .arg(img)
-        .output()
-        .map_err(|e| {
-            CoreError::NotInitialised(format!(
-                "cannot run debugfs ({e}); install e2fsprogs to read files of stopped VMs"
-            ))
-        })?;
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        .env_clear()
+        .env("PATH", path);
+    cmd
+}
+
+fn debugfs_missing(e: std::io::Error) -> CoreError {
+    CoreError::NotInitialised(format!(
+        "cannot run debugfs ({e}); install e2fsprogs and util-linux to read files of stopped VMs"
+    ))
 }
 
 #[cfg(test)]
@@ -397,9 +451,60 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// An ext4 image of `root`, built with mkfs.ext4 -d as the image code does.
+    /// An ext4 image of `root`, built with mkfs.ext4 -d as the image code does, mode 0600 as
+    /// VM disks are (the temporary directory is 0700 like the storage root).
     fn image(root: &Path, out: &Path) {
+        use std::os::unix::fs::PermissionsExt;
         bandsox_image::rootfs::make_ext4_from_dir(root, out, "t").unwrap();
+        std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    #[test]
+    fn debugfs_runs_as_nobody_without_network_when_the_server_is_root() {
+        let is_root = std::fs::metadata("/proc/self").is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid() == 0
+        });
+        let cmd = debugfs_command(Path::new("/x.ext4"), "stat /");
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        if !is_root {
+            assert_eq!(cmd.get_program(), "debugfs");
+            return;
+        }
+        assert_eq!(cmd.get_program(), "unshare");
+        for want in [
+            "--net",
+            "--ipc",
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--bounding-set=-all,+dac_read_search",
+            "--no-new-privs",
+            "debugfs",
+            "-c",
+        ] {
+            assert!(args.iter().any(|a| a == want), "{want} missing: {args:?}");
+        }
+        assert_eq!(args.last().map(String::as_str), Some("/x.ext4"));
+        // The same wrapper around `sh`: the child is nobody, with CAP_DAC_READ_SEARCH only,
+        // and cannot write a root-owned directory.
+        let t = tempfile::tempdir().unwrap();
+        let mut sh = Command::new("unshare");
+        sh.args(["--net", "--ipc", "--", "setpriv"]);
+        sh.args(args.iter().skip(4).take_while(|a| *a != "debugfs"));
+        let probe = format!(
+            "id -u; grep CapEff /proc/self/status; echo x > {}/w && echo wrote",
+            t.path().display()
+        );
+        let out = sh.args(["sh", "-c", &probe]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(text.starts_with("65534\n"), "{text}");
+        assert!(text.contains("CapEff:\t0000000000000004"), "{text}");
+        assert!(!text.contains("wrote"), "{text}");
     }
 
     fn read(layers: &Layers, path: &str, tmp: &Path) -> Result<String> {
