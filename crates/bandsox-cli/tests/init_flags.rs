@@ -176,7 +176,11 @@ fn init_verifies_the_default_image() {
     let disk_sha = sha256(&disk);
     // A second run keeps it, silently.
     let out = init(&["--storage", s, "--skip-kernel", "--json"]);
-    assert!(!text(&out.stderr).contains("warning"), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(json(&out)["default_image"]["built"], false);
 
     // Re-pointed on purpose (a forced import): the next init points it back.
@@ -196,7 +200,10 @@ fn init_verifies_the_default_image() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let out = init(&["--storage", s, "--skip-kernel", "--json"]);
     let err = text(&out.stderr);
-    assert!(err.contains("warning: image bandsox/busybox pointed at"), "{err}");
+    assert!(
+        err.contains("warning: image bandsox/busybox pointed at"),
+        "{err}"
+    );
     let v = json(&out);
     assert_eq!(v["default_image"]["digest"], digest.as_str(), "{v}");
     assert_eq!(v["default_image"]["built"], true);
@@ -217,6 +224,10 @@ fn init_verifies_the_default_image() {
     // A new disk (mkfs output differs run to run), recorded: the next run keeps it.
     assert_ne!(sha256(&disk), tampered);
     let out = init(&["--storage", s, "--skip-kernel", "--json"]);
-    assert!(!text(&out.stderr).contains("warning"), "{}", text(&out.stderr));
+    assert!(
+        !text(&out.stderr).contains("warning"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(json(&out)["default_image"]["built"], false);
 }

@@ -99,6 +99,8 @@ pub struct Unpacker {
     pub held: HeldModes,
     limit_bytes: u64,
     used_bytes: u64,
+    /// Strip setuid/setgid/sticky and world-write bits on the host (and hold them back).
+    strip_modes: bool,
 }
 
 impl Default for Unpacker {
@@ -115,6 +117,18 @@ impl Unpacker {
             held: HeldModes::default(),
             limit_bytes,
             used_bytes: 0,
+            strip_modes: true,
+        }
+    }
+
+    /// An unlimited unpacker that gives files and directories their full modes on the host
+    /// (setuid included); device nodes and FIFOs are still made mode 0 and owned by root. For
+    /// trees inside a private (0700) directory that are read again on the host, such as a
+    /// Dockerfile build's context and `FROM scratch` stages.
+    pub fn keeping_modes() -> Self {
+        Self {
+            strip_modes: false,
+            ..Self::default()
         }
     }
 
@@ -255,14 +269,15 @@ impl<R: Read> Read for HashingReader<R> {
 /// so callers can check them against the manifest and the config's `diff_ids`; when
 /// `expect_blob_digest` is given it is checked here and a mismatch is an error.
 ///
-/// Without an [`Unpacker`] nothing is limited and what is held back from the host (device
-/// nodes' and special modes) is dropped: use it for trees that never become an image.
+/// This is [`Unpacker::keeping_modes`]: nothing is limited, files keep their full modes on the
+/// host, device nodes and FIFOs are made mode 0 (their real modes are dropped). Only for a
+/// `root` inside a private (0700) directory.
 pub fn apply_layer_file(
     root: &Path,
     blob: &Path,
     expect_blob_digest: Option<&str>,
 ) -> Result<LayerStats, ImageError> {
-    Unpacker::default().apply_layer_file(root, blob, expect_blob_digest)
+    Unpacker::keeping_modes().apply_layer_file(root, blob, expect_blob_digest)
 }
 
 fn apply_file_with(
@@ -312,10 +327,10 @@ fn apply_file_with(
     Ok(stats)
 }
 
-/// Applies one uncompressed layer tar stream onto `root` (see the module docs; like
-/// [`apply_layer_file`], without limit, and dropping what is held back from the host).
+/// Applies one uncompressed layer tar stream onto `root` (see the module docs; the same
+/// [`Unpacker::keeping_modes`] as [`apply_layer_file`]).
 pub fn apply_layer<R: Read>(root: &Path, tar_stream: R) -> Result<LayerStats, ImageError> {
-    Unpacker::default().apply_layer(root, tar_stream)
+    Unpacker::keeping_modes().apply_layer(root, tar_stream)
 }
 
 fn apply_with<R: Read>(
@@ -566,12 +581,17 @@ impl Applier<'_> {
         let (uid, gid) = header_owner(header);
         lchown(path, uid, gid).map_err(|e| io_at("chown", path, e))?;
         let mode = header.mode().ok().map(|m| m & 0o7777);
+        let stripped = if self.unpacker.strip_modes {
+            HOST_STRIPPED_BITS
+        } else {
+            0
+        };
         if let Some(mode) = mode {
-            fs::set_permissions(path, fs::Permissions::from_mode(mode & !HOST_STRIPPED_BITS))
+            fs::set_permissions(path, fs::Permissions::from_mode(mode & !stripped))
                 .map_err(|e| io_at("chmod", path, e))?;
         }
         let meta = fs::symlink_metadata(path).map_err(|e| io_at("stat", path, e))?;
-        let held = mode.filter(|m| m & HOST_STRIPPED_BITS != 0).map(|m| Held {
+        let held = mode.filter(|m| m & stripped != 0).map(|m| Held {
             mode: (meta.mode() & libc::S_IFMT) | m,
             uid: meta.uid(),
             gid: meta.gid(),
