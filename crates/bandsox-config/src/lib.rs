@@ -53,6 +53,8 @@ vars! {
     FC_CGROUP_LIMITS = "BANDSOX_FC_CGROUP_LIMITS", default "required", "whether jailed VMs need their cgroup limits";
     /// Comma-separated registry hosts pulled over plain HTTP.
     INSECURE_REGISTRIES = "BANDSOX_INSECURE_REGISTRIES", default "none", "plain-HTTP registries";
+    /// The most one import archive or image may unpack to, in MiB.
+    MAX_UNPACKED_MIB = "BANDSOX_MAX_UNPACKED_MIB", default "16384", "the unpacked-size limit of one image";
     /// `0` turns background template builds off (`serve`'s flags win).
     AUTO_TEMPLATE = "BANDSOX_AUTO_TEMPLATE", default "1", "background template builds";
     /// The etcd binary of the cluster tests.

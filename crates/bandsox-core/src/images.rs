@@ -30,7 +30,7 @@ pub const INSECURE_REGISTRIES_ENV: &str = bandsox_config::INSECURE_REGISTRIES;
 
 /// Environment variable capping the unpacked size of one image (and of one import archive),
 /// in MiB.
-pub const MAX_UNPACKED_ENV: &str = "BANDSOX_MAX_UNPACKED_MIB";
+pub const MAX_UNPACKED_ENV: &str = bandsox_config::MAX_UNPACKED_MIB;
 /// The cap without [`MAX_UNPACKED_ENV`].
 pub const DEFAULT_MAX_UNPACKED_MIB: u64 = 16 * 1024;
 /// Free space an import or pull leaves for everything else on the storage filesystem.
@@ -426,8 +426,8 @@ impl UnpackLimit {
 
 /// The [`UnpackLimit`] now.
 pub fn unpack_limit(storage: &Storage) -> Result<UnpackLimit> {
-    let configured_mib = match std::env::var(MAX_UNPACKED_ENV) {
-        Ok(v) => v
+    let configured_mib = match bandsox_config::get(MAX_UNPACKED_ENV) {
+        Some(v) => v
             .trim()
             .parse::<u64>()
             .ok()
@@ -438,7 +438,7 @@ pub fn unpack_limit(storage: &Storage) -> Result<UnpackLimit> {
                     v.chars().take(40).collect::<String>()
                 ))
             })?,
-        Err(_) => DEFAULT_MAX_UNPACKED_MIB,
+        None => DEFAULT_MAX_UNPACKED_MIB,
     };
     let configured = configured_mib.saturating_mul(1 << 20);
     let free = crate::sys::free_space_bytes(storage.root())?;
