@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{answer, free_port, init, start_server, text, TestRoot, BIN};
+use common::{answer, free_port, init, text, TestRoot, BIN};
 use serde_json::{json, Value};
 
 fn create(url: &str, name: &str) -> Value {
@@ -65,12 +65,14 @@ fn processes_mentioning(path: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// A server started with extra environment variables.
+/// A server started with the default background-build setting (scripts/test turns builds off for
+/// every other suite) plus extra environment variables.
 fn serve_with_env(root: &Path, port: u16, env: &[(&str, &str)]) -> common::Server {
     let child = Command::new(BIN)
         .args(["serve", "--proxy-port", "0", "--port", &port.to_string()])
         .arg("--storage")
         .arg(root)
+        .env_remove("BANDSOX_AUTO_TEMPLATE")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -93,7 +95,7 @@ fn serve_builds_the_template_after_a_cold_create_and_the_next_create_uses_it() {
     assert!(init(root.path()).status.success());
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let _server = start_server(root.path(), port);
+    let _server = serve_with_env(root.path(), port, &[]);
 
     let t0 = Instant::now();
     let first = create(&url, "first");
