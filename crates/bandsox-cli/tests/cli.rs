@@ -213,9 +213,10 @@ fn serve_announces_itself_in_the_root_and_refuses_a_second_server() {
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(
-        err.contains("already served by another bandsox server")
-            && err.contains(&format!("pid {}", server.child.id()))
-            && err.contains("\nhint: "),
+        err.contains(&format!(
+            "is in use by PID {} (bandsox serve)",
+            server.child.id()
+        )) && err.contains("\nhint: "),
         "{err}"
     );
     assert_eq!(
