@@ -47,5 +47,8 @@ fn main() {
     }
     src.push_str("];\n");
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it")).join("web_assets.rs");
+    // A new file, not a rewrite: a target directory copied with hard links (`cp -al`) must not
+    // change the copy it was made from.
+    let _ = std::fs::remove_file(&out);
     std::fs::write(out, src).expect("write web_assets.rs");
 }
