@@ -46,6 +46,10 @@ pub struct CreateVmRequest {
     /// nothing.
     #[serde(default)]
     pub template: Option<bool>,
+    /// Extension, cluster only (`serve --cluster`): create the VM on this node instead of
+    /// the one placement chooses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// A template (`GET /api/templates`): a paused, agent-ready VM of one image and shape that
@@ -208,6 +212,10 @@ pub struct VmInfo {
     /// Unix seconds at which it did.
     #[serde(default)]
     pub stopped_at: Option<f64>,
+    /// Cluster only: the node the VM lives on (in lists merged across nodes; a VM of a node
+    /// that is down is listed with status `lost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// `POST /api/vms/{id}/snapshot`.
@@ -467,4 +475,39 @@ pub struct ChangePasswordRequest {
     pub current_password: String,
     /// At least 8 characters.
     pub new_password: String,
+}
+
+/// One node of a cluster (`serve --cluster`), as `GET /api/cluster/nodes` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterNodeInfo {
+    /// `--node-name`.
+    pub name: String,
+    /// `up` while the node renews its lease, else `down` (its VMs show as `lost`).
+    pub state: String,
+    /// Where nodes reach its API (`--advertise`).
+    pub advertise: String,
+    pub version: String,
+    /// VMM backend (`qemu`, `firecracker`).
+    pub backend: String,
+    /// Host CPUs.
+    pub vcpus: u32,
+    /// Host memory in MiB.
+    pub mem_mib: u64,
+    /// VMs on the node (any state), as it last reported.
+    pub vms: u32,
+    /// Most VMs the node accepts (`--max-vms`).
+    pub max_vms: u32,
+    /// When the node last registered, milliseconds since the Unix epoch.
+    pub joined_ms: u64,
+    /// When its record was last written, milliseconds since the Unix epoch.
+    pub updated_ms: u64,
+}
+
+/// `GET /api/cluster/nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterNodesResponse {
+    /// The node that answered.
+    pub node: String,
+    /// Every node ever registered, sorted by name.
+    pub nodes: Vec<ClusterNodeInfo>,
 }

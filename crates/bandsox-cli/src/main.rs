@@ -166,6 +166,10 @@ enum Command {
     /// Live CPU, memory, disk and network use of VMs (like `docker stats`).
     #[command(after_help = "Examples:\n  bandsox stats\n  bandsox stats web db")]
     Stats(commands::stats::StatsArgs),
+    /// The cluster this server belongs to (`serve --cluster`): its nodes.
+    #[command(subcommand)]
+    #[command(after_help = "Examples:\n  bandsox cluster nodes\n  bandsox cluster nodes --json")]
+    Cluster(commands::cluster::ClusterCommand),
     /// Add seconds to a VM's timeout (a VM without one is refused: see `timeout`).
     #[command(after_help = "Examples:\n  bandsox extend web 600")]
     Extend {
@@ -234,6 +238,7 @@ fn main() -> ExitCode {
         Command::Start { vm } => commands::vm::action(&url, &vm, "start"),
         Command::Restart { vm } => commands::vm::action(&url, &vm, "restart"),
         Command::Stats(a) => commands::stats::run(&url, a),
+        Command::Cluster(c) => commands::cluster::run(&url, c),
         Command::Extend { vm, seconds } => commands::vm::extend(&url, &vm, seconds),
         Command::Timeout {
             vm,

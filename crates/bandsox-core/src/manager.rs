@@ -323,6 +323,11 @@ impl Manager {
         &self.store
     }
 
+    /// The bounds and limits creates are checked against.
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
     pub(crate) fn templates_state(&self) -> &crate::template::Templates {
         &self.templates
     }
@@ -489,6 +494,21 @@ impl Manager {
     /// Creates a VM and returns once its agent answers, or fails within the boot timeout
     /// leaving nothing behind.
     pub async fn create_vm(self: &Arc<Self>, req: CreateVm) -> Result<VmRecord> {
+        self.create_vm_with_id(req, new_id()).await
+    }
+
+    /// [`Manager::create_vm`] under an id chosen by the caller (a cluster places the VM
+    /// under its id before the owner node creates it). The id must be a canonical id no VM
+    /// has.
+    pub async fn create_vm_with_id(
+        self: &Arc<Self>,
+        req: CreateVm,
+        id: String,
+    ) -> Result<VmRecord> {
+        crate::storage::validate_id(&id)?;
+        if self.store.get_vm(&id)?.is_some() {
+            return Err(CoreError::Conflict(format!("a VM with id {id} exists")));
+        }
         req.validate(&self.config.limits)?;
         bandsox_image::assets::kernel_paths(self.storage.root())?;
         let image = images::resolve_for_create(
@@ -516,7 +536,6 @@ impl Manager {
         } else {
             None
         };
-        let id = new_id();
         let t = now();
         let mut record = VmRecord {
             name: req

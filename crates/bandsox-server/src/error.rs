@@ -73,6 +73,24 @@ impl From<CoreError> for ApiError {
     }
 }
 
+impl From<bandsox_cluster::ClusterError> for ApiError {
+    fn from(e: bandsox_cluster::ClusterError) -> Self {
+        let status = match e.code() {
+            "cluster_unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            "node_name_taken" => StatusCode::CONFLICT,
+            "invalid_input" => StatusCode::UNPROCESSABLE_ENTITY,
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        tracing::warn!(error = %e, "cluster error");
+        Self {
+            status,
+            code: e.code(),
+            detail: e.to_string(),
+            hint: e.hint(),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         if is_body_timeout(&r) {

@@ -3,10 +3,12 @@
 //! on loopback addresses.
 
 pub mod auth;
+pub mod cluster;
 pub mod dashboard;
 pub mod discovery;
 pub mod docs;
 pub mod error;
+pub mod forward;
 pub mod headers;
 pub mod limits;
 pub mod listen;
@@ -41,6 +43,8 @@ pub enum ServerError {
     PublicUrl(String),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] bandsox_cluster::ClusterError),
 }
 
 /// Listener settings.
@@ -67,6 +71,8 @@ pub struct ServeOptions {
     pub access_log: bool,
     /// Serve `/metrics` without credentials on this address too.
     pub metrics_addr: Option<SocketAddr>,
+    /// Join a cluster (`--cluster`); `None`: a single host.
+    pub cluster: Option<cluster::ClusterOptions>,
 }
 
 impl ServeOptions {
@@ -83,6 +89,7 @@ impl ServeOptions {
             conn: ConnLimits::default(),
             access_log: true,
             metrics_addr: None,
+            cluster: None,
         }
     }
 }
@@ -151,6 +158,11 @@ pub async fn serve(
     if !dashboard::built() {
         tracing::warn!("this binary has no dashboard (web/dist was missing at build time): / serves a placeholder; run `npm ci && npm run build` in web/ and rebuild");
     }
+    // Joined after every listener is bound, so a node never advertises an address it could
+    // not take; left (lease revoked) when the server stops.
+    if let Some(c) = &opts.cluster {
+        state.cluster = Some(cluster::ClusterNode::join(state.manager.clone(), c).await?);
+    }
     let stop = listen::stop_on(shutdown);
     let proxy_task = match proxy {
         Some(listener) => {
@@ -174,7 +186,12 @@ pub async fn serve(
     )
     .map_err(|e| tracing::warn!(error = %e, "cannot write server.json in the storage root"))
     .ok();
-    listen::serve(api, router(state), opts.conn, stop).await?;
+    let node = state.cluster.clone();
+    let served = listen::serve(api, router(state), opts.conn, stop).await;
+    if let Some(node) = node {
+        node.leave().await;
+    }
+    served?;
     if let Some(t) = proxy_task {
         t.await.map_err(std::io::Error::other)??;
     }

@@ -45,6 +45,7 @@ use crate::{auth, routes};
         routes::ws::terminal, routes::ws::exec_stream, routes::socket::socket,
         auth::login, auth::logout, auth::check_route, auth::list_keys, auth::create_key,
         auth::revoke_key, auth::change_password, routes::events::events,
+        routes::cluster::nodes,
     ),
     components(schemas(bandsox_api::Problem)),
     modifiers(&Conventions),

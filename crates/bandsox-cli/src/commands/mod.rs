@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod build;
 pub mod cleanup;
+pub mod cluster;
 pub mod cp;
 pub mod durable;
 pub mod image;

@@ -98,6 +98,76 @@ pub struct ServeArgs {
     /// Milliseconds a request body may stall before the request fails with 408.
     #[arg(long, default_value_t = bandsox_server::ConnLimits::default().body_idle_timeout.as_millis() as u64)]
     body_timeout_ms: u64,
+    /// Join a cluster coordinated through these etcd members (comma-separated http:// URLs,
+    /// e.g. http://10.0.0.1:2379,http://10.0.0.2:2379,http://10.0.0.3:2379); see
+    /// docs/CLUSTER.md. Without it the server is a single host.
+    #[arg(long, help_heading = "Cluster")]
+    cluster: Option<String>,
+    /// This node's name in the cluster (a-z, 0-9, '-', '_', '.').
+    #[arg(long, requires = "cluster", help_heading = "Cluster")]
+    node_name: Option<String>,
+    /// Where the other nodes reach this node's API, http://ADDR:PORT.
+    #[arg(long, requires = "cluster", help_heading = "Cluster")]
+    advertise: Option<String>,
+    /// A file holding the secret every node of the cluster shares (at least 16 bytes; its
+    /// trailing newline is ignored).
+    #[arg(long, requires = "cluster", help_heading = "Cluster")]
+    cluster_secret_file: Option<PathBuf>,
+    /// Seconds of the node's etcd lease: a node that stops renewing it for this long is
+    /// shown down and its VMs lost.
+    #[arg(long, requires = "cluster", default_value_t = bandsox_cluster::membership::DEFAULT_LEASE_TTL_S, help_heading = "Cluster")]
+    cluster_lease_ttl: u64,
+}
+
+/// The cluster options, checked before anything starts.
+fn cluster_options(
+    a: &ServeArgs,
+) -> Result<Option<bandsox_server::cluster::ClusterOptions>, CliError> {
+    let Some(members) = &a.cluster else {
+        return Ok(None);
+    };
+    bandsox_cluster::etcd::parse_members(members).map_err(cluster_error)?;
+    let need = |flag: &str| {
+        CliError::new(format!("--cluster needs {flag}"))
+            .with_hint("pass --node-name NAME --advertise http://ADDR:PORT --cluster-secret-file FILE (see docs/CLUSTER.md)")
+    };
+    let node_name = a.node_name.clone().ok_or_else(|| need("--node-name"))?;
+    let advertise = a.advertise.clone().ok_or_else(|| need("--advertise"))?;
+    let secret_file = a
+        .cluster_secret_file
+        .as_ref()
+        .ok_or_else(|| need("--cluster-secret-file"))?;
+    let secret = std::fs::read_to_string(secret_file)
+        .map_err(|e| {
+            CliError::new(format!(
+                "cannot read --cluster-secret-file {}: {e}",
+                secret_file.display()
+            ))
+        })?
+        .trim_end_matches(['\n', '\r'])
+        .to_owned();
+    if a.cluster_lease_ttl == 0 || a.cluster_lease_ttl > 300 {
+        return Err(CliError::new(
+            "--cluster-lease-ttl must be 1 to 300 seconds",
+        ));
+    }
+    let opts = bandsox_server::cluster::ClusterOptions {
+        members: members.clone(),
+        node_name,
+        advertise,
+        secret,
+        lease_ttl_s: a.cluster_lease_ttl,
+    };
+    bandsox_server::cluster::check(&opts).map_err(cluster_error)?;
+    Ok(Some(opts))
+}
+
+fn cluster_error(e: bandsox_cluster::ClusterError) -> CliError {
+    let mut err = CliError::new(e.to_string());
+    if let Some(h) = e.hint() {
+        err = err.with_hint(h);
+    }
+    err
 }
 
 /// Serves on `host` (default 127.0.0.1; without authentication only loopback addresses are
@@ -118,6 +188,7 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
             CliError::new(format!("--warm-pool: {e}"))
                 .with_hint("give IMAGE[:VCPUxMEM_MIB]=N, e.g. --warm-pool bandsox/busybox=2")
         })?;
+    let cluster = cluster_options(&a)?;
     init_logging(&a.log_format);
     let storage = storage(a.storage)?;
     // One server per storage root (two would both re-attach the VMs, run their timeouts, ...):
@@ -164,6 +235,7 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
         opts.metrics_addr = a.metrics_listen;
         opts.public_url = a.public_url;
         opts.public_proxy_url = a.public_proxy_url;
+        opts.cluster = cluster;
         opts.conn = bandsox_server::ConnLimits {
             header_timeout: std::time::Duration::from_millis(a.header_timeout_ms.max(1)),
             body_idle_timeout: std::time::Duration::from_millis(a.body_timeout_ms.max(1)),
@@ -180,7 +252,14 @@ pub fn run(a: ServeArgs, host: Option<&str>, port: Option<u16>) -> CliResult {
         let served = bandsox_server::serve(manager.clone(), opts, shutdown).await;
         // Warm-pool VMs are no user VMs: they do not outlive the server.
         manager.drain_pools().await;
-        served.map_err(|e| CliError::new(e.to_string()))
+        served.map_err(|e| match e {
+            bandsox_server::ServerError::Cluster(c) => {
+                let mut err = cluster_error(c);
+                err.message = format!("cannot join the cluster: {}", err.message);
+                err
+            }
+            e => CliError::new(e.to_string()),
+        })
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -41,6 +41,9 @@ pub struct CreateArgs {
     /// Cold boot even when a template of this image and shape exists, and build none.
     #[arg(long)]
     no_template: bool,
+    /// Cluster only: create the VM on this node (see `bandsox cluster nodes`).
+    #[arg(long)]
+    node: Option<String>,
     /// Print the answer as JSON.
     #[arg(long)]
     json: bool,
@@ -202,6 +205,7 @@ pub fn create(url: &str, a: CreateArgs) -> CliResult {
         timeout_s: a.timeout_s,
         timeout_action: Some(a.timeout_action),
         template: a.no_template.then_some(false),
+        node: a.node,
     };
     let tty = std::io::stderr().is_terminal();
     if tty && !a.json {

@@ -1,6 +1,7 @@
 //! Route table. Handlers parse and validate, call the core, and shape the answer.
 
 pub mod build;
+pub mod cluster;
 pub mod commands;
 pub mod events;
 pub mod files;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub credentials_epoch: Arc<tokio::sync::watch::Sender<u64>>,
     /// Metrics and the access log.
     pub observer: Arc<crate::observe::Observer>,
+    /// This node's cluster membership (`serve --cluster`); `None` on a single host.
+    pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
 }
 
 /// The address of the guest proxy listener, as clients should use it.
@@ -87,6 +90,7 @@ impl AppState {
             proxy: ProxyAddress::default(),
             credentials_epoch: Arc::new(tokio::sync::watch::Sender::new(0)),
             observer: crate::observe::observer(true),
+            cluster: None,
         }
     }
 
@@ -109,13 +113,19 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(axum::middleware::from_fn(crate::observe::mark_route))
         .with_state(state.clone());
+    let resolved = tower::Layer::layer(
+        &axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::resolve::references_when_authenticated,
+        ),
+        inner,
+    );
+    // In a cluster, requests for VMs of other nodes leave before the resolver (which knows
+    // this node's VMs only).
     Router::new()
         .fallback_service(tower::Layer::layer(
-            &axum::middleware::from_fn_with_state(
-                state.clone(),
-                crate::resolve::references_when_authenticated,
-            ),
-            inner,
+            &axum::middleware::from_fn_with_state(state.clone(), crate::cluster::route_to_owner),
+            resolved,
         ))
         .layer(axum::middleware::from_fn(crate::error::problems_only))
         .layer(axum::middleware::from_fn(crate::headers::api_defaults))
@@ -211,6 +221,7 @@ fn routes() -> Router<AppState> {
         .route("/api/auth/password", put(auth::change_password))
         .route("/api/events", get(events::events))
         .route("/api/version", get(vms::version))
+        .route("/api/cluster/nodes", get(cluster::nodes))
         .route("/api/openapi.json", get(crate::openapi::serve_spec))
         .route("/api/vms", get(vms::list).post(vms::create))
         .route("/api/vms/from-dockerfile", post(build::from_dockerfile))

@@ -127,9 +127,13 @@ pub async fn list(
 )]
 pub async fn create(
     State(s): State<AppState>,
+    placed: Option<axum::Extension<crate::cluster::PlacedId>>,
     body: Result<Json<CreateVmRequest>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<CreateVmResponse>)> {
     let Json(req) = body?;
+    if req.node.is_some() && s.cluster.is_none() {
+        return Err(crate::routes::cluster::not_clustered());
+    }
     let mut create = CreateVm::new(req.image);
     create.name = req.name;
     create.vcpu = req.vcpu;
@@ -142,7 +146,13 @@ pub async fn create(
     create.metadata = req.metadata.unwrap_or_else(|| serde_json::json!({}));
     create.timeout_s = req.timeout_s;
     create.timeout_action = parse_action(req.timeout_action.as_deref())?.unwrap_or_default();
-    let vm = s.manager.create_vm(create).await?;
+    let vm = match placed {
+        // Placed by the cluster under this id (here, or by the node that forwarded it).
+        Some(axum::Extension(crate::cluster::PlacedId(id))) => {
+            s.manager.create_vm_with_id(create, id).await?
+        }
+        None => s.manager.create_vm(create).await?,
+    };
     // BandSox answers "created"; the VM is running and its agent ready at this point.
     Ok((
         StatusCode::OK,
@@ -474,5 +484,6 @@ pub(crate) fn vm_info(m: &bandsox_core::Manager, vm: VmRecord) -> VmInfo {
         vmm: vm.vmm,
         stop_reason: vm.stop_reason.map(|r| r.as_str().to_owned()),
         stopped_at: vm.stopped_at,
+        node: None,
     }
 }
