@@ -254,8 +254,13 @@ async fn lifecycle_bad_input() {
         mgr.extend_timeout(&vm.id, 0).unwrap_err().code(),
         "invalid_input"
     );
+    // A VM without a timeout has nothing to extend (set one first).
+    assert_eq!(
+        mgr.extend_timeout(&vm.id, 60).unwrap_err().code(),
+        "conflict"
+    );
     let t = mgr
-        .extend_timeout(&vm.id, 3600)
+        .set_timeout(&vm.id, 3600, None)
         .unwrap()
         .expires_at
         .unwrap();
