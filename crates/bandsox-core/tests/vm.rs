@@ -147,7 +147,10 @@ async fn busybox_vm_boots_runs_commands_stops_and_is_deleted_without_leaks() {
     assert_eq!(mgr.pause_vm(&id).await.unwrap().status, VmStatus::Paused);
     assert!(matches!(
         mgr.exec(&id, sh("true"), None, CAP).await,
-        Err(CoreError::Conflict(_))
+        Err(CoreError::NotRunning {
+            status: VmStatus::Paused,
+            ..
+        })
     ));
     assert_eq!(mgr.resume_vm(&id).await.unwrap().status, VmStatus::Running);
     assert_eq!(run(&mgr, &id, "echo back").await.1, "back\n");
@@ -159,7 +162,10 @@ async fn busybox_vm_boots_runs_commands_stops_and_is_deleted_without_leaks() {
     assert!(common::processes_mentioning(&ts.root().join("vms").join(&id)).is_empty());
     assert!(matches!(
         mgr.exec(&id, sh("true"), None, CAP).await,
-        Err(CoreError::Conflict(_))
+        Err(CoreError::NotRunning {
+            status: VmStatus::Stopped,
+            ..
+        })
     ));
 
     // Delete frees everything.
