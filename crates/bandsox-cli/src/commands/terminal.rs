@@ -74,6 +74,31 @@ fn window_size() -> Option<(u16, u16)> {
     None
 }
 
+/// Reads stdin on its own thread in chunks of up to `chunk` bytes; `None` marks its end (EOF
+/// or a read error). The thread stops when the receiver is dropped.
+pub(crate) fn read_stdin(chunk: usize) -> mpsc::Receiver<Option<Vec<u8>>> {
+    let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; chunk];
+        loop {
+            match stdin.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(0) | Err(_) => {
+                    let _ = tx.send(None);
+                    return;
+                }
+                Ok(n) => {
+                    if tx.send(Some(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
 pub fn run(url: &str, vm: &str) -> CliResult {
     run_command(url, vm, None)
 }
@@ -104,27 +129,7 @@ pub fn run_command(url: &str, vm: &str, command: Option<&str>) -> CliResult {
     }
     let raw = if tty { Some(RawMode::enable()?) } else { None };
 
-    // Stdin is read on its own thread; `None` marks its end.
-    let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = [0u8; 4096];
-        loop {
-            match stdin.read(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Ok(0) | Err(_) => {
-                    let _ = tx.send(None);
-                    return;
-                }
-                Ok(n) => {
-                    if tx.send(Some(buf[..n].to_vec())).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    });
-
+    let rx = read_stdin(4096);
     let result = session(&mut sock, &rx, vm);
     drop(raw);
     result

@@ -310,29 +310,7 @@ fn exec_streamed(
     let lost = |e: tungstenite::Error| CliError::new(format!("connection to the server lost: {e}"));
     sock.send(Message::Text(start.to_string().into()))
         .map_err(lost)?;
-    let input = stdin.then(|| {
-        let (tx, rx) = mpsc::channel::<Option<Vec<u8>>>();
-        std::thread::spawn(move || {
-            use std::io::Read;
-            let mut stdin = std::io::stdin().lock();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match stdin.read(&mut buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Ok(0) | Err(_) => {
-                        let _ = tx.send(None);
-                        return;
-                    }
-                    Ok(n) => {
-                        if tx.send(Some(buf[..n].to_vec())).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
-        rx
-    });
+    let input = stdin.then(|| super::terminal::read_stdin(64 * 1024));
     let mut stdin_open = input.is_some();
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
     let (mut all_out, mut all_err) = (String::new(), String::new());
